@@ -1,0 +1,251 @@
+"""CIFAR-10 as tensors in [-1, 1], from the first source that is there.
+
+Sources, in order:
+
+1. an ImageFolder-layout directory (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) given by
+   the ``root`` argument or the ``COURSE_CIFAR10_DIR`` environment variable;
+2. torchvision's CIFAR-10 under the data root (``COURSE_DATA_DIR``, default ``data/``),
+   downloaded only when asked for (``download=True``);
+3. the small sample bundled in ``data/cifar10-sample`` (300 train + 50 test images per class),
+   used automatically, with one printed line that says so.
+
+Pixels are mapped from {0..255} to [-1, 1] by x / 127.5 - 1, the convention of DDPM (Ho et al. 2020).
+Decoding 50,000 JPEG files takes a while, so decoded images are cached (uint8) under
+``<data root>/cache``; the cache is keyed by the list of files, their sizes and times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from . import config
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGE_SHAPE = (3, 32, 32)
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class DataSourceError(RuntimeError):
+    """A configured data source is missing or malformed; the message names the path and the fix."""
+
+
+def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 {0..255} -> float32 [-1, 1]."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 {0..255} (clamped), for saving and display."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class CIFAR10Split(Dataset):
+    """One split of CIFAR-10 held in memory.
+
+    ``images``: float32 [N, 3, 32, 32] in [-1, 1]; ``labels``: int64 [N];
+    ``classes``: the ten class names; ``source``: where the images came from.
+    With ``hflip=True``, ``__getitem__`` and :meth:`batch` flip each image left-right with
+    probability 1/2 (the only augmentation DDPM used on CIFAR-10).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, source: str,
+                 split: str, hflip: bool = False, classes: tuple[str, ...] = CIFAR10_CLASSES):
+        if images.ndim != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+            raise ValueError(f"expected images of shape [N, 3, 32, 32], got {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
+        self.images, self.labels = images, labels
+        self.source, self.split, self.hflip, self.classes = source, split, hflip, classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, self.labels[i]
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
+        """Images and labels at ``index``, randomly flipped if ``hflip`` (using ``generator``)."""
+        x, y = self.images[index], self.labels[index]  # [B, 3, 32, 32], [B]
+        if self.hflip:
+            flip = torch.rand(len(index), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, y
+
+    def subset(self, n: int) -> "CIFAR10Split":
+        """The first ``n`` images (same source and flip setting)."""
+        return CIFAR10Split(self.images[:n], self.labels[:n], source=self.source,
+                            split=self.split, hflip=self.hflip, classes=self.classes)
+
+    def __repr__(self) -> str:
+        return f"CIFAR10Split({self.split!r}, n={len(self)}, hflip={self.hflip}, source={self.source!r})"
+
+
+class StepBatches:
+    """Batches as a pure function of the step: ``batches(step) -> (images, labels)``.
+
+    Each epoch is a fresh permutation drawn from a generator seeded by (seed, epoch), and the
+    flips of a batch come from a generator seeded by (seed, step). Because nothing depends on
+    what was drawn before, a training run resumed at step s sees exactly the batches an
+    uninterrupted run would have seen.
+    """
+
+    def __init__(self, data: CIFAR10Split, batch_size: int, seed: int = 0):
+        if batch_size > len(data):
+            raise ValueError(f"batch_size {batch_size} is larger than the data set ({len(data)} images)")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.steps_per_epoch = len(data) // batch_size  # the last partial batch is dropped
+        self._perm_epoch, self._perm = -1, None
+
+    def __call__(self, step: int):
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.data), generator=g), epoch
+        index = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+        flip_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * step + 1)
+        return self.data.batch(index, flip_gen)
+
+
+# ----------------------------------------------------------------------------- sources
+
+def _scan_image_folder(root: Path, split: str) -> list[tuple[Path, int]]:
+    """List (file, label) pairs of ``root/split/<class>/*``, checking the layout."""
+    fix = ("expected the ImageFolder layout <dir>/train/<class>/*.jpg and <dir>/test/<class>/*.jpg "
+           f"with the ten classes {', '.join(CIFAR10_CLASSES)}; point COURSE_CIFAR10_DIR (or root=) "
+           "at such a folder, or unset it to use torchvision's copy or the bundled sample")
+    if not root.exists():
+        raise DataSourceError(f"CIFAR-10 folder {root} does not exist; {fix}")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataSourceError(f"CIFAR-10 folder {root} has no '{split}' subfolder; {fix}")
+    present = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    missing = [c for c in CIFAR10_CLASSES if c not in present]
+    if missing:
+        raise DataSourceError(f"{split_dir} lacks the class folders {missing} (found {present}); {fix}")
+    files = []
+    for label, name in enumerate(CIFAR10_CLASSES):
+        class_files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not class_files:
+            raise DataSourceError(f"{split_dir / name} holds no image files (.jpg/.png); {fix}")
+        files += [(p, label) for p in class_files]
+    return files
+
+
+def _decode_images(files: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    images = torch.empty((len(files), *IMAGE_SHAPE), dtype=torch.uint8)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    for i, (path, _) in enumerate(tqdm(files, desc="decoding images", disable=len(files) < 5000,
+                                       mininterval=1.0)):
+        try:
+            with Image.open(path) as im:
+                pixels = np.array(im.convert("RGB"))  # [H, W, 3] uint8
+        except (OSError, UnidentifiedImageError) as err:
+            raise DataSourceError(f"could not decode image {path}: {err}; delete or replace that file") from err
+        if pixels.shape != (32, 32, 3):
+            raise DataSourceError(f"image {path} is {pixels.shape[1]}x{pixels.shape[0]} pixels, CIFAR-10 "
+                                  "images are 32x32; this folder does not hold CIFAR-10")
+        images[i] = torch.from_numpy(pixels).permute(2, 0, 1)  # [3, 32, 32]
+    return images, labels
+
+
+def _load_image_folder(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode an ImageFolder split, through a uint8 cache keyed by the file list."""
+    files = _scan_image_folder(root, split)
+    key = hashlib.sha256()
+    for path, label in files:
+        st = path.stat()
+        key.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = config.cache_dir() / f"cifar10-{split}-{key.hexdigest()[:16]}.pt"
+    if cache.exists():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            return cached["images"], cached["labels"]
+        except Exception:  # a broken cache is rebuilt, never trusted
+            cache.unlink(missing_ok=True)
+    images, labels = _decode_images(files)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"images": images, "labels": labels}, tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only data root only costs speed
+        pass
+    return images, labels
+
+
+def _torchvision_available(root: Path) -> bool:
+    return (root / "cifar-10-batches-py").is_dir()
+
+
+def _load_torchvision(root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(root=str(root), train=(split == "train"), download=download)
+    except RuntimeError as err:
+        raise DataSourceError(f"torchvision's CIFAR-10 under {root} is missing or damaged ({err}); "
+                              "call load_cifar10(download=True) to fetch it again, "
+                              "or set COURSE_CIFAR10_DIR to an ImageFolder copy") from err
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # [N, 32, 32, 3] -> [N, 3, 32, 32]
+    return images, torch.tensor(ds.targets, dtype=torch.int64)
+
+
+def describe_source(root: str | Path | None = None, download: bool = False) -> str:
+    """Which source :func:`load_cifar10` would use, in words (checks nothing is malformed)."""
+    folder = Path(root).expanduser().resolve() if root is not None else config.cifar10_dir()
+    if folder is not None:
+        return f"image folder {folder}"
+    if download or _torchvision_available(config.data_dir()):
+        return f"torchvision CIFAR-10 at {config.data_dir()}"
+    return f"bundled sample {config.sample_dir()}"
+
+
+def load_cifar10(split: str = "train", *, root: str | Path | None = None, download: bool = False,
+                 hflip: bool = False, limit: int | None = None, verbose: bool = True) -> CIFAR10Split:
+    """Load one CIFAR-10 split as tensors in [-1, 1] from the first source available.
+
+    Args:
+        split: ``"train"`` (50,000 images in the full set) or ``"test"`` (10,000).
+        root: an ImageFolder-layout directory; overrides ``COURSE_CIFAR10_DIR``. A root that is
+            given but missing or malformed is an error, not a silent fallback.
+        download: let torchvision download the full data set into the data root if it is not there.
+        hflip: random horizontal flips when items or batches are drawn.
+        limit: keep only the first ``limit`` images (after a fixed shuffle, so all classes appear).
+        verbose: print one line when falling back to the bundled sample.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    folder = Path(root).expanduser().resolve() if root is not None else config.cifar10_dir()
+    if folder is not None:
+        images, labels = _load_image_folder(folder, split)
+        source = f"image folder {folder}"
+    elif download or _torchvision_available(config.data_dir()):
+        images, labels = _load_torchvision(config.data_dir(), split, download)
+        source = f"torchvision CIFAR-10 at {config.data_dir()}"
+    else:
+        sample = config.sample_dir()
+        images, labels = _load_image_folder(sample, split)
+        source = f"bundled sample {sample}"
+        if verbose:
+            print(f"Using the bundled CIFAR-10 sample ({len(images)} {split} images, {sample}). "
+                  "For the full set: load_cifar10(download=True), or set COURSE_CIFAR10_DIR "
+                  "to an ImageFolder copy.")
+    if limit is not None:
+        # a fixed shuffle first, so that a small subset still holds every class
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
+        images, labels = images[order], labels[order]
+    return CIFAR10Split(to_unit_range(images), labels, source=source, split=split, hflip=hflip)

@@ -1,0 +1,291 @@
+"""One training loop for every chapter, and the command line that trains a chapter's model.
+
+``fit`` runs AdamW with linear warm-up, gradient clipping and an exponential moving average
+(EMA) of the weights, for a step budget and/or a time budget, with a notebook-friendly progress
+bar. It returns the loss history for plotting.
+
+Resuming is exact: every step seeds torch's RNG from (seed, step) and draws its batch from a
+pure function of the step (:class:`course_lib.data.StepBatches`), so a run stopped at step s and
+resumed from its checkpoint computes the same updates as a run that never stopped.
+
+A loss that becomes NaN or infinite stops training with :class:`NonFiniteLossError`, before the
+bad step touches the weights and without overwriting the last good checkpoint.
+
+Command line::
+
+    python -m course_lib.train --list
+    python -m course_lib.train ddpm-small --minutes 60      # resumes if a state exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import config
+from .checkpoint import export_inference, load_checkpoint, read_card, save_checkpoint
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+Batches = Callable[[int], Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped before the step was applied."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Give ``max_steps``, ``max_minutes`` or both (whichever ends first)."""
+
+    max_steps: int | None = 1000
+    max_minutes: float | None = None
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0            # linear warm-up of the learning rate (DDPM: 5000)
+    grad_clip: float | None = 1.0    # max global gradient norm (DDPM: 1.0)
+    ema_decay: float = 0.9999        # DDPM: 0.9999; warmed up as min(decay, (1+n)/(10+n))
+    seed: int = 0
+    checkpoint_every: int | None = None      # steps between saves (with a checkpoint path)
+    checkpoint_minutes: float | None = 10.0  # minutes between saves (with a checkpoint path)
+    bf16: bool = False               # bf16 autocast for forward and loss (CPU with AVX-512 bf16, or GPU)
+    progress: bool = True            # show a tqdm progress bar
+
+    def __post_init__(self):
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("give max_steps, max_minutes or both: training needs a budget")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns. ``losses[i]`` is the loss of step i, resumed steps included."""
+
+    losses: list[float]
+    step: int                  # the global step reached (number of updates applied)
+    seconds: float             # wall time of this call
+    stopped_by: str            # "steps", "time" or "interrupt"
+    ema: torch.nn.Module       # the EMA copy of the model (use it for sampling)
+    first_step: int = 0        # the step this call started from (> 0 when resumed)
+    images_per_second: float = float("nan")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The RNG seed of one step: a fixed mix of the run's seed and the step number."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta; buffers are copied."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_decay_at(decay: float, n_updates: int) -> float:
+    """EMA warm-up: min(decay, (1 + n) / (10 + n)), so early averages do not remember the random init."""
+    return min(decay, (1 + n_updates) / (10 + n_updates))
+
+
+def _batch_size(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return len(first) if torch.is_tensor(first) else 1
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch
+
+
+def hardware_description(device: torch.device) -> str:
+    """A short description of where training ran, for checkpoint cards."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
+        checkpoint_path: str | Path | None = None, resume: bool = True,
+        device: torch.device | str | None = None, training_info: dict | None = None) -> TrainResult:
+    """Train ``model`` to minimise ``loss_fn(model, batches(step))``.
+
+    Args:
+        model: the network; moved to ``device``.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``. It may draw random numbers from
+            torch's global RNG (noise, timesteps): the loop seeds it at every step.
+        batches: ``batches(step) -> batch``, a pure function of the step (see ``StepBatches``).
+        cfg: the budgets and optimiser settings.
+        checkpoint_path: a ``.safetensors`` training state; saved every ``checkpoint_every`` steps /
+            ``checkpoint_minutes`` minutes and at the end, and resumed from when it exists and
+            ``resume`` is true.
+        training_info: extra facts for the checkpoint card (recipe name, data source, ...).
+    """
+    device = torch.device(device) if device is not None else config.get_device()
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    losses: list[float] = []
+    step, seconds_before = 0, 0.0
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+
+    if path is not None and resume and path.exists():
+        ckpt = load_checkpoint(path, model, ema=ema, optimizer=optimizer)
+        step = ckpt.step
+        if "loss_history" in ckpt.train:
+            losses = ckpt.train["loss_history"].tolist()[:step]
+        seconds_before = float(ckpt.card.get("training", {}).get("wall_seconds_total", 0.0))
+    first_step = step
+
+    def save(reason: str) -> None:
+        if path is None:
+            return
+        info = {**(training_info or {}),
+                "train_config": dataclasses.asdict(cfg),
+                "wall_seconds_total": round(seconds_before + (time.perf_counter() - t0), 1),
+                "hardware": hardware_description(device),
+                "device": str(device),
+                "saved_because": reason}
+        save_checkpoint(path, model, step=step, ema=ema, optimizer=optimizer,
+                        train_tensors={"loss_history": torch.tensor(losses, dtype=torch.float32)},
+                        metrics={"loss_last_100": _mean_tail(losses, 100)}, training=info)
+
+    t0 = time.perf_counter()
+    last_save_time, images = t0, 0
+    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
+    total = cfg.max_steps - step if cfg.max_steps is not None else None
+    bar = tqdm(total=total, disable=not cfg.progress, desc="training", unit="step", mininterval=0.5)
+    stopped_by = "steps"
+    model.train()
+    try:
+        while cfg.max_steps is None or step < cfg.max_steps:
+            if time.perf_counter() >= deadline:
+                stopped_by = "time"
+                break
+            torch.manual_seed(step_seed(cfg.seed, step))
+            batch = _to_device(batches(step), device)
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                where = (f"the last good checkpoint {path} (step {read_card(path)['step']}) was kept"
+                         if path is not None and path.exists() else "no checkpoint was written")
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at step {step}; training stopped before applying it and "
+                    f"{where}. Lower the learning rate (now {lr:g}), check the data for NaNs, "
+                    "or turn gradient clipping on.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            update_ema(ema, model, ema_decay_at(cfg.ema_decay, step))
+            losses.append(loss.item())
+            step += 1
+            images += _batch_size(batch)
+            bar.update(1)
+            if bar.n % 10 == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{_mean_tail(losses, 50):.4f}", img_s=f"{images / elapsed:.1f}")
+            now = time.perf_counter()
+            if path is not None and (
+                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                    or (cfg.checkpoint_minutes and now - last_save_time >= 60 * cfg.checkpoint_minutes)):
+                save("periodic")
+                last_save_time = now
+    except KeyboardInterrupt:
+        stopped_by = "interrupt"
+        print(f"interrupted at step {step}" + (f"; saving {path}" if path else ""), file=sys.stderr)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if step > first_step or (path is not None and not path.exists()):
+        save(f"end ({stopped_by})")
+    model.eval()
+    return TrainResult(losses=losses, step=step, seconds=seconds, stopped_by=stopped_by, ema=ema,
+                       first_step=first_step,
+                       images_per_second=images / seconds if seconds > 0 else float("nan"))
+
+
+def _mean_tail(values: list[float], n: int) -> float:
+    tail = values[-n:]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    from . import recipes
+
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.train",
+        description="Train a chapter's model for a time or step budget. Resumes from the training "
+                    "state when one exists, then exports the EMA weights as an inference checkpoint.")
+    parser.add_argument("recipe", nargs="?", help="what to train (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the recipes and exit")
+    parser.add_argument("--minutes", type=float, help="time budget for this run")
+    parser.add_argument("--steps", type=int, help="train until this global step")
+    parser.add_argument("--state", type=Path, help="resumable training state (default data/runs/<recipe>/state.safetensors)")
+    parser.add_argument("--export", type=Path, help="inference checkpoint to write (default <checkpoint dir>/<recipe>.safetensors)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing training state and start at step 0")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", help="cpu, cuda, mps (default: picked automatically)")
+    args = parser.parse_args(argv)
+
+    if args.list or not args.recipe:
+        for name, r in recipes.RECIPES.items():
+            print(f"{name:14s} {r.description}")
+        return 0
+    if args.recipe not in recipes.RECIPES:
+        parser.error(f"unknown recipe {args.recipe!r}; known: {', '.join(recipes.RECIPES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config.setup_cpu_speedups()
+    recipe = recipes.RECIPES[args.recipe]
+    cfg = recipe.train_config()
+    cfg = dataclasses.replace(cfg, max_steps=args.steps if args.steps is not None else (
+        None if args.minutes is not None else cfg.max_steps), max_minutes=args.minutes)
+    state = args.state or config.data_dir() / "runs" / recipe.name / "state.safetensors"
+    export = args.export or config.checkpoint_dir() / f"{recipe.name}.safetensors"
+    if args.fresh and state.exists():
+        state.unlink()
+
+    data = recipe.data()
+    model = recipe.build_model()
+    device = config.get_device(args.device)
+    print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
+          f"data: {data.source} ({len(data)} images), state: {state}")
+    result = fit(model, recipe.loss_fn, recipe.batches(data, cfg), cfg, checkpoint_path=state,
+                 device=device, training_info={"recipe": recipe.name, "data_source": data.source,
+                                               "data_images": len(data),
+                                               "command": "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)})
+    print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
+          f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
+    export_inference(state, export)
+    print(f"wrote {export} (EMA weights) and {export.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

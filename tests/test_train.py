@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import torch
+
+from conftest import TinyNet
+from course_lib.checkpoint import load_checkpoint, read_card
+from course_lib.train import NonFiniteLossError, TrainConfig, ema_decay_at, fit, update_ema
+
+W_TRUE = torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+
+def regression_batches(step: int):
+    """A tiny regression problem; the batch is a pure function of the step."""
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(32, 4, generator=g)
+    return x, torch.tanh(x @ W_TRUE)
+
+
+def mse(model, batch):
+    x, y = batch
+    # a random input perturbation: exercises the loop's per-step seeding of the global RNG
+    return (model(x + 0.01 * torch.randn_like(x)) - y).pow(2).mean()
+
+
+def cfg(**kw):
+    base = dict(max_steps=40, lr=1e-2, ema_decay=0.9, progress=False, checkpoint_minutes=None)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_loss_goes_down(tiny_net):
+    result = fit(tiny_net, mse, regression_batches, cfg(max_steps=150), device="cpu")
+    assert len(result.losses) == 150 and result.step == 150 and result.stopped_by == "steps"
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.3 * first, (first, last)
+    assert result.images_per_second > 0
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    torch.manual_seed(0)
+    straight = TinyNet()
+    full = fit(straight, mse, regression_batches, cfg(max_steps=30), device="cpu")
+
+    torch.manual_seed(0)
+    first_half = TinyNet()
+    path = tmp_path / "state.safetensors"
+    fit(first_half, mse, regression_batches, cfg(max_steps=12), checkpoint_path=path, device="cpu")
+    assert read_card(path)["step"] == 12
+
+    torch.manual_seed(123)  # a differently initialised model: everything must come from the checkpoint
+    resumed_model = TinyNet()
+    resumed = fit(resumed_model, mse, regression_batches, cfg(max_steps=30), checkpoint_path=path, device="cpu")
+    assert resumed.first_step == 12 and resumed.step == 30
+    assert resumed.losses == full.losses  # the history carried over, then identical steps
+    for a, b in zip(straight.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_periodic_checkpoints(tmp_path, tiny_net):
+    path = tmp_path / "s.safetensors"
+    fit(tiny_net, mse, regression_batches, cfg(max_steps=7, checkpoint_every=3), checkpoint_path=path, device="cpu")
+    card = read_card(path)
+    assert card["step"] == 7 and card["training"]["saved_because"] == "end (steps)"
+    assert card["training"]["train_config"]["max_steps"] == 7 and card["has_ema"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_net):
+    def poisoned(model, batch):
+        loss = mse(model, batch)
+        return loss * float("nan") if poisoned.calls == 7 else loss
+    poisoned.calls = 0
+
+    def counting(model, batch):
+        out = poisoned(model, batch)
+        poisoned.calls += 1
+        return out
+
+    path = tmp_path / "s.safetensors"
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 7.*step 5\) was kept"):
+        fit(tiny_net, counting, regression_batches, cfg(max_steps=20, checkpoint_every=5),
+            checkpoint_path=path, device="cpu")
+    ckpt = load_checkpoint(path, TinyNet())
+    assert ckpt.step == 5 and all(math.isfinite(v) for v in ckpt.train["loss_history"].tolist())
+    # the weights in memory were not touched by the bad step
+    assert all(torch.isfinite(p).all() for p in tiny_net.parameters())
+
+
+def test_nan_without_checkpoint_says_so(tiny_net):
+    with pytest.raises(NonFiniteLossError, match="at step 0.*no checkpoint was written"):
+        fit(tiny_net, lambda m, b: torch.tensor(float("inf"), requires_grad=True), regression_batches,
+            cfg(max_steps=3), device="cpu")
+
+
+def test_time_budget_stops_training(tiny_net):
+    result = fit(tiny_net, mse, regression_batches, cfg(max_steps=None, max_minutes=0.5 / 60), device="cpu")
+    assert result.stopped_by == "time" and result.step > 0
+    assert 0.5 <= result.seconds < 5
+
+
+def test_budget_is_required():
+    with pytest.raises(ValueError, match="budget"):
+        TrainConfig(max_steps=None, max_minutes=None)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_ema_update_and_warmup():
+    a, b = TinyNet(), TinyNet()
+    target = 0.25 * a.net[0].weight + 0.75 * b.net[0].weight
+    update_ema(a, b, decay=0.25)
+    assert torch.allclose(a.net[0].weight, target)
+    assert ema_decay_at(0.9999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.9999, 10**6) == 0.9999
+
+
+def test_gradient_clipping_bounds_the_update(tiny_net, monkeypatch):
+    before = [p.detach().clone() for p in tiny_net.parameters()]
+    norms_after_clipping = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        clip(params, max_norm, *args, **kwargs)
+        norms_after_clipping.append(torch.sqrt(sum(p.grad.pow(2).sum() for p in params)).item())
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    huge = lambda model, batch: 1e6 * mse(model, batch)  # gradients far above the limit
+    fit(tiny_net, huge, regression_batches, cfg(max_steps=2, grad_clip=0.5), device="cpu")
+    assert len(norms_after_clipping) == 2 and all(n <= 0.5 + 1e-4 for n in norms_after_clipping)
+    assert any(not torch.equal(p, q) for p, q in zip(before, tiny_net.parameters()))
