@@ -50,6 +50,7 @@ class TrainConfig:
 
     max_steps: int | None = 1000
     max_minutes: float | None = None
+    batch_size: int = 64             # read by the recipe that builds the batches
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0            # linear warm-up of the learning rate (DDPM: 5000)
@@ -276,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     device = config.get_device(args.device)
     print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
-    result = fit(model, recipe.loss_fn, recipe.batches(data, cfg), cfg, checkpoint_path=state,
-                 device=device, training_info={"recipe": recipe.name, "data_source": data.source,
-                                               "data_images": len(data),
-                                               "command": "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)})
+    command = "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = fit(model, recipe.loss_fn(), recipe.batches(data, cfg), cfg, checkpoint_path=state, device=device,
+                 training_info={**recipe.card_info(), "data_source": data.source,
+                                "data_images": len(data), "command": command})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
     export_inference(state, export)

@@ -1,0 +1,39 @@
+# The two commands of the README:
+#   make lab    set everything up (venv, package, Jupyter, kernel) and open the course
+#   make test   run the unit tests and every notebook (fast mode) under nbval
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+KERNEL := course-diffusion
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup lab test notebooks kernel bench clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version.split()[0]'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) kernel
+
+kernel: $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (diffusion course)" >/dev/null
+
+lab: setup
+	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+	$(BIN)/jupyter lab notebooks/
+
+test: $(STAMP)
+	COURSE_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_ARGS)
+
+# regenerate the committed .ipynb files from their .py sources, without outputs
+notebooks: $(STAMP)
+	$(BIN)/jupytext --to ipynb --update notebooks/[0-9]*.py
+	$(BIN)/nbstripout --keep-id notebooks/[0-9]*.ipynb
+
+clean-venv:
+	rm -rf $(VENV)

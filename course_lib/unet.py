@@ -1,0 +1,427 @@
+"""The classic DDPM UNet (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", App. B).
+
+A UNet (Ronneberger et al. 2015) built from wide ResNet blocks (Zagoruyko & Komodakis 2016)
+with group normalisation (Wu & He 2018), conditioned on the timestep through a sinusoidal
+embedding (Vaswani et al. 2017) that every residual block *adds* to its feature maps, and
+with self-attention at low resolutions (16x16 for CIFAR-10).
+
+Layout for the CIFAR-10 model (``UNetConfig.paper()``: base 128, channel_mult (1, 2, 2, 2),
+2 res blocks per level, attention at 16x16, dropout 0.1; 35.7M parameters):
+
+    x [B, 3, 32, 32] -> conv_in -> [B, 128, 32, 32]
+    down:   32x32: 2 x ResBlock(128)       -> Downsample
+            16x16: 2 x (ResBlock(256) + Attention) -> Downsample
+             8x8:  2 x ResBlock(256)       -> Downsample
+             4x4:  2 x ResBlock(256)
+    middle: ResBlock -> Attention -> ResBlock
+    up:     per level 3 x ResBlock on [h, skip] concatenated (+ Attention at 16x16), then Upsample
+    out:    GroupNorm -> SiLU -> conv_out -> [B, 3, 32, 32]
+
+Every output of the down path (conv_in, each block, each downsample) is kept as a skip
+connection and consumed, last first, by one up-path block.
+
+``model(x, t)``: x [B, C, H, W] float, t [B] timesteps (integers 0..T-1, or floats).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+__all__ = [
+    "UNetConfig",
+    "UNet",
+    "timestep_embedding",
+    "TimeEmbedding",
+    "EmbedBlock",
+    "ResBlock",
+    "attention",
+    "AttentionBlock",
+    "Downsample",
+    "Upsample",
+    "EmbedSequential",
+    "count_parameters",
+]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class UNetConfig:
+    """Hyper-parameters of the DDPM UNet. ``dataclasses.asdict`` is JSON-serialisable.
+
+    in_channels:          channels of x (3 for RGB, 4 for a latent grid)
+    out_channels:         channels predicted (None: same as in_channels)
+    base_channels:        channels at the first level ("ch" in the DDPM code)
+    channel_mult:         level i has base_channels * channel_mult[i] channels; one level per entry,
+                          each level after the first at half the resolution of the previous
+    num_res_blocks:       ResBlocks per level on the way down (the way up has one more)
+    attention_resolutions: feature-map sizes (e.g. 16 for 16x16) that get self-attention
+    dropout:              dropout inside each ResBlock, before the second conv
+    image_size:           the training resolution; fixes where attention goes
+    num_groups:           GroupNorm groups (32 in the paper); must divide every channel count
+    num_heads:            attention heads (1 in DDPM)
+    """
+
+    in_channels: int = 3
+    out_channels: int | None = None
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    image_size: int = 32
+    num_groups: int = 32
+    num_heads: int = 1
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists: turn them back so configs compare equal.
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for ch in sorted({self.base_channels * m for m in self.channel_mult}):
+            if ch % self.num_groups:
+                raise ValueError(
+                    f"num_groups={self.num_groups} must divide every channel count; {ch} is not divisible "
+                    f"(base_channels={self.base_channels}, channel_mult={self.channel_mult})"
+                )
+            if ch % self.num_heads:
+                raise ValueError(f"num_heads={self.num_heads} must divide every channel count; {ch} is not divisible")
+        factor = self.downsample_factor
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size={self.image_size} must be divisible by 2**(levels-1) = {factor} "
+                f"for channel_mult={self.channel_mult}"
+            )
+
+    @property
+    def levels(self) -> int:
+        """Number of resolutions in the UNet."""
+        return len(self.channel_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much the lowest resolution is smaller than the input: 2**(levels - 1)."""
+        return 2 ** (self.levels - 1)
+
+    @property
+    def resolved_out_channels(self) -> int:
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+    @classmethod
+    def paper(cls, **overrides) -> "UNetConfig":
+        """Ho et al. (2020)'s CIFAR-10 model: 128 channels, (1,2,2,2), attention at 16x16, dropout 0.1; 35.7M params."""
+        return cls(**{**dict(base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                             attention_resolutions=(16,), dropout=0.1, num_groups=32), **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> "UNetConfig":
+        """The paper's architecture at a quarter of the width, for training on a CPU: 2.25M parameters.
+
+        base 32 (so 32/64/64/64 channels), channel_mult (1, 2, 2, 2), 2 res blocks, attention at
+        16x16: the layout of ``paper()`` with ~1/16 of its parameters and FLOPs (~40 img/s of
+        training on 2 CPU cores against ~4). num_groups is 8 because GroupNorm(32) on 32
+        channels would normalise each channel alone. No dropout: a run of a few CPU-hours sees
+        CIFAR-10 ~10-20 times and underfits rather than overfits (the paper's 0.1 fights
+        overfitting over 800k steps).
+        """
+        return cls(**{**dict(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                             attention_resolutions=(16,), dropout=0.0, num_groups=8), **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> "UNetConfig":
+        """For tests and ``COURSE_FAST=1``: 32 channels, 2 levels, 1 res block, attention at 16x16; 0.29M parameters."""
+        return cls(**{**dict(base_channels=32, channel_mult=(1, 1), num_res_blocks=1,
+                             attention_resolutions=(16,), dropout=0.0, num_groups=8), **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        """Inverse of ``dataclasses.asdict``; unknown keys raise a clear error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown UNetConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- timestep embedding
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps (Vaswani et al. 2017, Sec. 3.5; DDPM App. B).
+
+        freq_i = max_period^(-i / half),  i = 0 .. half-1,  half = dim // 2
+        emb(t) = [sin(t * freq_0), ..., sin(t * freq_{half-1}), cos(t * freq_0), ..., cos(t * freq_{half-1})]
+
+    t: [B] -> [B, dim] float32 (an odd ``dim`` gets a zero last column). The DDPM code divides by
+    ``half - 1`` instead of ``half``; the two differ only in the exact frequency spacing.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]  # [B, half]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # [B, 2*half]
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding followed by a 2-layer MLP: dim -> 4 dim -> SiLU -> 4 dim (DDPM App. B)."""
+
+    def __init__(self, dim: int, emb_dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+        emb_dim = emb_dim or 4 * dim
+        self.fc1 = nn.Linear(dim, emb_dim)
+        self.fc2 = nn.Linear(emb_dim, emb_dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        h = timestep_embedding(t, self.dim)  # [B, dim]
+        h = self.fc1(h)  # [B, 4 dim]
+        return self.fc2(F.silu(h))  # [B, 4 dim]
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero and return it (DDPM's ``init_scale=0``)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class EmbedBlock(nn.Module):
+    """A layer whose forward takes the timestep embedding too: ``forward(x, emb)``.
+
+    ``EmbedSequential`` hands ``emb`` to exactly these layers; other residual blocks (a later
+    chapter's AdaGN block) subclass it to plug into the same UNet.
+    """
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ResBlock(EmbedBlock):
+    """Residual block with *additive* timestep conditioning (DDPM App. B, after Wide ResNet):
+
+        h = conv1(SiLU(GroupNorm(x)))
+        h = h + Linear(SiLU(emb))[:, :, None, None]          # per-channel bias from the timestep
+        h = conv2(Dropout(SiLU(GroupNorm(h))))
+        out = shortcut(x) + h                                # 1x1 conv shortcut when channels change
+
+    conv2 starts at zero, as in the DDPM code, so every block starts as the identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+                 num_groups: int = 32):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_channels)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
+                         else nn.Identity())
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
+        h = h + rearrange(self.emb_proj(F.silu(emb)), "b c -> b c 1 1")
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # [B, C_out, H, W]
+        return self.shortcut(x) + h
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention written out (Vaswani et al. 2017, eq. 1):
+
+        Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+
+    q, k, v: [B, heads, N, d] -> [B, heads, N, d]. Equal to
+    ``torch.nn.functional.scaled_dot_product_attention(q, k, v)`` up to rounding.
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale  # [B, heads, N, N]
+    weights = scores.softmax(dim=-1)
+    return torch.einsum("bhij,bhjd->bhid", weights, v)  # [B, heads, N, d]
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions of a feature map, with a residual connection (DDPM App. B):
+
+        h = GroupNorm(x);  q, k, v = 1x1 conv(h) split in three, then in heads
+        out = x + proj_out(Attention(q, k, v))
+
+    ``proj_out`` starts at zero (as in the DDPM code), so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(num_groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x))  # [B, 3C, H, W]
+        q, k, v = rearrange(qkv, "b (three h d) x y -> three b h (x y) d", three=3, h=self.num_heads)
+        out = attention(q, k, v)  # [B, heads, H*W, d]
+        out = rearrange(out, "b h (x y) d -> b (h d) x y", x=H, y=W)  # [B, C, H, W]
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution: [B, C, H, W] -> [B, C, H/2, W/2]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour upsampling then a 3x3 conv: [B, C, H, W] -> [B, C, 2H, 2W]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers where those that take the timestep embedding (ResBlocks) receive it."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, EmbedBlock) else layer(x)
+        return x
+
+
+# --------------------------------------------------------------------------- the UNet
+
+
+class UNet(nn.Module):
+    """The DDPM UNet. ``UNet(UNetConfig.paper())`` is Ho et al.'s 35.7M-parameter CIFAR-10 model.
+
+    forward(x [B, C, H, W] float, t [B] timesteps) -> [B, out_channels, H, W]
+    """
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        config = config or UNetConfig()
+        self.config = config
+        ch = config.base_channels
+        emb_dim = 4 * ch
+        self.time_embed = TimeEmbedding(ch, emb_dim)
+        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+
+        # Down path: remember the channel count of every skip connection it produces.
+        self.down = nn.ModuleList()
+        skip_channels = [ch]
+        resolution = config.image_size
+        for level, mult in enumerate(config.channel_mult):
+            out_ch = config.base_channels * mult
+            for _ in range(config.num_res_blocks):
+                self.down.append(self._stage(ch, out_ch, resolution))
+                ch = out_ch
+                skip_channels.append(ch)
+            if level != config.levels - 1:
+                self.down.append(EmbedSequential(Downsample(ch)))
+                resolution //= 2
+                skip_channels.append(ch)
+
+        self.middle = EmbedSequential(
+            self._res_block(ch, ch),
+            AttentionBlock(ch, config.num_heads, config.num_groups),
+            self._res_block(ch, ch),
+        )
+
+        # Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            out_ch = config.base_channels * mult
+            for i in range(config.num_res_blocks + 1):
+                stage = self._stage(ch + skip_channels.pop(), out_ch, resolution)
+                ch = out_ch
+                if level != 0 and i == config.num_res_blocks:
+                    stage.append(Upsample(ch))
+                    resolution *= 2
+                self.up.append(stage)
+        assert not skip_channels, "every skip connection must be consumed"
+
+        self.norm_out = nn.GroupNorm(config.num_groups, ch)
+        self.conv_out = zero_module(nn.Conv2d(ch, config.resolved_out_channels, 3, padding=1))
+
+    # The one place that decides which residual block the UNet is built from.
+    def _res_block(self, in_channels: int, out_channels: int) -> nn.Module:
+        c = self.config
+        return ResBlock(in_channels, out_channels, 4 * c.base_channels, c.dropout, c.num_groups)
+
+    def _stage(self, in_channels: int, out_channels: int, resolution: int) -> EmbedSequential:
+        """A ResBlock, followed by self-attention if this resolution is in attention_resolutions."""
+        layers = [self._res_block(in_channels, out_channels)]
+        if resolution in self.config.attention_resolutions:
+            layers.append(AttentionBlock(out_channels, self.config.num_heads, self.config.num_groups))
+        return EmbedSequential(*layers)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a 4-D tensor [B, C, H, W], got shape {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor (images in [-1, 1]), got dtype {x.dtype}")
+        B, C, H, W = x.shape
+        if C != c.in_channels:
+            raise ValueError(f"x has {C} channels but this UNet was built for in_channels={c.in_channels}")
+        f = c.downsample_factor
+        if H % f or W % f:
+            raise ValueError(
+                f"image size {H}x{W} must be divisible by 2**(levels-1) = {f} "
+                f"(channel_mult={c.channel_mult} has {c.levels} levels)"
+            )
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(B)
+        if t.ndim != 1 or t.shape[0] != B:
+            raise ValueError(f"t must have shape [B] = [{B}] (one timestep per image), got {tuple(t.shape)}")
+        return t.to(x.device)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = self._check_inputs(x, t)
+        emb = self.time_embed(t)  # [B, 4 ch]
+        h = self.conv_in(x)  # [B, ch, H, W]
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb)  # [B, ch_level, H_level, W_level]
+            skips.append(h)
+        h = self.middle(h, emb)  # [B, ch_last, H / 2^(levels-1), W / 2^(levels-1)]
+        for stage in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)  # [B, ch + ch_skip, h, w]
+            h = stage(h, emb)
+        h = self.conv_out(F.silu(self.norm_out(h)))  # [B, out_channels, H, W]
+        return h
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters in ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,41 @@
+"""The notebook pipeline: each notebooks/NN_name.py is the source of a committed NN_name.ipynb.
+
+The .ipynb must hold the same cells as its .py (regenerate with `make notebooks`) and no outputs.
+nbval executes the .ipynb files themselves (see the Makefile's test target).
+"""
+
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_there_are_notebooks():
+    assert (NOTEBOOKS / "00_welcome.py") in SOURCES
+
+
+def test_every_ipynb_has_a_source():
+    for ipynb in NOTEBOOKS.glob("*.ipynb"):
+        assert ipynb.with_suffix(".py").exists(), f"{ipynb.name} has no jupytext source {ipynb.stem}.py"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[s.stem for s in SOURCES])
+def test_pair_is_in_sync_and_stripped(source):
+    ipynb = source.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing: run `make notebooks`"
+    committed = nbformat.read(ipynb, as_version=4)
+    assert cells(committed) == cells(jupytext.read(source)), (
+        f"{ipynb.name} differs from {source.name}: edit the .py, then run `make notebooks`")
+    for c in committed.cells:
+        if c.cell_type == "code":
+            assert not c.outputs and c.execution_count is None, (
+                f"{ipynb.name} is committed with outputs: run `make notebooks` (it strips them)")
+    assert committed.metadata.kernelspec.name == "course-diffusion"

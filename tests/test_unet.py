@@ -1,0 +1,188 @@
+"""The DDPM UNet: shapes, the paper's parameter count, attention, errors, and that it learns."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.parameterization import diffusion_loss
+from course_lib.schedules import NoiseSchedule
+from course_lib.unet import (
+    AttentionBlock,
+    ResBlock,
+    UNet,
+    UNetConfig,
+    attention,
+    count_parameters,
+    timestep_embedding,
+)
+
+
+def _randomise_zero_layers(model: torch.nn.Module) -> None:
+    """The DDPM init zeroes the last conv of each block and conv_out; undo that to test the wiring."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.05)
+
+
+@pytest.mark.parametrize(
+    "config, shape",
+    [
+        (UNetConfig.tiny(), (2, 3, 32, 32)),
+        (UNetConfig.small(), (1, 3, 32, 32)),
+        (UNetConfig.tiny(), (2, 3, 16, 24)),  # any size divisible by 2**(levels-1)
+        (UNetConfig(in_channels=4, out_channels=8, base_channels=16, channel_mult=(1, 2, 3),
+                    num_res_blocks=2, attention_resolutions=(4, 2), image_size=8, num_groups=8,
+                    num_heads=2, dropout=0.1), (3, 4, 8, 8)),
+    ],
+)
+def test_output_shape(config, shape):
+    model = UNet(config)
+    x = torch.randn(shape)
+    out = model(x, torch.randint(0, 1000, (shape[0],)))
+    assert out.shape == (shape[0], config.resolved_out_channels, *shape[2:])
+    assert out.dtype == x.dtype
+
+
+def test_paper_config_has_35_7M_parameters():
+    with torch.device("meta"):  # counts without allocating 143 MB
+        model = UNet(UNetConfig.paper())
+    n = count_parameters(model)
+    assert abs(n - 35.7e6) / 35.7e6 < 0.01, n
+    attention_blocks = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    assert len(attention_blocks) == 2 + 1 + 3  # 16x16 on the way down, the middle, 16x16 on the way up
+
+
+def test_small_and_tiny_configs_are_the_sizes_they_claim():
+    assert 2e6 <= count_parameters(UNet(UNetConfig.small())) <= 4e6
+    assert count_parameters(UNet(UNetConfig.tiny())) < 0.5e6
+
+
+def test_config_survives_a_json_round_trip():
+    config = UNetConfig.small()
+    restored = UNetConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(config))))
+    assert restored == config and isinstance(restored.channel_mult, tuple)
+    with pytest.raises(ValueError, match="unknown UNetConfig fields"):
+        UNetConfig.from_dict({"base_chanels": 64})
+
+
+def test_timestep_embedding_is_the_sinusoidal_formula():
+    t = torch.tensor([0, 1, 17, 999])
+    emb = timestep_embedding(t, 16)
+    assert emb.shape == (4, 16)
+    i = torch.arange(8)
+    freqs = 10000.0 ** (-i / 8)
+    assert torch.allclose(emb[2, :8], torch.sin(17 * freqs), atol=1e-5)
+    assert torch.allclose(emb[2, 8:], torch.cos(17 * freqs), atol=1e-5)
+    assert torch.equal(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))
+    assert timestep_embedding(t, 7).shape == (4, 7)
+    # fractional timesteps are allowed and interpolate smoothly
+    mid = timestep_embedding(torch.tensor([16.5]), 16)
+    assert (mid - emb[2:3]).abs().max() < 0.51
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_einsum_attention_equals_scaled_dot_product_attention(heads):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, heads, 64, 16, generator=g) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(attention(q, k, v), expected, atol=1e-5)
+
+
+def test_attention_block_mixes_positions_and_starts_as_identity():
+    block = AttentionBlock(32, num_heads=2, num_groups=8)
+    x = torch.randn(2, 32, 8, 8)
+    assert torch.equal(block(x), x)  # proj_out is zero-initialised
+    _randomise_zero_layers(block)
+    y = block(x)
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 1.0  # change one position: every other position's output changes too
+    assert (block(x2) - y)[:, :, 5, 5].abs().max() > 1e-4
+
+
+def test_res_block_adds_the_time_embedding_per_channel():
+    block = ResBlock(16, 32, emb_dim=64, num_groups=8)
+    _randomise_zero_layers(block)
+    x = torch.randn(2, 16, 8, 8)
+    emb1, emb2 = torch.randn(2, 64), torch.randn(2, 64)
+    assert block(x, emb1).shape == (2, 32, 8, 8)
+    # the embedding enters before norm2, so it changes the output; the same x and emb give the same output
+    assert not torch.allclose(block(x, emb1), block(x, emb2))
+    assert torch.equal(block(x, emb1), block(x, emb1))
+    # with conv2 at zero (its init), the block is exactly its shortcut
+    fresh = ResBlock(16, 16, emb_dim=64, num_groups=8)
+    assert torch.equal(fresh(x, emb1), x)
+
+
+def test_unet_output_depends_on_t_and_accepts_float_and_scalar_t():
+    model = UNet(UNetConfig.tiny()).eval()
+    _randomise_zero_layers(model)
+    x = torch.randn(2, 3, 16, 16)
+    out_int = model(x, torch.tensor([5, 5]))
+    assert torch.allclose(model(x, torch.tensor([5.0, 5.0])), out_int, atol=1e-6)
+    assert torch.allclose(model(x, 5), out_int, atol=1e-6)
+    assert not torch.allclose(model(x, torch.tensor([500, 500])), out_int, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "x, t, message",
+    [
+        (torch.zeros(2, 1, 32, 32), torch.zeros(2), "1 channels but this UNet was built for in_channels=3"),
+        (torch.zeros(2, 3, 30, 32), torch.zeros(2), "divisible by 2\\*\\*\\(levels-1\\) = 8"),
+        (torch.zeros(2, 3, 32, 32), torch.zeros(3), "t must have shape \\[B\\] = \\[2\\]"),
+        (torch.zeros(2, 3, 32, 32), torch.zeros(2, 1), "t must have shape"),
+        (torch.zeros(3, 32, 32), torch.zeros(2), "4-D tensor"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(x, t, message):
+    model = UNet(UNetConfig.small())
+    with pytest.raises(ValueError, match=message):
+        model(x, t)
+
+
+def test_bad_configs_raise_clear_errors():
+    with pytest.raises(ValueError, match="num_groups=32 must divide"):
+        UNetConfig(base_channels=48)
+    with pytest.raises(ValueError, match="image_size=36 must be divisible"):
+        UNetConfig(image_size=36)
+    with pytest.raises(TypeError, match="floating-point"):
+        UNet(UNetConfig.tiny())(torch.zeros(1, 3, 32, 32, dtype=torch.long), torch.zeros(1))
+
+
+def test_tiny_unet_loss_falls_on_real_cifar10():
+    """A few Adam steps on 16 real CIFAR-10 images (the bundled sample) must cut the loss.
+
+    Measured on fixed (t, noise) pairs before and after, so the comparison is not luck of the draw.
+    The zero-initialised output makes the starting loss E[eps^2] ~ 1.
+    """
+    from course_lib.config import sample_dir
+    from course_lib.data import load_cifar10
+
+    images = load_cifar10("train", root=sample_dir(), limit=16, verbose=False).images  # [16, 3, 32, 32]
+    assert images.shape == (16, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    torch.manual_seed(0)
+    schedule = NoiseSchedule.linear(1000)
+    model = UNet(UNetConfig.tiny())
+    t_eval = torch.randint(0, 1000, (16,))
+    noise_eval = torch.randn_like(images)
+
+    def eval_loss():
+        with torch.no_grad():
+            return diffusion_loss(model, schedule, images, t=t_eval, noise=noise_eval).item()
+
+    before = eval_loss()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(12):
+        loss = diffusion_loss(model, schedule, images)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert math.isfinite(after)
+    assert before == pytest.approx(1.0, abs=0.1)
+    assert after < 0.5 * before, (before, after)
