@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 KERNEL := course-diffusion
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# JupyterLab refuses to run as root unless told; containers often run as root
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: setup lab test notebooks kernel bench clean-venv
 
@@ -24,7 +26,7 @@ kernel: $(STAMP)
 
 lab: setup
 	$(BIN)/jupytext --sync notebooks/[0-9]*.py
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
 test: $(STAMP)
 	COURSE_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \

@@ -81,7 +81,8 @@ RECIPES: dict[str, DiffusionRecipe] = {
             "ddpm-small", "chapter 1: the paper's UNet at quarter width (2.25M), trains on a CPU",
             UNetConfig.small,
             lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, bf16=True, checkpoint_minutes=10)),
+                                ema_decay=0.9995, bf16=True, channels_last=True,
+                                checkpoint_minutes=10)),
         DiffusionRecipe(
             "ddpm-paper", "chapter 1: Ho et al.'s 35.7M CIFAR-10 UNet (needs a GPU for real training)",
             UNetConfig.paper,

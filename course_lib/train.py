@@ -60,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int | None = None      # steps between saves (with a checkpoint path)
     checkpoint_minutes: float | None = 10.0  # minutes between saves (with a checkpoint path)
     bf16: bool = False               # bf16 autocast for forward and loss (CPU with AVX-512 bf16, or GPU)
+    channels_last: bool = False      # NHWC memory layout for conv nets (faster with bf16 on CPU)
     progress: bool = True            # show a tqdm progress bar
 
     def __post_init__(self):
@@ -110,11 +111,12 @@ def _batch_size(batch: Any) -> int:
     return len(first) if torch.is_tensor(first) else 1
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.ndim == 4 else batch
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(_to_device(b, device, channels_last) for b in batch)
     return batch
 
 
@@ -143,6 +145,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
     """
     device = torch.device(device) if device is not None else config.get_device()
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     losses: list[float] = []
@@ -183,7 +187,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 stopped_by = "time"
                 break
             torch.manual_seed(step_seed(cfg.seed, step))
-            batch = _to_device(batches(step), device)
+            batch = _to_device(batches(step), device, cfg.channels_last)
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -130,3 +130,16 @@ def test_gradient_clipping_bounds_the_update(tiny_net, monkeypatch):
     fit(tiny_net, huge, regression_batches, cfg(max_steps=2, grad_clip=0.5), device="cpu")
     assert len(norms_after_clipping) == 2 and all(n <= 0.5 + 1e-4 for n in norms_after_clipping)
     assert any(not torch.equal(p, q) for p, q in zip(before, tiny_net.parameters()))
+
+
+def test_bf16_channels_last_trains_a_conv_net():
+    from course_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.tiny())
+    images = torch.randn(4, 3, 32, 32).clamp(-1, 1)
+    loss_fn = lambda m, batch: (m(batch[0], torch.full((4,), 500)) - batch[0]).pow(2).mean()
+    result = fit(model, loss_fn, lambda step: (images,), cfg(max_steps=3, bf16=True, channels_last=True, lr=1e-3),
+                 device="cpu")
+    assert all(math.isfinite(v) for v in result.losses) and result.losses[-1] < result.losses[0]
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
