@@ -281,13 +281,27 @@ def check_model_matches(card: dict, model: torch.nn.Module, path: Path | str = "
     """Raise :class:`CheckpointError` naming every difference between the card and ``model``."""
     if card["model_class"] != type(model).__name__:
         raise CheckpointError(f"{path} holds a {card['model_class']}, not a {type(model).__name__}")
-    saved, ours = card["model_config"], model_config_dict(model)
+    saved, ours = dict(card["model_config"]), model_config_dict(model)
+    # A field added to the config class after the checkpoint was written is fine when the model
+    # uses that field's default: the checkpoint was made with what the default describes.
+    for name, default in _config_defaults(model).items():
+        if name not in saved and name in ours:
+            saved[name] = default
     if saved != ours:
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs model {ours.get(k)!r}"
                  for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
         raise CheckpointError(f"{path} was made for another {card['model_class']} config: "
                               + "; ".join(diffs) + ". Build the model from the checkpoint's config "
                               "(course_lib.recipes.model_from_checkpoint) or pick the matching checkpoint")
+
+
+def _config_defaults(model: torch.nn.Module) -> dict:
+    """The JSON form of the default value of every field of ``model.config`` that has one."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    return json.loads(json.dumps(defaults))
 
 
 def _load_into(ckpt: Checkpoint, model: torch.nn.Module, weights: str) -> None:

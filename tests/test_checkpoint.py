@@ -184,3 +184,19 @@ def test_export_keeps_only_inference_weights(tmp_path, tiny_net):
 def test_paths_must_be_safetensors(tmp_path, tiny_net):
     with pytest.raises(ValueError, match=r"end in \.safetensors"):
         save_checkpoint(tmp_path / "model.pt", tiny_net)
+
+
+def test_config_field_added_later_with_its_default_still_loads(tmp_path, tiny_net):
+    from dataclasses import dataclass
+
+    path = save_checkpoint(tmp_path / "old.safetensors", tiny_net)
+
+    @dataclass
+    class TinyConfigV2(TinyConfig):  # a newer course version added a field with a default
+        activation: str = "tanh"
+
+    newer = TinyNet(TinyConfigV2())
+    load_checkpoint(path, newer)
+    assert torch.equal(newer.net[0].weight, tiny_net.net[0].weight)
+    with pytest.raises(CheckpointError, match="activation: checkpoint 'tanh' vs model 'relu'"):
+        load_checkpoint(path, TinyNet(TinyConfigV2(activation="relu")))
