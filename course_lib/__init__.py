@@ -7,6 +7,14 @@ One module per concept; the notebooks in ``notebooks/`` explain, call and visual
 - ``train``: the training loop (EMA, clipping, budgets, exact resume) and its command line
 - ``checkpoint``: safetensors checkpoints with a JSON card, written atomically
 - ``viz``: image grids
+- ``schedules``: noise schedules (linear, cosine), alpha_bar, SNR, q_sample, the posterior
+- ``parameterization``: epsilon / x0 / v and the simple diffusion loss
+- ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock)
+- ``attention``: attention three ways (einsum, SDPA, chunked) behind one interface
+- ``samplers``: ancestral DDPM and DDIM
+- ``recipes``: what ``python -m course_lib.train`` can train; building a model from a checkpoint
+- ``widgets``: the interactive explorers of the notebooks
+- ``exercises``: checks that tell a learner whether their implementation is right
 """
 
 __version__ = "0.1.0"

@@ -21,6 +21,10 @@ Every output of the down path (conv_in, each block, each downsample) is kept as 
 connection and consumed, last first, by one up-path block.
 
 ``model(x, t)``: x [B, C, H, W] float, t [B] timesteps (integers 0..T-1, or floats).
+
+Chapter 2 adds two switches and changes nothing else: ``resblock="adagn"`` builds every residual
+block as an :class:`AdaGNResBlock` (scale-and-shift conditioning, Nichol & Dhariwal 2021), and
+``attention_impl`` picks how the attention blocks compute attention (see ``course_lib.attention``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from .attention import ATTENTION_IMPLS
+from .attention import einsum_attention as attention  # chapter 1's name for the einsum version
+
 __all__ = [
     "UNetConfig",
     "UNet",
@@ -40,6 +47,8 @@ __all__ = [
     "TimeEmbedding",
     "EmbedBlock",
     "ResBlock",
+    "AdaGNResBlock",
+    "RES_BLOCKS",
     "attention",
     "AttentionBlock",
     "Downsample",
@@ -67,6 +76,8 @@ class UNetConfig:
     image_size:           the training resolution; fixes where attention goes
     num_groups:           GroupNorm groups (32 in the paper); must divide every channel count
     num_heads:            attention heads (1 in DDPM)
+    resblock:             "additive" (DDPM's ResBlock) or "adagn" (AdaGNResBlock, improved DDPM)
+    attention_impl:       "einsum" (chapter 1), "sdpa" or "chunked": same function, different speed/memory
     """
 
     in_channels: int = 3
@@ -79,6 +90,8 @@ class UNetConfig:
     image_size: int = 32
     num_groups: int = 32
     num_heads: int = 1
+    resblock: str = "additive"
+    attention_impl: str = "einsum"
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists: turn them back so configs compare equal.
@@ -98,6 +111,10 @@ class UNetConfig:
                 )
             if ch % self.num_heads:
                 raise ValueError(f"num_heads={self.num_heads} must divide every channel count; {ch} is not divisible")
+        if self.resblock not in RES_BLOCKS:
+            raise ValueError(f"resblock must be one of {sorted(RES_BLOCKS)}, got {self.resblock!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {sorted(ATTENTION_IMPLS)}, got {self.attention_impl!r}")
         factor = self.downsample_factor
         if self.image_size % factor:
             raise ValueError(
@@ -243,18 +260,42 @@ class ResBlock(EmbedBlock):
         return self.shortcut(x) + h
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention written out (Vaswani et al. 2017, eq. 1):
+class AdaGNResBlock(EmbedBlock):
+    """Residual block with adaptive group normalisation (AdaGN; Nichol & Dhariwal 2021's
+    ``use_scale_shift_norm``, the ``scale_shift`` ResnetBlock of SD-family UNets):
 
-        Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+        h = conv1(SiLU(GroupNorm(x)))
+        scale, shift = Linear(SiLU(emb)) split in two          # [B, C_out] each
+        h = GroupNorm(h) * (1 + scale) + shift                 # the timestep sets each channel's gain and bias
+        h = conv2(Dropout(SiLU(h)))
+        out = shortcut(x) + h
 
-    q, k, v: [B, heads, N, d] -> [B, heads, N, d]. Equal to
-    ``torch.nn.functional.scaled_dot_product_attention(q, k, v)`` up to rounding.
+    Unlike ResBlock's additive bias, which GroupNorm partly normalises away, the embedding acts
+    after the norm and can also rescale features. conv2 starts at zero: the block starts as shortcut(x).
     """
-    scale = q.shape[-1] ** -0.5
-    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale  # [B, heads, N, N]
-    weights = scores.softmax(dim=-1)
-    return torch.einsum("bhij,bhjd->bhid", weights, v)  # [B, heads, N, d]
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+                 num_groups: int = 32):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
+                         else nn.Identity())
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
+        scale, shift = rearrange(self.emb_proj(F.silu(emb)), "b (two c) -> two b c 1 1", two=2)  # [B, C_out, 1, 1]
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))  # [B, C_out, H, W]
+        return self.shortcut(x) + h
+
+
+#: the residual blocks a UNet can be built from, by ``UNetConfig.resblock``
+RES_BLOCKS: dict[str, type[EmbedBlock]] = {"additive": ResBlock, "adagn": AdaGNResBlock}
 
 
 class AttentionBlock(nn.Module):
@@ -264,13 +305,16 @@ class AttentionBlock(nn.Module):
         out = x + proj_out(Attention(q, k, v))
 
     ``proj_out`` starts at zero (as in the DDPM code), so the block starts as the identity.
+    ``impl`` names the attention version of ``course_lib.attention`` ("einsum", "sdpa", "chunked").
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32):
+    def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32, impl: str = "einsum"):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}; choose from {sorted(ATTENTION_IMPLS)}")
+        self.num_heads, self.impl = num_heads, impl
         self.norm = nn.GroupNorm(num_groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
@@ -279,7 +323,7 @@ class AttentionBlock(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x))  # [B, 3C, H, W]
         q, k, v = rearrange(qkv, "b (three h d) x y -> three b h (x y) d", three=3, h=self.num_heads)
-        out = attention(q, k, v)  # [B, heads, H*W, d]
+        out = ATTENTION_IMPLS[self.impl](q, k, v)  # [B, heads, H*W, d]
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=H, y=W)  # [B, C, H, W]
         return x + self.proj_out(out)
 
@@ -350,7 +394,7 @@ class UNet(nn.Module):
 
         self.middle = EmbedSequential(
             self._res_block(ch, ch),
-            AttentionBlock(ch, config.num_heads, config.num_groups),
+            self._attention_block(ch),
             self._res_block(ch, ch),
         )
 
@@ -373,13 +417,17 @@ class UNet(nn.Module):
     # The one place that decides which residual block the UNet is built from.
     def _res_block(self, in_channels: int, out_channels: int) -> nn.Module:
         c = self.config
-        return ResBlock(in_channels, out_channels, 4 * c.base_channels, c.dropout, c.num_groups)
+        return RES_BLOCKS[c.resblock](in_channels, out_channels, 4 * c.base_channels, c.dropout, c.num_groups)
+
+    def _attention_block(self, channels: int) -> AttentionBlock:
+        c = self.config
+        return AttentionBlock(channels, c.num_heads, c.num_groups, c.attention_impl)
 
     def _stage(self, in_channels: int, out_channels: int, resolution: int) -> EmbedSequential:
         """A ResBlock, followed by self-attention if this resolution is in attention_resolutions."""
         layers = [self._res_block(in_channels, out_channels)]
         if resolution in self.config.attention_resolutions:
-            layers.append(AttentionBlock(out_channels, self.config.num_heads, self.config.num_groups))
+            layers.append(self._attention_block(out_channels))
         return EmbedSequential(*layers)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

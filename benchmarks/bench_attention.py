@@ -1,0 +1,244 @@
+"""Benchmark the three attention versions of ``course_lib.attention``: time and peak memory against length.
+
+For each sequence length N (self-attention, q, k, v of shape [B, heads, N, d]) and each version
+(``einsum``, ``sdpa``, ``chunked``) it measures
+
+* time: seconds per call, forward only under ``torch.no_grad`` (what sampling does), or forward +
+  backward with ``--backward`` (what training does). Runs are interleaved (repeat 1 of every N and
+  version, then repeat 2, ...) so that drifts of the machine hit every variant alike; the table
+  shows medians and the ratio to ``einsum``.
+* peak memory: the most bytes of tensor memory alive at once during one call, above what was
+  alive before it (the inputs). Measured, not estimated: ``torch.profiler`` with
+  ``profile_memory=True`` records every allocation and free made by torch's allocator
+  ("[memory]" events, +bytes / -bytes, on every device and thread); summing them in time order
+  gives the bytes alive after each event, and the maximum is the peak. It counts tensor memory
+  exactly (it is deterministic, so one call suffices) and nothing else (not the Python heap, not
+  allocator slack). ``tracemalloc`` cannot do this: torch allocates outside Python's allocator.
+* cross-check (``--rss``, on by default without ``--quick``; Linux): at the largest N, each version
+  runs once in a fresh subprocess, which resets its resident-set high-water mark (``VmHWM`` in
+  /proc/self/status, reset by writing 5 to /proc/self/clear_refs) just before the call and reports
+  how far it rose above the resident set size before it: what the operating system saw, allocator
+  slack included. (``ru_maxrss`` would not do: a child inherits its parent's high-water mark at exec.)
+  RSS can exceed the tensor peak: glibc's malloc raises its mmap threshold after freeing a large
+  block and then keeps freed blocks in its heap; ``MALLOC_MMAP_THRESHOLD_=1048576`` pins it.
+
+    python benchmarks/bench_attention.py                  # N = 64 .. 4096, B=1, heads=4, d=64, float32
+    python benchmarks/bench_attention.py --quick          # N = 64 .. 1024, 3 repeats, no RSS check
+    python benchmarks/bench_attention.py --backward --lengths 256,1024,2048 --threads 1
+
+This is a script, not a test: times depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from course_lib.attention import ATTENTION_IMPLS, chunked_attention  # noqa: E402
+
+IMPLS = ("einsum", "sdpa", "chunked")
+MB = 2**20
+
+
+def make_inputs(N: int, batch: int, heads: int, dim: int, requires_grad: bool = False, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, N, dim, generator=g).requires_grad_(requires_grad) for _ in range(3)]
+
+
+def run_once(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backward: bool) -> None:
+    """One forward pass (no autograd), or one forward + backward pass."""
+    if backward:
+        ATTENTION_IMPLS[impl](q, k, v).sum().backward()
+        for x in (q, k, v):
+            x.grad = None
+    else:
+        with torch.no_grad():
+            ATTENTION_IMPLS[impl](q, k, v)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ backend logs a few lines per session there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_bytes(fn) -> int:
+    """Peak bytes of tensor memory alive during ``fn()``, above what was alive before (see the module docs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    changes = sorted((e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]")
+    alive, peak = 0, 0
+    for _, nbytes in changes:
+        alive += nbytes
+        peak = max(peak, alive)
+    return peak
+
+
+def proc_status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (Linux), e.g. VmRSS (resident now) or VmHWM (its peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise KeyError(field)
+
+
+def rss_child(impl: str, N: int, batch: int, heads: int, dim: int, backward: bool) -> None:
+    """Subprocess entry: warm up at a small length, then print how far the RSS peaks above its start in one call."""
+    run_once(impl, *make_inputs(64, batch, heads, dim, backward), backward)
+    q, k, v = make_inputs(N, batch, heads, dim, backward)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = proc_status_bytes("VmRSS")
+    run_once(impl, q, k, v, backward)
+    print(json.dumps({"rss_growth_bytes": proc_status_bytes("VmHWM") - before}))
+
+
+def rss_growth(impl: str, N: int, args) -> int:
+    command = [sys.executable, __file__, "--rss-child", impl, str(N), "--batch", str(args.batch),
+               "--heads", str(args.heads), "--dim", str(args.dim)] + (["--backward"] if args.backward else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    return json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_bytes"]
+
+
+# --------------------------------------------------------------------------- time
+
+
+class Variant:
+    """One attention version at one length, with its inputs and a calibrated number of calls per run."""
+
+    def __init__(self, impl: str, N: int, args):
+        self.impl, self.N, self.backward = impl, N, args.backward
+        self.inputs = make_inputs(N, args.batch, args.heads, args.dim, args.backward)
+        self.calls = 1
+
+    def time_run(self) -> float:
+        """Seconds per call, averaged over ``self.calls`` calls."""
+        start = time.perf_counter()
+        for _ in range(self.calls):
+            run_once(self.impl, *self.inputs, self.backward)
+        return (time.perf_counter() - start) / self.calls
+
+    def warm_up(self, min_seconds: float) -> None:
+        self.time_run()
+        self.calls = max(1, round(min_seconds / max(self.time_run(), 1e-6)))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lengths", default="64,128,256,512,1024,2048,4096", help="comma-separated sequence lengths")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dim", type=int, default=64, help="head dimension d")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved timed runs per variant (default 5; 3 quick)")
+    p.add_argument("--min-seconds", type=float, default=0.2, help="each timed run lasts about this long")
+    p.add_argument("--backward", action="store_true", help="time and measure forward + backward")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
+                   help="RSS cross-check at the largest length in subprocesses (default: on unless --quick)")
+    p.add_argument("--quick", action="store_true", help="lengths up to 1024, 3 repeats, no RSS check")
+    p.add_argument("--rss-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths = "64,128,256,512,1024"
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.rss = (not args.quick) if args.rss is None else args.rss
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args.rss_child[0], int(args.rss_child[1]), args.batch, args.heads, args.dim, args.backward)
+        return
+    lengths = [int(n) for n in args.lengths.split(",")]
+    what = "forward + backward" if args.backward else "forward under no_grad"
+    chunks = {n: p.default for n, p in inspect.signature(chunked_attention).parameters.items() if "chunk" in n}
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"threads; q, k, v [B={args.batch}, heads={args.heads}, N, d={args.dim}] float32; {what}; "
+          f"chunked: {chunks['chunk_size']} queries x {chunks['key_chunk_size']} keys per block; "
+          f"{args.repeats} interleaved repeats", flush=True)
+
+    variants = {(impl, N): Variant(impl, N, args) for N in lengths for impl in IMPLS}
+    peak = {}
+    for (impl, N), var in variants.items():
+        var.warm_up(args.min_seconds)
+        peak[impl, N] = peak_bytes(lambda: run_once(impl, *var.inputs, args.backward))
+    print("  warmed up and measured memory", flush=True)
+
+    times = {key: [] for key in variants}
+    for r in range(args.repeats):
+        for key, var in variants.items():
+            times[key].append(var.time_run())
+        print(f"  repeat {r + 1}/{args.repeats} done", flush=True)
+
+    print()
+    print(f"{'N':>5s} | {'time per call, ms (median)':^28s} | {'time / einsum':^15s} | "
+          f"{'peak tensor memory, MB':^26s} | {'memory / einsum':^15s} | {'QK^T':>7s}")
+    print(f"{'':>5s} | " + " ".join(f"{i:>8s}" for i in IMPLS) + " | " + " ".join(f"{i:>7s}" for i in IMPLS[1:])
+          + " | " + " ".join(f"{i:>8s}" for i in IMPLS) + " | " + " ".join(f"{i:>7s}" for i in IMPLS[1:])
+          + f" | {'MB':>7s}")
+    print("-" * 114)
+    for N in lengths:
+        t = {i: statistics.median(times[i, N]) for i in IMPLS}
+        m = {i: peak[i, N] for i in IMPLS}
+        scores_mb = args.batch * args.heads * N * N * 4 / MB  # one float32 [B, heads, N, N] matrix
+        print(f"{N:5d} | " + " ".join(f"{1e3 * t[i]:8.2f}" for i in IMPLS)
+              + " | " + " ".join(f"{t[i] / t['einsum']:7.2f}" for i in IMPLS[1:])
+              + " | " + " ".join(f"{m[i] / MB:8.2f}" for i in IMPLS)
+              + " | " + " ".join(f"{m[i] / m['einsum']:7.3f}" for i in IMPLS[1:])
+              + f" | {scores_mb:7.2f}")
+    spread = max((max(v) - min(v)) / statistics.median(v) for v in times.values())
+    print(f"\nQK^T MB = the size of one [B, heads, N, N] float32 score matrix. "
+          f"Largest spread between repeats: {100 * spread:.0f}% of the median.")
+
+    if args.rss and not Path("/proc/self/clear_refs").exists():
+        print("\n(RSS cross-check skipped: it needs Linux's /proc)")
+    elif args.rss:
+        N = lengths[-1]
+        print(f"\nCross-check at N={N}: growth of the process's RSS high-water mark during one call "
+              f"(fresh subprocess per version) against the profiler's peak:")
+        for impl in IMPLS:
+            print(f"  {impl:8s} RSS +{rss_growth(impl, N, args) / MB:8.1f} MB   profiler {peak[impl, N] / MB:8.1f} MB",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Scaled dot-product attention three ways, behind one interface (Vaswani et al. 2017, eq. 1):
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+
+All three compute the same function and agree to float32 rounding; they differ in how they
+spend time and memory:
+
+* ``einsum_attention``:  the equation as written (chapter 1). It materialises the score matrix
+  Q K^T, so memory grows as O(Nq * Nk) per head: 256 MB for 4 heads of 4096 x 4096 in float32.
+* ``sdpa_attention``:    ``torch.nn.functional.scaled_dot_product_attention``, a fused kernel
+  (FlashAttention, Dao et al. 2022, or a memory-efficient one) that torch picks per device.
+* ``chunked_attention``: queries in blocks (Rabe & Staats 2021, "Self-attention does not need
+  O(n^2) memory") and keys in blocks with an online softmax (Milakov & Gimelshein 2018, the
+  trick inside FlashAttention), written in plain torch so that every step can be read.
+
+Shapes: q [B, heads, Nq, d], k [B, heads, Nk, d], v [B, heads, Nk, d_v] -> [B, heads, Nq, d_v].
+Nq may differ from Nk (cross-attention: queries from the image, keys and values from text).
+
+Mask convention (the one of SDPA's boolean ``attn_mask``): a boolean tensor broadcastable to
+[B, heads, Nq, Nk] where **True means "this query may attend to this key"**. Masked keys get
+exactly zero weight. A query whose keys are *all* masked attends to nothing and its output is
+**zero** (the plain formula would give 0/0 = NaN); all three versions do this.
+Beware: ``torch.nn.MultiheadAttention``'s boolean mask means the opposite (True = blocked).
+
+``attention(q, k, v, mask, impl="sdpa")`` picks a version by name; ``MultiHeadAttention`` is a
+layer for token sequences [B, N, dim] that splits heads, attends (self or cross) and merges.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "attention",
+    "attention_weights",
+    "einsum_attention",
+    "sdpa_attention",
+    "chunked_attention",
+    "ATTENTION_IMPLS",
+    "split_heads",
+    "merge_heads",
+    "MultiHeadAttention",
+]
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Check shapes and the mask; return the mask broadcast to [B, heads, Nq, Nk] (a view, no copy)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be 4-D [B, heads, N, d], got shape {tuple(x.shape)}; "
+                             "split the heads first (split_heads)")
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"need q [B, heads, Nq, d], k [B, heads, Nk, d], v [B, heads, Nk, d_v]; got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be boolean with True = attend, got dtype {mask.dtype}; "
+                        "for a 0/1 float mask use mask.bool()")
+    B, heads, Nq, Nk = *q.shape[:3], k.shape[2]
+    try:
+        return mask.broadcast_to(B, heads, Nq, Nk)
+    except RuntimeError:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to [B, heads, Nq, Nk] = "
+                         f"{[B, heads, Nq, Nk]}; a key-padding mask [B, Nk] becomes mask[:, None, None, :]"
+                         ) from None
+
+
+# --------------------------------------------------------------------------- 1. the equation
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention matrix softmax(Q K^T / sqrt(d)): [B, heads, Nq, Nk], each row sums to 1.
+
+    Masked keys get weight 0; a row with every key masked is all zeros (attends to nothing).
+    """
+    mask = _check_inputs(q, k, k, mask)
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * q.shape[-1] ** -0.5  # [B, heads, Nq, Nk]
+    if mask is None:
+        return scores.softmax(dim=-1)
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # exp(-inf) = 0
+    return weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # no key at all: 0/0 = NaN -> 0
+
+
+def einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention written out (Vaswani et al. 2017, eq. 1):
+
+        Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+
+    q [B, heads, Nq, d], k [B, heads, Nk, d], v [B, heads, Nk, d_v] -> [B, heads, Nq, d_v].
+    Materialises the [B, heads, Nq, Nk] attention matrix: O(Nq * Nk) memory.
+    """
+    _check_inputs(q, k, v, mask)
+    weights = attention_weights(q, k, mask)  # [B, heads, Nq, Nk]
+    return torch.einsum("bhij,bhjd->bhid", weights, v)  # [B, heads, Nq, d_v]
+
+
+# --------------------------------------------------------------------------- 2. the fused kernel
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V by ``F.scaled_dot_product_attention``: one fused call.
+
+    torch picks the kernel (FlashAttention, memory-efficient attention or the plain "math"
+    version) from the device, dtype and mask. Shapes and mask as in :func:`einsum_attention`.
+    """
+    mask = _check_inputs(q, k, v, mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, Nq, d_v]
+    if mask is not None:
+        # torch's CPU kernels already return 0 for a query with no key (torch 2.14); this makes the
+        # module's convention hold whichever kernel SDPA picks.
+        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------- 3. chunked, O(chunk^2) memory
+
+
+def _attend_by_key_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                          key_chunk_size: int) -> torch.Tensor:
+    """softmax(q K^T / sqrt(d)) V for one block of queries, reading the keys one block at a time.
+
+    Online softmax (Milakov & Gimelshein 2018; FlashAttention's inner loop). Per query keep
+
+        m   = the largest score seen so far                   (for numerical stability)
+        l   = sum_j exp(s_j - m)                               (the softmax denominator)
+        acc = sum_j exp(s_j - m) v_j                           (the numerator)
+
+    A new key block with scores s' raises the maximum to m' = max(m, max s'); the old sums are
+    rescaled by exp(m - m') and the block's terms added. At the end, output = acc / l.
+    """
+    q = q * q.shape[-1] ** -0.5  # scale the queries once instead of every block of scores
+    m = q.new_full((*q.shape[:-1], 1), float("-inf"))  # [B, heads, n, 1]
+    l = q.new_zeros((*q.shape[:-1], 1))  # [B, heads, n, 1]
+    acc = q.new_zeros((*q.shape[:-1], v.shape[-1]))  # [B, heads, n, d_v]
+    for start in range(0, k.shape[-2], key_chunk_size):
+        cols = slice(start, start + key_chunk_size)
+        s = torch.einsum("bhid,bhjd->bhij", q, k[:, :, cols])  # [B, heads, n, key_chunk], scaled scores
+        if mask is not None:
+            s = s.masked_fill(~mask[..., cols], float("-inf"))
+        # The maximum only keeps exp() in range; the result does not depend on it, so no gradient
+        # flows through it (Rabe & Staats 2021 stop the gradient here too).
+        m_new = torch.maximum(m, s.detach().amax(dim=-1, keepdim=True))
+        # A query whose keys so far are all masked has m_new = -inf: shift by 0 so exp(-inf) = 0, not NaN.
+        shift = m_new.masked_fill(m_new == float("-inf"), 0.0)
+        p = torch.exp(s.sub_(shift))  # [B, heads, n, key_chunk], unnormalised weights (s is not needed again)
+        rescale = torch.exp(m - shift)  # [B, heads, n, 1]; 0 on the first block
+        l = l * rescale + p.sum(dim=-1, keepdim=True)
+        acc = acc * rescale + torch.einsum("bhij,bhjd->bhid", p, v[:, :, cols])
+        m = m_new
+    # A query that saw no key at all has l = 0 and acc = 0: dividing by 1 gives the output 0.
+    return acc / torch.where(l == 0, 1.0, l)  # [B, heads, n, d_v]
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                      *, chunk_size: int = 256, key_chunk_size: int | None = 1024) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V with bounded memory (Rabe & Staats 2021).
+
+    Each query's output depends on its own row of the attention matrix only, so the queries can
+    be processed in blocks of ``chunk_size``: the score buffer shrinks from [Nq, Nk] to
+    [chunk_size, Nk] per head. Blocking the keys too (``key_chunk_size``; None = all keys at
+    once) with the online softmax of :func:`_attend_by_key_chunks` bounds it by
+    [chunk_size, key_chunk_size], independent of the sequence lengths: the extra memory is
+    O(chunk_size * key_chunk_size) per head instead of O(Nq * Nk), for the same arithmetic.
+
+    Training: autograd would keep every block's weights for the backward pass, O(Nq * Nk) again.
+    When gradients are needed, each query block is therefore recomputed in the backward pass
+    (``torch.utils.checkpoint``, as Rabe & Staats do), which keeps training memory at
+    O(chunk_size * Nk) per head for about one extra forward pass of compute.
+
+    Shapes and mask as in :func:`einsum_attention`.
+    """
+    if chunk_size < 1 or (key_chunk_size is not None and key_chunk_size < 1):
+        raise ValueError(f"chunk sizes must be >= 1, got chunk_size={chunk_size}, key_chunk_size={key_chunk_size}")
+    mask = _check_inputs(q, k, v, mask)
+    key_chunk_size = key_chunk_size or k.shape[-2]
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    outs = []
+    for start in range(0, q.shape[-2], chunk_size):
+        rows = slice(start, start + chunk_size)
+        q_rows = q[:, :, rows]  # [B, heads, chunk, d]
+        mask_rows = None if mask is None else mask[:, :, rows]  # [B, heads, chunk, Nk]
+        if needs_grad:
+            out = checkpoint(_attend_by_key_chunks, q_rows, k, v, mask_rows, key_chunk_size, use_reentrant=False)
+        else:
+            out = _attend_by_key_chunks(q_rows, k, v, mask_rows, key_chunk_size)
+        outs.append(out)
+    return torch.cat(outs, dim=-2)  # [B, heads, Nq, d_v]
+
+
+# --------------------------------------------------------------------------- one interface
+
+#: the attention versions by name, for ``attention(..., impl=name)`` and ``UNetConfig.attention_impl``
+ATTENTION_IMPLS: dict[str, Callable[..., torch.Tensor]] = {
+    "einsum": einsum_attention,
+    "sdpa": sdpa_attention,
+    "chunked": chunked_attention,
+}
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+              impl: str = "sdpa", **options) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V by the version named ``impl`` ("einsum", "sdpa" or "chunked").
+
+    q [B, heads, Nq, d], k [B, heads, Nk, d], v [B, heads, Nk, d_v] -> [B, heads, Nq, d_v];
+    ``mask`` boolean, broadcastable to [B, heads, Nq, Nk], True = attend. ``options`` go to the
+    version (``chunk_size``, ``key_chunk_size`` for "chunked").
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose from {sorted(ATTENTION_IMPLS)}")
+    return ATTENTION_IMPLS[impl](q, k, v, mask, **options)
+
+
+# --------------------------------------------------------------------------- multi-head layer
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, N, heads * d] -> [B, heads, N, d]."""
+    return rearrange(x, "b n (h d) -> b h n d", h=num_heads)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, heads, N, d] -> [B, N, heads * d]."""
+    return rearrange(x, "b h n d -> b n (h d)")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over token sequences (Vaswani et al. 2017, Sec. 3.2.2):
+
+        head_i = Attention(x W_q^i, c W_k^i, c W_v^i),   out = [head_1, ..., head_h] W_o
+
+    with c = x (self-attention) or c = ``context`` (cross-attention, e.g. to text tokens).
+    x [B, N, dim], context [B, M, context_dim] -> [B, N, dim]. ``mask`` as in :func:`attention`,
+    broadcastable to [B, heads, N, M]; a key-padding mask [B, M] is passed as mask[:, None, None, :].
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, context_dim: int | None = None, *,
+                 qkv_bias: bool = False, impl: str = "sdpa"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}; choose from {sorted(ATTENTION_IMPLS)}")
+        context_dim = context_dim or dim
+        self.num_heads, self.impl = num_heads, impl
+        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_k = nn.Linear(context_dim, dim, bias=qkv_bias)
+        self.to_v = nn.Linear(context_dim, dim, bias=qkv_bias)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q = split_heads(self.to_q(x), self.num_heads)  # [B, heads, N, d]
+        k = split_heads(self.to_k(context), self.num_heads)  # [B, heads, M, d]
+        v = split_heads(self.to_v(context), self.num_heads)  # [B, heads, M, d]
+        out = attention(q, k, v, mask, impl=self.impl)  # [B, heads, N, d]
+        return self.to_out(merge_heads(out))  # [B, N, dim]
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, impl={self.impl!r}"

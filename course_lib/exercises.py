@@ -1,0 +1,287 @@
+"""Checks for the notebooks' exercises: is the learner's function right, and if not, why not?
+
+Each ``check_*`` function calls the learner's function on a few random test batches, compares
+the result with the library's own implementation, prints ``Correct!`` or a diagnosis, and
+returns True or False. A diagnosis names the first problem found, in this order:
+
+1. the function is not written yet (``NotImplementedError``) or raised an error (with a hint
+   for the usual ones, e.g. a [B] tensor that does not broadcast against [B, C, H, W] images);
+2. it returned something that is not a tensor, or a tensor of the wrong shape;
+3. it changed its inputs in place, or gives a different answer when called twice (random);
+4. its result equals what a *known mistake* would give (alpha_t for alpha_bar_t, a forgotten
+   square root, swapped coefficients, ...): the message says which one;
+5. otherwise, how far it is from the library's answer, and where.
+
+Chapter 1: :func:`check_q_sample`, :func:`check_eps_to_x0`, :func:`check_ddim_step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .parameterization import eps_to_x0
+from .samplers import ddim_sample
+from .schedules import NoiseSchedule, gather
+
+__all__ = ["check_q_sample", "check_eps_to_x0", "check_ddim_step"]
+
+
+@dataclass
+class Case:
+    """One test of the learner's function: its inputs, the right answer, and known wrong answers."""
+
+    args: tuple
+    expected: torch.Tensor
+    description: str
+    mistakes: dict[str, torch.Tensor] = field(default_factory=dict)  # diagnosis -> what that mistake returns
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Equal up to float32 rounding, relative to the size of the values."""
+    if a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) if b.numel() else 1.0
+    return bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=rtol * max(scale, 1.0)))
+
+
+def _clone(args: tuple) -> tuple:
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _hint_for(err: Exception) -> str:
+    text = str(err)
+    if "must match the size of tensor" in text or "broadcast" in text:
+        return (" Hint: a per-example quantity such as alpha_bar[t] has shape [B]; reshape it to "
+                "[B, 1, 1, 1] (e.g. `.view(-1, 1, 1, 1)`, or `schedules.gather`) so that it "
+                "broadcasts over the channels and pixels of each image.")
+    if "only one element tensors" in text or "must be real number, not Tensor" in text:
+        return (" Hint: `math.sqrt` takes a single number; on tensors use `torch.sqrt(x)` or `x ** 0.5`.")
+    if "index" in text and "out of bounds" in text:
+        return (" Hint: timesteps are 0-indexed (0..T-1) in this course; index the schedule's tensors "
+                "with t directly.")
+    return ""
+
+
+def _verdict(ok: bool, message: str) -> bool:
+    print(("Correct! " if ok else "Not yet: ") + message)
+    return ok
+
+
+def _run(name: str, fn: Callable, cases: list[Case], summary: str) -> bool:
+    """Run ``fn`` on every case; print and return the verdict (see the module docstring)."""
+    if not callable(fn):
+        return _verdict(False, f"expected a function, got {type(fn).__name__}.")
+    for case in cases:
+        args = _clone(case.args)
+        try:
+            out = fn(*args)
+        except NotImplementedError:
+            return _verdict(False, f"{name} is not written yet: replace the `raise NotImplementedError` "
+                                   "line with your code, then run the cell again.")
+        except Exception as err:  # noqa: BLE001 - any error is the learner's to see
+            return _verdict(False, f"{name} raised {type(err).__name__}: {err} ({case.description}).{_hint_for(err)}")
+        if not isinstance(out, torch.Tensor):
+            return _verdict(False, f"{name} should return a torch.Tensor, got {type(out).__name__} "
+                                   f"({case.description}). Did you forget the `return`?")
+        if out.shape != case.expected.shape:
+            return _verdict(False, f"{name} returned shape {tuple(out.shape)}, expected {tuple(case.expected.shape)} "
+                                   f"({case.description}). The result should have the shape of the images; "
+                                   "check how the per-example coefficients broadcast.")
+        changed = [i for i, (a, b) in enumerate(zip(args, case.args))
+                   if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
+        if changed:
+            return _verdict(False, f"{name} changed its input argument(s) {changed} in place (e.g. with `+=` or "
+                                   "`mul_`); compute a new tensor instead.")
+        if _close(out, case.expected):
+            continue
+        try:
+            again = fn(*_clone(case.args))
+        except Exception:  # noqa: BLE001 - a second call that fails is as bad as a different answer
+            again = None
+        if not (isinstance(again, torch.Tensor) and torch.equal(again, out)):
+            return _verdict(False, f"{name} gave two different answers for the same inputs: it draws random "
+                                   "numbers. Use the noise you are given instead of drawing new noise.")
+        for diagnosis, wrong in case.mistakes.items():
+            if _close(out, wrong):
+                return _verdict(False, f"{diagnosis} ({case.description}).")
+        err = (out.double() - case.expected.double()).abs()
+        worst = int(err.flatten(1).amax(1).argmax()) if err.ndim > 1 else 0
+        return _verdict(False, f"{name} differs from the library's answer by up to {float(err.max()):.3g} "
+                               f"({case.description}; worst in example {worst}). Compare your formula with "
+                               "the one in the text, term by term.")
+    return _verdict(True, summary)
+
+
+# --------------------------------------------------------------------------- q_sample
+
+
+def _q_sample_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    # [8, 3, 4, 8]: B = W = 8, so a [B] coefficient broadcast along the width runs without an error
+    for schedule, shape, t in [
+        (NoiseSchedule.linear(1000), (4, 3, 8, 8), [0, 37, 500, 999]),
+        (NoiseSchedule.cosine(1000), (5, 3, 8, 8), [3, 120, 420, 760, 998]),
+        (NoiseSchedule.linear(1000), (8, 3, 4, 8), [11, 90, 180, 300, 450, 600, 750, 900]),
+    ]:
+        x0 = torch.rand(shape, generator=g) * 2 - 1  # [B, C, H, W] in [-1, 1]
+        eps = torch.randn(shape, generator=g)
+        t = torch.tensor(t, dtype=torch.long)  # [B]
+        expected = schedule.q_sample(x0, t, eps)
+
+        def coef(values):  # [T] -> [B, 1, 1, 1] at t
+            return gather(values, t, x0.ndim)
+
+        ab, alpha, beta = coef(schedule.alpha_bar), coef(schedule.alphas), coef(schedule.betas)
+        ab_prev = coef(schedule.alpha_bar_prev)
+        mistakes = {
+            "you used alpha_t = 1 - beta_t (one step of noise) where the jump from x_0 needs alpha_bar_t = "
+            "alpha_0 * ... * alpha_t (`schedule.alpha_bar[t]`)": alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps,
+            "you forgot both square roots: the coefficients are sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), "
+            "so that the variances add up to one": ab * x0 + (1 - ab) * eps,
+            "the noise coefficient needs a square root: sqrt(1 - alpha_bar_t), a standard deviation, "
+            "not the variance 1 - alpha_bar_t": ab.sqrt() * x0 + (1 - ab) * eps,
+            "the signal coefficient needs a square root: sqrt(alpha_bar_t)": ab * x0 + (1 - ab).sqrt() * eps,
+            "the two coefficients are swapped: x_0 gets sqrt(alpha_bar_t) and the noise sqrt(1 - alpha_bar_t)":
+                (1 - ab).sqrt() * x0 + ab.sqrt() * eps,
+            "you used beta_t as the noise variance; one jump from x_0 to x_t has variance 1 - alpha_bar_t":
+                ab.sqrt() * x0 + beta.sqrt() * eps,
+            "you used alpha_bar of the step before t (alpha_bar_prev); timesteps are 0-indexed and "
+            "`schedule.alpha_bar[t]` is the one to use": ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps,
+            "the noise should be added, not subtracted": ab.sqrt() * x0 - (1 - ab).sqrt() * eps,
+            "your x_t equals x_0: no noise was added": x0,
+            "your x_t is only the scaled noise: the signal term sqrt(alpha_bar_t) x_0 is missing":
+                (1 - ab).sqrt() * eps,
+            "the signal is scaled but the noise term sqrt(1 - alpha_bar_t) eps is missing": ab.sqrt() * x0,
+        }
+        if x0.shape[0] == x0.shape[-1]:
+            flat_ab = schedule.alpha_bar[t]  # [B], broadcast along the last (width) axis
+            mistakes["alpha_bar[t] has shape [B] and was broadcast along the image width, not over examples: "
+                     "reshape it to [B, 1, 1, 1] (e.g. `.view(-1, 1, 1, 1)`)"] = (
+                flat_ab.sqrt() * x0 + (1 - flat_ab).sqrt() * eps)
+        cases.append(Case((schedule, x0, t, eps), expected,
+                          f"{schedule.name} schedule, x0 of shape {list(shape)}, t = {t.tolist()}", mistakes))
+    return cases
+
+
+def check_q_sample(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(schedule, x0, t, eps) -> x_t`` against ``schedule.q_sample`` (Ho et al. 2020, eq. 4):
+
+        x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+
+    schedule: a ``NoiseSchedule``;  x0, eps: [B, C, H, W];  t: [B] integer timesteps (0-indexed).
+    Prints ``Correct!`` or what is wrong; returns True if correct.
+    """
+    return _run("your q_sample", fn, _q_sample_cases(seed),
+                "your q_sample matches schedule.q_sample on 3 batches (linear and cosine schedules, "
+                "t from 0 to 999).")
+
+
+# --------------------------------------------------------------------------- eps -> x0
+
+
+def _eps_to_x0_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 1)
+    cases = []
+    for schedule, t in [(NoiseSchedule.linear(1000), [0, 250, 500, 900]),
+                        (NoiseSchedule.cosine(1000), [10, 300, 650, 990])]:
+        shape = (len(t), 3, 8, 8)
+        x0 = torch.rand(shape, generator=g) * 2 - 1
+        eps = torch.randn(shape, generator=g)
+        t = torch.tensor(t, dtype=torch.long)
+        x_t = schedule.q_sample(x0, t, eps)
+        ab = gather(schedule.alpha_bar, t)  # [B, 1, 1, 1]
+        a, b = ab.sqrt(), (1 - ab).sqrt()
+        expected = eps_to_x0(eps, x_t, ab)
+        mistakes = {
+            "you forgot the square roots: x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)":
+                (x_t - (1 - ab) * eps) / ab,
+            "the noise coefficient needs a square root: sqrt(1 - alpha_bar)": (x_t - (1 - ab) * eps) / a,
+            "divide by sqrt(alpha_bar), not by alpha_bar": (x_t - b * eps) / ab,
+            "the noise should be subtracted from x_t, not added": (x_t + b * eps) / a,
+            "you forgot to divide by sqrt(alpha_bar): x_t - sqrt(1 - alpha_bar) eps is sqrt(alpha_bar) x_0":
+                x_t - b * eps,
+            "multiply by 1 / sqrt(alpha_bar), i.e. divide by sqrt(alpha_bar); you multiplied by it":
+                a * (x_t - b * eps),
+            "only the noise term was divided: put brackets around (x_t - sqrt(1 - alpha_bar) eps) "
+            "before dividing by sqrt(alpha_bar)": x_t - b * eps / a,
+            "the coefficients are swapped: x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, "
+            "so subtract sqrt(1 - alpha_bar) eps and divide by sqrt(alpha_bar)": (x_t - a * eps) / b,
+            "x_t - eps forgets both coefficients": x_t - eps,
+        }
+        cases.append(Case((eps, x_t, ab), expected,
+                          f"{schedule.name} schedule, t = {t.tolist()}, alpha_bar of shape [B, 1, 1, 1]", mistakes))
+    return cases
+
+
+def check_eps_to_x0(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(eps, x_t, alpha_bar) -> x0`` against ``parameterization.eps_to_x0``:
+
+        x_0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar)
+
+    eps, x_t: [B, C, H, W];  alpha_bar: [B, 1, 1, 1]. Prints the verdict; returns True if correct.
+    """
+    return _run("your eps_to_x0", fn, _eps_to_x0_cases(seed),
+                "your eps_to_x0 recovers x_0 exactly like parameterization.eps_to_x0 "
+                "(linear and cosine schedules, t from 0 to 990).")
+
+
+# --------------------------------------------------------------------------- one DDIM step
+
+
+def _library_ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, eps_hat: torch.Tensor,
+                       t: int, t_prev: int) -> torch.Tensor:
+    """One eta = 0 step of the library's ``ddim_sample`` from t to t_prev, with a model that predicts eps_hat."""
+    out = ddim_sample(lambda x, _t: eps_hat, schedule, x_T=x_t, timesteps=[t, t_prev], eta=0.0,
+                      clip_x0=False, return_trajectory=True, progress=False)
+    return out.trajectory[1]  # [x_T, x after step 1, x after step 2] -> the first step
+
+
+def _ddim_step_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 2)
+    schedule = NoiseSchedule.linear(1000)
+    cases = []
+    for t, t_prev in [(999, 899), (500, 450), (120, 0), (700, 300)]:
+        x_t = torch.randn(3, 3, 8, 8, generator=g)
+        eps_hat = torch.randn(3, 3, 8, 8, generator=g)
+        ab, ab_prev = schedule.alpha_bar[t], schedule.alpha_bar[t_prev]  # 0-d tensors
+        expected = _library_ddim_step(schedule, x_t, eps_hat, t, t_prev)
+        x0 = (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+        mistakes = {
+            "the step lands on the predicted x_0 scaled by sqrt(alpha_bar_prev) but forgets the direction "
+            "term sqrt(1 - alpha_bar_prev) eps_hat, which puts back the noise of the level t_prev":
+                ab_prev.sqrt() * x0,
+            "the direction term should use the noise level you step *to*: sqrt(1 - alpha_bar_prev) eps_hat, "
+            "not sqrt(1 - alpha_bar_t) eps_hat": ab_prev.sqrt() * x0 + (1 - ab).sqrt() * eps_hat,
+            "alpha_bar_t and alpha_bar_prev are swapped: predict x_0 with alpha_bar_t, then re-noise "
+            "with alpha_bar_prev": (lambda x0s: ab.sqrt() * x0s + (1 - ab).sqrt() * eps_hat)(
+                (x_t - (1 - ab_prev).sqrt() * eps_hat) / ab_prev.sqrt()),
+            "you forgot the square roots in the last line: sqrt(alpha_bar_prev) x0_hat + "
+            "sqrt(1 - alpha_bar_prev) eps_hat": ab_prev * x0 + (1 - ab_prev) * eps_hat,
+            "the predicted x_0 is wrong (square roots forgotten): x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat)"
+            " / sqrt(alpha_bar_t)": (lambda x0s: ab_prev.sqrt() * x0s + (1 - ab_prev).sqrt() * eps_hat)(
+                (x_t - (1 - ab) * eps_hat) / ab),
+            "you returned the predicted x_0; the step should go to x_{t_prev}, re-noised to alpha_bar_prev":
+                x0,
+            "you returned x_t unchanged": x_t,
+        }
+        cases.append(Case((x_t, eps_hat, ab.clone(), ab_prev.clone()), expected,
+                          f"linear schedule, from t = {t} to t_prev = {t_prev}", mistakes))
+    return cases
+
+
+def check_ddim_step(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(x_t, eps_hat, alpha_bar_t, alpha_bar_prev) -> x_prev``, one DDIM step with eta = 0
+    (Song et al. 2021, eq. 12), against the library's ``ddim_sample``:
+
+        x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t)
+        x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev) eps_hat
+
+    x_t, eps_hat: [B, C, H, W];  alpha_bar_t, alpha_bar_prev: 0-d tensors. Returns True if correct.
+    """
+    return _run("your ddim_step", fn, _ddim_step_cases(seed),
+                "your ddim_step takes the same step as the library's ddim_sample (eta = 0), "
+                "from t = 999 down to t = 0.")
