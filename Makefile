@@ -25,7 +25,7 @@ kernel: $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (diffusion course)" >/dev/null
 
 lab: setup
-	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+	$(BIN)/python tools/sync_notebooks.py
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
 
 test: $(STAMP)
