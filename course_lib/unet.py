@@ -241,12 +241,15 @@ class ResBlock(EmbedBlock):
     conv2 starts at zero, as in the DDPM code, so every block starts as the identity.
     """
 
+    #: per-channel vectors the embedding is projected to (1: an additive bias)
+    emb_outputs = 1
+
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
                  num_groups: int = 32):
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_channels)
+        self.emb_proj = nn.Linear(emb_dim, self.emb_outputs * out_channels)
         self.norm2 = nn.GroupNorm(num_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -260,7 +263,7 @@ class ResBlock(EmbedBlock):
         return self.shortcut(x) + h
 
 
-class AdaGNResBlock(EmbedBlock):
+class AdaGNResBlock(ResBlock):
     """Residual block with adaptive group normalisation (AdaGN; Nichol & Dhariwal 2021's
     ``use_scale_shift_norm``, the ``scale_shift`` ResnetBlock of SD-family UNets):
 
@@ -272,19 +275,11 @@ class AdaGNResBlock(EmbedBlock):
 
     Unlike ResBlock's additive bias, which GroupNorm partly normalises away, the embedding acts
     after the norm and can also rescale features. conv2 starts at zero: the block starts as shortcut(x).
+    The layers are ResBlock's; only the width of ``emb_proj`` and the forward pass differ.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
-                 num_groups: int = 32):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(num_groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels)
-        self.norm2 = nn.GroupNorm(num_groups, out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
-                         else nn.Identity())
+    #: the embedding is projected to 2 x C_out: a scale and a shift per channel
+    emb_outputs = 2
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
