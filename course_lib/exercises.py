@@ -13,6 +13,7 @@ returns True or False. A diagnosis names the first problem found, in this order:
 5. otherwise, how far it is from the library's answer, and where.
 
 Chapter 1: :func:`check_q_sample`, :func:`check_eps_to_x0`, :func:`check_ddim_step`.
+Chapter 2: :func:`check_adagn_modulation`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from einops import rearrange
+from torch import nn
 
 from .parameterization import eps_to_x0
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule, gather
 
-__all__ = ["check_q_sample", "check_eps_to_x0", "check_ddim_step"]
+__all__ = ["check_q_sample", "check_eps_to_x0", "check_ddim_step", "check_adagn_modulation"]
 
 
 @dataclass
@@ -70,7 +73,8 @@ def _verdict(ok: bool, message: str) -> bool:
     return ok
 
 
-def _run(name: str, fn: Callable, cases: list[Case], summary: str) -> bool:
+def _run(name: str, fn: Callable, cases: list[Case], summary: str,
+         hint_for: Callable[[Exception], str] = _hint_for) -> bool:
     """Run ``fn`` on every case; print and return the verdict (see the module docstring)."""
     if not callable(fn):
         return _verdict(False, f"expected a function, got {type(fn).__name__}.")
@@ -82,7 +86,7 @@ def _run(name: str, fn: Callable, cases: list[Case], summary: str) -> bool:
             return _verdict(False, f"{name} is not written yet: replace the `raise NotImplementedError` "
                                    "line with your code, then run the cell again.")
         except Exception as err:  # noqa: BLE001 - any error is the learner's to see
-            return _verdict(False, f"{name} raised {type(err).__name__}: {err} ({case.description}).{_hint_for(err)}")
+            return _verdict(False, f"{name} raised {type(err).__name__}: {err} ({case.description}).{hint_for(err)}")
         if not isinstance(out, torch.Tensor):
             return _verdict(False, f"{name} should return a torch.Tensor, got {type(out).__name__} "
                                    f"({case.description}). Did you forget the `return`?")
@@ -285,3 +289,67 @@ def check_ddim_step(fn: Callable, seed: int = 0) -> bool:
     return _run("your ddim_step", fn, _ddim_step_cases(seed),
                 "your ddim_step takes the same step as the library's ddim_sample (eta = 0), "
                 "from t = 999 down to t = 0.")
+
+
+# --------------------------------------------------------------------------- chapter 2: AdaGN modulation
+
+
+def _adagn_hint(err: Exception) -> str:
+    text = str(err)
+    if "must match the size of tensor" in text or "broadcast" in text:
+        return (" Hint: scale and shift have shape [B, C]; reshape them to [B, C, 1, 1] (e.g. "
+                "`scale[:, :, None, None]`) so that they act on every pixel of each channel.")
+    if "chunk" in text or "split" in text or "unpack" in text:
+        return " Hint: emb_out has 2 C channels; `scale, shift = emb_out.chunk(2, dim=1)` gives two [B, C] halves."
+    return ""
+
+
+def _adagn_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 3)
+    cases = []
+    for B, C, H, W, groups in [(2, 8, 4, 4, 4), (3, 16, 2, 8, 8), (4, 4, 4, 4, 4)]:  # B = W = 4 in the last: silent broadcast
+        h = torch.randn(B, C, H, W, generator=g) * 3 + 1
+        emb_out = torch.randn(B, 2 * C, generator=g) * 0.5
+        norm = nn.GroupNorm(groups, C)
+        with torch.no_grad():  # a trained norm has its own affine parameters: make them visible
+            norm.weight.copy_(1 + 0.3 * torch.randn(C, generator=g))
+            norm.bias.copy_(0.3 * torch.randn(C, generator=g))
+        scale, shift = rearrange(emb_out, "b (two c) -> two b c 1 1", two=2)  # [B, C, 1, 1] each
+        with torch.no_grad():
+            normed = norm(h)
+            expected = normed * (1 + scale) + shift
+            mistakes = {
+                "scale and shift are swapped: the first C channels of emb_out are the scale, the last C the shift":
+                    normed * (1 + shift) + scale,
+                "multiply by (1 + scale), not by scale: with scale = 0 at the start of training the block "
+                "must pass norm(h) through unchanged": normed * scale + shift,
+                "the modulation goes *after* the norm: norm(h) * (1 + scale) + shift; applied before it, "
+                "GroupNorm normalises most of it away again": norm(h * (1 + scale) + shift),
+                "you added the shift but forgot the scale (that is additive conditioning after the norm)":
+                    normed + shift,
+                "you applied the scale but forgot the shift": normed * (1 + scale),
+                "apply the norm: h must be normalised with `norm(h)` before it is modulated": h * (1 + scale) + shift,
+            }
+            if (H, W) == (B, C):  # [B, C] against [B, C, H, W] broadcasts along (H, W) without an error
+                flat_scale, flat_shift = emb_out.chunk(2, dim=1)  # [B, C] each
+                mistakes["scale and shift must be reshaped to [B, C, 1, 1]: as [B, C] they broadcast against the "
+                          "last two dimensions (H, W) of h and silently modulate the wrong numbers"] = (
+                    normed * (1 + flat_scale) + flat_shift)
+        cases.append(Case((h, emb_out, norm), expected,
+                          f"B={B}, C={C}, {H}x{W} feature maps, GroupNorm({groups}, {C})", mistakes))
+    return cases
+
+
+def check_adagn_modulation(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(h, emb_out, norm) -> h_mod``, the AdaGN modulation of ``unet.AdaGNResBlock``
+    (Nichol & Dhariwal 2021, "use_scale_shift_norm"):
+
+        scale, shift = emb_out split in two halves         # emb_out [B, 2C] -> [B, C] each
+        h_mod = norm(h) * (1 + scale) + shift             # broadcast over H, W
+
+    h: [B, C, H, W];  emb_out: [B, 2C] (what ``emb_proj(SiLU(emb))`` gives);  norm: an ``nn.GroupNorm``.
+    Prints the verdict; returns True if correct.
+    """
+    return _run("your adagn_modulation", fn, _adagn_cases(seed),
+                "your adagn_modulation matches AdaGNResBlock's scale-and-shift after the GroupNorm.",
+                hint_for=_adagn_hint)

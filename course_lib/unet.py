@@ -25,6 +25,12 @@ connection and consumed, last first, by one up-path block.
 Chapter 2 adds two switches and changes nothing else: ``resblock="adagn"`` builds every residual
 block as an :class:`AdaGNResBlock` (scale-and-shift conditioning, Nichol & Dhariwal 2021), and
 ``attention_impl`` picks how the attention blocks compute attention (see ``course_lib.attention``).
+
+Chapter 3 conditions on text: with ``context_dim`` set, every attention position (the resolutions
+in ``attention_resolutions`` and the middle block) holds a ``SpatialTransformer`` (self-attention,
+cross-attention to the caption's tokens, feed-forward; ``course_lib.spatial_transformer``) instead
+of an ``AttentionBlock``, as in latent diffusion (Rombach et al. 2022), and the UNet is called as
+``model(x, t, context, context_mask)``. ``context_dim=None`` (the default) is exactly chapter 1's UNet.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from einops import rearrange
 
 from .attention import ATTENTION_IMPLS
 from .attention import einsum_attention as attention  # chapter 1's name for the einsum version
+from .spatial_transformer import ContextBlock, SpatialTransformer, check_context
 
 __all__ = [
     "UNetConfig",
@@ -46,6 +53,7 @@ __all__ = [
     "timestep_embedding",
     "TimeEmbedding",
     "EmbedBlock",
+    "ContextBlock",
     "ResBlock",
     "AdaGNResBlock",
     "RES_BLOCKS",
@@ -78,6 +86,8 @@ class UNetConfig:
     num_heads:            attention heads (1 in DDPM)
     resblock:             "additive" (DDPM's ResBlock) or "adagn" (AdaGNResBlock, improved DDPM)
     attention_impl:       "einsum" (chapter 1), "sdpa" or "chunked": same function, different speed/memory
+    context_dim:          width of the text tokens to cross-attend to (chapter 3); None = unconditional
+    transformer_depth:    BasicTransformerBlocks per SpatialTransformer (used only with context_dim)
     """
 
     in_channels: int = 3
@@ -92,6 +102,8 @@ class UNetConfig:
     num_heads: int = 1
     resblock: str = "additive"
     attention_impl: str = "einsum"
+    context_dim: int | None = None
+    transformer_depth: int = 1
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists: turn them back so configs compare equal.
@@ -115,6 +127,11 @@ class UNetConfig:
             raise ValueError(f"resblock must be one of {sorted(RES_BLOCKS)}, got {self.resblock!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {sorted(ATTENTION_IMPLS)}, got {self.attention_impl!r}")
+        if self.context_dim is not None and self.context_dim < 1:
+            raise ValueError(f"context_dim must be a positive int (the text encoder's width) or None "
+                             f"for an unconditional UNet, got {self.context_dim}")
+        if self.transformer_depth < 1:
+            raise ValueError(f"transformer_depth must be >= 1, got {self.transformer_depth}")
         factor = self.downsample_factor
         if self.image_size % factor:
             raise ValueError(
@@ -131,6 +148,11 @@ class UNetConfig:
     def downsample_factor(self) -> int:
         """How much the lowest resolution is smaller than the input: 2**(levels - 1)."""
         return 2 ** (self.levels - 1)
+
+    @property
+    def conditional(self) -> bool:
+        """True when the UNet cross-attends to text (``context_dim`` is set)."""
+        return self.context_dim is not None
 
     @property
     def resolved_out_channels(self) -> int:
@@ -346,11 +368,18 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers where those that take the timestep embedding (ResBlocks) receive it."""
+    """A sequence of layers where those that take the timestep embedding (``EmbedBlock``: ResBlocks)
+    receive it, and those that take the text context (``ContextBlock``: SpatialTransformers) receive that."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,  # type: ignore[override]
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, EmbedBlock) else layer(x)
+            if isinstance(layer, EmbedBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, ContextBlock):
+                x = layer(x, context, context_mask)
+            else:
+                x = layer(x)
         return x
 
 
@@ -361,6 +390,10 @@ class UNet(nn.Module):
     """The DDPM UNet. ``UNet(UNetConfig.paper())`` is Ho et al.'s 35.7M-parameter CIFAR-10 model.
 
     forward(x [B, C, H, W] float, t [B] timesteps) -> [B, out_channels, H, W]
+
+    With ``config.context_dim`` set (chapter 3): forward(x, t, context [B, M, context_dim] text
+    tokens, context_mask [B, M] bool with True = real token, or None = all real); a context with
+    batch size 1 is shared by every image.
     """
 
     def __init__(self, config: UNetConfig | None = None):
@@ -414,8 +447,12 @@ class UNet(nn.Module):
         c = self.config
         return RES_BLOCKS[c.resblock](in_channels, out_channels, 4 * c.base_channels, c.dropout, c.num_groups)
 
-    def _attention_block(self, channels: int) -> AttentionBlock:
+    def _attention_block(self, channels: int) -> nn.Module:
+        """Self-attention (unconditional) or a SpatialTransformer that also attends to text (context_dim set)."""
         c = self.config
+        if c.conditional:
+            return SpatialTransformer(channels, c.num_heads, c.context_dim, depth=c.transformer_depth,
+                                      num_groups=c.num_groups, impl=c.attention_impl, dropout=c.dropout)
         return AttentionBlock(channels, c.num_heads, c.num_groups, c.attention_impl)
 
     def _stage(self, in_channels: int, out_channels: int, resolution: int) -> EmbedSequential:
@@ -449,18 +486,35 @@ class UNet(nn.Module):
             raise ValueError(f"t must have shape [B] = [{B}] (one timestep per image), got {tuple(t.shape)}")
         return t.to(x.device)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _check_context(self, x: torch.Tensor, context: torch.Tensor | None,
+                       context_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        c = self.config
+        if not c.conditional:
+            if context is not None or context_mask is not None:
+                raise ValueError("this UNet is unconditional (UNetConfig.context_dim=None) and takes no context; "
+                                 "call model(x, t), or build a text-conditional UNet with "
+                                 "UNetConfig(context_dim=<text encoder width>)")
+            return None, None
+        if context is None:
+            raise ValueError(f"this UNet is text-conditional (context_dim={c.context_dim}): call "
+                             f"model(x, t, context, context_mask) with context [B, M, {c.context_dim}] text tokens; "
+                             "for the unconditional prediction pass the empty caption's encoding")
+        return check_context(context, context_mask, x.shape[0], c.context_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         t = self._check_inputs(x, t)
+        context, context_mask = self._check_context(x, context, context_mask)  # [B, M, D], [B, M] or None
         emb = self.time_embed(t)  # [B, 4 ch]
         h = self.conv_in(x)  # [B, ch, H, W]
         skips = [h]
         for stage in self.down:
-            h = stage(h, emb)  # [B, ch_level, H_level, W_level]
+            h = stage(h, emb, context, context_mask)  # [B, ch_level, H_level, W_level]
             skips.append(h)
-        h = self.middle(h, emb)  # [B, ch_last, H / 2^(levels-1), W / 2^(levels-1)]
+        h = self.middle(h, emb, context, context_mask)  # [B, ch_last, H / 2^(levels-1), W / 2^(levels-1)]
         for stage in self.up:
             h = torch.cat([h, skips.pop()], dim=1)  # [B, ch + ch_skip, h, w]
-            h = stage(h, emb)
+            h = stage(h, emb, context, context_mask)
         h = self.conv_out(F.silu(self.norm_out(h)))  # [B, out_channels, H, W]
         return h
 

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from course_lib.exercises import check_ddim_step, check_eps_to_x0, check_q_sample
+from course_lib.exercises import check_adagn_modulation, check_ddim_step, check_eps_to_x0, check_q_sample
 from course_lib.schedules import gather
 
 
@@ -184,3 +185,57 @@ def test_ddim_step_rejects_typical_mistakes(fn, expected_words, capsys):
 def test_a_non_function_is_refused(capsys):
     assert not check_q_sample(42)
     assert "expected a function" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- chapter 2: AdaGN modulation
+
+
+def _adagn_right(h, emb_out, norm):
+    scale, shift = emb_out.chunk(2, dim=1)
+    return norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
+def test_adagn_check_matches_the_library_block():
+    """The check's answer is what AdaGNResBlock feeds (through SiLU) into its second convolution."""
+    from course_lib.unet import AdaGNResBlock
+
+    torch.manual_seed(0)
+    block = AdaGNResBlock(8, 8, emb_dim=12, num_groups=4).eval()
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 12)
+    seen = {}
+    block.conv2.register_forward_pre_hook(lambda _m, args: seen.setdefault("in", args[0]))
+    with torch.no_grad():
+        block(x, emb)
+        h = block.conv1(F.silu(block.norm1(x)))
+        ours = F.silu(_adagn_right(h, block.emb_proj(F.silu(emb)), block.norm2))
+    assert torch.allclose(seen["in"], ours, atol=1e-6)
+
+
+def test_adagn_check_accepts_the_right_answer(capsys):
+    assert check_adagn_modulation(_adagn_right)
+    assert "Correct!" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda h, e, n: n(h) * (1 + e.chunk(2, 1)[1][:, :, None, None]) + e.chunk(2, 1)[0][:, :, None, None],
+     "swapped"),
+    (lambda h, e, n: n(h) * e.chunk(2, 1)[0][:, :, None, None] + e.chunk(2, 1)[1][:, :, None, None], "(1 + scale)"),
+    (lambda h, e, n: n(h * (1 + e.chunk(2, 1)[0][:, :, None, None]) + e.chunk(2, 1)[1][:, :, None, None]),
+     "after* the norm"),
+    (lambda h, e, n: n(h) + e.chunk(2, 1)[1][:, :, None, None], "forgot the scale"),
+    (lambda h, e, n: h * (1 + e.chunk(2, 1)[0][:, :, None, None]) + e.chunk(2, 1)[1][:, :, None, None],
+     "apply the norm"),
+    (lambda h, e, n: n(h) * (1 + e.chunk(2, 1)[0]) + e.chunk(2, 1)[1], "[B, C, 1, 1]"),
+])
+def test_adagn_check_names_the_mistake(wrong, words, capsys):
+    assert not check_adagn_modulation(wrong)
+    out = capsys.readouterr().out
+    assert "Not yet" in out and words in out, out
+
+
+def test_adagn_check_not_written(capsys):
+    def stub(h, emb_out, norm):
+        raise NotImplementedError
+
+    assert not check_adagn_modulation(stub)
+    assert "not written yet" in capsys.readouterr().out

@@ -1,0 +1,92 @@
+"""Measuring what code costs: peak tensor memory and time per call, the way the benchmarks do it.
+
+* ``peak_memory(fn)``: the most bytes of tensor memory alive at once while ``fn()`` runs, above
+  what was alive before. Measured with ``torch.profiler`` (``profile_memory=True``), which records
+  every allocation and free made by torch's allocator as "[memory]" events (+bytes / -bytes);
+  summing them in time order gives the bytes alive after each event, and their maximum is the peak.
+  It counts tensor memory exactly and deterministically, and nothing else (not the Python heap, not
+  allocator slack). ``tracemalloc`` cannot do this on the CPU: torch allocates outside Python's allocator.
+* ``time_per_call(fns)``: seconds per call of several functions, measured in *interleaved* repeats
+  (repeat 1 of every function, then repeat 2, ...) so that the machine's slow drifts hit all of them
+  alike; the median of the repeats is reported. Compare functions measured in the same call, never
+  numbers from different runs: timings on a shared machine vary several-fold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+__all__ = ["peak_memory", "time_per_call"]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2: the profiler's C++ backend logs a few lines per session there."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # Jupyter replaces sys.stderr with a stream without a descriptor
+        fd = 2
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes of tensor memory alive during ``fn()``, above what was alive before it (see module docs).
+
+    Tensors that ``fn`` returns or keeps count until they are freed; run it under ``torch.no_grad()``
+    to measure inference (autograd keeps activations for the backward pass).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    changes = sorted((e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]")
+    alive, peak = 0, 0
+    for _, nbytes in changes:
+        alive += nbytes
+        peak = max(peak, alive)
+    return peak
+
+
+def time_per_call(fns: Mapping[str, Callable[[], object]], repeats: int = 5,
+                  min_seconds: float = 0.1) -> dict[str, float]:
+    """Median seconds per call of each function, from ``repeats`` interleaved timed runs.
+
+    Each function is first called once (warm-up) and timed once to choose how many calls make a run
+    last about ``min_seconds`` (short calls are repeated so that the clock's resolution does not matter).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    calls = {}
+    for name, fn in fns.items():
+        fn()  # warm-up: first calls pay for allocation and kernel selection
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, round(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            runs[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(r) for name, r in runs.items()}

@@ -1,0 +1,170 @@
+"""Attention capture: outputs unchanged bit for bit, probabilities that are probabilities, timesteps, hooks removed."""
+
+import pytest
+import torch
+
+from course_lib.attention import MultiHeadAttention
+from course_lib.capture import capture_attention
+from course_lib.guidance import ClassifierFreeGuidance
+from course_lib.samplers import ddim_sample, ddim_timesteps
+from course_lib.schedules import make_schedule
+from course_lib.spatial_transformer import SpatialTransformer
+from course_lib.unet import UNet, UNetConfig
+
+CONTEXT_DIM, M = 24, 5
+
+
+def tiny_conditional_unet(**overrides) -> UNet:
+    """16/32 channels, cross-attention at 8x8 and in the middle; zero-initialised layers randomised."""
+    config = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), image_size=16,
+                  num_groups=8, num_heads=2, dropout=0.0, context_dim=CONTEXT_DIM)
+    model = UNet(UNetConfig(**{**config, **overrides})).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_conditional_unet()
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(2, M, CONTEXT_DIM, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    x_T = torch.randn(2, 3, 16, 16, generator=g)
+    return model, context, mask, x_T
+
+
+def _hook_count(model):
+    return sum(len(m._attention_hooks) for m in model.modules() if isinstance(m, MultiHeadAttention)) + len(
+        model._forward_pre_hooks) + len(model._forward_hooks)
+
+
+def test_capture_changes_no_output_bit_and_records_every_step(setup):
+    model, context, mask, x_T = setup
+    schedule = make_schedule("linear", 1000)
+    sample = lambda: ddim_sample(lambda x, t: model(x, t, context, mask), schedule, x_T=x_T, num_steps=4,
+                                 progress=False)
+    plain = sample()
+    with capture_attention(model, kinds=("self", "cross")) as record:
+        captured = sample()
+    assert torch.equal(captured, plain)
+    steps = ddim_timesteps(1000, 4)
+    assert record.timesteps == steps
+    cross = [n for n in record.layers if n.endswith("attn2")]
+    selfs = [n for n in record.layers if n.endswith("attn1")]
+    assert len(cross) == len(selfs) == 4  # one SpatialTransformer at 8x8 down, middle, 2 at 8x8 up
+    for layer in record.layers:
+        calls = record.select(layer)
+        assert [c.timestep for c in calls] == steps and [c.call for c in calls] == [0, 1, 2, 3]
+        assert {c.kind for c in calls} == {"cross" if layer in cross else "self"}
+    assert _hook_count(model) == 0
+
+
+def test_rows_are_probabilities_and_padded_tokens_get_zero(setup):
+    model, context, mask, x_T = setup
+    layer = "middle.1.blocks.0.attn2"
+    attn = model.get_submodule(layer)
+    inputs = []
+    handle = attn.register_forward_pre_hook(lambda module, args: inputs.append(args))
+    try:
+        with torch.no_grad(), capture_attention(model) as record:
+            model(x_T, torch.tensor([700, 700]), context, mask)
+    finally:
+        handle.remove()
+    assert record.layers and all(c.kind == "cross" for c in record.calls)
+    for call in record.calls:
+        p = call.probs  # [B, heads, Nq, M]
+        assert p.shape[0] == 2 and p.shape[1] == 2 and p.shape[-1] == M and p.device.type == "cpu"
+        assert torch.allclose(p.sum(-1), torch.ones(p.shape[:-1]), atol=1e-5)
+        assert torch.equal(p[0, :, :, 3:], torch.zeros_like(p[0, :, :, 3:]))  # padding of the first caption
+        assert (p[1, :, :, 3:] > 0).all()
+    # the recorded weights are the layer's own softmax(q k^T / sqrt(d)), recomputed here from its inputs
+    (x, text, key_mask), = inputs
+    with torch.no_grad():
+        q = attn.to_q(x).reshape(2, 64, 2, 16).transpose(1, 2)  # [B, heads, 64, d]: 2 heads of 16 channels
+        k = attn.to_k(text).reshape(2, M, 2, 16).transpose(1, 2)  # [B, heads, M, d]
+        scores = (q @ k.transpose(-1, -2) / 4.0).masked_fill(~key_mask, float("-inf"))
+    probs = record.probs(layer, t=700, head=None)  # [B, heads, 64, M]
+    assert probs.shape == (2, 2, 64, M)
+    assert torch.allclose(probs, scores.softmax(-1), atol=1e-6)
+    maps = record.maps(layer, t=700)  # [B, 8, 8, M]: the middle block works at 8x8
+    assert maps.shape == (2, 8, 8, M)
+    assert torch.allclose(maps, probs.mean(1).reshape(2, 8, 8, M))
+    assert torch.equal(record.maps(layer, head=1), probs[:, 1].reshape(2, 8, 8, M))
+    assert record.maps(layer, head=None).shape == (2, 2, 8, 8, M)
+
+
+def test_maps_follow_the_query_that_matches_a_token():
+    """A layer whose query of one position equals a token's key attends there: the map lights up at that position."""
+    attn = MultiHeadAttention(4, 1, context_dim=4, impl="sdpa")
+    with torch.no_grad():
+        for lin in (attn.to_q, attn.to_k):
+            lin.weight.copy_(10 * torch.eye(4))
+    x = torch.zeros(1, 9, 4)  # a 3x3 "image" of zeros ...
+    x[0, 4] = torch.tensor([1.0, 0, 0, 0])  # ... with the centre matching token 2
+    text = torch.tensor([[[0.0, 1, 0, 0], [0, 0, 1, 0], [1.0, 0, 0, 0]]])
+    with capture_attention(attn) as record:
+        attn(x, text)
+    maps = record.maps("", head=0)[0]  # [3, 3, 3]; the top-level module's name is ""
+    assert maps[1, 1].argmax() == 2 and maps[1, 1, 2] > 0.99
+    assert torch.allclose(maps[0, 0], torch.full((3,), 1 / 3))  # a zero query attends uniformly
+    assert record.timesteps == [None]
+
+
+def test_max_batch_kinds_and_classifier_free_guidance(setup):
+    model, context, mask, x_T = setup
+    uncond, uncond_mask = torch.zeros(1, M, CONTEXT_DIM), torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool)
+    guided = ClassifierFreeGuidance(model, context, mask, uncond, uncond_mask, scale=3.0)
+    with torch.no_grad(), capture_attention(model, kinds="self", max_batch=2) as record:
+        guided(x_T, torch.tensor([10, 10]))  # the model sees [x; x]: 4 images, the first 2 conditional
+    assert record.layers and all(c.kind == "self" and c.probs.shape[0] == 2 for c in record.calls)
+    assert record.model_t[0].tolist() == [10, 10]
+    maps = record.maps(record.layers[0], t=10)
+    assert maps.shape == (2, 8, 8, 64)  # self-attention at 8x8: each position attends over 64 positions
+
+
+def test_hooks_are_removed_even_when_the_block_raises(setup):
+    model, context, mask, x_T = setup
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_attention(model, kinds=("self", "cross")):
+            assert _hook_count(model) > 0
+            raise RuntimeError("boom")
+    assert _hook_count(model) == 0
+
+
+def test_capture_errors_say_what_to_do(setup):
+    model, context, mask, x_T = setup
+    with pytest.raises(ValueError, match="kinds must be"):
+        with capture_attention(model, kinds=("crosss",)):
+            pass
+    with pytest.raises(ValueError, match="no MultiHeadAttention layer"):
+        with capture_attention(UNet(UNetConfig.tiny())):
+            pass
+    with pytest.raises(TypeError, match="pass its .model"):
+        with capture_attention(ClassifierFreeGuidance(model, context, mask)):
+            pass
+    with pytest.raises(ValueError, match="unknown attention layers"):
+        with capture_attention(model, layers=["nope"]):
+            pass
+    with torch.no_grad(), capture_attention(model, layers=["middle.1.blocks.0.attn2"]) as record:
+        model(x_T, torch.tensor([5, 5]), context, mask)
+    assert record.layers == ["middle.1.blocks.0.attn2"]
+    with pytest.raises(ValueError, match="recorded timesteps: \\[5\\]"):
+        record.maps("middle.1.blocks.0.attn2", t=6)
+    with pytest.raises(ValueError, match="recorded layers"):
+        record.maps("middle.1.blocks.0.attn1")
+    assert any(isinstance(m, SpatialTransformer) for m in model.modules())
+
+
+def test_maps_of_a_non_square_token_grid_need_a_size():
+    attn = MultiHeadAttention(4, 1, context_dim=4)
+    with capture_attention(attn) as record:
+        attn(torch.randn(1, 6, 4), torch.randn(1, 2, 4))
+    assert record.maps("", size=(2, 3)).shape == (1, 2, 3, 2)
+    with pytest.raises(ValueError, match="not a square feature map; pass size=\\(H, W\\)"):
+        record.maps("")
+    with pytest.raises(ValueError, match="size=\\(2, 2\\) has 4 positions"):
+        record.maps("", size=(2, 2))
