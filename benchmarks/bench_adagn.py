@@ -23,6 +23,7 @@ This is a script, not a test: a few hundred steps show early training, not final
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import statistics
 import sys
@@ -34,29 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from course_lib.data import StepBatches, load_cifar10  # noqa: E402
+from course_lib.diagnostics import copy_shared_weights, held_out_loss  # noqa: E402
 from course_lib.parameterization import diffusion_loss  # noqa: E402
 from course_lib.schedules import NoiseSchedule  # noqa: E402
 from course_lib.train import TrainConfig, fit  # noqa: E402
 from course_lib.unet import UNet, UNetConfig, count_parameters  # noqa: E402
 
 VARIANTS = ("additive", "adagn")
-
-
-@torch.no_grad()
-def held_out_loss(model: torch.nn.Module, schedule: NoiseSchedule, images: torch.Tensor, draws: int,
-                  batch: int = 128) -> float:
-    """Mean epsilon-prediction loss over ``draws`` fixed (t, noise) pairs per test image."""
-    model.eval()
-    g = torch.Generator().manual_seed(1234)
-    total, count = 0.0, 0
-    for _ in range(draws):
-        t = torch.randint(0, schedule.T, (len(images),), generator=g)
-        noise = torch.randn(images.shape, generator=g)
-        for i in range(0, len(images), batch):
-            part = slice(i, i + batch)
-            loss = diffusion_loss(model, schedule, images[part], t=t[part], noise=noise[part])
-            total, count = total + loss.item() * len(images[part]), count + len(images[part])
-    return total / count
 
 
 def train_pair(args, seed: int, data, schedule: NoiseSchedule, state_dir: Path) -> dict:
@@ -71,10 +56,12 @@ def train_pair(args, seed: int, data, schedule: NoiseSchedule, state_dir: Path) 
 
     runs = {v: {"seconds": 0.0} for v in VARIANTS}
     ends = list(range(args.segment, args.steps, args.segment)) + [args.steps]
+    torch.manual_seed(seed)
+    initial = {v: UNet(getattr(UNetConfig, args.config)(resblock=v)) for v in VARIANTS}
+    copy_shared_weights(initial["additive"], initial["adagn"])  # equal everywhere but the wider emb_proj
     for end in ends:
         for v in VARIANTS:
-            torch.manual_seed(seed)  # the same initialisation stream for both (used at the first segment only)
-            model = UNet(getattr(UNetConfig, args.config)(resblock=v))
+            model = copy.deepcopy(initial[v])  # fit resumes from the state file after the first segment
             result = fit(model, loss_fn, batches, dataclasses.replace(base, max_steps=end),
                          checkpoint_path=state_dir / f"{v}-seed{seed}.safetensors", device="cpu")
             runs[v].update(model=model, ema=result.ema, losses=result.losses, params=count_parameters(model))

@@ -3,6 +3,7 @@
 * ``held_out_loss``: the simple loss E ||eps - eps_theta(x_t, t)||^2 (Ho et al. 2020, eq. 14) on fixed
   images with fixed (t, noise) draws, so that two models (or one model at two steps) are compared on
   exactly the same problems: a paired comparison, far less noisy than two training-loss curves.
+* ``copy_shared_weights``: start two model variants from the same weights wherever they agree.
 * ``timestep_sensitivity``: for every residual block, the fraction of its activation variance that
   is due to the timestep alone. The network is fed the *same* x with K different timesteps t_k; only
   the time embedding differs between the K passes. At each block we record A_k, the activations
@@ -26,7 +27,20 @@ from .parameterization import diffusion_loss
 from .schedules import NoiseSchedule
 from .unet import EmbedBlock
 
-__all__ = ["held_out_loss", "timestep_sensitivity"]
+__all__ = ["held_out_loss", "timestep_sensitivity", "copy_shared_weights"]
+
+
+def copy_shared_weights(source: nn.Module, target: nn.Module) -> list[str]:
+    """Copy every parameter and buffer of ``source`` into ``target`` where name and shape agree.
+
+    For controlled experiments: two models that differ in one component (an additive ``ResBlock``
+    vs an ``AdaGNResBlock``, whose ``emb_proj`` is twice as wide) then start from the same weights
+    everywhere else. Returns the names of ``target``'s tensors that were *not* copied.
+    """
+    src = source.state_dict()
+    shared = {name: w for name, w in target.state_dict().items() if name in src and src[name].shape == w.shape}
+    target.load_state_dict({name: src[name] for name in shared}, strict=False)
+    return [name for name in target.state_dict() if name not in shared]
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ returns True or False. A diagnosis names the first problem found, in this order:
 5. otherwise, how far it is from the library's answer, and where.
 
 Chapter 1: :func:`check_q_sample`, :func:`check_eps_to_x0`, :func:`check_ddim_step`.
-Chapter 2: :func:`check_adagn_modulation`.
+Chapter 2: :func:`check_adagn_modulation`. Chapter 3: :func:`check_cross_attention`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .parameterization import eps_to_x0
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule, gather
 
-__all__ = ["check_q_sample", "check_eps_to_x0", "check_ddim_step", "check_adagn_modulation"]
+__all__ = ["check_q_sample", "check_eps_to_x0", "check_ddim_step", "check_adagn_modulation", "check_cross_attention"]
 
 
 @dataclass
@@ -101,6 +101,10 @@ def _run(name: str, fn: Callable, cases: list[Case], summary: str,
                                    "`mul_`); compute a new tensor instead.")
         if _close(out, case.expected):
             continue
+        if not torch.isfinite(out).all():
+            return _verdict(False, f"{name} returned NaN or infinite values ({case.description}): look for a "
+                                   "division by zero, the square root of a negative number, or a softmax over a "
+                                   "row whose scores are all -inf.")
         try:
             again = fn(*_clone(case.args))
         except Exception:  # noqa: BLE001 - a second call that fails is as bad as a different answer
@@ -353,3 +357,69 @@ def check_adagn_modulation(fn: Callable, seed: int = 0) -> bool:
     return _run("your adagn_modulation", fn, _adagn_cases(seed),
                 "your adagn_modulation matches AdaGNResBlock's scale-and-shift after the GroupNorm.",
                 hint_for=_adagn_hint)
+
+
+# --------------------------------------------------------------------------- chapter 3: cross-attention
+
+
+def _cross_attention_hint(err: Exception) -> str:
+    text = str(err)
+    if "mat1 and mat2" in text or "size of tensor" in text or "broadcast" in text or "shapes cannot be multiplied" in text:
+        return (" Hint: queries come from the image tokens x [B, N, D_x] (x @ w_q: [B, N, d]); keys and values from "
+                "the text tokens context [B, M, D_c] (context @ w_k, context @ w_v: [B, M, d]); the scores "
+                "q @ k.transpose(-2, -1) are [B, N, M], and the mask [B, M] becomes mask[:, None, :].")
+    if "masked_fill" in text or "Boolean" in text or "bool" in text:
+        return " Hint: mask is boolean with True = real token; fill the *padding* with -inf: scores.masked_fill(~mask[:, None, :], float('-inf'))."
+    return ""
+
+
+def _cross_attention_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 4)
+    cases = []
+    for B, N, M, D_x, D_c, d in [(2, 16, 5, 12, 10, 8), (3, 9, 7, 8, 6, 4), (2, 7, 7, 6, 6, 6)]:
+        x = torch.randn(B, N, D_x, generator=g)
+        context = torch.randn(B, M, D_c, generator=g)
+        mask = torch.ones(B, M, dtype=torch.bool)
+        mask[0, M - 2:] = False  # the first caption is padded
+        mask[-1, M // 2:] = False  # the last one more so
+        context[~mask] = 10 * torch.randn(int((~mask).sum()), D_c, generator=g)  # loud padding: ignoring the mask shows
+        w_q, w_k, w_v = (torch.randn(D, d, generator=g) / D**0.5 for D in (D_x, D_c, D_c))
+        q, k, v = x @ w_q, context @ w_k, context @ w_v  # [B, N, d], [B, M, d], [B, M, d]
+        scores = q @ k.transpose(-2, -1) / d**0.5  # [B, N, M]
+        key_mask = mask[:, None, :]  # [B, 1, M]
+
+        def softmax_masked(s):
+            return s.masked_fill(~key_mask, float("-inf")).softmax(-1)
+
+        expected = softmax_masked(scores) @ v
+        mistakes = {
+            "the padding mask is ignored: padded text tokens must get zero attention "
+            "(fill their scores with -inf before the softmax)": scores.softmax(-1) @ v,
+            "the scores must be divided by sqrt(d), the width of q and k": softmax_masked(q @ k.transpose(-2, -1)) @ v,
+            "the softmax goes over the text tokens (the last dimension of the [B, N, M] scores): each image "
+            "position's weights over the caption sum to 1": (scores.masked_fill(~key_mask, -1e9).softmax(1)) @ v,
+            "the mask is inverted: True marks a real token, so fill the scores where mask is False":
+                torch.nan_to_num(scores.masked_fill(key_mask, float("-inf")).softmax(-1)) @ v,
+            "the values come from the text (context @ w_v), not from the keys": softmax_masked(scores) @ k,
+        }
+        if (N, D_x) == (M, D_c):  # keys and values from x by mistake run without an error only here
+            mistakes["keys and values must come from the text (context), not from the image tokens x: "
+                     "that would be self-attention"] = softmax_masked(q @ (x @ w_k).transpose(-2, -1) / d**0.5) @ (x @ w_v)
+        cases.append(Case((x, context, mask, w_q, w_k, w_v), expected,
+                          f"B={B}, {N} image tokens of width {D_x}, {M} text tokens of width {D_c}, d={d}", mistakes))
+    return cases
+
+
+def check_cross_attention(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(x, context, mask, w_q, w_k, w_v) -> out``, single-head cross-attention (the image asks,
+    the text answers; Rombach et al. 2022, Sec. 3.3):
+
+        Q = x W_q,  K = c W_k,  V = c W_v
+        out = softmax(Q K^T / sqrt(d) + log mask) V      # padded text tokens get weight exactly 0
+
+    x: [B, N, D_x] image tokens;  context: [B, M, D_c] text tokens;  mask: [B, M] bool, True = real token;
+    w_q: [D_x, d], w_k, w_v: [D_c, d];  out: [B, N, d]. Prints the verdict; returns True if correct.
+    """
+    return _run("your cross_attention", fn, _cross_attention_cases(seed),
+                "your cross_attention matches softmax(Q K^T / sqrt(d)) V with the padding masked, "
+                "for captions of several lengths.", hint_for=_cross_attention_hint)

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list or not args.recipe:
         for name, r in recipes.RECIPES.items():
-            print(f"{name:14s} {r.description}")
+            print(f"{name:18s} {r.description}")
         return 0
     if args.recipe not in recipes.RECIPES:
         parser.error(f"unknown recipe {args.recipe!r}; known: {', '.join(recipes.RECIPES)}")
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         state.unlink()
 
     data = recipe.data()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every fresh run of a recipe
     model = recipe.build_model()
     device = config.get_device(args.device)
     print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "data_images": len(data), "command": command})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
-    export_inference(state, export)
+    export_inference(state, export, metrics=recipe.metrics(result.ema) if hasattr(recipe, "metrics") else None)
     print(f"wrote {export} (EMA weights) and {export.with_suffix('.json')}")
     return 0
 

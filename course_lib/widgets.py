@@ -7,22 +7,45 @@ re-rendered into the image. Because the picture lives in a widget trait (not in 
 area), the explorers work the same in JupyterLab, Voila and a plain Python process, where a
 test can set ``slider.value`` and check ``.state`` and ``.image.value`` at once.
 
-Chapter 1: :func:`schedule_explorer` (the noise-schedule explorer). Later chapters add theirs.
+Chapter 1: :func:`schedule_explorer` (the noise-schedule explorer).
+Chapter 3: :func:`guidance_explorer` (a slider over the classifier-free guidance scale, same noise)
+and :func:`attention_explorer` (where in the image each text token is attended to), with the pure
+helpers :func:`token_heatmap`, :func:`upsample_heatmap` and :func:`overlay` behind them.
+Both chapter-3 explorers take plain callables (a sampler for one scale, a run for one prompt), not a
+particular model class, so any text-conditional model can be explored.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Mapping
+import math
+import textwrap
+import time
+from typing import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
+import matplotlib
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from .capture import AttentionRecord
+from .data import to_uint8
 from .schedules import NoiseSchedule
 from .viz import image_grid
 
-__all__ = ["FigureExplorer", "ScheduleExplorer", "schedule_explorer"]
+__all__ = [
+    "FigureExplorer",
+    "ScheduleExplorer",
+    "schedule_explorer",
+    "GuidanceExplorer",
+    "guidance_explorer",
+    "AttentionExplorer",
+    "attention_explorer",
+    "token_heatmap",
+    "upsample_heatmap",
+    "overlay",
+]
 
 
 class FigureExplorer(widgets.VBox):
@@ -171,3 +194,474 @@ def schedule_explorer(images: torch.Tensor, schedules: Mapping[str, NoiseSchedul
     Display the result in a notebook; see :class:`ScheduleExplorer` for its controls and ``state``.
     """
     return ScheduleExplorer(images, schedules, t=t, seed=seed)
+
+
+# --------------------------------------------------------------------------- chapter 3: pure helpers
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    """[1 or 3, H, W] in [-1, 1] -> uint8 [H, W, 3] for ``imshow``."""
+    image = to_uint8(image.detach().cpu().float())  # [C, H, W]
+    return image.expand(3, *image.shape[1:]).permute(1, 2, 0)  # [H, W, 3]
+
+
+def token_heatmap(record: AttentionRecord, layer: str, token_index: int, t: float | int | None = None,
+                  head: int | str = "mean", image: int = 0) -> torch.Tensor:
+    """Where text token j is attended to in one cross-attention layer: a map [h, w] for image ``image``.
+
+    The layer computes, for every image position i = (y, x) and text token j (Rombach et al. 2022, Sec. 3.3),
+
+        P_h[i, j] = softmax_j(q_{h,i} . k_{h,j} / sqrt(d))          (padded tokens: weight 0)
+
+    and the heat map is column j of P reshaped to the feature map, averaged over the chosen calls:
+
+        A_j[y, x] = mean over steps s of  mean over heads h of  P_h^(s)[(y, x), j]
+
+    ``t=None``: every recorded step; a number: the calls at that timestep. ``head="mean"``: the mean
+    over heads (as above); an int: that head alone. Each entry lies in [0, 1]; with a one-token prompt
+    (only ``<start>``) every entry is 1. Token 0 is the start token.
+    """
+    if not isinstance(record, AttentionRecord):
+        raise TypeError(f"record must be an AttentionRecord from capture_attention(...), got {type(record).__name__}")
+    if head is None:
+        raise ValueError("token_heatmap draws one map: pass head='mean' or a head index, not None "
+                         "(record.maps(layer, head=None) gives every head at once)")
+    maps = record.maps(layer, t=t, head=head)  # [B, h, w, M]
+    B, M = maps.shape[0], maps.shape[-1]
+    if not -B <= image < B:
+        raise ValueError(f"image={image} is out of range: the record holds {B} image(s) per call")
+    if not 0 <= token_index < M:
+        raise ValueError(f"token_index={token_index} is out of range: layer {layer!r} attends over {M} key tokens "
+                         f"(0..{M - 1}, padding included; 0 is the start token)")
+    return maps[image, :, :, token_index]  # [h, w]
+
+
+def upsample_heatmap(heatmap: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """A map [h, w] resized to ``size`` = (H, W): "bilinear" (smooth; align_corners=False, so the
+    values stay within the map's range) or "nearest" (each feature-map cell a visible block)."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    if heatmap.ndim != 2:
+        raise ValueError(f"heatmap must be one map [h, w], got shape {tuple(heatmap.shape)}; "
+                         "take one image and token first, e.g. token_heatmap(record, layer, j)")
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    x = heatmap.detach().cpu().float()[None, None]  # [1, 1, h, w]
+    return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)[0, 0]  # [H, W]
+
+
+def overlay(image: torch.Tensor, heatmap: torch.Tensor, *, alpha: float = 0.6, cmap: str = "inferno",
+            mode: str = "bilinear", normalize: str = "minmax", gray: bool = True) -> torch.Tensor:
+    """The heat map laid semi-transparently over the image (in grey, so that colour means attention).
+
+        a    = scale(upsample(heatmap, (H, W)))                        in [0, 1]
+        grey = 0.299 R + 0.587 G + 0.114 B                             (ITU-R BT.601 luma)
+        out  = (1 - alpha) * grey + alpha * cmap(a)                    per pixel
+
+    With the default "inferno" colormap, little attention darkens the image and much attention
+    tints it yellow; the image's shapes stay visible underneath. ``gray=False`` keeps the
+    image's colours (harder to read on colourful images).
+
+    ``normalize``: "minmax" (a = (A - min) / (max - min): where, relative to the rest of this map,
+    the token is attended most; the default, because attention maps are often flat, e.g.
+    0.15..0.19) or "max" (a = A / max: zero attention stays at the bottom of the colormap).
+    A constant map (e.g. a one-token prompt: every position attends only to ``<start>``) tints the
+    whole image evenly, with the colormap's top colour.
+
+    image [1 or 3, H, W] in [-1, 1]; heatmap [h, w] >= 0 -> RGB [H, W, 3] float in [0, 1].
+    """
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must be one image [3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha is an opacity in [0, 1], got {alpha}")
+    if normalize not in ("minmax", "max"):
+        raise ValueError(f"normalize must be 'minmax' or 'max', got {normalize!r}")
+    rgb = _rgb(image).float() / 255  # [H, W, 3]
+    a = upsample_heatmap(heatmap, tuple(image.shape[-2:]), mode)  # [H, W]
+    low = float(a.min()) if normalize == "minmax" else 0.0
+    span = float(a.max()) - low
+    if span > 1e-12 * max(1.0, abs(float(a.max()))):
+        a = (a - low) / span
+    else:  # constant map: the token is attended to everywhere alike
+        a = torch.full_like(a, 1.0 if float(a.max()) > 0 else 0.0)
+    color = torch.from_numpy(matplotlib.colormaps[cmap](a.numpy())[..., :3]).float()  # [H, W, 3]
+    if gray:
+        luma = rgb @ torch.tensor([0.299, 0.587, 0.114])  # [H, W]
+        rgb = luma[..., None].expand(-1, -1, 3)  # [H, W, 3]
+    return (1 - alpha) * rgb + alpha * color
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or '""'
+
+
+# --------------------------------------------------------------------------- chapter 3: guidance slider
+
+
+class GuidanceExplorer(FigureExplorer):
+    """A slider over the guidance scale w: the same prompts from the same starting noise at each w.
+
+    Classifier-free guidance (Ho & Salimans 2022, eq. 6; ``course_lib.guidance``) extrapolates away
+    from the unconditional prediction,
+
+        eps_guided = eps_uncond + w (eps_cond - eps_uncond),
+
+    so w = 0 samples the unconditional model, w = 1 the conditional one, and larger w follows the
+    caption more closely (more saturated, less varied images, and artefacts when w is too large).
+    ``sample_fn(w)`` does the sampling; keeping its prompts and x_T fixed means the slider changes w only.
+
+    Sampling takes seconds on a CPU, so each scale is sampled the first time it is shown and then
+    kept in ``cache`` ({w: images}); ``precompute=True`` samples every scale up front.
+
+    Controls: ``slider`` (SelectionSlider over the scales); ``status`` (a Label: how long the last
+    sampling took, or that the images came from the cache).
+    ``state`` after each redraw: ``{"scale": float, "images": [B, C, H, W] tensor (CPU)}``.
+    """
+
+    def __init__(self, sample_fn: Callable[[float], torch.Tensor], scales: Sequence[float], *,
+                 titles: Sequence[str] | None = None, scale: float | None = None, precompute: bool = False,
+                 dpi: int = 100):
+        if not callable(sample_fn):
+            raise TypeError("sample_fn must be a function scale -> images [B, 3, H, W], "
+                            f"got {type(sample_fn).__name__}")
+        if isinstance(scales, (int, float)):
+            raise TypeError(f"scales must be a list of guidance scales, e.g. [0, 1, 3, 7], got the number {scales}")
+        self.scales = [float(s) for s in scales]
+        if not self.scales:
+            raise ValueError("give at least one guidance scale, e.g. scales=[0, 1, 2, 3, 5, 7, 10]")
+        if len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must be distinct, got {self.scales}")
+        start = self.scales[0] if scale is None else float(scale)
+        if start not in self.scales:
+            raise ValueError(f"scale={scale} is not one of the scales {self.scales}")
+        self.sample_fn = sample_fn
+        self.cache: dict[float, torch.Tensor] = {}
+        self.status = widgets.Label()
+        self.slider = widgets.SelectionSlider(options=[(f"{s:g}", s) for s in self.scales], value=start,
+                                              description="scale w", continuous_update=False,
+                                              layout=widgets.Layout(width="420px"))
+        first = self.sample(start)  # [B, C, H, W]
+        self.titles = None if titles is None else [str(t) for t in titles]
+        if self.titles is not None and len(self.titles) != len(first):
+            raise ValueError(f"{len(self.titles)} titles for {len(first)} images; give one title per image "
+                             "(e.g. the prompts) or titles=None")
+        figure = self._build_figure(first)
+        super().__init__([self.slider, self.status], figure, dpi)
+        if precompute:
+            for s in self.scales:
+                self.sample(s)
+            self.status.value = f"all {len(self.scales)} scales sampled"
+        self.watch(self.slider)
+        self.redraw()
+
+    def sample(self, scale: float) -> torch.Tensor:
+        """The images at guidance scale ``scale`` [B, C, H, W] (CPU, float), sampled once, then cached."""
+        scale = float(scale)
+        if scale in self.cache:
+            self.status.value = f"w = {scale:g}: from the cache ({len(self.cache)}/{len(self.scales)} scales sampled)"
+            return self.cache[scale]
+        start = time.perf_counter()
+        images = self.sample_fn(scale)
+        seconds = time.perf_counter() - start
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"sample_fn({scale:g}) must return images [B, 3, H, W] in [-1, 1], got {got}")
+        images = images.detach().cpu().float()
+        shapes = {tuple(x.shape) for x in self.cache.values()}
+        if shapes and tuple(images.shape) not in shapes:
+            raise ValueError(f"sample_fn({scale:g}) returned images of shape {tuple(images.shape)}, but earlier "
+                             f"scales gave {shapes.pop()}; sample the same prompts at every scale")
+        self.cache[scale] = images
+        self.status.value = f"w = {scale:g}: sampled in {seconds:.1f} s"
+        return images
+
+    def _build_figure(self, images: torch.Tensor) -> Figure:
+        B = len(images)
+        width = max(5.0, 1.5 * B + 0.4)
+        cell = min((width - 0.4) / B, 2.4)  # the side of one image, in inches
+        self._wrap_at = max(12, int(13 * cell))  # characters per title line at fontsize 8
+        title_lines = 0 if self.titles is None else max(len(_wrap(t, self._wrap_at).split("\n")) for t in self.titles)
+        fig = Figure(figsize=(width, cell + 0.35 + 0.15 * title_lines), layout="constrained")
+        axes = fig.subplots(1, B, squeeze=False)[0]
+        self._images = []
+        for b, ax in enumerate(axes):
+            self._images.append(ax.imshow(_rgb(images[b]).numpy(), interpolation="nearest"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if self.titles is not None:
+                ax.set_title(_wrap(self.titles[b], self._wrap_at), fontsize=8)
+        return fig
+
+    def update(self) -> None:
+        scale = float(self.slider.value)
+        images = self.sample(scale)  # [B, C, H, W]
+        for artist, image in zip(self._images, images):
+            artist.set_data(_rgb(image).numpy())
+        name = {0.0: "  (unconditional)", 1.0: "  (conditional, no guidance)"}.get(scale, "")
+        self.figure.suptitle(rf"guidance scale $w$ = {scale:g}{name}:   "
+                             r"$\hat\epsilon = \epsilon_\mathrm{uncond} + w\,(\epsilon_\mathrm{cond} - "
+                             r"\epsilon_\mathrm{uncond})$", fontsize=10)
+        self.state = {"scale": scale, "images": images}
+
+
+def guidance_explorer(sample_fn: Callable[[float], torch.Tensor], scales: Sequence[float], *,
+                      titles: Sequence[str] | None = None, scale: float | None = None,
+                      precompute: bool = False) -> GuidanceExplorer:
+    """The guidance-scale slider of chapter 3.
+
+    ``sample_fn(w) -> images [B, 3, H, W]`` in [-1, 1]: the same prompts from the same x_T at scale w,
+    e.g. ``lambda w: model.generate(prompts, scale=w, num_steps=20, x_T=x_T)``. ``scales``: e.g.
+    ``[0, 1, 2, 3, 5, 7, 10]``; ``titles``: one per image (the prompts); ``scale``: where the slider
+    starts (default the first scale); ``precompute``: sample every scale now instead of on first use.
+    See :class:`GuidanceExplorer` for the controls and ``state``.
+    """
+    return GuidanceExplorer(sample_fn, scales, titles=titles, scale=scale, precompute=precompute)
+
+
+# --------------------------------------------------------------------------- chapter 3: attention-map explorer
+
+
+def _short_layer_names(layers: Sequence[str]) -> dict[str, str]:
+    """"up.1.1.blocks.0.attn2" -> "up.1.1" (".blocks.0" kept when the transformer has several blocks)."""
+    short = {}
+    for name in layers:
+        base = name.rsplit(".", 1)[0] if name.endswith((".attn1", ".attn2")) else name
+        stem, _, block = base.rpartition(".blocks.")
+        several = stem and any(other.startswith(f"{stem}.blocks.") and not other.startswith(f"{stem}.blocks.{block}.")
+                               for other in layers)
+        short[name] = base if (several or not stem) else stem
+    return short
+
+
+class AttentionExplorer(FigureExplorer):
+    """Where does the image look for each word? Cross-attention maps of a text-to-image model.
+
+    For a prompt, ``run_fn`` generates one image while ``capture_attention`` records every
+    cross-attention layer. For the chosen layer, head, timestep and text token j the explorer shows
+
+        A_j[y, x] = P[(y, x), j],    P = softmax(Q(image) K(text)^T / sqrt(d))     (:func:`token_heatmap`)
+
+    Left: the generated image. Middle: A_j upsampled **bilinearly** to the image size (``mode``) and
+    laid semi-transparently over the image in grey (:func:`overlay`; scaled to the map's own min..max
+    by default, ``normalize``). Right: the raw map at the layer's own resolution, with a colorbar of the probabilities.
+    Head "mean" averages the heads; t "all" averages every sampling step.
+
+    Controls: ``prompt`` (Dropdown), ``layer`` (Dropdown of the cross-attention layers, labelled with
+    their resolution, e.g. "up.3.1 (16x16)"), ``head`` (Dropdown: "mean", 0, 1, ...), ``timestep``
+    (SelectionSlider: "all", then the sampler's timesteps in sampling order), ``token`` (Dropdown
+    of the prompt's tokens; value = the token's index among the keys). Each prompt is run once and
+    kept in ``cache``. Changing the prompt refreshes the token list and keeps the token index when
+    the new prompt has that many tokens (else the last token), and keeps layer and timestep if possible.
+
+    ``state`` after each redraw: ``{"prompt": str, "layer": str, "head": "mean" | int, "t": "all" | number,
+    "token": int, "token_text": str, "map": [h, w] tensor}``.
+    """
+
+    def __init__(self, run_fn: Callable, prompts: Sequence[str], *,
+                 token_labels: Callable[[str], Sequence[str]] | None = None, prompt: str | None = None,
+                 alpha: float = 0.6, mode: str = "bilinear", normalize: str = "minmax", dpi: int = 100):
+        if not callable(run_fn):
+            raise TypeError(f"run_fn must be a function prompt -> (image, record, tokens), got {type(run_fn).__name__}")
+        if isinstance(prompts, str):
+            raise TypeError(f"prompts must be a list of strings, got one string {prompts!r}; wrap it: [{prompts!r}]")
+        self.prompts = list(prompts)
+        if not self.prompts or not all(isinstance(p, str) for p in self.prompts):
+            raise ValueError(f"prompts must be a non-empty list of strings, got {self.prompts!r}")
+        if len(set(self.prompts)) != len(self.prompts):
+            raise ValueError(f"prompts must be distinct (they key the cache), got {self.prompts}")
+        start = self.prompts[0] if prompt is None else prompt
+        if start not in self.prompts:
+            raise ValueError(f"prompt={prompt!r} is not one of the prompts {self.prompts}")
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        if normalize not in ("minmax", "max"):
+            raise ValueError(f"normalize must be 'minmax' or 'max', got {normalize!r}")
+        self.run_fn, self.token_labels, self.alpha, self.mode = run_fn, token_labels, float(alpha), mode
+        self.normalize = normalize
+        self.cache: dict[str, dict] = {}
+        self._holding = 1  # no redraws while the controls are being filled in
+
+        wide = widgets.Layout(width="330px")
+        self.prompt = widgets.Dropdown(options=self.prompts, value=start, description="prompt", layout=wide)
+        self.layer = widgets.Dropdown(options=[("-", "")], description="layer", layout=wide)
+        self.head = widgets.Dropdown(options=[("mean", "mean")], description="head",
+                                     layout=widgets.Layout(width="160px"))
+        self.timestep = widgets.SelectionSlider(options=[("all", "all")], description="t", continuous_update=False,
+                                                layout=widgets.Layout(width="420px"))
+        self.token = widgets.Dropdown(options=[("-", -1)], description="token", layout=widgets.Layout(width="240px"))
+        run = self.run(start)
+        self._sync_controls(run)
+        controls = widgets.VBox([widgets.HBox([self.prompt, self.layer, self.head]),
+                                 widgets.HBox([self.timestep, self.token])])
+        super().__init__([controls], self._build_figure(), dpi)
+        self.prompt.observe(self._on_prompt, names="value")
+        self.layer.observe(self._on_layer, names="value")
+        self.watch(self.head, self.timestep, self.token)
+        self._holding = 0
+        self.redraw()
+
+    # ----------------------------------------------------------------- running a prompt
+
+    def run(self, prompt: str) -> dict:
+        """``run_fn(prompt)``, checked and cached.
+
+        Returns {"image": [C, H, W], "record", "tokens", "layers": {name: {"label", "short", "size",
+        "heads"}}, "timesteps"}; ``layers`` holds the cross-attention layers only.
+        """
+        if prompt in self.cache:
+            return self.cache[prompt]
+        result = self.run_fn(prompt)
+        if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+            raise TypeError(f"run_fn({prompt!r}) must return (image [3, H, W], record, tokens), got "
+                            f"{type(result).__name__}")
+        if len(result) == 2 and self.token_labels is None:
+            raise TypeError(f"run_fn({prompt!r}) returned (image, record) without the tokens: return "
+                            "(image, record, tokens) or pass token_labels=<prompt -> list of tokens>")
+        image, record = result[0], result[1]
+        tokens = list(self.token_labels(prompt) if self.token_labels is not None else result[2])
+        if isinstance(image, torch.Tensor) and image.ndim == 4 and len(image) == 1:
+            image = image[0]
+        if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"run_fn({prompt!r}) must return one image [3, H, W] in [-1, 1] first, got {got}")
+        if not isinstance(record, AttentionRecord):
+            raise TypeError(f"run_fn({prompt!r}) must return the AttentionRecord of capture_attention(...) second, "
+                            f"got {type(record).__name__}")
+        if not tokens or not all(isinstance(tok, str) for tok in tokens):
+            raise ValueError(f"the tokens of {prompt!r} must be a non-empty list of strings in key order "
+                             f"(e.g. ['<start>', 'a', 'cat']), got {tokens!r}")
+        cross = [name for name in record.layers if any(c.layer == name and c.kind == "cross" for c in record.calls)]
+        if not cross:
+            raise ValueError(f"the record of {prompt!r} holds no cross-attention: wrap the sampling in "
+                             "capture_attention(model, kinds=('cross',)) and sample a text-conditional model")
+        short = _short_layer_names(cross)
+        layers = {}
+        for name in cross:
+            b, heads, n_query, n_key = record.select(name)[0].probs.shape
+            side = math.isqrt(n_query)
+            if side * side != n_query:
+                raise ValueError(f"layer {name!r} attends over {n_query} image tokens, not a square feature map; "
+                                 "the explorer shows square maps only")
+            if len(tokens) > n_key:
+                raise ValueError(f"{len(tokens)} tokens for {prompt!r} but layer {name!r} attends over {n_key} keys; "
+                                 "give the readable tokens of the prompt without padding, in key order")
+            layers[name] = {"label": f"{short[name]} ({side}x{side})", "short": short[name], "size": (side, side),
+                            "heads": heads}
+        timesteps = [t for t in dict.fromkeys(record.timesteps) if t is not None]
+        run = {"image": image.detach().cpu().float(), "record": record, "tokens": tokens, "layers": layers,
+               "timesteps": timesteps}
+        self.cache[prompt] = run
+        return run
+
+    # ----------------------------------------------------------------- keeping the controls consistent
+
+    def redraw(self) -> None:
+        if not self._holding:
+            super().redraw()
+
+    def _sync_controls(self, run: dict) -> None:
+        """Fill layer, timestep and token with the options of ``run``, keeping the current choices if possible."""
+        layers = run["layers"]
+        layer = self.layer.value
+        if layer not in layers:  # default: the last layer at the finest resolution (the decoder's most detailed)
+            finest = max(info["size"] for info in layers.values())
+            layer = [name for name, info in layers.items() if info["size"] == finest][-1]
+        self.layer.options = [(info["label"], name) for name, info in layers.items()]
+        self.layer.value = layer
+        self._sync_heads(run)
+        t = self.timestep.value
+        self.timestep.options = [("all", "all")] + [(f"{s:g}", s) for s in run["timesteps"]]
+        self.timestep.value = t if t in run["timesteps"] else "all"
+        j = self.token.value
+        tokens = run["tokens"]
+        self.token.options = [(f"{i}: {tok}", i) for i, tok in enumerate(tokens)]
+        self.token.value = j if 0 <= j < len(tokens) else len(tokens) - 1  # -1 at the start: the last token
+
+    def _sync_heads(self, run: dict) -> None:
+        heads = run["layers"][self.layer.value]["heads"]
+        head = self.head.value
+        self.head.options = [("mean", "mean")] + [(str(h), h) for h in range(heads)]
+        self.head.value = head if head == "mean" or head < heads else "mean"
+
+    def _on_prompt(self, _change) -> None:
+        self._holding += 1
+        try:
+            self._sync_controls(self.run(self.prompt.value))
+        finally:
+            self._holding -= 1
+        self.redraw()
+
+    def _on_layer(self, _change) -> None:
+        if self._holding:
+            return
+        self._holding += 1
+        try:
+            self._sync_heads(self.run(self.prompt.value))
+        finally:
+            self._holding -= 1
+        self.redraw()
+
+    # ----------------------------------------------------------------- drawing
+
+    def _build_figure(self) -> Figure:
+        fig = Figure(figsize=(11, 4.3), layout="constrained")
+        self._ax_image, self._ax_overlay, self._ax_map = fig.subplots(1, 3)
+        blank = torch.zeros(2, 2)
+        self._image_artist = self._ax_image.imshow(blank.numpy(), interpolation="nearest")
+        self._overlay_artist = self._ax_overlay.imshow(blank.numpy(), interpolation="nearest")
+        self._map_artist = self._ax_map.imshow(blank.numpy(), cmap="inferno", interpolation="nearest")
+        self._colorbar = fig.colorbar(self._map_artist, ax=self._ax_map, shrink=0.85, label="attention probability")
+        for ax in (self._ax_image, self._ax_overlay):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        return fig
+
+    def update(self) -> None:
+        prompt, layer, head, t, j = (self.prompt.value, self.layer.value, self.head.value, self.timestep.value,
+                                     int(self.token.value))
+        run = self.run(prompt)
+        info, token = run["layers"][layer], run["tokens"][j]
+        heat = token_heatmap(run["record"], layer, j, t=None if t == "all" else t, head=head)  # [h, w]
+        image = run["image"]  # [C, H, W]
+        h, w = heat.shape
+        H, W = image.shape[-2:]
+        self._image_artist.set_data(_rgb(image).numpy())
+        self._image_artist.set_extent((-0.5, W - 0.5, H - 0.5, -0.5))
+        self._overlay_artist.set_data(overlay(image, heat, alpha=self.alpha, mode=self.mode,
+                                              normalize=self.normalize).numpy())
+        self._overlay_artist.set_extent((-0.5, W - 0.5, H - 0.5, -0.5))
+        self._map_artist.set_data(heat.numpy())
+        self._map_artist.set_extent((-0.5, w - 0.5, h - 0.5, -0.5))
+        self._map_artist.set_clim(float(heat.min()), max(float(heat.max()), float(heat.min()) + 1e-6))
+        self._colorbar.update_normal(self._map_artist)
+        tick = max(1, w // 4)
+        self._ax_map.set_xticks(range(0, w, tick))
+        self._ax_map.set_yticks(range(0, h, tick))
+        head_text = "mean of heads" if head == "mean" else f"head {head}"
+        t_text = "mean of all steps" if t == "all" else f"t = {t:g}"
+        self._ax_image.set_title(f"generated image ({H}x{W})\n{_wrap(repr(prompt), 40)}", fontsize=10)
+        self._ax_overlay.set_title(f"token {j} {token!r} over the image\n{h}x{w} map, {self.mode} upsampling, "
+                                   f"{'min-max' if self.normalize == 'minmax' else 'max'} scaled", fontsize=10)
+        self._ax_map.set_title(f"raw map {h}x{w}, peak {float(heat.max()):.2f}\n{head_text}, {t_text}", fontsize=10)
+        self.figure.suptitle(f"cross-attention to {token!r}:  layer {info['short']} ({h}x{w}),  {head_text},  {t_text}",
+                             fontsize=11)
+        self.state = {"prompt": prompt, "layer": layer, "head": head, "t": t, "token": j, "token_text": token,
+                      "map": heat}
+
+
+def attention_explorer(run_fn: Callable, prompts: Sequence[str], *,
+                       token_labels: Callable[[str], Sequence[str]] | None = None,
+                       prompt: str | None = None, mode: str = "bilinear",
+                       normalize: str = "minmax") -> AttentionExplorer:
+    """The attention-map explorer of chapter 3.
+
+    ``run_fn(prompt) -> (image [3, H, W] in [-1, 1], record, tokens)``: generate one image for the
+    prompt inside ``capture_attention(model)`` and return the record and the prompt's readable
+    tokens in key order, padding excluded (e.g. ``["<start>", "a", "photo", "of", "a", "cat"]``).
+    ``token_labels(prompt) -> tokens``, if given, names the tokens instead (then ``run_fn`` may
+    return just ``(image, record)``). ``prompts``: the prompt menu; ``prompt``: the first one shown;
+    ``mode``: how the map is upsampled for the overlay ("bilinear" or "nearest"); ``normalize``: how
+    the overlay scales the map ("minmax" or "max", see :func:`overlay`).
+    See :class:`AttentionExplorer` for the figure, the controls and ``state``.
+    """
+    return AttentionExplorer(run_fn, prompts, token_labels=token_labels, prompt=prompt, mode=mode,
+                             normalize=normalize)

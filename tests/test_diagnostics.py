@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.diagnostics import held_out_loss, timestep_sensitivity
+from course_lib.diagnostics import copy_shared_weights, held_out_loss, timestep_sensitivity
 from course_lib.schedules import NoiseSchedule
 from course_lib.unet import UNet, UNetConfig
 
@@ -74,3 +74,13 @@ def test_sensitivity_input_errors():
         timestep_sensitivity(_tiny(), torch.zeros(1, 3, 8, 8), [5])
     with pytest.raises(ValueError, match="no residual blocks"):
         timestep_sensitivity(ZeroModel(), torch.zeros(1, 3, 8, 8), [1, 2])
+
+
+def test_copy_shared_weights_makes_the_variants_equal_except_emb_proj():
+    additive, adagn = _tiny("additive", seed=0), _tiny("adagn", seed=1)
+    different = copy_shared_weights(additive, adagn)
+    assert different and all(".emb_proj." in name for name in different)
+    a, b = additive.state_dict(), adagn.state_dict()
+    for name in b:
+        if name not in different:
+            assert torch.equal(a[name], b[name]), name

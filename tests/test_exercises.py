@@ -239,3 +239,57 @@ def test_adagn_check_not_written(capsys):
 
     assert not check_adagn_modulation(stub)
     assert "not written yet" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- chapter 3: cross-attention
+
+
+def _cross_right(x, context, mask, w_q, w_k, w_v):
+    q, k, v = x @ w_q, context @ w_k, context @ w_v
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    return scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1) @ v
+
+
+def test_cross_attention_check_agrees_with_the_library_attention():
+    """The check's answer is course_lib.attention's softmax(QK^T/sqrt(d))V with a key-padding mask."""
+    from course_lib.attention import attention
+    from course_lib.exercises import _cross_attention_cases
+
+    for case in _cross_attention_cases(0):
+        x, context, mask, w_q, w_k, w_v = case.args
+        ours = attention((x @ w_q)[:, None], (context @ w_k)[:, None], (context @ w_v)[:, None],
+                         mask[:, None, None, :], impl="einsum")[:, 0]
+        assert torch.allclose(ours, case.expected, atol=1e-5)
+
+
+def test_cross_attention_check_accepts_the_right_answer(capsys):
+    from course_lib.exercises import check_cross_attention
+
+    assert check_cross_attention(_cross_right)
+    assert "Correct!" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda x, c, m, wq, wk, wv: ((x @ wq) @ (c @ wk).transpose(-2, -1) / wq.shape[1] ** 0.5).softmax(-1) @ (c @ wv),
+     "mask is ignored"),
+    (lambda x, c, m, wq, wk, wv: ((x @ wq) @ (c @ wk).transpose(-2, -1)).masked_fill(~m[:, None, :], float("-inf"))
+     .softmax(-1) @ (c @ wv), "sqrt(d)"),
+    (lambda x, c, m, wq, wk, wv: ((x @ wq) @ (c @ wk).transpose(-2, -1) / wq.shape[1] ** 0.5)
+     .masked_fill(m[:, None, :], float("-inf")).softmax(-1) @ (c @ wv), "inverted"),
+    (lambda x, c, m, wq, wk, wv: ((x @ wq) @ (c @ wk).transpose(-2, -1) / wq.shape[1] ** 0.5)
+     .masked_fill(~m[:, None, :], float("-inf")).softmax(-1) @ (c @ wk), "values come from"),
+    (lambda x, c, m, wq, wk, wv: (x @ wk) @ wq.T, "Hint"),
+])
+def test_cross_attention_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_cross_attention
+
+    assert not check_cross_attention(wrong)
+    out = capsys.readouterr().out
+    assert "Not yet" in out and words in out, out
+
+
+def test_a_nan_answer_is_named(capsys):
+    from course_lib.exercises import check_cross_attention
+
+    assert not check_cross_attention(lambda x, c, m, wq, wk, wv: _cross_right(x, c, m, wq, wk, wv) * float("nan"))
+    assert "NaN" in capsys.readouterr().out

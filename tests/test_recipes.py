@@ -61,3 +61,76 @@ def test_recipe_loss_is_the_simple_diffusion_loss(isolated_data):
     loss = recipe.loss_fn()(model, (x, y))
     # a fresh UNet outputs zeros (zero-initialised last conv), so the eps-MSE is E[eps^2] = 1
     assert loss.item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_classifier_recipe_is_listed_and_builds_a_classifier(capsys, isolated_data):
+    assert train.main(["--list"]) == 0
+    assert "cifar-classifier" in capsys.readouterr().out
+    from course_lib.classifier import CIFARClassifier
+
+    recipe = recipes.RECIPES["cifar-classifier"]
+    assert isinstance(recipe, recipes.ClassifierRecipe)
+    cfg = recipe.train_config()
+    data = recipe.data()
+    assert data.hflip
+    x, y = recipe.batches(data, cfg)(0)
+    assert x.shape == (cfg.batch_size, 3, 32, 32) and y.shape == (cfg.batch_size,)
+    model = recipe.build_model()
+    assert isinstance(model, CIFARClassifier)
+    torch.manual_seed(0)
+    loss = recipe.loss_fn()(model, (x[:32], y[:32]))
+    assert loss.item() == pytest.approx(2.3026, abs=0.5)  # about ln 10 for a fresh network
+    info = recipe.card_info()
+    assert info["recipe"] == "cifar-classifier" and info["augmentation"]["crop_padding"] == 4
+    json.dumps(info)
+
+
+def test_model_from_checkpoint_builds_a_classifier(tmp_path):
+    from course_lib.classifier import CIFARClassifier, ClassifierConfig
+
+    torch.manual_seed(0)
+    config = ClassifierConfig(widths=(8, 16), norm="group", num_groups=4)
+    model = CIFARClassifier(config).eval()
+    path = save_checkpoint(tmp_path / "clf.safetensors", model)
+    loaded, card = recipes.model_from_checkpoint(path)
+    assert isinstance(loaded, CIFARClassifier) and loaded.config == config and card["model_class"] == "CIFARClassifier"
+    x = torch.randn(3, 3, 32, 32).clamp(-1, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_text_to_image_recipes_are_listed_and_start_at_the_simple_loss(capsys, isolated_data):
+    from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+
+    assert train.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cond-tiny", "cond-small", "cond-small-minilm"):
+        assert name in out and isinstance(recipes.RECIPES[name], recipes.Text2ImageRecipe)
+    for name, encoder in (("cond-small", "small"), ("cond-small-minilm", "minilm")):
+        recipe = recipes.RECIPES[name]
+        cfg, info = recipe.train_config(), recipe.card_info()
+        assert (cfg.batch_size, cfg.lr, cfg.ema_decay, cfg.bf16, cfg.channels_last) == (64, 2e-4, 0.9995, True, True)
+        assert cfg.warmup_steps > 0 and info["text_encoder"] == encoder and info["p_uncond"] == 0.1
+        assert info["diffusion"] == {"schedule": "linear", "T": 1000, "parameterization": "eps"}
+        json.dumps(info)
+    recipe = recipes.RECIPES["cond-tiny"]
+    x, y = recipe.batches(recipe.data(), recipe.train_config())(0)
+    model = recipe.build_model()
+    assert isinstance(model, TextToImageUNet) and model.config == Text2ImageConfig.tiny()
+    torch.manual_seed(0)
+    loss = recipe.loss_fn()(model, (x, y))
+    assert loss.item() == pytest.approx(1.0, abs=0.05)  # zero-initialised output: E[eps^2] = 1
+    assert recipes.MODELS["TextToImageUNet"] == (TextToImageUNet, Text2ImageConfig)
+
+
+def test_model_from_checkpoint_gives_a_text_to_image_model_its_schedule(tmp_path):
+    from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+
+    torch.manual_seed(0)
+    model = TextToImageUNet(Text2ImageConfig.tiny()).eval()
+    path = save_checkpoint(tmp_path / "t2i.safetensors", model,
+                           training={"diffusion": {"schedule": "cosine", "T": 500, "parameterization": "v"}})
+    loaded, card = recipes.model_from_checkpoint(path)
+    assert isinstance(loaded, TextToImageUNet) and loaded.config == model.config
+    assert (loaded.schedule.name, loaded.schedule.T, loaded.parameterization) == ("cosine", 500, "v")
+    assert all(torch.equal(p, q) for p, q in zip(loaded.state_dict().values(), model.state_dict().values()))

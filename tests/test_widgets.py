@@ -79,3 +79,230 @@ def test_bad_inputs_are_explained(images, schedules):
         schedule_explorer(images, {})
     with pytest.raises(ValueError, match="t must lie"):
         schedule_explorer(images, schedules, t=T)
+
+
+# --------------------------------------------------------------------------- chapter 3: guidance slider, attention maps
+
+from course_lib.capture import capture_attention  # noqa: E402
+from course_lib.guidance import ClassifierFreeGuidance  # noqa: E402
+from course_lib.samplers import ddim_sample, ddim_timesteps  # noqa: E402
+from course_lib.text import TextEncoder, TextEncoderConfig, Tokenizer, encode_prompts  # noqa: E402
+from course_lib.unet import UNet, UNetConfig  # noqa: E402
+from course_lib.widgets import (  # noqa: E402
+    attention_explorer,
+    guidance_explorer,
+    overlay,
+    token_heatmap,
+    upsample_heatmap,
+)
+
+PROMPTS = ["a photo of a cat", "a dog"]
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def text2image():
+    """A tiny text-conditional UNet (cross-attention at 16x16 and 8x8, 2 heads) and a small text encoder.
+
+    The zero-initialised layers (e.g. each SpatialTransformer's proj_out) are randomised so that the
+    caption changes the output, as it does after training.
+    """
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.for_cifar10()
+    encoder = TextEncoder(TextEncoderConfig.for_tokenizer(tokenizer, dim=32, depth=1)).eval()
+    unet = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, 8),
+                           image_size=16, num_groups=4, num_heads=2, dropout=0.0, context_dim=32,
+                           attention_impl="sdpa")).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.2)
+    schedule = NoiseSchedule.linear(T)
+    x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def encode(prompts):
+        with torch.no_grad():
+            return encode_prompts(prompts, tokenizer, encoder)
+
+    def run_fn(prompt):
+        """One image for ``prompt`` with every cross-attention map recorded, and the prompt's tokens."""
+        context, batch = encode([prompt]), tokenizer.encode([prompt])
+        with capture_attention(unet) as record:
+            image = ddim_sample(lambda x, t: unet(x, t, context.tokens, context.mask), schedule, x_T=x_T[:1],
+                                num_steps=STEPS, progress=False)[0]
+        return image, record, [tokenizer.vocab[i] for i in batch.ids[0][batch.mask[0]].tolist()]
+
+    def sample_fn(scale):
+        """The same two prompts from the same x_T at guidance scale ``scale``."""
+        cond, uncond = encode(PROMPTS), encode([""])
+        guided = ClassifierFreeGuidance(unet, cond.tokens, cond.mask, uncond.tokens, uncond.mask, scale=scale)
+        return ddim_sample(guided, schedule, x_T=x_T, num_steps=STEPS, progress=False)
+
+    return {"unet": unet, "encode": encode, "run_fn": run_fn, "sample_fn": sample_fn, "schedule": schedule,
+            "x_T": x_T}
+
+
+def _spy(fn, calls):
+    def wrapped(arg):
+        calls.append(arg)
+        return fn(arg)
+    return wrapped
+
+
+def test_guidance_slider_samples_each_scale_once_and_redraws(text2image):
+    calls = []
+    explorer = guidance_explorer(_spy(text2image["sample_fn"], calls), [0, 1, 7], titles=PROMPTS)
+    assert isinstance(explorer, FigureExplorer) and explorer.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert calls == [0.0] and explorer.state["scale"] == 0.0
+    unconditional, png = explorer.state["images"], explorer.image.value
+    assert unconditional.shape == (2, 3, 16, 16)
+
+    explorer.slider.value = 7.0
+    assert calls == [0.0, 7.0] and explorer.state["scale"] == 7.0
+    assert explorer.image.value != png
+    assert (explorer.state["images"] - unconditional).abs().max() > 1e-2  # guidance changed the images
+
+    explorer.slider.value = 0.0  # from the cache: no new sampling, the same images
+    assert calls == [0.0, 7.0] and torch.equal(explorer.state["images"], unconditional)
+    assert "cache" in explorer.status.value
+
+
+def test_guidance_precompute_and_scale_one_is_the_conditional_model(text2image):
+    calls = []
+    explorer = guidance_explorer(_spy(text2image["sample_fn"], calls), [0, 1, 3], scale=1, precompute=True)
+    assert sorted(calls) == [0.0, 1.0, 3.0] and explorer.state["scale"] == 1.0
+    explorer.slider.value = 3.0
+    assert len(calls) == 3  # everything was sampled up front
+    unet, cond = text2image["unet"], text2image["encode"](PROMPTS)
+    conditional = ddim_sample(lambda x, t: unet(x, t, cond.tokens, cond.mask), text2image["schedule"],
+                              x_T=text2image["x_T"], num_steps=STEPS, progress=False)
+    assert torch.allclose(explorer.cache[1.0], conditional, atol=1e-5)
+
+
+def test_guidance_bad_inputs_are_explained():
+    images = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="at least one guidance scale"):
+        guidance_explorer(lambda w: images, [])
+    with pytest.raises(ValueError, match="distinct"):
+        guidance_explorer(lambda w: images, [1, 1.0])
+    with pytest.raises(ValueError, match="not one of the scales"):
+        guidance_explorer(lambda w: images, [0, 1], scale=3)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        guidance_explorer(lambda w: images[0], [0, 1])
+    with pytest.raises(ValueError, match="one title per image"):
+        guidance_explorer(lambda w: images, [0, 1], titles=["only one"])
+    explorer = guidance_explorer(lambda w: images[: 1 + int(w)], [0, 1])
+    with pytest.raises(ValueError, match="same prompts at every scale"):
+        explorer.slider.value = 1.0
+
+
+def test_attention_explorer_controls_change_the_map(text2image):
+    calls = []
+    explorer = attention_explorer(_spy(text2image["run_fn"], calls), PROMPTS)
+    state, run = explorer.state, explorer.cache[PROMPTS[0]]
+    record = run["record"]
+    assert calls == [PROMPTS[0]] and run["tokens"] == ["<start>", "a", "photo", "of", "a", "cat"]
+    # starts at the last token, every step, the mean of the heads, the decoder's last 16x16 layer
+    assert (state["token"], state["token_text"], state["t"], state["head"]) == (5, "cat", "all", "mean")
+    assert state["layer"] == "up.3.1.blocks.0.attn2" and state["map"].shape == (16, 16)
+    labels = [label for label, _ in explorer.layer.options]
+    assert "up.3.1 (16x16)" in labels and "middle.1 (8x8)" in labels
+    assert [v for _, v in explorer.head.options] == ["mean", 0, 1]
+    assert [v for _, v in explorer.timestep.options] == ["all", *ddim_timesteps(T, STEPS)]
+    assert torch.equal(state["map"], token_heatmap(record, state["layer"], 5))
+
+    png = explorer.image.value
+    explorer.token.value = 2  # "photo"
+    assert explorer.state["token_text"] == "photo" and explorer.image.value != png
+    assert not torch.allclose(explorer.state["map"], state["map"])
+    assert torch.equal(explorer.state["map"], token_heatmap(record, state["layer"], 2))
+
+    explorer.head.value = 1
+    per_head = record.maps(state["layer"], head=None)  # [B, heads, h, w, M]
+    assert torch.allclose(explorer.state["map"], per_head[0, 1, :, :, 2])
+
+    t = ddim_timesteps(T, STEPS)[1]
+    explorer.timestep.value = t
+    assert explorer.state["t"] == t
+    assert torch.equal(explorer.state["map"], token_heatmap(record, state["layer"], 2, t=t, head=1))
+
+    explorer.layer.value = "middle.1.blocks.0.attn2"
+    assert explorer.state["map"].shape == (8, 8) and explorer.state["head"] == 1 and explorer.state["t"] == t
+
+    explorer.prompt.value = "a dog"  # 3 tokens: index 2 is still valid and is now "dog"
+    assert calls == PROMPTS and explorer.state["token_text"] == "dog"
+    assert [label for label, _ in explorer.token.options] == ["0: <start>", "1: a", "2: dog"]
+    assert explorer.state["layer"] == "middle.1.blocks.0.attn2" and explorer.state["t"] == t
+
+    explorer.prompt.value = PROMPTS[0]  # cached: run_fn is not called again
+    assert calls == PROMPTS and explorer.state["token"] == 2
+    explorer.token.value = 4
+    explorer.prompt.value = "a dog"  # token 4 does not exist in "a dog": the last token is shown
+    assert calls == PROMPTS and explorer.state["token"] == 2 and explorer.state["token_text"] == "dog"
+
+
+def test_one_token_prompt_attends_only_to_start(text2image):
+    """softmax over a single real key: every position puts all its weight on <start>."""
+    _, record, tokens = text2image["run_fn"]("")
+    assert tokens == ["<start>"]
+    for layer in record.layers:
+        for t in (None, ddim_timesteps(T, STEPS)[0]):
+            for head in ("mean", 0, 1):
+                heat = token_heatmap(record, layer, 0, t=t, head=head)
+                assert torch.allclose(heat, torch.ones_like(heat), atol=1e-5)
+        assert token_heatmap(record, layer, 1).abs().max() == 0  # padding gets no attention
+
+
+def test_token_heatmap_is_the_head_mean_of_the_recorded_maps(text2image):
+    _, record, tokens = text2image["run_fn"](PROMPTS[0])
+    layer = record.layers[0]
+    per_head = record.maps(layer, head=None)  # [B, heads, h, w, M]
+    assert torch.allclose(token_heatmap(record, layer, 5), per_head[0].mean(dim=0)[..., 5], atol=1e-6)
+    steps = torch.stack([token_heatmap(record, layer, 5, t=t) for t in ddim_timesteps(T, STEPS)])
+    assert torch.allclose(token_heatmap(record, layer, 5), steps.mean(dim=0), atol=1e-6)  # t=None: all steps
+    with pytest.raises(ValueError, match="out of range"):
+        token_heatmap(record, layer, 16)
+    with pytest.raises(ValueError, match="one map"):
+        token_heatmap(record, layer, 0, head=None)
+
+
+def test_upsample_and_overlay():
+    heat = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    nearest = upsample_heatmap(heat, (4, 4), mode="nearest")
+    assert torch.equal(nearest, heat.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    bilinear = upsample_heatmap(heat, (8, 8))
+    assert bilinear.shape == (8, 8) and bilinear.min() >= 0 and bilinear.max() <= 3
+    assert torch.allclose(upsample_heatmap(torch.full((2, 2), 0.3), (6, 6)), torch.full((6, 6), 0.3))
+
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = overlay(image, heat)
+    assert out.shape == (8, 8, 3) and out.min() >= 0 and out.max() <= 1
+    assert torch.allclose(overlay(image, heat, alpha=0.0, gray=False), (image.permute(1, 2, 0) + 1) / 2, atol=1 / 255)
+    colors = overlay(torch.zeros(3, 8, 8), heat, alpha=1.0)  # the colormap alone
+    assert colors[7, 7].sum() > colors[0, 0].sum()  # more attention, brighter colour (inferno)
+    flat = overlay(image, torch.ones(2, 2), alpha=1.0)
+    assert torch.allclose(flat, flat[0, 0].expand_as(flat))  # a constant map tints evenly
+    with pytest.raises(ValueError, match="one image"):
+        overlay(image[None], heat)
+    with pytest.raises(ValueError, match="bilinear"):
+        upsample_heatmap(heat, (4, 4), mode="bicubic")
+
+
+def test_attention_explorer_bad_inputs_are_explained(text2image):
+    run_fn = text2image["run_fn"]
+    with pytest.raises(TypeError, match="wrap it"):
+        attention_explorer(run_fn, "a cat")
+    with pytest.raises(ValueError, match="not one of the prompts"):
+        attention_explorer(run_fn, PROMPTS, prompt="a frog")
+    with pytest.raises(TypeError, match="without the tokens"):
+        attention_explorer(lambda p: run_fn(p)[:2], PROMPTS)
+    with pytest.raises(ValueError, match="padding"):
+        attention_explorer(lambda p: (*run_fn(p)[:2], ["w"] * 17), PROMPTS)
+
+    def no_cross(prompt):
+        image, record, tokens = run_fn(prompt)
+        record.calls = [c for c in record.calls if c.kind != "cross"]
+        return image, record, tokens
+
+    with pytest.raises(ValueError, match="no cross-attention"):
+        attention_explorer(no_cross, PROMPTS)

