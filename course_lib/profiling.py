@@ -28,32 +28,34 @@ __all__ = ["peak_memory", "time_per_call"]
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2: the profiler's C++ backend logs a few lines per session there."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # Jupyter replaces sys.stderr with a stream without a descriptor
-        fd = 2
-    sys.stderr.flush()
-    saved = os.dup(fd)
+def _quiet_fds():
+    """Silence file descriptors 1 and 2: the profiler's C++ backend logs lines there on every session
+    (in Jupyter those descriptors are pipes that the kernel forwards into the notebook, so silencing
+    ``sys.stderr`` is not enough). Python-level output made inside the block is lost too."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), fd)
+        for fd in saved:
+            os.dup2(devnull.fileno(), fd)
     try:
         yield
     finally:
-        os.dup2(saved, fd)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def peak_memory(fn: Callable[[], object]) -> int:
     """Peak bytes of tensor memory alive during ``fn()``, above what was alive before it (see module docs).
 
     Tensors that ``fn`` returns or keeps count until they are freed; run it under ``torch.no_grad()``
-    to measure inference (autograd keeps activations for the backward pass).
+    to measure inference (autograd keeps activations for the backward pass). Whatever ``fn`` prints
+    is discarded (the profiler's own log lines are silenced with it).
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_fds(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
