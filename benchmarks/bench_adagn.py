@@ -3,7 +3,9 @@
 Two UNets that differ only in ``UNetConfig.resblock`` ("additive": DDPM's ResBlock adds the time
 embedding before the second GroupNorm; "adagn": AdaGNResBlock scales and shifts after it) are
 trained with ``course_lib.train.fit`` on ``course_lib.data.load_cifar10("train")`` (the bundled
-3,000-image sample unless a full copy is configured) with ``StepBatches``. fit seeds torch's RNG
+3,000-image sample unless a full copy is configured) with ``StepBatches``. The AdaGN model starts
+from the additive model's weights wherever the shapes agree (``diagnostics.copy_shared_weights``:
+everything but the twice-as-wide ``emb_proj``). fit seeds torch's RNG
 from (seed, step), so both models see the same batches, timesteps and noise at every step; the
 per-step loss difference is therefore a paired comparison, much less noisy than either loss.
 
@@ -132,7 +134,8 @@ def main(argv=None) -> None:
             mine = [r for r in rows if r["variant"] == v]
             print(f"mean {v:>9s} {'':8s} | {statistics.fmean(r['train'] for r in mine):10.4f} | "
                   f"{statistics.fmean(r['ema'] for r in mine):8.4f} {statistics.fmean(r['raw'] for r in mine):8.4f} |")
-    print("\nSame seed, same batches, timesteps and noise for both models at every step. Held-out: the same "
+    print("\nSame initial weights (except AdaGN's wider emb_proj), same batches, timesteps and noise for both "
+          "models at every step. Held-out: the same "
           "fixed test images, timesteps and noise for every model. +- is one standard error of the mean.")
 
 
