@@ -17,6 +17,8 @@ One module per concept; the notebooks in ``notebooks/`` explain, call and visual
 - ``spatial_transformer``: self-attention, cross-attention to text and GEGLU feed-forward on feature maps
 - ``guidance``: classifier-free guidance and caption dropout
 - ``capture``: recording attention maps during sampling without changing the result
+- ``text2image``: the text-to-image model (text encoder + conditional UNet), its loss and sampling
+- ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
 - ``samplers``: ancestral DDPM and DDIM
 - ``recipes``: what ``python -m course_lib.train`` can train; building a model from a checkpoint
 - ``widgets``: the interactive explorers of the notebooks

@@ -27,7 +27,10 @@ Training uses ``course_lib.train.fit`` with :func:`classification_loss`, which a
 loss (random 32x32 crops of the image padded by 4 pixels with reflection, as in He et al. 2016,
 sec. 4.2, drawn from torch's global RNG so that fit's per-step seeding keeps runs resumable) and
 optionally smooths the labels (Szegedy et al. 2016, sec. 7). Horizontal flips come from
-``StepBatches`` (``load_cifar10(..., hflip=True)``).
+``StepBatches`` (``load_cifar10(..., hflip=True)``). The training loop keeps an exponential moving
+average of the weights but copies BatchNorm's running statistics from the live model, whose weights
+differ; :func:`recalibrate_batchnorm` re-estimates them for the averaged weights before export
+(measured on the shipped run: 79.6% -> 83.7% test accuracy at step 6965; 72.7% -> 78.0% at step 2971).
 
 Images are float tensors in [-1, 1] (``course_lib.data``'s convention), shape [B, 3, 32, 32].
 """
@@ -52,6 +55,7 @@ __all__ = [
     "check_images",
     "random_crop",
     "classification_loss",
+    "recalibrate_batchnorm",
     "predict",
     "accuracy",
     "confusion_matrix",
@@ -118,7 +122,7 @@ class ClassifierConfig:
 
     @classmethod
     def small(cls) -> "ClassifierConfig":
-        """The course's classifier (0.33M parameters); trains to ~80% test accuracy on one CPU thread."""
+        """The course's classifier (0.31M parameters): 83.7% test accuracy after 50 minutes on one CPU thread."""
         return cls(widths=(32, 64, 128), blocks_per_stage=1)
 
 
@@ -258,6 +262,38 @@ def classification_loss(crop_padding: int = 4, label_smoothing: float = 0.0) -> 
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
     return loss
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance for the model's current weights.
+
+    At inference BatchNorm uses population statistics E[x] and Var[x] of its inputs (Ioffe &
+    Szegedy 2015, sec. 3.1); training estimates them with a moving average over recent batches,
+    computed with the weights of those steps. For averaged weights (the EMA the training loop keeps,
+    or SWA, Izmailov et al. 2018, who recompute them the same way) those estimates belong to other
+    weights. This pass sets them to the plain average over ``images`` (no augmentation is applied)
+    with the final weights: momentum=None makes BatchNorm keep a cumulative mean over batches.
+    The model's train/eval mode is restored; a model without BatchNorm is returned unchanged.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    check_images(images)
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    device = next(model.parameters()).device
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return model
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -6,8 +6,9 @@ exactly how it was made. Later chapters add their recipes to ``RECIPES``.
 
 A recipe is anything with the attributes the command line uses: ``name``, ``description``,
 ``train_config()``, ``data()``, ``build_model()``, ``batches(data, cfg)``, ``loss_fn()`` and
-``card_info()``; a recipe may also have ``metrics(model) -> dict``, measured after training and
-stored in the exported checkpoint's card. :class:`DiffusionRecipe` trains the chapters' denoisers,
+``card_info()``; a recipe may also have ``export(state, path)``, which writes the inference
+checkpoint in place of :func:`~course_lib.checkpoint.export_inference` (the classifier's re-estimates
+BatchNorm statistics for the EMA weights and stores the test accuracy in the card). :class:`DiffusionRecipe` trains the chapters' denoisers,
 :class:`ClassifierRecipe` the CIFAR-10 classifier that measures whether samples show their class,
 :class:`Text2ImageRecipe` chapter 3's text-to-image model (captions made from the labels).
 """
@@ -21,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, read_card
+from .checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
 from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss, confusion_matrix,
-                         per_class_accuracy)
+                         per_class_accuracy, recalibrate_batchnorm)
 from .data import CIFAR10Split, StepBatches, load_cifar10
 from .parameterization import diffusion_loss
 from .schedules import NoiseSchedule, make_schedule
@@ -89,8 +90,10 @@ class DiffusionRecipe:
 class ClassifierRecipe:
     """Train the CIFAR-10 classifier with cross-entropy on flipped, randomly cropped images.
 
-    ``metrics(model)`` measures the accuracy on the test split of the same data source (10,000
-    images for the full CIFAR-10, 500 for the bundled sample); the command line stores it in the card.
+    ``export(state, path)`` writes the EMA weights with BatchNorm statistics re-estimated for them on
+    ``recalibration_images`` training images (:func:`~course_lib.classifier.recalibrate_batchnorm`),
+    and ``metrics(model)``, the accuracy on the test split of the same data source (10,000 images for
+    the full CIFAR-10, 500 for the bundled sample), in its card.
     """
 
     name: str
@@ -100,6 +103,7 @@ class ClassifierRecipe:
     hflip: bool = True
     crop_padding: int = 4
     label_smoothing: float = 0.0
+    recalibration_images: int = 10_000
 
     def build_model(self) -> CIFARClassifier:
         return CIFARClassifier(self.model_config())
@@ -126,6 +130,21 @@ class ClassifierRecipe:
         return {"test_accuracy": round(confusion.diagonal().sum().item() / len(test), 4),
                 "test_per_class_accuracy": {c: round(a, 4) for c, a in zip(test.classes, per_class.tolist())},
                 "test_images": len(test), "test_source": test.source}
+
+    def export(self, state: str | Path, path: str | Path) -> Path:
+        """Write the inference checkpoint: EMA weights, BatchNorm re-estimated, test metrics in the card."""
+        ckpt = load_checkpoint(state)
+        model = CIFARClassifier(ClassifierConfig(**ckpt.card["model_config"]))
+        load_checkpoint(state, model, weights="ema")
+        train = load_cifar10("train", verbose=False)  # no flips: the statistics of the plain images
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:self.recalibration_images]
+        recalibrate_batchnorm(model, train.images[order])
+        training = {**ckpt.card.get("training", {}), "exported_from": Path(state).name, "exported_weights": "ema",
+                    "batchnorm_recalibration": {"images": len(order), "source": train.source,
+                                                "split": "train", "augmentation": None}}
+        train_tensors = {k: v for k, v in ckpt.train.items() if k == "loss_history"}
+        return save_checkpoint(path, model.eval(), step=ckpt.step, kind="inference", train_tensors=train_tensors,
+                               metrics={**ckpt.card.get("metrics", {}), **self.metrics(model)}, training=training)
 
 
 @dataclass

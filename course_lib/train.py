@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "data_images": len(data), "command": command})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
-    export_inference(state, export, metrics=recipe.metrics(result.ema) if hasattr(recipe, "metrics") else None)
+    recipe.export(state, export) if hasattr(recipe, "export") else export_inference(state, export)
     print(f"wrote {export} (EMA weights) and {export.with_suffix('.json')}")
     return 0
 

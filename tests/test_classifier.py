@@ -11,7 +11,7 @@ from course_lib import recipes, train
 from course_lib.checkpoint import read_card
 from course_lib.classifier import (CIFARClassifier, ClassifierConfig, accuracy, check_images,
                                    classification_loss, confusion_matrix, per_class_accuracy, predict,
-                                   random_crop)
+                                   random_crop, recalibrate_batchnorm)
 from course_lib.config import REPO_ROOT
 from course_lib.data import StepBatches, load_cifar10, to_unit_range
 from course_lib.train import TrainConfig, fit
@@ -19,7 +19,7 @@ from course_lib.train import TrainConfig, fit
 SHIPPED = REPO_ROOT / "data" / "checkpoints" / "cifar-classifier.safetensors"
 # Accuracy of the shipped checkpoint on the bundled sample's 500 test images, measured when it was
 # exported (see its card), minus a margin for other torch versions / CPUs.
-SHIPPED_SAMPLE_ACCURACY = 0.80
+SHIPPED_SAMPLE_ACCURACY = 0.856  # measured: 428 / 500
 MARGIN = 0.03
 
 
@@ -188,6 +188,31 @@ def test_accuracy_takes_a_split(isolated_data):
 # ----------------------------------------------------------------------------- training
 
 
+def test_recalibrate_batchnorm_sets_population_statistics():
+    torch.manual_seed(0)
+    model = CIFARClassifier(ClassifierConfig.tiny()).eval()
+    stem_conv, stem_norm = model.stem[0], model.stem[1]
+    stem_norm.running_mean.fill_(5.0)  # statistics that belong to some other weights
+    stem_norm.running_var.fill_(9.0)
+    images = torch.rand(40, 3, 32, 32) * 2 - 1
+    assert recalibrate_batchnorm(model, images, batch_size=20) is model
+    with torch.no_grad():
+        h = stem_conv(images)  # [40, 8, 32, 32]: what the first BatchNorm sees
+    assert torch.allclose(stem_norm.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    # BatchNorm averages batch statistics (two batches of 20 here): the mean is exact, the variance
+    # (mean of per-batch unbiased variances) close to the variance over all images
+    assert torch.allclose(stem_norm.running_var, h.var(dim=(0, 2, 3)), rtol=0.05)
+    assert not model.training and stem_norm.momentum == 0.1  # mode and momentum restored
+
+    gn = CIFARClassifier(ClassifierConfig(widths=(8, 16), norm="group", num_groups=4))
+    before = {k: v.clone() for k, v in gn.state_dict().items()}
+    recalibrate_batchnorm(gn, images)  # nothing to do without BatchNorm
+    assert all(torch.equal(before[k], v) for k, v in gn.state_dict().items())
+    with pytest.raises(ValueError, match="to_unit_range"):
+        recalibrate_batchnorm(model, images * 255)
+
+
+
 def test_short_training_lowers_the_loss(isolated_data):
     data = load_cifar10("train", limit=256, hflip=True, verbose=False)
     torch.manual_seed(0)
@@ -208,13 +233,18 @@ def test_short_training_lowers_the_loss(isolated_data):
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
 
 
-def test_recipe_round_trip_through_the_command_line(tmp_path, isolated_data, capsys):
+def test_recipe_round_trip_through_the_command_line(tmp_path, isolated_data, monkeypatch):
+    recipe = dataclasses.replace(recipes.RECIPES["cifar-classifier"], recalibration_images=512)  # faster export
+    monkeypatch.setitem(recipes.RECIPES, "cifar-classifier", recipe)
     state, export = tmp_path / "state.safetensors", tmp_path / "out" / "clf.safetensors"
     assert train.main(["cifar-classifier", "--steps", "2", "--state", str(state), "--export", str(export),
                        "--device", "cpu"]) == 0
     card = read_card(export)
     assert card["model_class"] == "CIFARClassifier" and card["step"] == 2 and card["kind"] == "inference"
     assert card["training"]["recipe"] == "cifar-classifier" and card["training"]["task"] == "classification"
+    assert card["training"]["exported_weights"] == "ema" and card["has_ema"] is False
+    assert card["training"]["batchnorm_recalibration"]["images"] == 512
+    assert card["metrics"]["loss_last_100"] > 0  # the training state's metrics are kept
     metrics = card["metrics"]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_images"] == 500
     assert set(metrics["test_per_class_accuracy"]) == set(load_cifar10("test", verbose=False).classes)
@@ -234,4 +264,4 @@ def test_shipped_checkpoint_classifies_the_bundled_sample(isolated_data):
     assert len(test) == 500
     acc = accuracy(model, test)
     assert acc >= SHIPPED_SAMPLE_ACCURACY - MARGIN, f"{acc:.3f} on the bundled sample"
-    assert card["metrics"]["test_accuracy"] >= 0.75  # measured on the full 10,000-image test set
+    assert card["metrics"]["test_accuracy"] >= 0.80  # 0.837, measured on the full 10,000-image test set
