@@ -1,4 +1,4 @@
-"""Shared test setup: fast mode on, few threads, and a tiny model with a config dataclass."""
+"""Shared test setup: fast mode on, few threads, small models with config dataclasses."""
 
 import os
 from dataclasses import dataclass
@@ -43,3 +43,26 @@ def isolated_data(tmp_path, monkeypatch):
     monkeypatch.delenv("COURSE_CIFAR10_DIR", raising=False)
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "data-root"))
     return tmp_path
+
+
+def tiny_conditional_unet(context_dim: int, **overrides):
+    """A text-conditional UNet small enough for tests: 16/32 channels, cross-attention at 8x8 and in the
+    middle, on 16x16 images; its zero-initialised layers (proj_out, conv_out) are randomised so that the
+    text changes the output from the start."""
+    from course_lib.unet import UNet, UNetConfig
+
+    config = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), image_size=16,
+                  num_groups=8, num_heads=2, dropout=0.0, context_dim=context_dim)
+    model = UNet(UNetConfig(**{**config, **overrides})).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="session")
+def conditional_unet():
+    """``conditional_unet(context_dim, **overrides)`` builds :func:`tiny_conditional_unet`."""
+    return tiny_conditional_unet

@@ -14,22 +14,9 @@ from course_lib.unet import UNet, UNetConfig
 CONTEXT_DIM, M = 24, 5
 
 
-def tiny_conditional_unet(**overrides) -> UNet:
-    """16/32 channels, cross-attention at 8x8 and in the middle; zero-initialised layers randomised."""
-    config = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), image_size=16,
-                  num_groups=8, num_heads=2, dropout=0.0, context_dim=CONTEXT_DIM)
-    model = UNet(UNetConfig(**{**config, **overrides})).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0, 0.2)
-    return model
-
-
 @pytest.fixture(scope="module")
-def setup():
-    model = tiny_conditional_unet()
+def setup(conditional_unet):
+    model = conditional_unet(CONTEXT_DIM)
     g = torch.Generator().manual_seed(0)
     context = torch.randn(2, M, CONTEXT_DIM, generator=g)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)

@@ -6,26 +6,13 @@ import torch
 from course_lib.guidance import ClassifierFreeGuidance, cfg_dropout, guide
 from course_lib.samplers import ddim_sample, ddpm_sample
 from course_lib.schedules import make_schedule
-from course_lib.unet import UNet, UNetConfig
 
 CONTEXT_DIM, M = 24, 4
 
 
-def tiny_conditional_unet() -> UNet:
-    """16/32 channels, cross-attention at 8x8 and in the middle; zero-initialised layers randomised."""
-    model = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
-                            image_size=16, num_groups=8, num_heads=2, dropout=0.0, context_dim=CONTEXT_DIM)).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:  # proj_out and conv_out start at zero: the text would not matter yet
-                p.normal_(0, 0.2)
-    return model
-
-
 @pytest.fixture(scope="module")
-def setup():
-    model = tiny_conditional_unet()
+def setup(conditional_unet):
+    model = conditional_unet(CONTEXT_DIM)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 16, 16, generator=g)
     t = torch.tensor([999, 500, 3])
