@@ -176,7 +176,7 @@ assert check_cross_attention(cross_attention)
 
 # %%
 recipe = RECIPES["cond-tiny" if FAST else "cond-small"]
-short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(30, 200), batch_size=config.pick(16, 64),
+short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(30, 100), batch_size=config.pick(16, 32),
                             warmup_steps=20, checkpoint_minutes=None)
 config.seed_everything(0)
 model = recipe.build_model()
