@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import math
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -240,6 +241,20 @@ def _mean_tail(values: list[float], n: int) -> float:
 
 # ----------------------------------------------------------------------------- command line
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _stop_gracefully_on_signals() -> None:
+    """Make Ctrl-C (SIGINT) and ``kill`` (SIGTERM) stop training the way Ctrl-C does: save, then export.
+
+    A job started in the background by a non-interactive shell (``nohup ... &``) inherits SIGINT as
+    *ignored*, and Python then never raises KeyboardInterrupt; SIGTERM would kill it without saving.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import recipes
 
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recipe not in recipes.RECIPES:
         parser.error(f"unknown recipe {args.recipe!r}; known: {', '.join(recipes.RECIPES)}")
+    _stop_gracefully_on_signals()
     if args.threads:
         torch.set_num_threads(args.threads)
     config.setup_cpu_speedups()
