@@ -177,14 +177,18 @@ def test_caption_dropout_ends(model, monkeypatch, p):
 
 def test_guided_scale_one_is_the_conditional_forward_and_three_extrapolates(model):
     x, t = torch.randn(3, 3, 32, 32), torch.full((3,), 700)
-    ctx, empty = model.encode(PROMPTS), model.encode([""] * 3)
     with torch.no_grad():
+        ctx, empty = model.encode(PROMPTS), model.encode([""] * 3)
         cond = model(x, t, ctx.tokens, ctx.mask)
         uncond = model(x, t, empty.tokens, empty.mask)
-        assert torch.equal(model.guided(PROMPTS, scale=1.0)(x, t), cond)
-        assert torch.equal(model.guided(PROMPTS, scale=0.0)(x, t), uncond)
+        # equal up to float rounding (the bit-for-bit shortcut itself is tested in test_guidance.py; here the
+        # unconditional context is one [1, L, D] row expanded, which may take other kernels than three rows)
+        torch.testing.assert_close(model.guided(PROMPTS, scale=1.0)(x, t), cond, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.guided(PROMPTS, scale=0.0)(x, t), uncond, atol=1e-6, rtol=0)
+        # one batched [x; x] pass against two separate passes: float32 rounding differs by a few 1e-6,
+        # and guidance multiplies the difference cond - uncond (and its rounding) by w = 3
         torch.testing.assert_close(model.guided(PROMPTS, scale=3.0)(x, t), guide(cond, uncond, 3.0),
-                                   atol=1e-5, rtol=1e-5)
+                                   atol=1e-4, rtol=1e-4)
     assert not torch.equal(cond, uncond)  # the caption matters (zero-initialised layers were randomised)
 
 
