@@ -245,14 +245,15 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def _stop_gracefully_on_signals() -> None:
+def _stop_gracefully_on_signals() -> dict:
     """Make Ctrl-C (SIGINT) and ``kill`` (SIGTERM) stop training the way Ctrl-C does: save, then export.
 
     A job started in the background by a non-interactive shell (``nohup ... &``) inherits SIGINT as
     *ignored*, and Python then never raises KeyboardInterrupt; SIGTERM would kill it without saving.
+    Returns the handlers it replaced.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    return {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recipe not in recipes.RECIPES:
         parser.error(f"unknown recipe {args.recipe!r}; known: {', '.join(recipes.RECIPES)}")
-    _stop_gracefully_on_signals()
+    previous = _stop_gracefully_on_signals()
+    try:
+        return _train(args, argv)
+    finally:  # give the caller (a test, a notebook) its own handlers back
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The body of :func:`main` once the arguments are known: train the recipe, then export."""
+    from . import recipes  # recipes imports this module: import it at call time
     if args.threads:
         torch.set_num_threads(args.threads)
     config.setup_cpu_speedups()
