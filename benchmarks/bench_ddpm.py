@@ -3,6 +3,7 @@
 For each UNet config (tiny, small, paper) and each precision mode
 
 * ``fp32``:     plain float32, contiguous (NCHW) tensors;
+* ``fp32+cl``:  float32 with the channels_last (NHWC) memory format;
 * ``bf16+cl``:  ``torch.autocast("cpu"/"cuda", dtype=torch.bfloat16)`` and channels_last memory format,
 
 it measures
@@ -13,10 +14,14 @@ it measures
 
 Runs are interleaved (repeat 1 of every config and mode, then repeat 2, ...) so that slow drifts of
 the machine (other processes, thermal limits) hit every variant alike; the table shows medians.
+bf16 pays off only where the hardware has it natively (``course_lib.config.native_bf16``: GPUs, CPUs
+with AVX-512 BF16 or AMX); on an AVX2-only CPU it is emulated and much slower than float32, and the
+header line says which kind of machine this is.
 ``torch.set_flush_denormal(True)`` is on, as in the course (denormal floats are ~3x slower on CPUs).
 
     python benchmarks/bench_ddpm.py                                   # tiny, small, paper; 3 repeats
     python benchmarks/bench_ddpm.py --configs tiny,small --repeats 5 --batch 64 --threads 2
+    python benchmarks/bench_ddpm.py --configs small --modes fp32,fp32+cl   # leave the slow bf16 out
 
 This is a script, not a test: numbers depend on the machine and on what else runs on it.
 """
@@ -35,11 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from course_lib.config import native_bf16  # noqa: E402
 from course_lib.parameterization import diffusion_loss  # noqa: E402
 from course_lib.schedules import NoiseSchedule  # noqa: E402
 from course_lib.unet import UNet, UNetConfig, count_parameters  # noqa: E402
 
-MODES = ("fp32", "bf16+cl")
+MODES = ("fp32", "fp32+cl", "bf16+cl")
 DDIM_STEPS = 50
 
 
@@ -52,7 +58,7 @@ class Variant:
         config = getattr(UNetConfig, config_name)()
         self.model = UNet(config).to(device)
         self.params = count_parameters(self.model)
-        self.memory_format = torch.channels_last if mode == "bf16+cl" else torch.contiguous_format
+        self.memory_format = torch.channels_last if mode.endswith("+cl") else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.schedule = NoiseSchedule.linear(1000)
@@ -62,7 +68,7 @@ class Variant:
         self.iters = {"train": 1, "sample": 1}  # steps per timed run, set by warm_up
 
     def autocast(self):
-        if self.mode == "bf16+cl":
+        if self.mode.startswith("bf16"):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -133,7 +139,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"unknown mode {m!r}; choose from {MODES}")
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
-          f"{torch.get_num_threads()} threads, flush_denormal on, batch {args.batch}, {args.repeats} repeats",
+          f"{torch.get_num_threads()} threads, flush_denormal on, batch {args.batch}, {args.repeats} repeats, "
+          f"native bf16: {'yes' if native_bf16(device) else 'no (bf16 is emulated)'}",
           flush=True)
     variants = {}
     for c in configs:

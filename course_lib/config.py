@@ -77,6 +77,23 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """True where bf16 autocast is fast: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX.
+
+    Elsewhere (an AVX2-only CPU such as AMD Zen 3, Apple's MPS) bf16 arithmetic is emulated: on the
+    course's small UNet it trained about 10x *slower* than float32 on an AVX2 CPU
+    (``benchmarks/bench_ddpm.py`` measures it side by side).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
+                                                                    "_is_amx_tile_supported"))
+    return False
+
+
 def setup_cpu_speedups() -> None:
     """Cheap, safe speed-ups: flush denormal floats to zero (measured ~3x on CPU forward passes)."""
     torch.set_flush_denormal(True)

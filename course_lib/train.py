@@ -8,6 +8,11 @@ Resuming is exact: every step seeds torch's RNG from (seed, step) and draws its 
 pure function of the step (:class:`course_lib.data.StepBatches`), so a run stopped at step s and
 resumed from its checkpoint computes the same updates as a run that never stopped.
 
+A *warm start* continues from an inference checkpoint (the committed EMA weights) when the
+resumable state is gone, e.g. on a new machine: model and EMA start from those weights, the step
+count, loss history and wall time carry on, and the optimizer starts afresh, so the learning rate
+warms up again over ``warmup_steps``. The card lists every warm start (``training.warm_starts``).
+
 A loss that becomes NaN or infinite stops training with :class:`NonFiniteLossError`, before the
 bad step touches the weights and without overwriting the last good checkpoint.
 
@@ -15,6 +20,7 @@ Command line::
 
     python -m course_lib.train --list
     python -m course_lib.train ddpm-small --minutes 60      # resumes if a state exists
+    # no state but data/checkpoints/ddpm-small.safetensors exists: warm start from it (--fresh: step 0)
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int | None = None      # steps between saves (with a checkpoint path)
     checkpoint_minutes: float | None = 10.0  # minutes between saves (with a checkpoint path)
-    bf16: bool = False               # bf16 autocast for forward and loss (CPU with AVX-512 bf16, or GPU)
+    bf16: bool = False               # bf16 autocast for forward and loss where the hardware has native bf16
+                                     # (config.native_bf16: GPUs, AVX-512 BF16 / AMX CPUs); else float32
     channels_last: bool = False      # NHWC memory layout for conv nets (faster with bf16 on CPU)
     progress: bool = True            # show a tqdm progress bar
 
@@ -130,7 +137,8 @@ def hardware_description(device: torch.device) -> str:
 
 def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
         checkpoint_path: str | Path | None = None, resume: bool = True,
-        device: torch.device | str | None = None, training_info: dict | None = None) -> TrainResult:
+        device: torch.device | str | None = None, training_info: dict | None = None,
+        init_from: str | Path | None = None) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batches(step))``.
 
     Args:
@@ -143,8 +151,15 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
             ``checkpoint_minutes`` minutes and at the end, and resumed from when it exists and
             ``resume`` is true.
         training_info: extra facts for the checkpoint card (recipe name, data source, ...).
+        init_from: an inference checkpoint to warm start from when there is no training state to
+            resume: its weights become the model and the EMA, its step, loss history and wall time
+            carry on, the optimizer starts fresh and the learning rate warms up again.
     """
     device = torch.device(device) if device is not None else config.get_device()
+    bf16 = cfg.bf16 and config.native_bf16(device)
+    if cfg.bf16 and not bf16:
+        print(f"bf16 autocast off: {device} has no native bf16 (AVX-512 BF16 / AMX), where float32 is faster",
+              file=sys.stderr)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -152,15 +167,26 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     losses: list[float] = []
     step, seconds_before = 0, 0.0
+    warm_starts: list[dict] = []  # earlier warm starts of this run (the last one restarts the warm-up)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
 
+    ckpt = None
     if path is not None and resume and path.exists():
         ckpt = load_checkpoint(path, model, ema=ema, optimizer=optimizer)
+    elif init_from is not None:
+        ckpt = load_checkpoint(init_from, model)
+        ema.load_state_dict(model.state_dict())
+    if ckpt is not None:
         step = ckpt.step
         if "loss_history" in ckpt.train:
             losses = ckpt.train["loss_history"].tolist()[:step]
         seconds_before = float(ckpt.card.get("training", {}).get("wall_seconds_total", 0.0))
+        warm_starts = list(ckpt.card.get("training", {}).get("warm_starts", []))
+        if ckpt.path != path:
+            warm_starts.append({"from": str(init_from), "step": step,
+                                "weights": ckpt.card.get("exported_weights", "model")})
     first_step = step
+    warmup_from = warm_starts[-1]["step"] if warm_starts else 0
 
     def save(reason: str) -> None:
         if path is None:
@@ -170,7 +196,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 "wall_seconds_total": round(seconds_before + (time.perf_counter() - t0), 1),
                 "hardware": hardware_description(device),
                 "device": str(device),
-                "saved_because": reason}
+                "precision": "bf16 autocast" if bf16 else "float32",
+                "saved_because": reason,
+                **({"warm_starts": warm_starts} if warm_starts else {})}
         save_checkpoint(path, model, step=step, ema=ema, optimizer=optimizer,
                         train_tensors={"loss_history": torch.tensor(losses, dtype=torch.float32)},
                         metrics={"loss_last_100": _mean_tail(losses, 100)}, training=info)
@@ -189,10 +217,10 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 break
             torch.manual_seed(step_seed(cfg.seed, step))
             batch = _to_device(batches(step), device, cfg.channels_last)
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            lr = cfg.lr * min(1.0, (step - warmup_from + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 where = (f"the last good checkpoint {path} (step {read_card(path)['step']}) was kept"
@@ -269,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="train until this global step")
     parser.add_argument("--state", type=Path, help="resumable training state (default data/runs/<recipe>/state.safetensors)")
     parser.add_argument("--export", type=Path, help="inference checkpoint to write (default <checkpoint dir>/<recipe>.safetensors)")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing training state and start at step 0")
+    parser.add_argument("--init-from", type=Path, help="inference checkpoint to warm start from when there is no "
+                        "training state (default: the export, if it exists)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing training state and the export; "
+                        "start at step 0")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--device", help="cpu, cuda, mps (default: picked automatically)")
     args = parser.parse_args(argv)
@@ -302,6 +333,9 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     export = args.export or config.checkpoint_dir() / f"{recipe.name}.safetensors"
     if args.fresh and state.exists():
         state.unlink()
+    # Without a state, continue from the exported weights rather than train from zero and then
+    # overwrite a better export (the shipped checkpoint) with the result.
+    init_from = None if args.fresh or state.exists() else (args.init_from or (export if export.exists() else None))
 
     data = recipe.data()
     torch.manual_seed(cfg.seed)  # the same initial weights on every fresh run of a recipe
@@ -309,9 +343,12 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     device = config.get_device(args.device)
     print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
+    if init_from is not None:
+        print(f"no training state: warm start from {init_from} (step {read_card(init_from)['step']}; "
+              "fresh optimizer, the learning rate warms up again; --fresh starts at step 0)")
     command = "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)
     result = fit(model, recipe.loss_fn(), recipe.batches(data, cfg), cfg, checkpoint_path=state, device=device,
-                 training_info={**recipe.card_info(), "data_source": data.source,
+                 init_from=init_from, training_info={**recipe.card_info(), "data_source": data.source,
                                 "data_images": len(data), "command": command})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")

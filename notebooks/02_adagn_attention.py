@@ -168,7 +168,7 @@ schedule = NoiseSchedule.linear(1000)
 model_config = UNetConfig.tiny  # 0.29M parameters: the comparison, not the sample quality, is the point here
 experiment = TrainConfig(max_steps=config.pick(60, 1500), batch_size=config.pick(16, 32), lr=1e-3,
                          warmup_steps=config.pick(10, 50), ema_decay=config.pick(0.9, 0.995), seed=0,
-                         bf16=device.type == "cpu", channels_last=device.type == "cpu", checkpoint_minutes=None)
+                         bf16=config.native_bf16(device), channels_last=config.native_bf16(device), checkpoint_minutes=None)
 
 
 def loss_fn(model, batch):

@@ -43,6 +43,7 @@ from course_lib import config
 from course_lib.capture import capture_attention
 from course_lib.classifier import predict
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
+from course_lib.evaluation import prompt_accuracy
 from course_lib.exercises import check_cross_attention
 from course_lib.recipes import RECIPES, model_from_checkpoint
 from course_lib.spatial_transformer import SpatialTransformer
@@ -269,17 +270,19 @@ print(f"scale {guidance.state['scale']}: mean |change| of the images from w = 3:
 classifier, classifier_card = model_from_checkpoint(config.checkpoint_dir() / "cifar-classifier.safetensors")
 print(f"classifier: {classifier_card['metrics']}")
 per_class, eval_steps = config.pick(2, 10), config.pick(10, 25)  # 100 images per scale in full mode
-labels = torch.arange(10).repeat_interleave(per_class)
-noise = torch.randn(len(labels), 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
-accuracy = {}
-for w in (0.0, 1.0, 3.0):
-    images = torch.cat([model.generate([class_prompt(int(c)) for c in labels[i:i + 50]], scale=w,
-                                       num_steps=eval_steps, x_T=noise[i:i + 50]).cpu()
-                        for i in range(0, len(labels), 50)])
-    predicted, _ = predict(classifier, images)
-    accuracy[w] = float((predicted == labels).float().mean())
-    print(f"w = {w:g}: the classifier finds the prompted class in {100 * accuracy[w]:.0f}% of {len(labels)} images "
-          f"(DDIM {eval_steps} steps)")
+verdicts = prompt_accuracy(model, classifier, scales=(0.0, 1.0, 3.0), per_class=per_class, num_steps=eval_steps)
+for verdict in verdicts.values():
+    print(verdict, f"(DDIM {eval_steps} steps)")
+
+fig, ax = plt.subplots(figsize=(10, 3), layout="constrained")
+width = 0.8 / len(verdicts)
+for i, (w, verdict) in enumerate(verdicts.items()):
+    ax.bar(torch.arange(10) + (i - (len(verdicts) - 1) / 2) * width, verdict.per_class, width, label=f"w = {w:g}")
+ax.axhline(0.1, color="gray", ls=":", lw=1, label="chance (10 %)")
+ax.set_xticks(range(10), CIFAR10_CLASSES)
+ax.set(ylabel="share classified as prompted", ylim=(0, 1), title=f"prompt accuracy per class ({per_class} images each)")
+ax.legend(ncols=4, fontsize=8)
+plt.show()
 
 # %% [markdown]
 # At $w = 0$ the prompt is ignored, so this is the chance level of the classifier on this model's

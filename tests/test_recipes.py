@@ -44,6 +44,25 @@ def test_train_resume_and_export(tmp_path, isolated_data, capsys):
         assert model(torch.zeros(2, 3, 32, 32), torch.tensor([0, 999])).shape == (2, 3, 32, 32)
 
 
+def test_without_a_state_the_cli_continues_from_the_export(tmp_path, isolated_data, capsys):
+    """A fresh clone has the shipped export but no training state: training continues from the export
+    instead of starting at step 0 and then overwriting the better export; --fresh starts at 0."""
+    state, export = tmp_path / "state.safetensors", tmp_path / "tiny.safetensors"
+    args = ["ddpm-tiny", "--state", str(state), "--export", str(export), "--device", "cpu"]
+    assert train.main(args + ["--steps", "3"]) == 0
+    state.unlink()  # the state is lost (a new machine); the export is kept
+    capsys.readouterr()
+    assert train.main(args + ["--steps", "5"]) == 0
+    assert f"warm start from {export} (step 3" in capsys.readouterr().out
+    card = read_card(export)
+    assert card["step"] == 5 and card["training"]["warm_starts"] == [{"from": str(export), "step": 3, "weights": "ema"}]
+
+    assert train.main(args + ["--steps", "2", "--fresh"]) == 0
+    card = read_card(export)
+    assert card["step"] == 2 and "warm_starts" not in card["training"]
+    assert "warm start" not in capsys.readouterr().out
+
+
 def test_model_from_checkpoint_rejects_unknown_classes(tmp_path):
     path = save_checkpoint(tmp_path / "x.safetensors", torch.nn.Linear(2, 2))
     with pytest.raises(CheckpointError, match="holds a Linear, which this course version does not know"):

@@ -132,22 +132,50 @@ def test_gradient_clipping_bounds_the_update(tiny_net, monkeypatch):
     assert any(not torch.equal(p, q) for p, q in zip(before, tiny_net.parameters()))
 
 
-def test_bf16_channels_last_trains_a_conv_net():
+def test_bf16_channels_last_trains_a_conv_net(monkeypatch, tmp_path):
+    from course_lib import config
     from course_lib.unet import UNet, UNetConfig
 
+    monkeypatch.setattr(config, "native_bf16", lambda device: True)  # the bf16 path, even on a CPU without it
     torch.manual_seed(0)
     model = UNet(UNetConfig.tiny())
     images = torch.randn(4, 3, 32, 32).clamp(-1, 1)
     loss_fn = lambda m, batch: (m(batch[0], torch.full((4,), 500)) - batch[0]).pow(2).mean()
     result = fit(model, loss_fn, lambda step: (images,), cfg(max_steps=3, bf16=True, channels_last=True, lr=1e-3),
-                 device="cpu")
+                 checkpoint_path=tmp_path / "s.safetensors", device="cpu")
     assert all(math.isfinite(v) for v in result.losses) and result.losses[-1] < result.losses[0]
     assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert read_card(tmp_path / "s.safetensors")["training"]["precision"] == "bf16 autocast"
+
+
+def test_bf16_falls_back_to_float32_without_native_support(monkeypatch, tmp_path, capsys):
+    """Emulated bf16 (an AVX2-only CPU) trains ~10x slower than float32: the loop uses float32 and says so."""
+    from course_lib import config
+
+    monkeypatch.setattr(config, "native_bf16", lambda device: False)
+    seen = []
+    def loss_fn(model, batch):
+        seen.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)  # bfloat16 under autocast
+        return mse(model, batch)
+    fit(TinyNet(), loss_fn, regression_batches, cfg(max_steps=2, bf16=True), checkpoint_path=tmp_path / "s.safetensors",
+        device="cpu")
+    assert seen == [torch.float32, torch.float32]
+    assert "bf16 autocast off: cpu has no native bf16" in capsys.readouterr().err
+    assert read_card(tmp_path / "s.safetensors")["training"]["precision"] == "float32"
+
+
+def test_native_bf16_answers_for_this_machine():
+    from course_lib import config
+
+    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert config.native_bf16("cpu") == expected and config.native_bf16(torch.device("cpu")) == expected
+    assert config.native_bf16("meta") is False
 
 
 def test_cli_saves_and_exports_on_sigterm_even_when_sigint_was_ignored(tmp_path, isolated_data):
     """A background job (``nohup ... &``) starts with SIGINT ignored; ``kill`` must still stop it cleanly."""
     import os
+    import re
     import signal
     import subprocess
     import sys
@@ -161,12 +189,49 @@ def test_cli_saves_and_exports_on_sigterm_even_when_sigint_was_ignored(tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 120
     seen = ""
-    while "training" not in seen and time.time() < deadline:  # wait until the loop runs
+    while not re.search(r"\b[1-9][0-9]*/100000", seen) and time.time() < deadline:  # a first step is done
         seen += proc.stdout.read(1)
-    time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
     assert "stopped by interrupt" in out
     assert state.exists() and export.exists()
     assert read_card(export)["step"] >= 1
+
+
+def test_warm_start_from_an_inference_checkpoint(tmp_path):
+    """No training state, only the exported EMA weights (a new machine): training carries on from them."""
+    from course_lib.checkpoint import export_inference
+
+    torch.manual_seed(0)
+    first = fit(TinyNet(), mse, regression_batches, cfg(max_steps=12), checkpoint_path=tmp_path / "a.safetensors",
+                device="cpu")
+    export = export_inference(tmp_path / "a.safetensors", tmp_path / "export.safetensors")
+
+    torch.manual_seed(123)  # everything must come from the export
+    model = TinyNet()
+    state = tmp_path / "b.safetensors"
+    warm = fit(model, mse, regression_batches, cfg(max_steps=12, warmup_steps=10), checkpoint_path=state,
+               init_from=export, device="cpu")
+    assert warm.first_step == 12 and warm.step == 12 and warm.losses == first.losses  # history carried over
+    for a, b, c in zip(first.ema.state_dict().values(), model.state_dict().values(), warm.ema.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)  # model and EMA both start at the exported EMA weights
+    card = read_card(state)
+    assert card["training"]["warm_starts"] == [{"from": str(export), "step": 12, "weights": "ema"}]
+    assert card["training"]["wall_seconds_total"] >= read_card(export)["training"]["wall_seconds_total"]
+
+    # two more steps: the learning rate warmed up again from the warm start (2/10 of lr), not from step 0
+    fit(model, mse, regression_batches, cfg(max_steps=14, warmup_steps=10), checkpoint_path=state, device="cpu")
+    card = read_card(state)
+    assert card["step"] == 14 and card["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * 2 / 10)
+    assert len(card["training"]["warm_starts"]) == 1  # resuming the state is not another warm start
+
+
+def test_a_training_state_wins_over_init_from(tmp_path):
+    path = tmp_path / "s.safetensors"
+    torch.manual_seed(0)
+    fit(TinyNet(), mse, regression_batches, cfg(max_steps=5), checkpoint_path=path, device="cpu")
+    missing = tmp_path / "not-there.safetensors"  # never read: the state is resumed instead
+    result = fit(TinyNet(), mse, regression_batches, cfg(max_steps=7), checkpoint_path=path, init_from=missing,
+                 device="cpu")
+    assert result.first_step == 5 and "warm_starts" not in read_card(path)["training"]

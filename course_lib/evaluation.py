@@ -1,0 +1,98 @@
+"""Does a sample show what its prompt asked for? Generate from class prompts, classify, count.
+
+For a text-to-image model conditioned on CIFAR-10 captions, the *prompt accuracy* at guidance scale
+w is the fraction of images generated from the prompt of class c (``class_prompt(c)``) that a
+classifier trained on real CIFAR-10 images (:mod:`course_lib.classifier`) assigns to class c:
+
+    acc(w) = 1/N sum_i [ argmax_k p_clf(k | x_i) = c_i ],   x_i ~ sampler(model, prompt(c_i), w).
+
+At w = 0 the prompt is ignored (the unconditional model), so acc(0) is the baseline: about 10 %, not
+exactly, because the classifier has favourite classes for the images this model makes. w = 1 is the
+plain conditional model, w > 1 classifier-free guidance (Ho & Salimans 2022). Every scale starts from
+the same noise, so the scales differ only in the guidance. The number depends on the classifier as
+much as on the generator: it is a check that conditioning works, not a quality score such as FID.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .classifier import confusion_matrix, per_class_accuracy, predict
+from .data import CIFAR10_CLASSES
+from .text import class_prompt
+
+
+@dataclass
+class PromptAccuracy:
+    """The classifier's verdict on the images generated at one guidance scale."""
+
+    scale: float
+    labels: torch.Tensor       # [N] the class each prompt asked for
+    predicted: torch.Tensor    # [N] the class the classifier saw
+    images: torch.Tensor       # [N, 3, H, W] the samples, in [-1, 1], on the CPU
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def accuracy(self) -> float:
+        return (self.predicted == self.labels).float().mean().item()
+
+    @property
+    def stderr(self) -> float:
+        """Binomial standard error of the accuracy, sqrt(p (1 - p) / N)."""
+        p = self.accuracy
+        return math.sqrt(p * (1 - p) / self.n)
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """C[i, j]: images prompted as class i that the classifier calls class j (int64 [10, 10])."""
+        return confusion_matrix(self.predicted, self.labels)
+
+    @property
+    def per_class(self) -> torch.Tensor:
+        """Accuracy for each prompted class ([10], float64)."""
+        return per_class_accuracy(self.confusion)
+
+    def __str__(self) -> str:
+        return (f"w = {self.scale:g}: the classifier finds the prompted class in {100 * self.accuracy:.1f}% "
+                f"(± {100 * self.stderr:.1f}) of {self.n} images")
+
+
+@torch.no_grad()
+def prompt_accuracy(model, classifier: nn.Module, scales: Sequence[float] = (0.0, 1.0, 3.0), *,
+                    per_class: int = 10, num_steps: int = 25, seed: int = 1, batch_size: int = 50,
+                    prompt: Callable[[int], str] = class_prompt,
+                    num_classes: int = len(CIFAR10_CLASSES)) -> dict[float, PromptAccuracy]:
+    """Generate ``per_class`` images from each class's prompt at every guidance scale and classify them.
+
+    ``model`` is anything with ``generate(prompts, scale=, num_steps=, x_T=)`` returning images in
+    [-1, 1] (a :class:`~course_lib.text2image.TextToImageUNet`); it samples with DDIM over ``num_steps``
+    steps in batches of ``batch_size``. The starting noise is drawn once from ``seed`` and shared by
+    all scales. Returns ``{scale: PromptAccuracy}`` in the order of ``scales``.
+    """
+    if per_class < 1 or batch_size < 1 or num_steps < 1:
+        raise ValueError(f"per_class, batch_size and num_steps must be >= 1, got {per_class}, {batch_size}, "
+                         f"{num_steps}")
+    if not scales:
+        raise ValueError("give at least one guidance scale, e.g. scales=(0.0, 1.0, 3.0)")
+    c = model.config.unet
+    labels = torch.arange(num_classes).repeat_interleave(per_class)  # [N]
+    prompts = [prompt(int(y)) for y in labels]
+    noise = torch.randn(len(labels), c.in_channels, c.image_size, c.image_size,
+                        generator=torch.Generator().manual_seed(seed))  # [N, C, H, W], one draw for every scale
+    device = next(model.parameters()).device
+    results = {}
+    for w in scales:
+        images = torch.cat([model.generate(prompts[i:i + batch_size], scale=float(w), num_steps=num_steps,
+                                           x_T=noise[i:i + batch_size].to(device)).cpu()
+                            for i in range(0, len(labels), batch_size)])  # [N, C, H, W]
+        predicted, _ = predict(classifier, images)
+        results[float(w)] = PromptAccuracy(float(w), labels, predicted, images)
+    return results

@@ -1,0 +1,86 @@
+"""Prompt accuracy: generate from class prompts, classify, count."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from course_lib.classifier import CIFARClassifier, ClassifierConfig
+from course_lib.evaluation import prompt_accuracy
+from course_lib.text import class_prompt
+from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+
+
+class BrightnessClassifier(torch.nn.Module):
+    """Reads the class off an image's mean brightness: mean = -1 + 2 (k + 0.5) / 10 is class k."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # predict() asks for the model's device
+
+    def forward(self, x):
+        centres = -1 + 2 * (torch.arange(10) + 0.5) / 10  # [10]
+        return -(x.mean(dim=(1, 2, 3))[:, None] - centres).pow(2)  # [B, 10]
+
+
+class PromptPainter(torch.nn.Module):
+    """A stand-in generator: paints the prompted class's brightness with weight min(scale, 1), else class 0.
+
+    It records the noise it was given, to check that every scale starts from the same noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(unet=SimpleNamespace(in_channels=3, image_size=8))
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+        self.noise = {}
+
+    def generate(self, prompts, scale, num_steps, x_T):
+        classes = torch.tensor([[class_prompt(k) for k in range(10)].index(p) for p in prompts])
+        target = torch.where(torch.tensor(scale >= 1), classes, torch.zeros_like(classes))
+        self.noise.setdefault(scale, []).append(x_T.clone())
+        brightness = -1 + 2 * (target + 0.5) / 10  # [B]
+        return brightness[:, None, None, None] + 0 * x_T
+
+
+def test_a_generator_that_follows_its_prompts_scores_one_and_ignoring_them_scores_chance():
+    painter = PromptPainter()
+    results = prompt_accuracy(painter, BrightnessClassifier(), scales=(0, 1, 3), per_class=3, batch_size=7)
+    assert list(results) == [0.0, 1.0, 3.0]
+    assert results[1.0].accuracy == 1.0 and results[3.0].accuracy == 1.0 and results[1.0].stderr == 0.0
+    ignored = results[0.0]  # everything painted as class 0: right for the 3 airplane prompts only
+    assert ignored.n == 30 and ignored.accuracy == pytest.approx(0.1)
+    assert ignored.per_class.tolist() == [1.0] + [0.0] * 9
+    assert ignored.confusion[:, 0].tolist() == [3] * 10 and ignored.confusion.sum() == 30
+    assert ignored.stderr == pytest.approx((0.1 * 0.9 / 30) ** 0.5)
+    assert "10.0% (± 5.5) of 30 images" in str(ignored)
+    assert ignored.images.shape == (30, 3, 8, 8)
+    # batches of 7 prompts, the same noise at every scale
+    assert [len(x) for x in painter.noise[0.0]] == [7, 7, 7, 7, 2]
+    for w in (1.0, 3.0):
+        assert all(torch.equal(a, b) for a, b in zip(painter.noise[0.0], painter.noise[w]))
+
+
+def test_labels_follow_the_class_prompts():
+    results = prompt_accuracy(PromptPainter(), BrightnessClassifier(), scales=(1,), per_class=2)
+    assert results[1.0].labels.tolist() == [k for k in range(10) for _ in range(2)]
+
+
+def test_runs_on_a_real_text_to_image_model():
+    torch.manual_seed(0)
+    model = TextToImageUNet(Text2ImageConfig.tiny()).eval()
+    classifier = CIFARClassifier(ClassifierConfig.tiny()).eval()
+    results = prompt_accuracy(model, classifier, scales=(0, 3), per_class=1, num_steps=2)
+    for r in results.values():
+        assert r.n == 10 and 0.0 <= r.accuracy <= 1.0 and r.images.shape == (10, 3, 32, 32)
+        assert r.images.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(per_class=0), "per_class"),
+    (dict(num_steps=0), "num_steps"),
+    (dict(scales=()), "at least one guidance scale"),
+])
+def test_bad_arguments_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        prompt_accuracy(PromptPainter(), BrightnessClassifier(), **kwargs)
+
