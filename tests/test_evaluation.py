@@ -84,3 +84,23 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message):
         prompt_accuracy(PromptPainter(), BrightnessClassifier(), **kwargs)
 
+
+
+def test_command_line_reports_each_scale(tmp_path, capsys):
+    from course_lib.checkpoint import save_checkpoint
+    from course_lib.evaluation import main
+
+    torch.manual_seed(0)
+    model = save_checkpoint(tmp_path / "t2i.safetensors", TextToImageUNet(Text2ImageConfig.tiny()), kind="inference")
+    classifier = save_checkpoint(tmp_path / "clf.safetensors", CIFARClassifier(ClassifierConfig.tiny()).eval(),
+                                 kind="inference")
+    assert main([str(model), "--classifier", str(classifier), "--scales", "0,2", "--per-class", "1",
+                 "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "w = 0:" in out and "w = 2:" in out and "of 10 images" in out and "per class (%): airplane" in out
+    with pytest.raises(SystemExit):
+        main([str(model), "--classifier", str(classifier), "--scales", "zero"])
+    assert "--scales must be numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(classifier), "--classifier", str(classifier)])
+    assert "holds a CIFARClassifier, not a text-to-image model" in capsys.readouterr().err
