@@ -128,11 +128,23 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool = False) ->
     return batch
 
 
+def cpu_name() -> str:
+    """The CPU's model name where the system tells it (Linux: /proc/cpuinfo), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and line.partition(":")[2].strip():
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware_description(device: torch.device) -> str:
-    """A short description of where training ran, for checkpoint cards."""
+    """A short description of where training ran, for checkpoint cards: the device, threads, native bf16."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    bf16 = "native bf16" if config.native_bf16(device) else "no native bf16"
+    return f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), {torch.get_num_threads()} threads"
 
 
 def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
