@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recipe not in recipes.RECIPES:
         parser.error(f"unknown recipe {args.recipe!r}; known: {', '.join(recipes.RECIPES)}")
+    if args.fresh and args.init_from:
+        parser.error("--fresh starts at step 0 and --init-from continues from a checkpoint: give one of them")
     previous = _stop_gracefully_on_signals()
     try:
         return _train(args, argv)
@@ -348,6 +350,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     # Without a state, continue from the exported weights rather than train from zero and then
     # overwrite a better export (the shipped checkpoint) with the result.
     init_from = None if args.fresh or state.exists() else (args.init_from or (export if export.exists() else None))
+    if args.init_from and state.exists():
+        print(f"{state} exists and is resumed; --init-from {args.init_from} is not used (--state picks another state)")
 
     data = recipe.data()
     torch.manual_seed(cfg.seed)  # the same initial weights on every fresh run of a recipe

@@ -54,7 +54,11 @@ def test_guided_prediction_is_the_formula_from_one_batched_pass(setup, scale):
     with torch.no_grad():
         out = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, scale=scale)(x, t)
     expected = uncond_out + scale * (cond_out - uncond_out)
-    assert torch.allclose(out, expected, atol=1e-6 * max(1.0, abs(scale)), rtol=1e-5)
+    # float32 rounding: a batch of 6 and two batches of 3 take different conv kernels; on an AVX2 CPU the
+    # predictions differ by up to ~1e-5 (outputs of size ~7), and guidance multiplies that by up to |w| + |1 - w|
+    tol = 1e-4 * max(1.0, abs(scale))
+    assert (cond_out - uncond_out).abs().max() > 100 * tol  # a swapped or mixed-up half would be seen
+    assert torch.allclose(out, expected, atol=tol, rtol=1e-5)
     assert counting.batches == [6]  # [x; x] in one forward pass
     assert torch.equal(guide(cond_out, uncond_out, scale), expected)
 
@@ -64,7 +68,8 @@ def test_masks_may_be_given_for_one_caption_only(setup):
     with torch.no_grad():
         uncond_nomask = model(x, t, uncond)
         out = ClassifierFreeGuidance(model, context, mask, uncond, None, scale=2.0)(x, t)
-    assert torch.allclose(out, 2 * cond_out - uncond_nomask, atol=1e-5)
+    assert (cond_out - uncond_nomask).abs().max() > 0.1
+    assert torch.allclose(out, 2 * cond_out - uncond_nomask, atol=2e-4)  # float32 rounding, as above
 
 
 def test_guidance_inside_ddim_and_ddpm_samplers(setup):

@@ -62,6 +62,18 @@ def test_without_a_state_the_cli_continues_from_the_export(tmp_path, isolated_da
     assert card["step"] == 2 and "warm_starts" not in card["training"]
     assert "warm start" not in capsys.readouterr().out
 
+    # an explicit --init-from: used without a state, not used (and said so) when a state exists
+    other = tmp_path / "other.safetensors"
+    export.rename(other)
+    assert train.main(args + ["--steps", "3", "--init-from", str(other)]) == 0
+    assert "resumed; --init-from" in capsys.readouterr().out and read_card(export)["step"] == 3
+    state.unlink()
+    assert train.main(args + ["--steps", "4", "--init-from", str(other)]) == 0
+    assert read_card(export)["training"]["warm_starts"][0] == {"from": str(other), "step": 2, "weights": "ema"}
+    with pytest.raises(SystemExit):
+        train.main(args + ["--fresh", "--init-from", str(other)])
+    assert "give one of them" in capsys.readouterr().err
+
 
 def test_model_from_checkpoint_rejects_unknown_classes(tmp_path):
     path = save_checkpoint(tmp_path / "x.safetensors", torch.nn.Linear(2, 2))
