@@ -36,7 +36,7 @@ class PromptPainter(torch.nn.Module):
 
     def generate(self, prompts, scale, num_steps, x_T):
         classes = torch.tensor([[class_prompt(k) for k in range(10)].index(p) for p in prompts])
-        target = torch.where(torch.tensor(scale >= 1), classes, torch.zeros_like(classes))
+        target = classes if scale >= 1 else torch.zeros_like(classes)
         self.noise.setdefault(scale, []).append(x_T.clone())
         brightness = -1 + 2 * (target + 0.5) / 10  # [B]
         return brightness[:, None, None, None] + 0 * x_T
