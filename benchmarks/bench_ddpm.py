@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from course_lib.config import native_bf16  # noqa: E402
 from course_lib.parameterization import diffusion_loss  # noqa: E402
 from course_lib.schedules import NoiseSchedule  # noqa: E402
+from course_lib.train import cpu_name  # noqa: E402
 from course_lib.unet import UNet, UNetConfig, count_parameters  # noqa: E402
 
 MODES = ("fp32", "fp32+cl", "bf16+cl")
@@ -138,7 +138,7 @@ def main(argv=None) -> None:
         if m not in MODES:
             raise SystemExit(f"unknown mode {m!r}; choose from {MODES}")
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
+    print(f"torch {torch.__version__}, {cpu_name()}, device {device}, "
           f"{torch.get_num_threads()} threads, flush_denormal on, batch {args.batch}, {args.repeats} repeats, "
           f"native bf16: {'yes' if native_bf16(device) else 'no (bf16 is emulated)'}",
           flush=True)
