@@ -342,3 +342,33 @@ def export_inference(src: str | Path, dst: str | Path, *, weights: str = "ema",
     if "loss_history" in ckpt.train:
         tensors["train.loss_history"] = ckpt.train["loss_history"]
     return _write(Path(dst), tensors, card)
+
+
+def transplant_weights(path: str | Path, model: torch.nn.Module) -> dict:
+    """Copy into ``model`` every tensor of checkpoint ``path`` whose name and shape match; the rest
+    of ``model`` keeps its fresh initialisation.
+
+    This is how a model with a different part starts from a trained relative, the way Stable
+    Diffusion 2 reused SD 1's UNet when it swapped CLIP for OpenCLIP: cond-small-minilm takes
+    cond-small's UNet, and only the cross-attention key/value projections (they read 384-wide
+    MiniLM vectors instead of 128-wide ones) and nothing else start from scratch. Unlike
+    :func:`load_checkpoint` it does not require the same model class or config.
+
+    Returns a summary for the checkpoint card: the source and its step, how many tensors and
+    parameters were copied, and the names of those that were not (new here, or another shape).
+    Raises :class:`CheckpointError` when nothing at all matches (the wrong checkpoint).
+    """
+    ckpt = load_checkpoint(path)
+    ours = model.state_dict()
+    same = {k: v for k, v in ckpt.model.items() if k in ours and ours[k].shape == v.shape}
+    if not same:
+        raise CheckpointError(f"{path} shares no tensor (same name and shape) with this "
+                              f"{type(model).__name__}: pick a checkpoint of a related model")
+    model.load_state_dict(same, strict=False)
+    fresh = sorted(set(ours) - set(same))
+    return {"from": str(path), "step": ckpt.step, "model_class": ckpt.card["model_class"],
+            "weights": ckpt.card.get("exported_weights", "model"),
+            "copied_tensors": len(same), "copied_parameters": sum(v.numel() for v in same.values()),
+            "fresh_tensors": fresh,
+            "fresh_parameters": sum(ours[k].numel() for k in fresh),
+            "unused_tensors": len(set(ckpt.model) - set(same))}

@@ -15,6 +15,10 @@ much as on the generator: it is a check that conditioning works, not a quality s
 Command line (the course's classifier checks a text-to-image checkpoint)::
 
     python -m course_lib.evaluation data/checkpoints/cond-small.safetensors --per-class 30 --scales 0,1,3
+
+``--prompts unseen`` asks with :func:`~course_lib.text.unseen_prompt` instead ("a photo of a kitten":
+a word no training caption has), which is where a frozen pretrained text encoder (cond-small-minilm)
+and the small one trained from the captions (cond-small, which reads "a photo of a <unk>") part ways.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from torch import nn
 
 from .classifier import confusion_matrix, per_class_accuracy, predict
 from .data import CIFAR10_CLASSES
-from .text import class_prompt
+from .text import class_prompt, unseen_prompt
+
+#: the prompt sets of the command line: class index -> prompt
+PROMPTS: dict[str, Callable[[int], str]] = {"class": class_prompt, "unseen": unseen_prompt}
 
 
 @dataclass
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="0,1,3", help="comma-separated guidance scales (default 0,1,3)")
     parser.add_argument("--per-class", type=int, default=10, help="images per class and scale (default 10)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
+                        help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
     parser.add_argument("--seed", type=int, default=1, help="seed of the starting noise (default 1)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -133,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     classifier, _ = model_from_checkpoint(args.classifier or config.checkpoint_dir() / "cifar-classifier.safetensors",
                                           device=device)
     print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} training "
-          f"minutes; DDIM {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}")
+          f"minutes; DDIM {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
+          f"prompts like {PROMPTS[args.prompts](3)!r}")
     start = time.perf_counter()
     results = prompt_accuracy(model, classifier, scales, per_class=args.per_class, num_steps=args.steps,
-                              seed=args.seed)
+                              seed=args.seed, prompt=PROMPTS[args.prompts])
     for r in results.values():
         per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
         print(f"{r}\n    per class (%): {per_class}")

@@ -48,6 +48,8 @@ __all__ = [
     "caption",
     "random_captions",
     "class_prompt",
+    "UNSEEN_NAMES",
+    "unseen_prompt",
     "normalize",
     "TokenBatch",
     "Tokenizer",
@@ -171,6 +173,23 @@ def class_prompt(label: int | str) -> str:
     """The canonical prompt of a class for sampling: template 0 with the class's first name,
     e.g. ``class_prompt(3) == "a photo of a cat"``, ``class_prompt("automobile") == "a photo of a car"``."""
     return caption(label, 0, 0)
+
+
+#: one everyday word per class that no caption contains, so the small encoder reads it as <unk>:
+#: the test of what a pretrained text encoder brings. Chosen as common kinds of each class (before
+#: any image was generated); all-MiniLM-L6-v2 places "a photo of a <word>" nearest to its own class's
+#: prompt among the ten (cosine similarity of the mean-pooled vectors, notebook 03 section 7).
+UNSEEN_NAMES: dict[str, str] = {
+    "airplane": "airliner", "automobile": "limousine", "bird": "sparrow", "cat": "kitten", "deer": "elk",
+    "dog": "puppy", "frog": "amphibian", "horse": "stallion", "ship": "sailboat", "truck": "pickup",
+}
+assert tuple(UNSEEN_NAMES) == CIFAR10_CLASSES
+
+
+def unseen_prompt(label: int | str) -> str:
+    """:func:`class_prompt` with the class's word from :data:`UNSEEN_NAMES`, never seen in training:
+    ``unseen_prompt(3) == "a photo of a kitten"``, ``unseen_prompt(0) == "a photo of an airliner"``."""
+    return _fix_articles(TEMPLATES[0].format(UNSEEN_NAMES[CIFAR10_CLASSES[_class_index(label)]]))
 
 
 # --------------------------------------------------------------------------- 2. tokenizer

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import config
-from .checkpoint import export_inference, load_checkpoint, read_card, save_checkpoint
+from .checkpoint import export_inference, load_checkpoint, read_card, save_checkpoint, transplant_weights
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Batches = Callable[[int], Any]
@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, help="inference checkpoint to write (default <checkpoint dir>/<recipe>.safetensors)")
     parser.add_argument("--init-from", type=Path, help="inference checkpoint to warm start from when there is no "
                         "training state (default: the export, if it exists)")
+    parser.add_argument("--transplant-from", type=Path, help="when there is no training state: start at step 0 "
+                        "with every tensor of this checkpoint (another recipe's) whose name and shape match; "
+                        "the rest is freshly initialised (e.g. cond-small-minilm from cond-small)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing training state and the export; "
                         "start at step 0")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -325,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown recipe {args.recipe!r}; known: {', '.join(recipes.RECIPES)}")
     if args.fresh and args.init_from:
         parser.error("--fresh starts at step 0 and --init-from continues from a checkpoint: give one of them")
+    if args.transplant_from and args.init_from:
+        parser.error("--transplant-from starts a new run from part of another model and --init-from continues "
+                     "this recipe's checkpoint: give one of them")
     previous = _stop_gracefully_on_signals()
     try:
         return _train(args, argv)
@@ -349,9 +355,11 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
         state.unlink()
     # Without a state, continue from the exported weights rather than train from zero and then
     # overwrite a better export (the shipped checkpoint) with the result.
-    init_from = None if args.fresh or state.exists() else (args.init_from or (export if export.exists() else None))
-    if args.init_from and state.exists():
-        print(f"{state} exists and is resumed; --init-from {args.init_from} is not used (--state picks another state)")
+    init_from = None if args.fresh or state.exists() or args.transplant_from else (
+        args.init_from or (export if export.exists() else None))
+    for flag, value in (("--init-from", args.init_from), ("--transplant-from", args.transplant_from)):
+        if value and state.exists():
+            print(f"{state} exists and is resumed; {flag} {value} is not used (--state picks another state)")
 
     data = recipe.data()
     torch.manual_seed(cfg.seed)  # the same initial weights on every fresh run of a recipe
@@ -359,13 +367,21 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     device = config.get_device(args.device)
     print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
+    transplant = read_card(state).get("training", {}).get("transplant") if state.exists() else None
+    if args.transplant_from and not state.exists():
+        transplant = transplant_weights(args.transplant_from, model)
+        print(f"no training state: step 0 with {transplant['copied_tensors']} tensors "
+              f"({transplant['copied_parameters'] / 1e6:.2f}M parameters) of {args.transplant_from} "
+              f"(step {transplant['step']}); {len(transplant['fresh_tensors'])} tensors "
+              f"({transplant['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
     if init_from is not None:
         print(f"no training state: warm start from {init_from} (step {read_card(init_from)['step']}; "
               "fresh optimizer, the learning rate warms up again; --fresh starts at step 0)")
     command = "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)
     result = fit(model, recipe.loss_fn(), recipe.batches(data, cfg), cfg, checkpoint_path=state, device=device,
                  init_from=init_from, training_info={**recipe.card_info(), "data_source": data.source,
-                                "data_images": len(data), "command": command})
+                                "data_images": len(data), "command": command,
+                                **({"transplant": transplant} if transplant else {})})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
     recipe.export(state, export) if hasattr(recipe, "export") else export_inference(state, export)

@@ -200,3 +200,39 @@ def test_config_field_added_later_with_its_default_still_loads(tmp_path, tiny_ne
     assert torch.equal(newer.net[0].weight, tiny_net.net[0].weight)
     with pytest.raises(CheckpointError, match="activation: checkpoint 'tanh' vs model 'relu'"):
         load_checkpoint(path, TinyNet(TinyConfigV2(activation="relu")))
+
+
+def test_transplant_copies_matching_tensors_and_leaves_the_rest_fresh(tmp_path):
+    """A model with a wider input starts from a trained relative: only the first layer's weight is new."""
+    torch.manual_seed(0)
+    donor = TinyNet()  # dim_in 4
+    path = save_checkpoint(tmp_path / "donor.safetensors", donor, step=42)
+    torch.manual_seed(1)
+    model = TinyNet(TinyConfig(dim_in=6))
+    fresh_weight = model.net[0].weight.detach().clone()
+
+    summary = ck.transplant_weights(path, model)
+
+    assert torch.equal(model.net[0].weight, fresh_weight)  # [16, 6] vs the donor's [16, 4]: kept fresh
+    for name in ("net.0.bias", "net.2.weight", "net.2.bias"):
+        assert torch.equal(model.state_dict()[name], donor.state_dict()[name]), name
+    assert summary["from"] == str(path) and summary["step"] == 42 and summary["model_class"] == "TinyNet"
+    assert summary["fresh_tensors"] == ["net.0.weight"] and summary["fresh_parameters"] == 16 * 6
+    assert summary["copied_tensors"] == 4  # net.0.bias, net.2.weight, net.2.bias, the calls buffer
+    assert summary["copied_parameters"] == 16 + 16 + 1 + 1 and summary["unused_tensors"] == 1
+    json.dumps(summary)  # it goes into the checkpoint card
+
+
+def test_transplant_from_an_unrelated_model_is_an_error(tmp_path):
+    class Other(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = TinyConfig()
+            self.proj = torch.nn.Linear(3, 3)
+
+    path = save_checkpoint(tmp_path / "other.safetensors", Other())
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="shares no tensor"):
+        ck.transplant_weights(path, model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched

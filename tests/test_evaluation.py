@@ -65,6 +65,22 @@ def test_labels_follow_the_class_prompts():
     assert results[1.0].labels.tolist() == [k for k in range(10) for _ in range(2)]
 
 
+def test_the_prompt_function_picks_the_prompts():
+    """A painter that knows only the canonical prompts paints every unseen prompt as class 0."""
+    from course_lib.text import unseen_prompt
+
+    class CanonicalPainter(PromptPainter):
+        def generate(self, prompts, scale, num_steps, x_T):
+            known = [class_prompt(k) for k in range(10)]
+            self.prompts = getattr(self, "prompts", []) + list(prompts)
+            return super().generate([p if p in known else known[0] for p in prompts], scale, num_steps, x_T)
+
+    painter = CanonicalPainter()
+    result = prompt_accuracy(painter, BrightnessClassifier(), scales=(1,), per_class=2, prompt=unseen_prompt)[1.0]
+    assert painter.prompts[:3] == ["a photo of an airliner", "a photo of an airliner", "a photo of a limousine"]
+    assert result.accuracy == pytest.approx(0.1) and result.labels.tolist() == [k for k in range(10) for _ in range(2)]
+
+
 def test_runs_on_a_real_text_to_image_model():
     torch.manual_seed(0)
     model = TextToImageUNet(Text2ImageConfig.tiny()).eval()
@@ -98,6 +114,10 @@ def test_command_line_reports_each_scale(tmp_path, capsys):
                  "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "w = 0:" in out and "w = 2:" in out and "of 10 images" in out and "per class (%): airplane" in out
+    assert "prompts like 'a photo of a cat'" in out
+    assert main([str(model), "--classifier", str(classifier), "--scales", "1", "--per-class", "1",
+                 "--steps", "2", "--prompts", "unseen"]) == 0
+    assert "prompts like 'a photo of a kitten'" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(model), "--classifier", str(classifier), "--scales", "zero"])
     assert "--scales must be numbers" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from course_lib.data import CIFAR10_CLASSES
 from course_lib.text import (
     SYNONYMS,
     TEMPLATES,
+    UNSEEN_NAMES,
     MissingTextExtraError,
     PretrainedTextEncoder,
     TextContext,
@@ -26,6 +27,7 @@ from course_lib.text import (
     normalize,
     pretrained_text_encoder_available,
     random_captions,
+    unseen_prompt,
 )
 
 
@@ -108,6 +110,13 @@ def test_every_caption_word_is_in_the_vocabulary(tok):
     assert not (batch.ids == tok.unk_id).any()
     assert tok.vocab[:3] == ["<pad>", "<unk>", "<start>"] and tok.vocab[3:] == sorted(tok.vocab[3:])
     assert Tokenizer.for_cifar10().vocab == tok.vocab and tok.vocab_size == len(set(tok.vocab))
+
+
+def test_unseen_prompts_use_words_no_caption_has(tok):
+    assert unseen_prompt(3) == "a photo of a kitten" and unseen_prompt("airplane") == "a photo of an airliner"
+    batch = tok.encode([unseen_prompt(c) for c in range(10)])
+    assert batch.unknown == [[UNSEEN_NAMES[c]] for c in CIFAR10_CLASSES]  # the only unknown word of each
+    assert not set(UNSEEN_NAMES.values()) & {w for names in SYNONYMS.values() for n in names for w in n.split()}
 
 
 def test_round_trip_mask_and_start_token(tok):
@@ -273,3 +282,11 @@ def test_pretrained_encoder_knows_a_kitten_is_a_cat(pretrained):
     queries = pretrained.encode(["a kitten", "a puppy", "a lorry"]).pooled()  # [3, 384]
     sim = torch.nn.functional.cosine_similarity(queries[:, None], classes[None], dim=-1)  # [3, 10]
     assert [CIFAR10_CLASSES[i] for i in sim.argmax(1)] == ["cat", "dog", "truck"]
+
+
+def test_pretrained_encoder_puts_each_unseen_word_nearest_its_class(pretrained):
+    """What UNSEEN_NAMES promises: MiniLM maps every never-seen class word to its own class's prompt."""
+    classes = pretrained.encode([class_prompt(i) for i in range(10)]).pooled()  # [10, 384]
+    queries = pretrained.encode([unseen_prompt(i) for i in range(10)]).pooled()  # [10, 384]
+    sim = torch.nn.functional.cosine_similarity(queries[:, None], classes[None], dim=-1)  # [10, 10]
+    assert sim.argmax(1).tolist() == list(range(10))

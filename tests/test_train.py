@@ -235,3 +235,38 @@ def test_a_training_state_wins_over_init_from(tmp_path):
     result = fit(TinyNet(), mse, regression_batches, cfg(max_steps=7), checkpoint_path=path, init_from=missing,
                  device="cpu")
     assert result.first_step == 5 and "warm_starts" not in read_card(path)["training"]
+
+
+def test_cli_transplant_starts_at_step_zero_and_the_card_keeps_it(tmp_path, isolated_data, capsys):
+    """--transplant-from: a new run (step 0) whose matching tensors come from another checkpoint; the
+    card records where they came from, also after the state is resumed."""
+    from course_lib import train
+    from course_lib.checkpoint import load_checkpoint, save_checkpoint
+    from course_lib.recipes import RECIPES
+
+    torch.manual_seed(5)  # not the recipe's seed: the donor's weights differ from a fresh model's
+    donor = save_checkpoint(tmp_path / "donor.safetensors", RECIPES["cond-tiny"].build_model(), step=3)
+    state, export = tmp_path / "s.safetensors", tmp_path / "e.safetensors"
+    args = ["cond-tiny", "--threads", "1", "--state", str(state), "--export", str(export), "--transplant-from", str(donor)]
+    assert train.main([*args, "--steps", "2"]) == 0
+    assert "no training state: step 0 with" in capsys.readouterr().out
+    card = read_card(state)
+    assert card["step"] == 2 and "warm_starts" not in card["training"]
+    transplant = card["training"]["transplant"]
+    assert transplant["from"] == str(donor) and transplant["step"] == 3 and transplant["fresh_tensors"] == []
+
+    # it trained from the donor's weights: 2 small steps later it is far closer to them than a fresh
+    # model is, yet not equal (it did train)
+    ours, theirs = load_checkpoint(state).model, load_checkpoint(donor).model
+    torch.manual_seed(0)
+    fresh = RECIPES["cond-tiny"].build_model().state_dict()
+    distance = lambda sd: sum((sd[k].float() - v.float()).abs().sum() for k, v in theirs.items())  # noqa: E731
+    assert 0 < distance(ours) < 0.1 * distance(fresh)
+
+    assert train.main([*args, "--steps", "3"]) == 0  # resumed: the transplant is not done again
+    assert "is resumed; --transplant-from" in capsys.readouterr().out
+    card = read_card(state)
+    assert card["step"] == 3 and card["training"]["transplant"] == transplant
+
+    with pytest.raises(SystemExit):
+        train.main(["cond-tiny", "--steps", "1", "--transplant-from", str(donor), "--init-from", str(donor)])
