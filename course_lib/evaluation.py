@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -144,9 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} training "
           f"minutes; DDIM {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
           f"prompts like {PROMPTS[args.prompts](3)!r}")
+    if model.config.text_encoder == "small":  # say once which words it reads as <unk>, not in every batch
+        prompts = [PROMPTS[args.prompts](k) for k in range(len(CIFAR10_CLASSES))]
+        unknown = sorted({w for words in model.tokenizer.encode(prompts).unknown for w in words})
+        if unknown:
+            print(f"words the model's tokenizer does not know (read as <unk>): {', '.join(unknown)}")
     start = time.perf_counter()
-    results = prompt_accuracy(model, classifier, scales, per_class=args.per_class, num_steps=args.steps,
-                              seed=args.seed, prompt=PROMPTS[args.prompts])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="unknown words replaced")
+        results = prompt_accuracy(model, classifier, scales, per_class=args.per_class, num_steps=args.steps,
+                                  seed=args.seed, prompt=PROMPTS[args.prompts])
     for r in results.values():
         per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
         print(f"{r}\n    per class (%): {per_class}")

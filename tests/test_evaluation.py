@@ -117,7 +117,8 @@ def test_command_line_reports_each_scale(tmp_path, capsys):
     assert "prompts like 'a photo of a cat'" in out
     assert main([str(model), "--classifier", str(classifier), "--scales", "1", "--per-class", "1",
                  "--steps", "2", "--prompts", "unseen"]) == 0
-    assert "prompts like 'a photo of a kitten'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "prompts like 'a photo of a kitten'" in out and "does not know (read as <unk>): airliner, amphibian" in out
     with pytest.raises(SystemExit):
         main([str(model), "--classifier", str(classifier), "--scales", "zero"])
     assert "--scales must be numbers" in capsys.readouterr().err
