@@ -144,7 +144,9 @@ def hardware_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     bf16 = "native bf16" if config.native_bf16(device) else "no native bf16"
-    return f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return (f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
+            f"{threads} thread{'' if threads == 1 else 's'}")
 
 
 def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
