@@ -152,7 +152,7 @@ def hardware_description(device: torch.device) -> str:
 def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
         checkpoint_path: str | Path | None = None, resume: bool = True,
         device: torch.device | str | None = None, training_info: dict | None = None,
-        init_from: str | Path | None = None) -> TrainResult:
+        init_from: str | Path | None = None, transplant_from: str | Path | None = None) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batches(step))``.
 
     Args:
@@ -168,7 +168,14 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
         init_from: an inference checkpoint to warm start from when there is no training state to
             resume: its weights become the model and the EMA, its step, loss history and wall time
             carry on, the optimizer starts fresh and the learning rate warms up again.
+        transplant_from: a checkpoint of a related model to start a *new* run (step 0) from when there
+            is no training state: every tensor whose name and shape match is copied (see
+            :func:`~course_lib.checkpoint.transplant_weights`), the rest keeps its initialisation.
+            The card records it as ``training.transplant``, and later resumes carry that record on.
     """
+    if init_from is not None and transplant_from is not None:
+        raise ValueError("init_from continues a checkpoint of this model and transplant_from starts a new run "
+                         "from part of another one: give one of them")
     device = torch.device(device) if device is not None else config.get_device()
     bf16 = cfg.bf16 and config.native_bf16(device)
     if cfg.bf16 and not bf16:
@@ -184,12 +191,20 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
     warm_starts: list[dict] = []  # earlier warm starts of this run (the last one restarts the warm-up)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
 
-    ckpt = None
+    ckpt, transplant = None, None  # transplant: where this run's step-0 weights came from, if anywhere
     if path is not None and resume and path.exists():
         ckpt = load_checkpoint(path, model, ema=ema, optimizer=optimizer)
+        transplant = ckpt.card.get("training", {}).get("transplant")
     elif init_from is not None:
         ckpt = load_checkpoint(init_from, model)
         ema.load_state_dict(model.state_dict())
+    elif transplant_from is not None:
+        transplant = transplant_weights(transplant_from, model)
+        ema.load_state_dict(model.state_dict())
+        print(f"no training state: step 0 with {transplant['copied_tensors']} tensors "
+              f"({transplant['copied_parameters'] / 1e6:.2f}M parameters) of {transplant_from} "
+              f"(step {transplant['step']}); {len(transplant['fresh_tensors'])} tensors "
+              f"({transplant['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
     if ckpt is not None:
         step = ckpt.step
         if "loss_history" in ckpt.train:
@@ -212,6 +227,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 "device": str(device),
                 "precision": "bf16 autocast" if bf16 else "float32",
                 "saved_because": reason,
+                **({"transplant": transplant} if transplant else {}),
                 **({"warm_starts": warm_starts} if warm_starts else {})}
         save_checkpoint(path, model, step=step, ema=ema, optimizer=optimizer,
                         train_tensors={"loss_history": torch.tensor(losses, dtype=torch.float32)},
@@ -369,21 +385,15 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     device = config.get_device(args.device)
     print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
-    transplant = read_card(state).get("training", {}).get("transplant") if state.exists() else None
-    if args.transplant_from and not state.exists():
-        transplant = transplant_weights(args.transplant_from, model)
-        print(f"no training state: step 0 with {transplant['copied_tensors']} tensors "
-              f"({transplant['copied_parameters'] / 1e6:.2f}M parameters) of {args.transplant_from} "
-              f"(step {transplant['step']}); {len(transplant['fresh_tensors'])} tensors "
-              f"({transplant['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
+    transplant_from = args.transplant_from if not state.exists() else None
     if init_from is not None:
         print(f"no training state: warm start from {init_from} (step {read_card(init_from)['step']}; "
               "fresh optimizer, the learning rate warms up again; --fresh starts at step 0)")
     command = "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)
     result = fit(model, recipe.loss_fn(), recipe.batches(data, cfg), cfg, checkpoint_path=state, device=device,
-                 init_from=init_from, training_info={**recipe.card_info(), "data_source": data.source,
-                                "data_images": len(data), "command": command,
-                                **({"transplant": transplant} if transplant else {})})
+                 init_from=init_from, transplant_from=transplant_from,
+                 training_info={**recipe.card_info(), "data_source": data.source, "data_images": len(data),
+                                "command": command})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
     recipe.export(state, export) if hasattr(recipe, "export") else export_inference(state, export)

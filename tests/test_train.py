@@ -237,6 +237,32 @@ def test_a_training_state_wins_over_init_from(tmp_path):
     assert result.first_step == 5 and "warm_starts" not in read_card(path)["training"]
 
 
+def test_fit_transplant_from_starts_a_new_run_from_the_donor_and_records_it(tmp_path):
+    """fit(transplant_from=...): step 0, the model *and* its EMA start from the donor's weights, and
+    the card's record of it survives a resume; init_from together with it is refused."""
+    from course_lib.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    donor_net = TinyNet()
+    donor = save_checkpoint(tmp_path / "donor.safetensors", donor_net, step=9)
+    path = tmp_path / "s.safetensors"
+    torch.manual_seed(2)
+    model = TinyNet()
+    result = fit(model, mse, regression_batches, cfg(max_steps=0), checkpoint_path=path,
+                 transplant_from=donor, device="cpu")  # 0 steps: the weights as the run begins
+    assert result.first_step == 0 and result.step == 0
+    for net in (model, result.ema):  # both began at the donor, not at seed 2
+        for (name, ours), theirs in zip(net.state_dict().items(), donor_net.state_dict().values()):
+            assert torch.equal(ours, theirs), name
+    record = read_card(path)["training"]["transplant"]
+    assert record["from"] == str(donor) and record["step"] == 9 and record["fresh_tensors"] == []
+
+    fit(TinyNet(), mse, regression_batches, cfg(max_steps=2), checkpoint_path=path, device="cpu")
+    assert read_card(path)["training"]["transplant"] == record  # carried across the resume
+    with pytest.raises(ValueError, match="give one of them"):
+        fit(TinyNet(), mse, regression_batches, cfg(max_steps=1), init_from=donor, transplant_from=donor)
+
+
 def test_cli_transplant_starts_at_step_zero_and_the_card_keeps_it(tmp_path, isolated_data, capsys):
     """--transplant-from: a new run (step 0) whose matching tensors come from another checkpoint; the
     card records where they came from, also after the state is resumed."""
