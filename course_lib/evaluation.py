@@ -16,6 +16,20 @@ Command line (the course's classifier checks a text-to-image checkpoint)::
 
     python -m course_lib.evaluation data/checkpoints/cond-small.safetensors --per-class 30 --scales 0,1,3
 
+For an unconditional model (chapter 1's UNet) there is no prompt to follow, only the question whether
+a sample shows *some* CIFAR-10 object. The same classifier answers it with its *classifier score*,
+the Inception Score of Salimans et al. (2016) computed with the course's classifier in place of
+Inception v3:
+
+    IS = exp( E_x KL( p(y | x) || p(y) ) ),   p(y) = E_x p(y | x),
+
+which is 1 when every image gets the same class distribution (all alike, or all ambiguous) and at
+most 10 when each image is confidently one class and the classes come equally often. Beside it: the
+mean confidence max_k p(k | x). Both mean something only next to real test images scored by the same
+classifier (``--reference``)::
+
+    python -m course_lib.evaluation data/checkpoints/ddpm-small.safetensors --samples 200 --steps 100
+
 ``--prompts unseen`` asks with :func:`~course_lib.text.unseen_prompt` instead ("a photo of a kitten":
 a word no training caption has), which is where a frozen pretrained text encoder (cond-small-minilm)
 and the small one trained from the captions (cond-small, which reads "a photo of a <unk>") part ways.
@@ -79,6 +93,44 @@ class PromptAccuracy:
                 f"(± {100 * self.stderr:.1f}) of {self.n} images")
 
 
+@dataclass
+class ClassifierScore:
+    """The classifier's class probabilities for a set of images, and what they say about the set."""
+
+    probs: torch.Tensor  # [N, K] p(y | x_i), softmax of the classifier
+
+    @property
+    def n(self) -> int:
+        return len(self.probs)
+
+    @property
+    def confidence(self) -> float:
+        """Mean over images of max_k p(k | x): 1 when every image is clearly some class."""
+        return self.probs.max(dim=-1).values.mean().item()
+
+    @property
+    def class_share(self) -> torch.Tensor:
+        """p(y) = mean_i p(y | x_i), the classes the set is made of ([K], sums to 1)."""
+        return self.probs.mean(dim=0)
+
+    @property
+    def inception_score(self) -> float:
+        """exp(mean_i KL(p(y | x_i) || p(y))) (Salimans et al. 2016), between 1 and K."""
+        p = self.probs.double().clamp_min(1e-12)  # [N, K]; 0 log 0 = 0 up to 1e-12 log 1e-12
+        kl = (p * (p.log() - self.class_share.double().clamp_min(1e-12).log())).sum(dim=-1)  # [N]
+        return kl.mean().exp().item()
+
+    def __str__(self) -> str:
+        return (f"classifier score {self.inception_score:.2f} (of at most {self.probs.shape[1]}), "
+                f"mean confidence {100 * self.confidence:.1f}%, over {self.n} images")
+
+
+def classifier_score(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) -> ClassifierScore:
+    """Classify ``images`` (in [-1, 1]) and return their :class:`ClassifierScore`."""
+    _, probs = predict(classifier, images, batch_size)
+    return ClassifierScore(probs)
+
+
 @torch.no_grad()
 def prompt_accuracy(model, classifier: nn.Module, scales: Sequence[float] = (0.0, 1.0, 3.0), *,
                     per_class: int = 10, num_steps: int = 25, seed: int = 1, batch_size: int = 50,
@@ -117,15 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     from .recipes import model_from_checkpoint
 
     parser = argparse.ArgumentParser(prog="python -m course_lib.evaluation",
-                                     description="Prompt accuracy of a text-to-image checkpoint, judged by the "
-                                                 "course's CIFAR-10 classifier, at several guidance scales.")
-    parser.add_argument("checkpoint", help="a TextToImageUNet checkpoint, e.g. data/checkpoints/cond-small.safetensors")
+                                     description="Judge a checkpoint's samples with the course's CIFAR-10 classifier: "
+                                                 "the prompt accuracy of a text-to-image model at several guidance "
+                                                 "scales, or the classifier score of an unconditional UNet beside "
+                                                 "real test images.")
+    parser.add_argument("checkpoint", help="a TextToImageUNet checkpoint (data/checkpoints/cond-small.safetensors) "
+                        "or an unconditional UNet one (data/checkpoints/ddpm-small.safetensors)")
     parser.add_argument("--classifier", help="default: <checkpoint dir>/cifar-classifier.safetensors")
     parser.add_argument("--scales", default="0,1,3", help="comma-separated guidance scales (default 0,1,3)")
     parser.add_argument("--per-class", type=int, default=10, help="images per class and scale (default 10)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
                         help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
+    parser.add_argument("--samples", type=int, default=100,
+                        help="unconditional UNet: how many images to sample and score (default 100)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the starting noise (default 1)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -138,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     config.setup_cpu_speedups()
     device = config.get_device()
     model, card = model_from_checkpoint(args.checkpoint, device=device)
-    if not hasattr(model, "generate"):
-        parser.error(f"{args.checkpoint} holds a {card['model_class']}, not a text-to-image model")
+    unconditional = not hasattr(model, "generate") and "diffusion" in card.get("training", {})
+    if not hasattr(model, "generate") and not unconditional:
+        parser.error(f"{args.checkpoint} holds a {card['model_class']} without a diffusion process on its card: "
+                     "give a text-to-image or a diffusion UNet checkpoint")
+    if args.samples < 1:
+        parser.error(f"--samples must be >= 1, got {args.samples}")
     classifier, _ = model_from_checkpoint(args.classifier or config.checkpoint_dir() / "cifar-classifier.safetensors",
                                           device=device)
+    if unconditional:
+        return _score_unconditional(model, card, classifier, args, device)
     print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} training "
           f"minutes; DDIM {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
           f"prompts like {PROMPTS[args.prompts](3)!r}")
@@ -159,6 +222,34 @@ def main(argv: list[str] | None = None) -> int:
         per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
         print(f"{r}\n    per class (%): {per_class}")
     print(f"{time.perf_counter() - start:.0f} s on {device}")
+    return 0
+
+
+def _score_unconditional(model, card: dict, classifier: nn.Module, args: argparse.Namespace, device) -> int:
+    """The command line for a diffusion UNet: DDIM samples and real test images, side by side."""
+    from .data import load_cifar10
+    from .recipes import DiffusionSpec
+    from .samplers import ddim_sample
+
+    diffusion = DiffusionSpec(**card["training"]["diffusion"])
+    c = model.config
+    print(f"{args.checkpoint}: step {card['step']}, {card['training'].get('wall_seconds_total', 0) / 60:.0f} training "
+          f"minutes; {args.samples} DDIM samples ({args.steps} steps, eta = 0), noise seed {args.seed}")
+    start = time.perf_counter()
+    noise = torch.randn(args.samples, c.in_channels, c.image_size, c.image_size,
+                        generator=torch.Generator().manual_seed(args.seed))  # [N, C, H, W]
+    schedule = diffusion.make_schedule()
+    samples = torch.cat([ddim_sample(model, schedule, x_T=noise[i:i + 50], num_steps=args.steps,
+                                     parameterization=diffusion.parameterization, progress=False,
+                                     device=device).cpu()
+                         for i in range(0, args.samples, 50)])
+    generated = classifier_score(classifier, samples)
+    real = load_cifar10("test", limit=args.samples, verbose=False)
+    reference = classifier_score(classifier, real.images)
+    for name, score in ((f"samples ({time.perf_counter() - start:.0f} s)", generated),
+                        (f"{len(real)} real test images ({real.source})", reference)):
+        share = " ".join(f"{k} {100 * v:.0f}" for k, v in zip(CIFAR10_CLASSES, score.class_share.tolist()))
+        print(f"{name}: {score}\n    classes seen (%): {share}")
     return 0
 
 

@@ -45,6 +45,8 @@ import torch
 from IPython.display import display
 
 from course_lib import config
+from course_lib.data import CIFAR10_CLASSES
+from course_lib.evaluation import classifier_score
 from course_lib.exercises import check_ddim_step, check_eps_to_x0, check_q_sample
 from course_lib.parameterization import eps_to_x0, eps_x0_to_v, v_to_eps, v_to_x0, x0_to_eps
 from course_lib.recipes import RECIPES, DiffusionSpec, model_from_checkpoint
@@ -559,6 +561,53 @@ reference = ddim[250]
 print(f"pixel std of the training images: {train.images[:1000].std().item():.3f}")
 for label, x in [(f"DDPM {schedule.T}", ddpm.sample.cpu())] + [(f"DDIM {s}", ddim[s]) for s in ddim_steps]:
     print(f"{label:10s} distance to DDIM 250: {(x - reference).abs().mean().item():.3f}   pixel std: {x.std().item():.3f}")
+
+# %% [markdown]
+# ### How CIFAR-like are the samples? Ask a classifier
+#
+# Looking is a judgement; a number helps. `cifar-classifier` is a small ResNet the course trained on
+# the CIFAR-10 training set (chapter 3 uses it too; its card gives its test accuracy). It gives each
+# image a class distribution $p(y \mid x)$: confident on a clear photo of a ship, hesitant on a
+# blob. Two summaries of a set of images: the mean **confidence** $\max_k p(k \mid x)$, and the
+# **classifier score**, the Inception Score of Salimans et al. (2016) with this classifier in
+# place of Inception,
+#
+# $$\mathrm{IS} = \exp\Big(\mathbb E_x\, \mathrm{KL}\big(p(y \mid x)\,\big\|\,p(y)\big)\Big), \qquad p(y) = \mathbb E_x\, p(y \mid x),$$
+#
+# which is 1 when every image gets the same distribution (all alike, or all ambiguous) and 10 at
+# most (each image clearly one class, all classes equally often). Both mean something only beside
+# real images scored the same way. On 16 images they are rough; the command line measures on more:
+# `python -m course_lib.evaluation data/checkpoints/ddpm-small.safetensors --samples 200 --steps 100`.
+
+# %%
+classifier, classifier_card = model_from_checkpoint(config.checkpoint_dir() / "cifar-classifier.safetensors",
+                                                    device=device)
+print(f"classifier: {classifier_card['metrics']}")
+judged = {f"DDPM {schedule.T}": ddpm.sample.cpu(), **{f"DDIM {s}": ddim[s] for s in ddim_steps},
+          "training images": train.images[:n_samples]}
+scores = {label: classifier_score(classifier, x) for label, x in judged.items()}
+for label, score in scores.items():
+    print(f"{label:16s} mean confidence {100 * score.confidence:5.1f} %   classifier score {score.inception_score:.2f}"
+          f"   ({score.n} images)")
+
+probs = scores[f"DDPM {schedule.T}"].probs  # [N, 10]
+rows = -(-n_samples // 8)
+fig, axes = plt.subplots(rows, 1, figsize=(9, 1.6 * rows + 0.4), layout="constrained", squeeze=False)
+for r, ax in enumerate(axes[:, 0]):
+    p = probs[8 * r:8 * r + 8]
+    show_images(ddpm.sample.cpu()[8 * r:8 * r + 8], nrow=8, ax=ax)
+    confidence, k = p.max(dim=-1)
+    ax.set_xticks([2 + 34 * c + 16 for c in range(len(p))],
+                  [f"{CIFAR10_CLASSES[int(k_)]}\n{100 * v:.0f} %" for v, k_ in zip(confidence, k)], fontsize=8)
+    ax.tick_params(axis="x", length=0)
+fig.suptitle("the DDPM samples and what the classifier sees in them (class, confidence)", fontsize=10)
+plt.show()
+
+# %% [markdown]
+# Where the classifier is sure, look again at the image: is it the object it names? A young model
+# makes photo-like scenes (sky, grass, water) before it makes objects, and the classifier's
+# confidence stays well below the training images' until the objects appear. (In fast mode the
+# model is untrained and these are verdicts on noise.)
 
 # %% [markdown]
 # **Few-step DDIM is biased.** DDIM with $\eta = 0$ is a first-order solver of an ordinary

@@ -124,4 +124,47 @@ def test_command_line_reports_each_scale(tmp_path, capsys):
     assert "--scales must be numbers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(classifier), "--classifier", str(classifier)])
-    assert "holds a CIFARClassifier, not a text-to-image model" in capsys.readouterr().err
+    assert "holds a CIFARClassifier without a diffusion process on its card" in capsys.readouterr().err
+
+
+def test_classifier_score_closed_forms():
+    """IS = exp(mean KL(p(y|x) || p(y))): K for confident, balanced classes; 1 for identical distributions."""
+    from course_lib.evaluation import ClassifierScore
+
+    balanced = ClassifierScore(torch.eye(10).repeat(3, 1))  # 30 images, each surely one class, 3 per class
+    assert balanced.inception_score == pytest.approx(10.0) and balanced.confidence == pytest.approx(1.0)
+    assert torch.allclose(balanced.class_share, torch.full((10,), 0.1))
+    two = ClassifierScore(torch.eye(10)[[0, 0, 1, 1]])  # confident, but only two classes
+    assert two.inception_score == pytest.approx(2.0)
+    alike = ClassifierScore(torch.softmax(torch.randn(10), 0).repeat(8, 1))  # every image the same distribution
+    assert alike.inception_score == pytest.approx(1.0) and alike.confidence < 1.0
+    assert "classifier score 10.00 (of at most 10), mean confidence 100.0%, over 30 images" in str(balanced)
+
+
+def test_classifier_score_of_images_sees_what_the_classifier_sees():
+    from course_lib.evaluation import classifier_score
+
+    brightness = -1 + 2 * (torch.arange(10) + 0.5) / 10  # one image at each class's brightness
+    score = classifier_score(BrightnessClassifier(), brightness[:, None, None, None].expand(10, 3, 8, 8).clone())
+    assert score.n == 10 and score.probs.argmax(-1).tolist() == list(range(10))
+    assert score.inception_score > 1.0 and torch.allclose(score.class_share.sum(), torch.tensor(1.0))
+
+
+def test_command_line_scores_an_unconditional_unet_beside_real_images(tmp_path, isolated_data, capsys):
+    from course_lib.checkpoint import save_checkpoint
+    from course_lib.evaluation import main
+    from course_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = save_checkpoint(tmp_path / "unet.safetensors", UNet(UNetConfig.tiny()).eval(), kind="inference",
+                           training={"diffusion": {"schedule": "linear", "T": 1000, "parameterization": "eps"}})
+    classifier = save_checkpoint(tmp_path / "clf.safetensors", CIFARClassifier(ClassifierConfig.tiny()).eval(),
+                                 kind="inference")
+    assert main([str(unet), "--classifier", str(classifier), "--samples", "3", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 DDIM samples (2 steps, eta = 0)" in out
+    assert "samples (" in out and "over 3 images" in out and "3 real test images (bundled sample" in out
+    assert out.count("classes seen (%): airplane") == 2
+    with pytest.raises(SystemExit):
+        main([str(unet), "--classifier", str(classifier), "--samples", "0"])
+    assert "--samples must be >= 1" in capsys.readouterr().err
