@@ -1,4 +1,6 @@
-"""Does a sample show what its prompt asked for? Generate from class prompts, classify, count.
+"""Samples judged by the course's CIFAR-10 classifier: prompt accuracy and classifier score.
+
+Does a sample show what its prompt asked for? Generate from class prompts, classify, count.
 
 For a text-to-image model conditioned on CIFAR-10 captions, the *prompt accuracy* at guidance scale
 w is the fraction of images generated from the prompt of class c (``class_prompt(c)``) that a
