@@ -28,7 +28,7 @@ Inception v3:
 which is 1 when every image gets the same class distribution (all alike, or all ambiguous) and at
 most 10 when each image is confidently one class and the classes come equally often. Beside it: the
 mean confidence max_k p(k | x). Both mean something only next to real test images scored by the same
-classifier (``--reference``)::
+classifier, which the command line scores beside the samples::
 
     python -m course_lib.evaluation data/checkpoints/ddpm-small.safetensors --samples 200 --steps 100
 
