@@ -167,11 +167,12 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
         training_info: extra facts for the checkpoint card (recipe name, data source, ...).
         init_from: an inference checkpoint to warm start from when there is no training state to
             resume: its weights become the model and the EMA, its step, loss history and wall time
-            carry on, the optimizer starts fresh and the learning rate warms up again.
+            carry on (a transplant record too), the optimizer starts fresh and the learning rate warms
+            up again.
         transplant_from: a checkpoint of a related model to start a *new* run (step 0) from when there
             is no training state: every tensor whose name and shape match is copied (see
             :func:`~course_lib.checkpoint.transplant_weights`), the rest keeps its initialisation.
-            The card records it as ``training.transplant``, and later resumes carry that record on.
+            The card records it as ``training.transplant``; later resumes and warm starts carry it on.
     """
     if init_from is not None and transplant_from is not None:
         raise ValueError("init_from continues a checkpoint of this model and transplant_from starts a new run "
@@ -194,7 +195,6 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
     ckpt, transplant = None, None  # transplant: where this run's step-0 weights came from, if anywhere
     if path is not None and resume and path.exists():
         ckpt = load_checkpoint(path, model, ema=ema, optimizer=optimizer)
-        transplant = ckpt.card.get("training", {}).get("transplant")
     elif init_from is not None:
         ckpt = load_checkpoint(init_from, model)
         ema.load_state_dict(model.state_dict())
@@ -205,8 +205,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
               f"({transplant['copied_parameters'] / 1e6:.2f}M parameters) of {transplant_from} "
               f"(step {transplant['step']}); {len(transplant['fresh_tensors'])} tensors "
               f"({transplant['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
-    if ckpt is not None:
+    if ckpt is not None:  # a resume or a warm start carries the run's history on, transplant record included
         step = ckpt.step
+        transplant = ckpt.card.get("training", {}).get("transplant")
         if "loss_history" in ckpt.train:
             losses = ckpt.train["loss_history"].tolist()[:step]
         seconds_before = float(ckpt.card.get("training", {}).get("wall_seconds_total", 0.0))

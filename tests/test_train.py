@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import TinyNet
-from course_lib.checkpoint import load_checkpoint, read_card
+from course_lib.checkpoint import export_inference, load_checkpoint, read_card
 from course_lib.train import NonFiniteLossError, TrainConfig, ema_decay_at, fit, update_ema
 
 W_TRUE = torch.tensor([1.0, -2.0, 0.5, 3.0])
@@ -201,7 +201,6 @@ def test_cli_saves_and_exports_on_sigterm_even_when_sigint_was_ignored(tmp_path,
 
 def test_warm_start_from_an_inference_checkpoint(tmp_path):
     """No training state, only the exported EMA weights (a new machine): training carries on from them."""
-    from course_lib.checkpoint import export_inference
 
     torch.manual_seed(0)
     first = fit(TinyNet(), mse, regression_batches, cfg(max_steps=12), checkpoint_path=tmp_path / "a.safetensors",
@@ -259,6 +258,10 @@ def test_fit_transplant_from_starts_a_new_run_from_the_donor_and_records_it(tmp_
 
     fit(TinyNet(), mse, regression_batches, cfg(max_steps=2), checkpoint_path=path, device="cpu")
     assert read_card(path)["training"]["transplant"] == record  # carried across the resume
+    export = export_inference(path, tmp_path / "export.safetensors")
+    warm = tmp_path / "warm.safetensors"
+    fit(TinyNet(), mse, regression_batches, cfg(max_steps=3), checkpoint_path=warm, init_from=export, device="cpu")
+    assert read_card(warm)["training"]["transplant"] == record  # and across a warm start from its export
     with pytest.raises(ValueError, match="give one of them"):
         fit(TinyNet(), mse, regression_batches, cfg(max_steps=1), init_from=donor, transplant_from=donor)
 
