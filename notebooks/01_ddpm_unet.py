@@ -39,6 +39,7 @@
 import dataclasses
 import math
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -483,9 +484,12 @@ elif ckpt_path.exists():
     seconds = info["wall_seconds_total"]
     took = f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
     print(f"loaded {ckpt_path.name}: {card['parameters'] / 1e6:.2f}M parameters, {card['step']:,} steps "
-          f"of batch {info['train_config']['batch_size']} in {took} on {info['hardware']}")
+          f"of batch {info['train_config']['batch_size']}, {took} of training in all (runs resume each other)")
     print(f"data: {info['data_source']} ({info.get('data_images', '?')} images); diffusion: {info['diffusion']}")
-    print(f"made with: {info.get('command', 'python -m course_lib.train ddpm-small')}")
+    print(f"last run: {info.get('command', 'python -m course_lib.train ddpm-small')}\n"
+          f"    on {info['hardware']}, {info.get('precision', '?')}")
+    for warm in info.get("warm_starts", []):  # runs that began from an exported checkpoint, not a state
+        print(f"    continued from the step-{warm['step']:,} export {Path(warm['from']).name} ({warm['weights']} weights)")
 else:
     print(f"{ckpt_path} is missing. Make it with\n    python -m course_lib.train ddpm-small --minutes 240\n"
           f"(it resumes where it stopped, if you run it again). For now: the model trained above ({result.step} steps).")
