@@ -201,7 +201,6 @@ def test_cli_saves_and_exports_on_sigterm_even_when_sigint_was_ignored(tmp_path,
 
 def test_warm_start_from_an_inference_checkpoint(tmp_path):
     """No training state, only the exported EMA weights (a new machine): training carries on from them."""
-
     torch.manual_seed(0)
     first = fit(TinyNet(), mse, regression_batches, cfg(max_steps=12), checkpoint_path=tmp_path / "a.safetensors",
                 device="cpu")
