@@ -85,6 +85,14 @@ class CIFAR10Split(Dataset):
         return CIFAR10Split(self.images[:n], self.labels[:n], source=self.source,
                             split=self.split, hflip=self.hflip, classes=self.classes)
 
+    def sample(self, n: int, seed: int = 0) -> "CIFAR10Split":
+        """``n`` images drawn through a fixed shuffle (seeded by ``seed``), so that every class appears
+        even though an image folder comes sorted by class. ``sample(m)`` is a prefix of ``sample(n)``
+        for ``m < n``: nested subsets of one order."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]  # [n]
+        return CIFAR10Split(self.images[order], self.labels[order], source=self.source,
+                            split=self.split, hflip=self.hflip, classes=self.classes)
+
     def __repr__(self) -> str:
         return f"CIFAR10Split({self.split!r}, n={len(self)}, hflip={self.hflip}, source={self.source!r})"
 
@@ -243,8 +251,5 @@ def load_cifar10(split: str = "train", *, root: str | Path | None = None, downlo
             print(f"Using the bundled CIFAR-10 sample ({len(images)} {split} images, {sample}). "
                   "For the full set: load_cifar10(download=True), or set COURSE_CIFAR10_DIR "
                   "to an ImageFolder copy.")
-    if limit is not None:
-        # a fixed shuffle first, so that a small subset still holds every class
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:limit]
-        images, labels = images[order], labels[order]
-    return CIFAR10Split(to_unit_range(images), labels, source=source, split=split, hflip=hflip)
+    data = CIFAR10Split(to_unit_range(images), labels, source=source, split=split, hflip=hflip)
+    return data.sample(limit) if limit is not None else data

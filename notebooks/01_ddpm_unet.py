@@ -73,9 +73,9 @@ print(f"device: {device} · fast mode: {FAST}"
 recipe = RECIPES["ddpm-tiny" if FAST else "ddpm-small"]
 train = recipe.data()
 print(train)
-# the images come sorted by class (airplanes first): draw every subset below through one fixed shuffle
-shuffled = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # [N] indices
-x0_demo = train.images[shuffled[:5]]  # five images to noise, [5, 3, 32, 32]
+# the images come sorted by class (airplanes first): train.sample(n) draws every subset below
+# through one fixed shuffle, so each holds all classes
+x0_demo = train.sample(5).images  # five images to noise, [5, 3, 32, 32]
 show_images(x0_demo, nrow=5, title="five training images $x_0$", scale=1.3)
 plt.show()
 
@@ -124,7 +124,7 @@ plt.show()
 # variance to 1, never blowing up. On 512 training images and fresh noise:
 
 # %%
-x0_batch = train.images[shuffled[:512]]
+x0_batch = train.sample(512).images
 var0 = x0_batch.var().item()
 print(f"pixel variance of the data: {var0:.3f}")
 print("schedule   t    alpha_bar   Var(x_t) measured   predicted")
@@ -267,7 +267,7 @@ assert check_q_sample(my_q_sample)
 # %%
 schedule = schedules["linear"]
 t = torch.tensor([10, 250, 500, 990])
-x0, eps = train.images[shuffled[:4]], torch.randn(4, 3, 32, 32)
+x0, eps = train.sample(4).images, torch.randn(4, 3, 32, 32)
 x_t = schedule.q_sample(x0, t, eps)
 alpha_bar = gather(schedule.alpha_bar, t)  # [4, 1, 1, 1]
 v = eps_x0_to_v(eps, x0, alpha_bar)
@@ -564,7 +564,7 @@ plt.show()
 
 # %%
 reference = ddim[250]
-print(f"pixel std of the training images: {train.images[shuffled[:1000]].std().item():.3f}")
+print(f"pixel std of the training images: {train.sample(1000).images.std().item():.3f}")
 for label, x in [(f"DDPM {schedule.T}", ddpm.sample.cpu())] + [(f"DDIM {s}", ddim[s]) for s in ddim_steps]:
     print(f"{label:10s} distance to DDIM 250: {(x - reference).abs().mean().item():.3f}   pixel std: {x.std().item():.3f}")
 
@@ -590,7 +590,7 @@ classifier, classifier_card = model_from_checkpoint(config.checkpoint_dir() / "c
                                                     device=device)
 print(f"classifier: {classifier_card['metrics']}")
 judged = {f"DDPM {schedule.T}": ddpm.sample.cpu(), **{f"DDIM {s}": ddim[s] for s in ddim_steps},
-          "training images": train.images[shuffled[:n_samples]]}
+          "training images": train.sample(n_samples).images}
 scores = {label: classifier_score(classifier, x) for label, x in judged.items()}
 for label, score in scores.items():
     print(f"{label:16s} mean confidence {100 * score.confidence:5.1f} %   classifier score {score.inception_score:.2f}"

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from course_lib import data
-from course_lib.data import CIFAR10_CLASSES, DataSourceError, StepBatches, load_cifar10
+from course_lib.data import CIFAR10_CLASSES, CIFAR10Split, DataSourceError, StepBatches, load_cifar10
 
 
 def write_png(img: torch.Tensor, path: str) -> None:
@@ -153,3 +153,13 @@ def test_step_batches_are_a_pure_function_of_the_step(isolated_data):
     assert not torch.equal(StepBatches(ds, 50, seed=2)(0)[0], batches(0)[0])
     with pytest.raises(ValueError, match="larger than the data set"):
         StepBatches(ds, batch_size=501)
+
+
+def test_sample_draws_nested_subsets_with_every_class_from_a_class_sorted_split():
+    """An image folder comes sorted by class; sample(n) shuffles first (the first 20 here are one class)."""
+    labels = torch.arange(10).repeat_interleave(20)  # [200], sorted by class
+    ds = CIFAR10Split(torch.zeros(200, 3, 32, 32), labels, source="test", split="train")
+    assert ds.subset(20).labels.unique().numel() == 1
+    assert ds.sample(40).labels.unique().numel() == 10
+    assert torch.equal(ds.sample(40).labels[:15], ds.sample(15).labels)  # a prefix of one fixed order
+    assert not torch.equal(ds.sample(40, seed=1).labels, ds.sample(40).labels)
