@@ -1,6 +1,6 @@
 """One training loop for every chapter, and the command line that trains a chapter's model.
 
-``fit`` runs AdamW with linear warm-up, gradient clipping and an exponential moving average
+``fit`` runs AdamW with linear warm-up (and an optional linear cool-down), gradient clipping and an exponential moving average
 (EMA) of the weights, for a step budget and/or a time budget, with a notebook-friendly progress
 bar. It returns the loss history for plotting.
 
@@ -21,6 +21,10 @@ Command line::
     python -m course_lib.train --list
     python -m course_lib.train ddpm-small --minutes 60      # resumes if a state exists
     # no state but data/checkpoints/ddpm-small.safetensors exists: warm start from it (--fresh: step 0)
+    # cool a copy of the state down: the learning rate falls linearly to 0 over 1500 steps
+    cp -r data/runs/ddpm-small data/runs/ddpm-small-cooldown
+    python -m course_lib.train ddpm-small --state data/runs/ddpm-small-cooldown/state.safetensors \
+        --steps 21000 --cooldown 1500
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0            # linear warm-up of the learning rate (DDPM: 5000)
+    cooldown_steps: int = 0          # linear decay of the learning rate to 0 over the last steps before
+                                     # max_steps (warmup-stable-decay; see learning_rate)
     grad_clip: float | None = 1.0    # max global gradient norm (DDPM: 1.0)
     ema_decay: float = 0.9999        # DDPM: 0.9999; warmed up as min(decay, (1+n)/(10+n))
     seed: int = 0
@@ -80,6 +86,10 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.cooldown_steps < 0:
+            raise ValueError(f"cooldown_steps must be >= 0, got {self.cooldown_steps}")
+        if self.cooldown_steps and self.max_steps is None:
+            raise ValueError("cooldown_steps decays the learning rate to 0 at max_steps: give max_steps too")
 
 
 @dataclass
@@ -112,6 +122,24 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def ema_decay_at(decay: float, n_updates: int) -> float:
     """EMA warm-up: min(decay, (1 + n) / (10 + n)), so early averages do not remember the random init."""
     return min(decay, (1 + n_updates) / (10 + n_updates))
+
+
+def learning_rate(cfg: TrainConfig, step: int, warmup_from: int = 0) -> float:
+    """The learning rate of update ``step``: warm-up, a constant stretch, then an optional cool-down.
+
+        lr(s) = lr * min(1, (s - s_w + 1) / warmup_steps) * min(1, (max_steps - s) / cooldown_steps)
+
+    where s_w is the step the run (or its last warm start) began at. The constant stretch can go on
+    for as long as one likes and be cooled down from any checkpoint of it: the "warmup-stable-decay"
+    schedule (Zhai et al. 2022; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond
+    Fixed Training Durations", who find a short linear cool-down matches a cosine schedule).
+    """
+    lr = cfg.lr
+    if cfg.warmup_steps:
+        lr *= min(1.0, (step - warmup_from + 1) / cfg.warmup_steps)
+    if cfg.cooldown_steps:
+        lr *= max(0.0, min(1.0, (cfg.max_steps - step) / cfg.cooldown_steps))
+    return lr
 
 
 def _batch_size(batch: Any) -> int:
@@ -248,7 +276,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 break
             torch.manual_seed(step_seed(cfg.seed, step))
             batch = _to_device(batches(step), device, cfg.channels_last)
-            lr = cfg.lr * min(1.0, (step - warmup_from + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            lr = learning_rate(cfg, step, warmup_from)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -326,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--minutes", type=float, help="time budget for this run")
     parser.add_argument("--steps", type=int, help="train until this global step")
+    parser.add_argument("--cooldown", type=int, metavar="N", help="decay the learning rate linearly to 0 over "
+                        "the N steps before --steps (run it on a copy of the state to keep the constant-rate "
+                        "run going later)")
     parser.add_argument("--state", type=Path, help="resumable training state (default data/runs/<recipe>/state.safetensors)")
     parser.add_argument("--export", type=Path, help="inference checkpoint to write (default <checkpoint dir>/<recipe>.safetensors)")
     parser.add_argument("--init-from", type=Path, help="inference checkpoint to warm start from when there is no "
@@ -350,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.transplant_from and args.init_from:
         parser.error("--transplant-from starts a new run from part of another model and --init-from continues "
                      "this recipe's checkpoint: give one of them")
+    if args.cooldown is not None and args.steps is None:
+        parser.error("--cooldown N decays the learning rate to 0 at --steps: give --steps too")
+    if args.cooldown is not None and args.cooldown <= 0:
+        parser.error(f"--cooldown must be a positive number of steps, got {args.cooldown}")
     previous = _stop_gracefully_on_signals()
     try:
         return _train(args, argv)
@@ -367,7 +402,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     recipe = recipes.RECIPES[args.recipe]
     cfg = recipe.train_config()
     cfg = dataclasses.replace(cfg, max_steps=args.steps if args.steps is not None else (
-        None if args.minutes is not None else cfg.max_steps), max_minutes=args.minutes)
+        None if args.minutes is not None else cfg.max_steps), max_minutes=args.minutes,
+        cooldown_steps=args.cooldown or cfg.cooldown_steps)
     state = args.state or config.data_dir() / "runs" / recipe.name / "state.safetensors"
     export = args.export or config.checkpoint_dir() / f"{recipe.name}.safetensors"
     if args.fresh and state.exists():

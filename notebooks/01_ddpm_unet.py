@@ -490,6 +490,9 @@ elif ckpt_path.exists():
           f"    on {info['hardware']}, {info.get('precision', '?')}")
     for warm in info.get("warm_starts", []):  # runs that began from an exported checkpoint, not a state
         print(f"    continued from the step-{warm['step']:,} export {Path(warm['from']).name} ({warm['weights']} weights)")
+    if info["train_config"].get("cooldown_steps"):  # see course_lib.train.learning_rate
+        print(f"    its learning rate fell linearly from {info['train_config']['lr']:g} to 0 over the last "
+              f"{info['train_config']['cooldown_steps']:,} steps (a cool-down)")
 else:
     print(f"{ckpt_path} is missing. Make it with\n    python -m course_lib.train ddpm-small --minutes 240\n"
           f"(it resumes where it stopped, if you run it again). For now: the model trained above ({result.step} steps).")

@@ -5,7 +5,7 @@ import torch
 
 from conftest import TinyNet
 from course_lib.checkpoint import export_inference, load_checkpoint, read_card
-from course_lib.train import NonFiniteLossError, TrainConfig, ema_decay_at, fit, update_ema
+from course_lib.train import NonFiniteLossError, TrainConfig, ema_decay_at, fit, learning_rate, update_ema
 
 W_TRUE = torch.tensor([1.0, -2.0, 0.5, 3.0])
 
@@ -104,6 +104,35 @@ def test_budget_is_required():
         TrainConfig(max_steps=None, max_minutes=None)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_learning_rate_warms_up_holds_then_cools_down_to_zero():
+    c = cfg(max_steps=100, lr=1.0, warmup_steps=10, cooldown_steps=20)
+    lrs = [learning_rate(c, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0       # linear warm-up over 10 steps
+    assert set(lrs[10:81]) == {1.0}                              # constant until the cool-down starts
+    assert lrs[80] == 1.0 and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(1 / 20)
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))        # strictly falling, towards 0 at max_steps
+    assert learning_rate(c, 100) == 0.0 and learning_rate(c, 150) == 0.0
+    # a warm start at step 40 warms up again from there; the cool-down is unchanged
+    assert learning_rate(c, 40, warmup_from=40) == pytest.approx(0.1) and learning_rate(c, 95, 40) == pytest.approx(0.25)
+    assert [learning_rate(cfg(lr=0.5), s) for s in (0, 10**6)] == [0.5, 0.5]  # neither: constant
+    with pytest.raises(ValueError, match="give max_steps"):
+        TrainConfig(max_steps=None, max_minutes=1.0, cooldown_steps=10)
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        TrainConfig(cooldown_steps=-1)
+
+
+def test_fit_applies_the_cool_down_and_the_card_records_it(tmp_path):
+    """Resume a constant-rate state and cool it down: the optimizer's last rate is lr / cooldown_steps."""
+    state = tmp_path / "s.safetensors"
+    torch.manual_seed(0)
+    fit(TinyNet(), mse, regression_batches, cfg(max_steps=10), checkpoint_path=state, device="cpu")
+    assert read_card(state)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2)
+    fit(TinyNet(), mse, regression_batches, cfg(max_steps=20, cooldown_steps=8), checkpoint_path=state, device="cpu")
+    card = read_card(state)
+    assert card["step"] == 20 and card["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-2 / 8)
+    assert card["training"]["train_config"]["cooldown_steps"] == 8
 
 
 def test_ema_update_and_warmup():
@@ -298,3 +327,25 @@ def test_cli_transplant_starts_at_step_zero_and_the_card_keeps_it(tmp_path, isol
 
     with pytest.raises(SystemExit):
         train.main(["cond-tiny", "--steps", "1", "--transplant-from", str(donor), "--init-from", str(donor)])
+
+
+@pytest.mark.parametrize("flags, message", [(["--minutes", "1", "--cooldown", "5"], "give --steps too"),
+                                            (["--steps", "9", "--cooldown", "0"], "positive number")])
+def test_cli_refuses_a_cooldown_without_an_end(flags, message, capsys):
+    from course_lib import train
+    with pytest.raises(SystemExit):
+        train.main(["cond-tiny", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_cli_cooldown_reaches_the_card(tmp_path, isolated_data):
+    from course_lib import train
+    state, export = tmp_path / "s.safetensors", tmp_path / "e.safetensors"
+    args = ["cond-tiny", "--threads", "1", "--state", str(state), "--export", str(export)]
+    assert train.main([*args, "--steps", "4", "--cooldown", "2"]) == 0
+    card = read_card(export)
+    assert card["training"]["train_config"]["cooldown_steps"] == 2 and "--cooldown 2" in card["training"]["command"]
+    # the last update (step 3) ran at lr * warm-up 4/20 * cool-down (4 - 3)/2
+    tc = card["training"]["train_config"]
+    assert tc["warmup_steps"] == 20
+    assert read_card(state)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(tc["lr"] * 4 / 20 / 2)
