@@ -1,8 +1,8 @@
 """One training loop for every chapter, and the command line that trains a chapter's model.
 
-``fit`` runs AdamW with linear warm-up (and an optional linear cool-down), gradient clipping and an exponential moving average
-(EMA) of the weights, for a step budget and/or a time budget, with a notebook-friendly progress
-bar. It returns the loss history for plotting.
+``fit`` runs AdamW with linear warm-up (and an optional linear cool-down), gradient clipping and
+an exponential moving average (EMA) of the weights, for a step budget and/or a time budget, with a
+notebook-friendly progress bar. It returns the loss history for plotting.
 
 Resuming is exact: every step seeds torch's RNG from (seed, step) and draws its batch from a
 pure function of the step (:class:`course_lib.data.StepBatches`), so a run stopped at step s and
