@@ -40,6 +40,11 @@ def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
+def fixed_shuffle(n_items: int, n: int, seed: int = 0) -> torch.Tensor:
+    """The first ``n`` of ``n_items`` indices in a fixed random order (seeded by ``seed``), [n]."""
+    return torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 {0..255} (clamped), for saving and display."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -89,7 +94,7 @@ class CIFAR10Split(Dataset):
         """``n`` images drawn through a fixed shuffle (seeded by ``seed``), so that every class appears
         even though an image folder comes sorted by class. ``sample(m)`` is a prefix of ``sample(n)``
         for ``m < n``: nested subsets of one order."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]  # [n]
+        order = fixed_shuffle(len(self), n, seed)  # [n]
         return CIFAR10Split(self.images[order], self.labels[order], source=self.source,
                             split=self.split, hflip=self.hflip, classes=self.classes)
 
@@ -251,5 +256,7 @@ def load_cifar10(split: str = "train", *, root: str | Path | None = None, downlo
             print(f"Using the bundled CIFAR-10 sample ({len(images)} {split} images, {sample}). "
                   "For the full set: load_cifar10(download=True), or set COURSE_CIFAR10_DIR "
                   "to an ImageFolder copy.")
-    data = CIFAR10Split(to_unit_range(images), labels, source=source, split=split, hflip=hflip)
-    return data.sample(limit) if limit is not None else data
+    if limit is not None:  # pick with CIFAR10Split.sample's shuffle, before converting to float
+        order = fixed_shuffle(len(images), limit)
+        images, labels = images[order], labels[order]
+    return CIFAR10Split(to_unit_range(images), labels, source=source, split=split, hflip=hflip)

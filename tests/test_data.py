@@ -123,6 +123,8 @@ def test_bad_split_is_rejected():
 def test_limit_keeps_every_class(isolated_data):
     small = load_cifar10("train", limit=200, verbose=False)
     assert len(small) == 200 and torch.bincount(small.labels, minlength=10).min() > 5
+    full = load_cifar10("train", verbose=False).sample(200)  # the same images as sample(200) of the whole split
+    assert torch.equal(small.images, full.images) and torch.equal(small.labels, full.labels)
 
 
 def test_flips_are_mirror_images_and_seeded(isolated_data):

@@ -344,8 +344,8 @@ def test_cli_cooldown_reaches_the_card(tmp_path, isolated_data):
     args = ["cond-tiny", "--threads", "1", "--state", str(state), "--export", str(export)]
     assert train.main([*args, "--steps", "4", "--cooldown", "2"]) == 0
     card = read_card(export)
-    assert card["training"]["train_config"]["cooldown_steps"] == 2 and "--cooldown 2" in card["training"]["command"]
-    # the last update (step 3) ran at lr * warm-up 4/20 * cool-down (4 - 3)/2
     tc = card["training"]["train_config"]
+    assert tc["cooldown_steps"] == 2 and "--cooldown 2" in card["training"]["command"]
+    # the last update (step 3) ran at lr * warm-up 4/20 * cool-down (4 - 3)/2
     assert tc["warmup_steps"] == 20
     assert read_card(state)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(tc["lr"] * 4 / 20 / 2)
