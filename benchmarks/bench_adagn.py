@@ -2,7 +2,7 @@
 
 Two UNets that differ only in ``UNetConfig.resblock`` ("additive": DDPM's ResBlock adds the time
 embedding before the second GroupNorm; "adagn": AdaGNResBlock scales and shifts after it) are
-trained with ``course_lib.train.fit`` on ``course_lib.data.load_cifar10("train")`` (the bundled
+trained with ``course_lib.trainer.fit`` on ``course_lib.data.load_cifar10("train")`` (the bundled
 3,000-image sample unless a full copy is configured) with ``StepBatches``. The AdaGN model starts
 from the additive model's weights wherever the shapes agree (``diagnostics.copy_shared_weights``:
 everything but the twice-as-wide ``emb_proj``). fit seeds torch's RNG
@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from course_lib.data import StepBatches, load_cifar10  # noqa: E402
 from course_lib.diagnostics import copy_shared_weights, held_out_loss  # noqa: E402
 from course_lib.parameterization import diffusion_loss  # noqa: E402
+from course_lib.profiling import count_parameters  # noqa: E402
 from course_lib.schedules import NoiseSchedule  # noqa: E402
-from course_lib.train import TrainConfig, fit  # noqa: E402
-from course_lib.unet import UNet, UNetConfig, count_parameters  # noqa: E402
+from course_lib.trainer import TrainConfig, fit  # noqa: E402
+from course_lib.unet import UNet, UNetConfig  # noqa: E402
 
 VARIANTS = ("additive", "adagn")
 

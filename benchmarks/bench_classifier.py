@@ -2,7 +2,7 @@
 
 One training step (random crop, forward, cross-entropy, backward, AdamW update) on a fixed batch,
 timed after a warm-up, for each model size and each precision / memory-layout setting that
-``course_lib.train.TrainConfig`` offers (``bf16``, ``channels_last``). Reported: parameters,
+``course_lib.trainer.TrainConfig`` offers (``bf16``, ``channels_last``). Reported: parameters,
 median ms per step and images per second.
 
     python benchmarks/bench_classifier.py                       # batch 128, 1 thread

@@ -41,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from course_lib.config import native_bf16  # noqa: E402
 from course_lib.parameterization import diffusion_loss  # noqa: E402
+from course_lib.profiling import count_parameters  # noqa: E402
 from course_lib.schedules import NoiseSchedule  # noqa: E402
-from course_lib.train import cpu_name  # noqa: E402
-from course_lib.unet import UNet, UNetConfig, count_parameters  # noqa: E402
+from course_lib.trainer import cpu_name  # noqa: E402
+from course_lib.unet import UNet, UNetConfig  # noqa: E402
 
 MODES = ("fp32", "fp32+cl", "bf16+cl")
 DDIM_STEPS = 50

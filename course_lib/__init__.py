@@ -1,28 +1,52 @@
 """course_lib: the tested library behind the course "From DDPM to MM-DiT".
 
-One module per concept; the notebooks in ``notebooks/`` explain, call and visualise them.
+One module per idea; the notebooks in ``notebooks/`` explain, call and visualise them. The map,
+by role (find the code of any idea in one step):
 
-- ``config``: fast mode, device, seeding, where data and checkpoints live
-- ``data``: CIFAR-10 as tensors in [-1, 1] (folder, torchvision, or the bundled sample)
-- ``train``: the training loop (EMA, clipping, budgets, exact resume) and its command line
+Infrastructure
+- ``config``: fast mode, device, seeding, where data and checkpoints live (the only global switches)
+- ``data``: CIFAR-10 as tensors in [-1, 1]; ``TensorSplit`` for any tensors (cached latents, reflow
+  pairs); step-indexed batches with exact resume
 - ``checkpoint``: safetensors checkpoints with a JSON card, written atomically
-- ``viz``: image grids
+- ``trainer``: the one training loop (``fit``: AdamW, warm-up / cool-down, EMA, clipping, budgets, resume)
+- ``train``: the command line ``python -m course_lib.train RECIPE``
+- ``recipes``: what the command line trains (model config + process + data + optimiser); models by card
+- ``profiling``: parameter counts, peak tensor memory and interleaved timings
+- ``exercises``: checks that tell a learner whether their implementation is right
+
+Process (how data becomes noise, and back)
+- ``processes``: the ``Process`` interface (corrupt, target, loss, sample) and ``DDPMProcess``
 - ``schedules``: noise schedules (linear, cosine), alpha_bar, SNR, q_sample, the posterior
-- ``parameterization``: epsilon / x0 / v and the simple diffusion loss
-- ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock)
-- ``attention``: attention three ways (einsum, SDPA, chunked) behind one interface
-- ``profiling``: peak tensor memory and interleaved timings, as the benchmarks measure them
-- ``diagnostics``: held-out loss and how strongly the timestep steers each block (chapter 2)
-- ``text``: captions for CIFAR-10, a word tokenizer, a small text encoder, a frozen pretrained one
+- ``parameterization``: epsilon / x0 / v, their conversions, the simple diffusion loss
+- ``samplers``: ancestral DDPM and DDIM, trajectories on a continuous time axis
+
+Blocks
+- ``conditioning``: timestep embedding (with a time scale), ``modulate`` (scale and shift), zero init;
+  shared by chapter 2's AdaGN ResBlock and chapter 6's AdaLN-Zero blocks
+- ``attention``: attention three ways (einsum, SDPA, chunked); the hookable attention layers
 - ``spatial_transformer``: self-attention, cross-attention to text and GEGLU feed-forward on feature maps
 - ``guidance``: classifier-free guidance and caption dropout
-- ``capture``: recording attention maps during sampling without changing the result
-- ``text2image``: the text-to-image model (text encoder + conditional UNet), its loss and sampling
+
+Models
+- ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock; SpatialTransformers for text)
+- ``text2image``: the text-to-image denoiser (text encoder + conditional UNet) and its loss
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
-- ``samplers``: ancestral DDPM and DDIM
-- ``recipes``: what ``python -m course_lib.train`` can train; building a model from a checkpoint
+- ``autoencoder``: the KL autoencoder of latent diffusion (images <-> 4x8x8 latents; chapter 4)
+
+Text
+- ``captions``: captions and prompts for CIFAR-10 from class labels (data, not encoding)
+- ``text``: a word tokenizer, a small text encoder, the frozen pretrained MiniLM
+
+Pipeline
+- ``generation``: ``Pipeline``, the one generation path: prompts -> guidance -> sampler -> decoder
+
+Looking
+- ``viz``: image grids with labels, loss curves, checkpoint cards, attention heatmaps
+- ``capture``: recording attention maps while a model runs, without changing its output
 - ``widgets``: the interactive explorers of the notebooks
-- ``exercises``: checks that tell a learner whether their implementation is right
+- ``diagnostics``: held-out loss and how strongly the timestep steers each block (chapter 2)
+- ``evaluation``: samples judged by the course's classifier (prompt accuracy, classifier score)
+- ``toy``: low-dimensional data with exact answers (Gaussian mixtures: scores, eps, velocities)
 """
 
 __version__ = "0.1.0"

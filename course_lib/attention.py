@@ -22,8 +22,12 @@ exactly zero weight. A query whose keys are *all* masked attends to nothing and 
 **zero** (the plain formula would give 0/0 = NaN); all three versions do this.
 Beware: ``torch.nn.MultiheadAttention``'s boolean mask means the opposite (True = blocked).
 
-``attention(q, k, v, mask, impl="sdpa")`` picks a version by name; ``MultiHeadAttention`` is a
-layer for token sequences [B, N, dim] that splits heads, attends (self or cross) and merges.
+``attention(q, k, v, mask, impl="sdpa")`` picks a version by name. Every attention *layer* of the
+course is a ``HookableAttention``: it computes attention through ``HookableAttention.attend``, which
+first shows q and k to the hooks of ``register_attention_hook`` (how ``course_lib.capture`` records
+attention maps without changing a bit of the output). Two layers build on it:
+``MultiHeadAttention`` for token sequences [B, N, dim] (splits heads, attends, self or cross, and
+merges), and the UNet's ``AttentionBlock`` for feature maps (``course_lib.unet``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ __all__ = [
     "ATTENTION_IMPLS",
     "split_heads",
     "merge_heads",
+    "HookableAttention",
     "MultiHeadAttention",
 ]
 
@@ -235,7 +240,53 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "b h n d -> b n (h d)")
 
 
-class MultiHeadAttention(nn.Module):
+class HookableAttention(nn.Module):
+    """Base class of the attention layers: computes softmax(Q K^T / sqrt(d)) V and lets tools watch.
+
+    A subclass makes q, k, v its own way (Linear layers on tokens, a 1x1 conv on a feature map) and
+    calls ``self.attend(q, k, v, mask, cross=...)``, which runs the hooks of
+    :meth:`register_attention_hook` on (q, k, mask, cross) and then computes attention with the
+    version named ``impl`` (``self.impl`` may be changed after construction). The hooks are not
+    parameters or buffers: the state dict and the outputs are those of the layer without them.
+
+    ``self_attention_only``: True for layers that can only attend to their own input (no context),
+    so that ``course_lib.capture`` can say when a model has no cross-attention to record.
+    """
+
+    self_attention_only: bool = False
+
+    def __init__(self, impl: str = "sdpa"):
+        super().__init__()
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}; choose from {sorted(ATTENTION_IMPLS)}")
+        self.impl = impl
+        # hooks of register_attention_hook (an OrderedDict: torch's handles hold a weak reference to it)
+        self._attention_hooks: OrderedDict[int, Callable] = OrderedDict()
+
+    def register_attention_hook(self, hook: Callable) -> RemovableHandle:
+        """Call ``hook(module, q, k, mask, cross)`` on every forward, just before attention is computed.
+
+        q [B, heads, N, d] and k [B, heads, M, d] are the split heads, ``mask`` is the mask as passed
+        (or None) and ``cross`` is True when the keys come from a ``context`` (cross-attention). The hook
+        must not modify q or k (compute on the side, e.g. ``attention_weights(q, k, mask)``); its return
+        value is ignored. Returns a handle whose ``.remove()`` unregisters the hook (as torch's module hooks do).
+        """
+        handle = RemovableHandle(self._attention_hooks)
+        self._attention_hooks[handle.id] = hook
+        return handle
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+               cross: bool = False) -> torch.Tensor:
+        """Run the attention hooks on (q, k, mask, cross), then return ``attention(q, k, v, mask, impl=self.impl)``.
+
+        q [B, heads, Nq, d], k [B, heads, Nk, d], v [B, heads, Nk, d_v] -> [B, heads, Nq, d_v].
+        """
+        for hook in tuple(self._attention_hooks.values()):
+            hook(self, q, k, mask, cross)
+        return attention(q, k, v, mask, impl=self.impl)  # [B, heads, Nq, d_v]
+
+
+class MultiHeadAttention(HookableAttention):
     """Multi-head attention over token sequences (Vaswani et al. 2017, Sec. 3.2.2):
 
         head_i = Attention(x W_q^i, c W_k^i, c W_v^i),   out = [head_1, ..., head_h] W_o
@@ -244,38 +295,21 @@ class MultiHeadAttention(nn.Module):
     x [B, N, dim], context [B, M, context_dim] -> [B, N, dim]. ``mask`` as in :func:`attention`,
     broadcastable to [B, heads, N, M]; a key-padding mask [B, M] is passed as mask[:, None, None, :].
 
-    :meth:`register_attention_hook` lets a tool look at the queries and keys of every call (the
-    attention maps of ``course_lib.capture``) without changing what the layer computes.
+    ``register_attention_hook`` (from :class:`HookableAttention`) lets a tool look at the queries and
+    keys of every call (the attention maps of ``course_lib.capture``) without changing what the layer computes.
     """
 
     def __init__(self, dim: int, num_heads: int = 1, context_dim: int | None = None, *,
                  qkv_bias: bool = False, impl: str = "sdpa"):
-        super().__init__()
+        super().__init__(impl)
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention impl {impl!r}; choose from {sorted(ATTENTION_IMPLS)}")
         context_dim = context_dim or dim
-        self.num_heads, self.impl = num_heads, impl
+        self.num_heads = num_heads
         self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
         self.to_k = nn.Linear(context_dim, dim, bias=qkv_bias)
         self.to_v = nn.Linear(context_dim, dim, bias=qkv_bias)
         self.to_out = nn.Linear(dim, dim)
-        # hooks of register_attention_hook (an OrderedDict: torch's handles hold a weak reference to it);
-        # not parameters or buffers, so the state dict is unchanged
-        self._attention_hooks: OrderedDict[int, Callable] = OrderedDict()
-
-    def register_attention_hook(self, hook: Callable) -> RemovableHandle:
-        """Call ``hook(module, q, k, mask, cross)`` on every forward, just before attention is computed.
-
-        q [B, heads, N, d] and k [B, heads, M, d] are the split heads, ``mask`` is the mask as passed
-        (or None) and ``cross`` is True when a ``context`` was given. The hook must not modify q or k
-        (compute on the side, e.g. ``attention_weights(q, k, mask)``); its return value is ignored.
-        Returns a handle whose ``.remove()`` unregisters the hook (as torch's module hooks do).
-        """
-        handle = RemovableHandle(self._attention_hooks)
-        self._attention_hooks[handle.id] = hook
-        return handle
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -284,9 +318,7 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.to_q(x), self.num_heads)  # [B, heads, N, d]
         k = split_heads(self.to_k(context), self.num_heads)  # [B, heads, M, d]
         v = split_heads(self.to_v(context), self.num_heads)  # [B, heads, M, d]
-        for hook in tuple(self._attention_hooks.values()):
-            hook(self, q, k, mask, cross)
-        out = attention(q, k, v, mask, impl=self.impl)  # [B, heads, N, d]
+        out = self.attend(q, k, v, mask, cross=cross)  # [B, heads, N, d]
         return self.to_out(merge_heads(out))  # [B, N, dim]
 
     def extra_repr(self) -> str:

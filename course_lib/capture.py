@@ -7,7 +7,9 @@ and text token j, the weight
 
 with q from the image and k from the caption (``course_lib.spatial_transformer``). Read as a
 picture, column j of P says where in the image the word j is "looked at". ``capture_attention``
-records P for every ``MultiHeadAttention`` layer of a model, per layer, head, call and timestep:
+records P for every attention layer of a model (every ``HookableAttention``: the
+``MultiHeadAttention``s of a SpatialTransformer or a text encoder, and the self-attention
+``AttentionBlock``s of the chapter 1-2 UNets), per layer, head, call and timestep:
 
     with capture_attention(unet, kinds=("cross",)) as record:
         ddim_sample(ClassifierFreeGuidance(unet, ...), schedule, shape, num_steps=20)
@@ -16,7 +18,7 @@ records P for every ``MultiHeadAttention`` layer of a model, per layer, head, ca
     record.maps("middle.1.blocks.0.attn2", t=999)   # [B, H, W, M]: one map per text token
 
 The probabilities are computed on the side, with ``course_lib.attention.attention_weights``
-from the same q and k the layer uses (``MultiHeadAttention.register_attention_hook``): the
+from the same q and k the layer uses (``HookableAttention.register_attention_hook``): the
 model computes exactly what it computes without the capture, bit for bit. Records go to the
 CPU; ``max_batch`` keeps only the first images of each batch to bound memory (with classifier-
 free guidance the model sees [x; x]: the first B images are the conditional half). Hooks are
@@ -34,7 +36,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import MultiHeadAttention, attention_weights
+from .attention import HookableAttention, attention_weights
 
 __all__ = ["AttentionCall", "AttentionRecord", "capture_attention"]
 
@@ -139,12 +141,16 @@ def _first(t: torch.Tensor) -> float | int | None:
 @contextmanager
 def capture_attention(model: nn.Module, kinds: Iterable[str] | str = ("cross",), *, max_batch: int | None = None,
                       layers: Iterable[str] | None = None) -> Iterator[AttentionRecord]:
-    """Record softmax(Q K^T / sqrt(d)) of the model's ``MultiHeadAttention`` layers while the block runs.
+    """Record softmax(Q K^T / sqrt(d)) of the model's attention layers while the block runs.
 
-    kinds:     which attention to record: "cross" (image -> text, the default), "self", or both
+    The layers are the model's ``HookableAttention`` modules (``course_lib.attention``): the
+    ``MultiHeadAttention``s of SpatialTransformers and text encoders, and the UNet's ``AttentionBlock``s.
+
+    kinds:     which attention to record: "cross" (image -> text, the default), "self", or both;
+               an unconditional UNet (chapters 1-2) has self-attention only: pass kinds="self"
     max_batch: keep only the first ``max_batch`` images of every batch (memory: a 16x16 self-attention
                map is 256 KB per image and head, per step)
-    layers:    only these layer names (default: every MultiHeadAttention in the model)
+    layers:    only these layer names (default: every attention layer in the model)
 
     The timestep of each forward pass is read from the model's second argument (``model(x, t, ...)``)
     when that is a number or a [B] tensor.
@@ -158,16 +164,22 @@ def capture_attention(model: nn.Module, kinds: Iterable[str] | str = ("cross",),
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
-    targets = {name: m for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+    targets = {name: m for name, m in model.named_modules() if isinstance(m, HookableAttention)}
     if not targets:
-        raise ValueError(f"{type(model).__name__} has no MultiHeadAttention layer to record; attention maps come "
-                         "from the SpatialTransformer of a text-conditional UNet (UNetConfig(context_dim=...))")
+        raise ValueError(f"{type(model).__name__} has no attention layer (HookableAttention) to record; attention "
+                         "maps come from a UNet's AttentionBlocks (kinds='self') or from the SpatialTransformers "
+                         "of a text-conditional UNet (UNetConfig(context_dim=...))")
     if layers is not None:
         layers = list(layers)
         unknown = [n for n in layers if n not in targets]
         if unknown:
             raise ValueError(f"unknown attention layers {unknown}; the model has {list(targets)}")
         targets = {n: targets[n] for n in layers}
+    if "self" not in kinds and all(m.self_attention_only for m in targets.values()):
+        kinds_of = sorted({type(m).__name__ for m in targets.values()})
+        raise ValueError(f"kinds={kinds} asks for cross-attention, but the attention layers of {type(model).__name__} "
+                         f"({len(targets)} {'/'.join(kinds_of)}) attend to themselves only: nothing would be "
+                         "recorded; pass kinds='self', or capture a text-conditional model")
 
     record = AttentionRecord()
     state = {"call": -1, "inside": False, "timestep": None}

@@ -23,7 +23,7 @@ For ``widths=(32, 64, 128)`` and one block per stage on a 32x32 image:
     stage 3 (8x8):   BasicBlock(64 -> 128, stride 2)     -> [B, 128, 8, 8]
     head:            global average pool -> linear       -> [B, 10]
 
-Training uses ``course_lib.train.fit`` with :func:`classification_loss`, which augments inside the
+Training uses ``course_lib.trainer.fit`` with :func:`classification_loss`, which augments inside the
 loss (random 32x32 crops of the image padded by 4 pixels with reflection, as in He et al. 2016,
 sec. 4.2, drawn from torch's global RNG so that fit's per-step seeding keeps runs resumable) and
 optionally smooths the labels (Szegedy et al. 2016, sec. 7). Horizontal flips come from

@@ -1,6 +1,7 @@
-"""CIFAR-10 as tensors in [-1, 1], from the first source that is there.
+"""Training data: CIFAR-10 as tensors in [-1, 1] from the first source that is there, any tensors as
+a :class:`TensorSplit`, and :class:`StepBatches`, batches as a pure function of the training step.
 
-Sources, in order:
+CIFAR-10 comes from the first of these sources that is there:
 
 1. an ImageFolder-layout directory (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) given by
    the ``root`` argument or the ``COURSE_CIFAR10_DIR`` environment variable;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import Dataset
@@ -50,8 +52,63 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-class CIFAR10Split(Dataset):
-    """One split of CIFAR-10 held in memory.
+class TensorSplit(Dataset):
+    """Tensors that share their first dimension, indexed together: item i is ``(t[i] for t in tensors)``.
+
+    Anything a training loop draws batches of: CIFAR-10's (images, labels) (:class:`CIFAR10Split`),
+    cached autoencoder latents and labels (chapter 4: [N, 4, 8, 8] and [N]), rectified-flow reflow
+    pairs (chapter 5: (noise, sample), both [N, C, H, W]). ``source`` says where the tensors came from,
+    in words, for a checkpoint card. :class:`StepBatches` turns one into step-indexed batches.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, source: str = "tensors"):
+        if not tensors:
+            raise ValueError("TensorSplit needs at least one tensor, e.g. TensorSplit(latents, labels)")
+        for k, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor) or t.ndim < 1:
+                got = f"a {t.ndim}-d tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"tensor {k} must be a tensor with a first (item) dimension, got {got}")
+        lengths = [len(t) for t in tensors]
+        if len(set(lengths)) != 1:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            raise ValueError(f"the tensors must have the same first dimension (one entry per item), got lengths "
+                             f"{lengths} (shapes {shapes}); slice them to the same number of items")
+        self.tensors: tuple[torch.Tensor, ...] = tuple(tensors)
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """The items at ``index`` [B]: one [B, ...] tensor per stored tensor. ``generator`` is unused
+        here (no augmentation); subclasses that augment draw their randomness from it."""
+        return tuple(t[index] for t in self.tensors)
+
+    def _like(self, tensors: tuple[torch.Tensor, ...]) -> "TensorSplit":
+        """A split of the same kind and settings holding ``tensors`` (subclasses keep their settings)."""
+        return TensorSplit(*tensors, source=self.source)
+
+    def subset(self, n: int) -> "TensorSplit":
+        """The first ``n`` items (views, no copy; same settings)."""
+        return self._like(tuple(t[:n] for t in self.tensors))
+
+    def sample(self, n: int, seed: int = 0) -> "TensorSplit":
+        """``n`` items drawn through a fixed shuffle (:func:`fixed_shuffle`, seeded by ``seed``), so that
+        every class appears even when the items come sorted by class. ``sample(m)`` is a prefix of
+        ``sample(n)`` for ``m < n``: nested subsets of one order."""
+        order = fixed_shuffle(len(self), n, seed)  # [n]
+        return self._like(tuple(t[order] for t in self.tensors))
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(t.shape[1:])) for t in self.tensors)
+        return f"TensorSplit(n={len(self)}, item shapes {shapes}, source={self.source!r})"
+
+
+class CIFAR10Split(TensorSplit):
+    """One split of CIFAR-10 held in memory: a :class:`TensorSplit` of (images, labels).
 
     ``images``: float32 [N, 3, 32, 32] in [-1, 1]; ``labels``: int64 [N];
     ``classes``: the ten class names; ``source``: where the images came from.
@@ -65,11 +122,24 @@ class CIFAR10Split(Dataset):
             raise ValueError(f"expected images of shape [N, 3, 32, 32], got {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"{len(labels)} labels for {len(images)} images")
-        self.images, self.labels = images, labels
-        self.source, self.split, self.hflip, self.classes = source, split, hflip, classes
+        super().__init__(images, labels, source=source)
+        self.split, self.hflip, self.classes = split, hflip, classes
 
-    def __len__(self) -> int:
-        return len(self.images)
+    @property
+    def images(self) -> torch.Tensor:
+        return self.tensors[0]
+
+    @images.setter
+    def images(self, value: torch.Tensor) -> None:
+        self.tensors = (value, self.tensors[1])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.tensors[1]
+
+    @labels.setter
+    def labels(self, value: torch.Tensor) -> None:
+        self.tensors = (self.tensors[0], value)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[i]
@@ -81,39 +151,51 @@ class CIFAR10Split(Dataset):
         """Images and labels at ``index``, randomly flipped if ``hflip`` (using ``generator``)."""
         x, y = self.images[index], self.labels[index]  # [B, 3, 32, 32], [B]
         if self.hflip:
-            flip = torch.rand(len(index), generator=generator) < 0.5
+            flip = torch.rand(len(index), generator=generator) < 0.5  # [B]
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, y
 
-    def subset(self, n: int) -> "CIFAR10Split":
-        """The first ``n`` images (same source and flip setting)."""
-        return CIFAR10Split(self.images[:n], self.labels[:n], source=self.source,
-                            split=self.split, hflip=self.hflip, classes=self.classes)
-
-    def sample(self, n: int, seed: int = 0) -> "CIFAR10Split":
-        """``n`` images drawn through a fixed shuffle (seeded by ``seed``), so that every class appears
-        even though an image folder comes sorted by class. ``sample(m)`` is a prefix of ``sample(n)``
-        for ``m < n``: nested subsets of one order."""
-        order = fixed_shuffle(len(self), n, seed)  # [n]
-        return CIFAR10Split(self.images[order], self.labels[order], source=self.source,
-                            split=self.split, hflip=self.hflip, classes=self.classes)
+    def _like(self, tensors: tuple[torch.Tensor, ...]) -> "CIFAR10Split":
+        images, labels = tensors
+        return CIFAR10Split(images, labels, source=self.source, split=self.split, hflip=self.hflip,
+                            classes=self.classes)
 
     def __repr__(self) -> str:
         return f"CIFAR10Split({self.split!r}, n={len(self)}, hflip={self.hflip}, source={self.source!r})"
 
 
-class StepBatches:
-    """Batches as a pure function of the step: ``batches(step) -> (images, labels)``.
+@runtime_checkable
+class Batchable(Protocol):
+    """What :class:`StepBatches` draws from: a length and ``batch(index, generator)``.
 
-    Each epoch is a fresh permutation drawn from a generator seeded by (seed, epoch), and the
-    flips of a batch come from a generator seeded by (seed, step). Because nothing depends on
-    what was drawn before, a training run resumed at step s sees exactly the batches an
-    uninterrupted run would have seen.
+    ``batch(index [B] int64, generator)`` returns the items at ``index`` (any structure, typically a
+    tuple of [B, ...] tensors) and draws every random choice it makes (augmentation) from
+    ``generator`` only, never from the global RNG: that is what makes a batch a pure function of
+    the step. :class:`TensorSplit` and :class:`CIFAR10Split` are Batchable.
     """
 
-    def __init__(self, data: CIFAR10Split, batch_size: int, seed: int = 0):
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None): ...
+
+
+class StepBatches:
+    """Batches as a pure function of the step: ``batches(step) -> data.batch(index, generator)``.
+
+    ``data`` is any :class:`Batchable` (a length and ``batch(index, generator)``): a CIFAR-10 split,
+    a :class:`TensorSplit` of cached latents or reflow pairs. Each epoch is a fresh permutation
+    drawn from a generator seeded by (seed, epoch), and the random choices of a batch (e.g. flips)
+    come from a generator seeded by (seed, step). Because nothing depends on what was drawn
+    before, a training run resumed at step s sees exactly the batches an uninterrupted run would
+    have seen.
+    """
+
+    def __init__(self, data: Batchable, batch_size: int, seed: int = 0):
+        if not isinstance(data, Batchable):
+            raise TypeError(f"StepBatches needs data with a length and .batch(index, generator), got "
+                            f"{type(data).__name__}; wrap tensors in TensorSplit(x, y, ...)")
         if batch_size > len(data):
-            raise ValueError(f"batch_size {batch_size} is larger than the data set ({len(data)} images)")
+            raise ValueError(f"batch_size {batch_size} is larger than the data set ({len(data)} items)")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.steps_per_epoch = len(data) // batch_size  # the last partial batch is dropped
         self._perm_epoch, self._perm = -1, None
@@ -123,9 +205,9 @@ class StepBatches:
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.data), generator=g), epoch
-        index = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
-        flip_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * step + 1)
-        return self.data.batch(index, flip_gen)
+        index = self._perm[i * self.batch_size:(i + 1) * self.batch_size]  # [batch_size]
+        batch_gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * step + 1)
+        return self.data.batch(index, batch_gen)
 
 
 # ----------------------------------------------------------------------------- sources

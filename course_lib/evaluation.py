@@ -32,7 +32,7 @@ classifier, which the command line scores beside the samples::
 
     python -m course_lib.evaluation data/checkpoints/ddpm-small.safetensors --samples 200 --steps 100
 
-``--prompts unseen`` asks with :func:`~course_lib.text.unseen_prompt` instead ("a photo of a kitten":
+``--prompts unseen`` asks with :func:`~course_lib.captions.unseen_prompt` instead ("a photo of a kitten":
 a word no training caption has), which is where a frozen pretrained text encoder (cond-small-minilm)
 and the small one trained from the captions (cond-small, which reads "a photo of a <unk>") part ways.
 """
@@ -49,9 +49,13 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import config
+from .captions import class_prompt, unseen_prompt
 from .classifier import confusion_matrix, per_class_accuracy, predict
-from .data import CIFAR10_CLASSES
-from .text import class_prompt, unseen_prompt
+from .data import CIFAR10_CLASSES, load_cifar10
+from .generation import Pipeline
+from .processes import NoProcessError
+from .recipes import model_from_checkpoint
 
 #: the prompt sets of the command line: class index -> prompt
 PROMPTS: dict[str, Callable[[int], str]] = {"class": class_prompt, "unseen": unseen_prompt}
@@ -134,32 +138,33 @@ def classifier_score(classifier: nn.Module, images: torch.Tensor, batch_size: in
 
 
 @torch.no_grad()
-def prompt_accuracy(model, classifier: nn.Module, scales: Sequence[float] = (0.0, 1.0, 3.0), *,
+def prompt_accuracy(pipeline: Pipeline, classifier: nn.Module, scales: Sequence[float] = (0.0, 1.0, 3.0), *,
                     per_class: int = 10, num_steps: int = 25, seed: int = 1, batch_size: int = 50,
                     prompt: Callable[[int], str] = class_prompt,
                     num_classes: int = len(CIFAR10_CLASSES)) -> dict[float, PromptAccuracy]:
     """Generate ``per_class`` images from each class's prompt at every guidance scale and classify them.
 
-    ``model`` is anything with ``generate(prompts, scale=, num_steps=, x_T=)`` returning images in
-    [-1, 1] (a :class:`~course_lib.text2image.TextToImageUNet`); it samples with DDIM over ``num_steps``
-    steps in batches of ``batch_size``. The starting noise is drawn once from ``seed`` and shared by
-    all scales. Returns ``{scale: PromptAccuracy}`` in the order of ``scales``.
+    ``pipeline`` is a text-to-image :class:`~course_lib.generation.Pipeline`; it samples with its
+    process's default sampler (DDIM for DDPM) over ``num_steps`` steps in batches of ``batch_size``.
+    The starting noise is drawn once from ``seed`` and shared by all scales. Returns
+    ``{scale: PromptAccuracy}`` in the order of ``scales``.
     """
     if per_class < 1 or batch_size < 1 or num_steps < 1:
         raise ValueError(f"per_class, batch_size and num_steps must be >= 1, got {per_class}, {batch_size}, "
                          f"{num_steps}")
     if not scales:
         raise ValueError("give at least one guidance scale, e.g. scales=(0.0, 1.0, 3.0)")
-    c = model.config.unet
+    if not pipeline.text_conditional:
+        raise ValueError(f"prompt accuracy needs a text-to-image pipeline; {type(pipeline.denoiser).__name__} reads "
+                         "no prompts (use classifier_score on its samples)")
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [N]
     prompts = [prompt(int(y)) for y in labels]
-    noise = torch.randn(len(labels), c.in_channels, c.image_size, c.image_size,
+    noise = torch.randn(len(labels), *pipeline.denoiser.sample_shape,
                         generator=torch.Generator().manual_seed(seed))  # [N, C, H, W], one draw for every scale
-    device = next(model.parameters()).device
     results = {}
     for w in scales:
-        images = torch.cat([model.generate(prompts[i:i + batch_size], scale=float(w), num_steps=num_steps,
-                                           x_T=noise[i:i + batch_size].to(device)).cpu()
+        images = torch.cat([pipeline.generate(prompts[i:i + batch_size], scale=float(w), num_steps=num_steps,
+                                              x_T=noise[i:i + batch_size].to(pipeline.device)).cpu()
                             for i in range(0, len(labels), batch_size)])  # [N, C, H, W]
         predicted, _ = predict(classifier, images)
         results[float(w)] = PromptAccuracy(float(w), labels, predicted, images)
@@ -167,9 +172,6 @@ def prompt_accuracy(model, classifier: nn.Module, scales: Sequence[float] = (0.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import config
-    from .recipes import model_from_checkpoint
-
     parser = argparse.ArgumentParser(prog="python -m course_lib.evaluation",
                                      description="Judge a checkpoint's samples with the course's CIFAR-10 classifier: "
                                                  "the prompt accuracy of a text-to-image model at several guidance "
@@ -196,20 +198,21 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     config.setup_cpu_speedups()
     device = config.get_device()
-    model, card = model_from_checkpoint(args.checkpoint, device=device)
-    unconditional = not hasattr(model, "generate") and "diffusion" in card.get("training", {})
-    if not hasattr(model, "generate") and not unconditional:
-        parser.error(f"{args.checkpoint} holds a {card['model_class']} without a diffusion process on its card: "
-                     "give a text-to-image or a diffusion UNet checkpoint")
     if args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}")
+    try:
+        pipeline = Pipeline.from_checkpoint(args.checkpoint, device=device)
+    except (NoProcessError, TypeError) as err:
+        parser.error(f"{args.checkpoint}: {err}")
     classifier, _ = model_from_checkpoint(args.classifier or config.checkpoint_dir() / "cifar-classifier.safetensors",
                                           device=device)
-    if unconditional:
-        return _score_unconditional(model, card, classifier, args, device)
+    if not pipeline.text_conditional:
+        return _score_unconditional(pipeline, classifier, args)
+    card = pipeline.card
     print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} training "
           f"minutes; DDIM {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
           f"prompts like {PROMPTS[args.prompts](3)!r}")
+    model = pipeline.denoiser
     if model.config.text_encoder == "small":  # say once which words it reads as <unk>, not in every batch
         prompts = [PROMPTS[args.prompts](k) for k in range(len(CIFAR10_CLASSES))]
         unknown = sorted({w for words in model.tokenizer.encode(prompts).unknown for w in words})
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="unknown words replaced")
-        results = prompt_accuracy(model, classifier, scales, per_class=args.per_class, num_steps=args.steps,
+        results = prompt_accuracy(pipeline, classifier, scales, per_class=args.per_class, num_steps=args.steps,
                                   seed=args.seed, prompt=PROMPTS[args.prompts])
     for r in results.values():
         per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
@@ -227,23 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _score_unconditional(model, card: dict, classifier: nn.Module, args: argparse.Namespace, device) -> int:
-    """The command line for a diffusion UNet: DDIM samples and real test images, side by side."""
-    from .data import load_cifar10
-    from .recipes import DiffusionSpec
-    from .samplers import ddim_sample
-
-    diffusion = DiffusionSpec(**card["training"]["diffusion"])
-    c = model.config
+def _score_unconditional(pipeline: Pipeline, classifier: nn.Module, args: argparse.Namespace) -> int:
+    """The command line for an unconditional denoiser: DDIM samples and real test images, side by side."""
+    card = pipeline.card
     print(f"{args.checkpoint}: step {card['step']}, {card['training'].get('wall_seconds_total', 0) / 60:.0f} training "
           f"minutes; {args.samples} DDIM samples ({args.steps} steps, eta = 0), noise seed {args.seed}")
     start = time.perf_counter()
-    noise = torch.randn(args.samples, c.in_channels, c.image_size, c.image_size,
+    noise = torch.randn(args.samples, *pipeline.denoiser.sample_shape,
                         generator=torch.Generator().manual_seed(args.seed))  # [N, C, H, W]
-    schedule = diffusion.make_schedule()
-    samples = torch.cat([ddim_sample(model, schedule, x_T=noise[i:i + 50], num_steps=args.steps,
-                                     parameterization=diffusion.parameterization, progress=False,
-                                     device=device).cpu()
+    samples = torch.cat([pipeline.generate(x_T=noise[i:i + 50].to(pipeline.device), sampler="ddim",
+                                           num_steps=args.steps).cpu()
                          for i in range(0, args.samples, 50)])
     generated = classifier_score(classifier, samples)
     real = load_cifar10("test", limit=args.samples, verbose=False)

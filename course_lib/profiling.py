@@ -6,6 +6,7 @@
   summing them in time order gives the bytes alive after each event, and their maximum is the peak.
   It counts tensor memory exactly and deterministically, and nothing else (not the Python heap, not
   allocator slack). ``tracemalloc`` cannot do this on the CPU: torch allocates outside Python's allocator.
+* ``count_parameters(model)``: how many numbers a model learns (its trainable parameters).
 * ``time_per_call(fns)``: seconds per call of several functions, measured in *interleaved* repeats
   (repeat 1 of every function, then repeat 2, ...) so that the machine's slow drifts hit all of them
   alike; the median of the repeats is reported. Compare functions measured in the same call, never
@@ -24,7 +25,14 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-__all__ = ["peak_memory", "time_per_call"]
+import torch
+
+__all__ = ["count_parameters", "peak_memory", "time_per_call"]
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters in ``model``; ``trainable_only=False`` counts frozen ones too."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 @contextlib.contextmanager

@@ -1,35 +1,39 @@
 """Recipes: what the command line (``python -m course_lib.train NAME``) knows how to train.
 
-A recipe ties a model config, a diffusion setup, the data and the optimisation settings
+A recipe ties a model config, a generative process, the data and the optimisation settings
 together under one name, so that a checkpoint in ``data/checkpoints/NAME.safetensors`` can say
 exactly how it was made. Later chapters add their recipes to ``RECIPES``.
 
-A recipe is anything with the attributes the command line uses: ``name``, ``description``,
-``train_config()``, ``data()``, ``build_model()``, ``batches(data, cfg)``, ``loss_fn()`` and
-``card_info()``; a recipe may also have ``export(state, path)``, which writes the inference
-checkpoint in place of :func:`~course_lib.checkpoint.export_inference` (the classifier's re-estimates
-BatchNorm statistics for the EMA weights and stores the test accuracy in the card). :class:`DiffusionRecipe` trains the chapters' denoisers,
-:class:`ClassifierRecipe` the CIFAR-10 classifier that measures whether samples show their class,
-:class:`Text2ImageRecipe` chapter 3's text-to-image model (captions made from the labels).
+Every recipe has what the command line uses: ``name``, ``description``, ``train_config()``,
+``data()``, ``build_model()``, ``batches(data, cfg)``, ``loss_fn()``, ``card_info()`` and
+``export(state, path)``, which writes the inference checkpoint (:class:`Recipe` gives the defaults).
+:class:`DenoiserRecipe` trains an unconditional denoiser with its process's loss,
+:class:`Text2ImageRecipe` chapter 3's text-to-image model (captions made from the labels), and
+:class:`ClassifierRecipe` the CIFAR-10 classifier that measures whether samples show their class.
+
+:func:`model_from_checkpoint` builds the model a card names from :data:`MODELS`; the process a
+generative checkpoint was trained with is on its card (``course_lib.processes.process_from_card``),
+and ``course_lib.generation.Pipeline.from_checkpoint`` puts the two together for sampling.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, read_card, save_checkpoint
+from . import config
+from .autoencoder import (AutoencoderConfig, AutoencoderKL, autoencoder_loss, latent_scaling_factor,
+                          reconstruction_psnr)
+from .checkpoint import CheckpointError, export_inference, load_checkpoint, read_card, save_checkpoint
 from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss, confusion_matrix,
                          per_class_accuracy, recalibrate_batchnorm)
-from .data import CIFAR10Split, StepBatches, load_cifar10
-from .parameterization import diffusion_loss
-from .schedules import NoiseSchedule, make_schedule
+from .data import CIFAR10Split, StepBatches, fixed_shuffle, load_cifar10
+from .processes import DDPMProcess, Process
 from .text2image import Text2ImageConfig, TextToImageUNet, text2image_loss
-from .train import TrainConfig
+from .trainer import TrainConfig
 from .unet import UNet, UNetConfig
 
 #: model classes a checkpoint card can name, with their config classes
@@ -37,34 +41,23 @@ MODELS: dict[str, tuple[type[torch.nn.Module], type]] = {
     "UNet": (UNet, UNetConfig),
     "CIFARClassifier": (CIFARClassifier, ClassifierConfig),
     "TextToImageUNet": (TextToImageUNet, Text2ImageConfig),
+    "AutoencoderKL": (AutoencoderKL, AutoencoderConfig),
 }
 
 
-@dataclass(frozen=True)
-class DiffusionSpec:
-    """The forward process and what the network predicts (stored in checkpoint cards)."""
-
-    schedule: str = "linear"
-    T: int = 1000
-    parameterization: str = "eps"
-
-    def make_schedule(self) -> NoiseSchedule:
-        return make_schedule(self.schedule, self.T)
-
-
-@dataclass
-class DiffusionRecipe:
-    """Train an epsilon/x0/v-prediction UNet on CIFAR-10 with the simple loss (Ho et al. 2020)."""
+class Recipe:
+    """What every recipe shares: CIFAR-10 training images (flipped at random when ``hflip``), the
+    step-indexed batches of ``course_lib.data.StepBatches``, the model its config names in
+    :data:`MODELS`, and an export of the EMA weights as the inference checkpoint."""
 
     name: str
-    description: str
-    model_config: Callable[[], UNetConfig]
-    train_config: Callable[[], TrainConfig]
-    diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)
-    hflip: bool = True
+    model_config: Callable
+    hflip: bool
 
-    def build_model(self) -> UNet:
-        return UNet(self.model_config())
+    def build_model(self) -> torch.nn.Module:
+        config = self.model_config()
+        model_classes = {config_cls: model_cls for model_cls, config_cls in MODELS.values()}
+        return model_classes[type(config)](config)
 
     def data(self) -> CIFAR10Split:
         return load_cifar10("train", hflip=self.hflip)
@@ -72,22 +65,37 @@ class DiffusionRecipe:
     def batches(self, data: CIFAR10Split, cfg: TrainConfig) -> StepBatches:
         return StepBatches(data, cfg.batch_size, cfg.seed)
 
+    def export(self, state: str | Path, path: str | Path) -> Path:
+        """Write the inference checkpoint (the EMA weights and the card) from a training state."""
+        return export_inference(state, path)
+
+
+@dataclass
+class DenoiserRecipe(Recipe):
+    """Train a denoiser on CIFAR-10 images with its process's loss (DDPM's L_simple by default, Ho et al. 2020)."""
+
+    name: str
+    description: str
+    model_config: Callable[[], UNetConfig]
+    train_config: Callable[[], TrainConfig]
+    process: Process = field(default_factory=DDPMProcess)
+    hflip: bool = True
+
     def loss_fn(self) -> Callable:
-        schedule = self.diffusion.make_schedule()
-        parameterization = self.diffusion.parameterization
+        process = self.process
 
         def loss(model, batch):
             images, _labels = batch
-            return diffusion_loss(model, schedule, images, parameterization)
+            return process.loss(model, images)
 
         return loss
 
     def card_info(self) -> dict:
-        return {"recipe": self.name, "diffusion": dataclasses.asdict(self.diffusion)}
+        return {"recipe": self.name, "process": self.process.to_dict()}
 
 
 @dataclass
-class ClassifierRecipe:
+class ClassifierRecipe(Recipe):
     """Train the CIFAR-10 classifier with cross-entropy on flipped, randomly cropped images.
 
     ``export(state, path)`` writes the EMA weights with BatchNorm statistics re-estimated for them on
@@ -104,15 +112,6 @@ class ClassifierRecipe:
     crop_padding: int = 4
     label_smoothing: float = 0.0
     recalibration_images: int = 10_000
-
-    def build_model(self) -> CIFARClassifier:
-        return CIFARClassifier(self.model_config())
-
-    def data(self) -> CIFAR10Split:
-        return load_cifar10("train", hflip=self.hflip)
-
-    def batches(self, data: CIFAR10Split, cfg: TrainConfig) -> StepBatches:
-        return StepBatches(data, cfg.batch_size, cfg.seed)
 
     def loss_fn(self) -> Callable:
         return classification_loss(self.crop_padding, self.label_smoothing)
@@ -148,7 +147,7 @@ class ClassifierRecipe:
 
 
 @dataclass
-class Text2ImageRecipe(DiffusionRecipe):
+class Text2ImageRecipe(DenoiserRecipe):
     """Train chapter 3's :class:`~course_lib.text2image.TextToImageUNet` on CIFAR-10 images with captions
     drawn from their labels and dropped to "" with probability ``p_uncond`` (``text2image_loss``: the
     conditional LDM objective, Rombach et al. 2022, with classifier-free-guidance dropout, Ho & Salimans 2022).
@@ -159,39 +158,97 @@ class Text2ImageRecipe(DiffusionRecipe):
 
     model_config: Callable[[], Text2ImageConfig]
 
-    def build_model(self) -> TextToImageUNet:
-        return TextToImageUNet(self.model_config(), schedule=self.diffusion.make_schedule(),
-                               parameterization=self.diffusion.parameterization)
-
     def loss_fn(self) -> Callable:
-        schedule = self.diffusion.make_schedule()
-        parameterization = self.diffusion.parameterization
+        process = self.process
 
         def loss(model, batch):
             images, labels = batch
-            return text2image_loss(model, schedule, images, labels, model.config.p_uncond, parameterization)
+            return text2image_loss(model, process, images, labels, model.config.p_uncond)
 
         return loss
 
     def card_info(self) -> dict:
         config = self.model_config()
         return {**super().card_info(), "text_encoder": config.text_encoder, "p_uncond": config.p_uncond,
-                "captions": "course_lib.text.random_captions(labels): a template and a class name drawn per image"}
+                "captions": "course_lib.captions.random_captions(labels): a template and a class name drawn per image"}
 
 
-RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
+@dataclass
+class AutoencoderRecipe(Recipe):
+    """Train chapter 4's KL autoencoder (:class:`~course_lib.autoencoder.AutoencoderKL`; Rombach et al. 2022)
+    on flipped CIFAR-10 images with :func:`~course_lib.autoencoder.autoencoder_loss`: squared reconstruction
+    error plus ``kl_weight`` times the KL of the posterior to N(0, I).
+
+    ``export(state, path)`` writes the EMA weights with the latent scaling factor (1 / std of posterior
+    samples, :func:`~course_lib.autoencoder.latent_scaling_factor`) measured on ``scaling_images`` training
+    images in a fixed shuffle (500 in fast mode) and stored in the model's ``scaling_factor`` buffer, and the
+    card's metrics: that factor and the PSNR of the deterministic reconstructions of the test split of the
+    same data source (10,000 images for the full CIFAR-10, 500 for the bundled sample).
+    """
+
+    name: str
+    description: str
+    model_config: Callable[[], AutoencoderConfig]
+    train_config: Callable[[], TrainConfig]
+    kl_weight: float = 1e-3
+    hflip: bool = True
+    scaling_images: int = 5000
+
+    def loss_fn(self) -> Callable:
+        kl_weight = self.kl_weight
+
+        def loss(model, batch):
+            images, _labels = batch
+            return autoencoder_loss(model, images, kl_weight)
+
+        return loss
+
+    def card_info(self) -> dict:
+        return {"recipe": self.name, "task": "autoencoder", "kl_weight": self.kl_weight,
+                "loss": "mean squared reconstruction error + kl_weight * KL(q(z|x) || N(0, I)) / (C*H*W) "
+                        "(course_lib.autoencoder.autoencoder_loss)",
+                "augmentation": {"hflip": self.hflip}}
+
+    def metrics(self, model: AutoencoderKL) -> dict:
+        test = load_cifar10("test", verbose=False)
+        per_image = reconstruction_psnr(model, test.images)  # [N] dB
+        return {"test_psnr": round(per_image.mean().item(), 3),
+                "test_psnr_std_error": round(per_image.std().item() / len(per_image) ** 0.5, 3),
+                "test_psnr_reconstruction": "decode(mode(q(z|x))) clamped to [-1, 1]; mean of per-image PSNR",
+                "test_images": len(test), "test_source": test.source}
+
+    def export(self, state: str | Path, path: str | Path) -> Path:
+        """Write the inference checkpoint: EMA weights, the latent scaling factor, test PSNR in the card."""
+        ckpt = load_checkpoint(state)
+        model = AutoencoderKL(AutoencoderConfig.from_dict(ckpt.card["model_config"]))
+        load_checkpoint(state, model, weights="ema")
+        model.eval()
+        train = load_cifar10("train", verbose=False)  # no flips: the statistics of the plain images
+        order = fixed_shuffle(len(train), config.pick(min(500, self.scaling_images), self.scaling_images))
+        factor = latent_scaling_factor(model, train.images[order], seed=0)
+        model.set_scaling_factor(factor)
+        training = {**ckpt.card.get("training", {}), "exported_from": Path(state).name, "exported_weights": "ema",
+                    "latent_scaling": {"images": len(order), "source": train.source, "split": "train",
+                                       "augmentation": None, "latents": "posterior samples", "seed": 0}}
+        metrics = {**ckpt.card.get("metrics", {}), "scaling_factor": round(factor, 6), **self.metrics(model)}
+        train_tensors = {k: v for k, v in ckpt.train.items() if k == "loss_history"}
+        return save_checkpoint(path, model, step=ckpt.step, kind="inference", train_tensors=train_tensors,
+                               metrics=metrics, training=training)
+
+
+RECIPES: dict[str, Recipe] = {
     r.name: r for r in [
-        DiffusionRecipe(
+        DenoiserRecipe(
             "ddpm-tiny", "chapter 1: the tiny UNet (0.29M), for fast mode and tests",
             UNetConfig.tiny,
             lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
-        DiffusionRecipe(
+        DenoiserRecipe(
             "ddpm-small", "chapter 1: the paper's UNet at quarter width (2.25M), trains on a CPU",
             UNetConfig.small,
             lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
                                 ema_decay=0.9995, bf16=True, channels_last=True,
                                 checkpoint_minutes=10)),
-        DiffusionRecipe(
+        DenoiserRecipe(
             "ddpm-paper", "chapter 1: Ho et al.'s 35.7M CIFAR-10 UNet (needs a GPU for real training)",
             UNetConfig.paper,
             lambda: TrainConfig(max_steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
@@ -216,21 +273,29 @@ RECIPES: dict[str, DiffusionRecipe | ClassifierRecipe] = {
             Text2ImageConfig.small_minilm,
             lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
                                 ema_decay=0.9995, bf16=True, channels_last=True, checkpoint_minutes=10)),
+        AutoencoderRecipe(
+            "vae-tiny", "chapter 4: the tiny KL autoencoder (0.24M), 32x32 -> 4x8x8, for fast mode and tests",
+            AutoencoderConfig.tiny,
+            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
+        AutoencoderRecipe(
+            "vae-small", "chapter 4: the KL autoencoder of latent diffusion (1.70M), 32x32 -> 4x8x8, trains on a CPU",
+            AutoencoderConfig.small,
+            # channels_last off: measured 5-25% slower with bf16 for this model on one thread (GroupNorm-heavy)
+            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999,
+                                bf16=True, channels_last=False, checkpoint_minutes=10)),
     ]
 }
 
 
 def model_from_checkpoint(path: str | Path, weights: str = "model", device: str | torch.device = "cpu"):
-    """Build the model a checkpoint describes, load its weights, and return ``(model, card)``."""
+    """Build the model a checkpoint's card names (:data:`MODELS`), load its weights, and return ``(model, card)``.
+
+    For sampling, ``course_lib.generation.Pipeline.from_checkpoint`` adds the process the card names."""
     card = read_card(path)
     if card["model_class"] not in MODELS:
         raise CheckpointError(f"{path} holds a {card['model_class']}, which this course version does not "
                               f"know (known: {', '.join(MODELS)}); update course_lib")
     model_cls, config_cls = MODELS[card["model_class"]]
     model = model_cls(config_cls(**card["model_config"]))
-    diffusion = card.get("training", {}).get("diffusion")
-    if isinstance(model, TextToImageUNet) and diffusion:  # sample with the schedule it was trained with
-        spec = DiffusionSpec(**diffusion)
-        model.schedule, model.parameterization = spec.make_schedule(), spec.parameterization
     load_checkpoint(path, model, weights=weights)
     return model.to(device).eval(), card

@@ -44,7 +44,11 @@ class SamplerOutput:
     sample:      [B, ...] the final x_0 (on the sampling device)
     trajectory:  [S+1, B, ...] x at every step, starting with x_T and ending with the sample
     x0_preds:    [S, B, ...] the predicted x_0 at every step
-    timesteps:   [S] the timestep of each model call (decreasing)
+    timesteps:   [S] the integer timestep of each model call (decreasing)
+    times:       [S+1] float64, the continuous time in [0, 1] of each ``trajectory`` entry: (t + 1) / T for
+                 the state the model is called on at step t (the paper's step t + 1), 0 for the sample.
+                 Every process of the course (``course_lib.processes``) puts noise at 1 and data at 0,
+                 so trajectories of different processes share this axis.
 
     ``trajectory`` and ``x0_preds`` are kept on the CPU, for plotting and so that a long chain
     does not fill accelerator memory: S = 1000 steps of 16 CIFAR images take ~400 MB.
@@ -54,6 +58,7 @@ class SamplerOutput:
     trajectory: torch.Tensor
     x0_preds: torch.Tensor
     timesteps: torch.Tensor
+    times: torch.Tensor
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator | None, device, dtype) -> torch.Tensor:
@@ -91,11 +96,12 @@ def _predict(model: ModelFn, x: torch.Tensor, t: int, schedule: NoiseSchedule, p
     return x0, eps
 
 
-def _finish(x, xs, x0s, ts, return_trajectory):
+def _finish(x, xs, x0s, ts, T, return_trajectory):
     if not return_trajectory:
         return x
+    times = torch.tensor([(t + 1) / T for t in ts] + [0.0], dtype=torch.float64)  # [S+1], 1 -> 0
     return SamplerOutput(sample=x, trajectory=torch.stack(xs), x0_preds=torch.stack(x0s),
-                         timesteps=torch.tensor(ts, dtype=torch.long))
+                         timesteps=torch.tensor(ts, dtype=torch.long), times=times)
 
 
 @torch.no_grad()
@@ -144,7 +150,7 @@ def ddpm_sample(
             xs.append(x.cpu())
             x0s.append(x0.cpu())
             ts.append(t)
-    return _finish(x, xs, x0s, ts, return_trajectory)
+    return _finish(x, xs, x0s, ts, schedule.T, return_trajectory)
 
 
 def ddim_timesteps(T: int, num_steps: int) -> list[int]:
@@ -213,4 +219,4 @@ def ddim_sample(
             xs.append(x.cpu())
             x0s.append(x0.cpu())
             ts.append(t)
-    return _finish(x, xs, x0s, ts, return_trajectory)
+    return _finish(x, xs, x0s, ts, schedule.T, return_trajectory)

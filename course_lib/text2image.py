@@ -20,12 +20,15 @@ network then also learns eps_theta(x_t, t, tau("")), which classifier-free guida
 Usage::
 
     model = TextToImageUNet(Text2ImageConfig.small())
-    loss = text2image_loss(model, model.schedule, images, labels, p_uncond=0.1)
-    images = model.generate(["a photo of a cat", "a photo of a ship"], scale=3.0)   # [2, 3, 32, 32]
+    process = DDPMProcess()                                   # course_lib.processes
+    loss = text2image_loss(model, process, images, labels, p_uncond=0.1)
+    images = Pipeline(model, process).generate(["a photo of a cat", "a photo of a ship"], scale=3.0)
 
 ``model(x, t, context, context_mask)`` is the UNet itself, so guidance, attention capture and the
-samplers work on it unchanged. Checkpoints hold the UNet and the small encoder; the frozen MiniLM
-is never saved (it is rebuilt from the installed ``text`` extra).
+samplers work on it unchanged; sampling (text encoding, guidance, the process's sampler) is
+``course_lib.generation.Pipeline``'s, the one generation path of every model in the course.
+Checkpoints hold the UNet and the small encoder; the frozen MiniLM is never saved (it is rebuilt
+from the installed ``text`` extra).
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .guidance import ClassifierFreeGuidance, cfg_dropout
-from .parameterization import check_parameterization, diffusion_loss
-from .samplers import SamplerOutput, ddim_sample, ddpm_sample
-from .schedules import NoiseSchedule, make_schedule
+from .captions import random_captions
+from .guidance import cfg_dropout
+from .processes import Process
+from .profiling import count_parameters
 from .text import (MissingTextExtraError, PretrainedTextEncoder, TextContext, TextEncoder, TextEncoderConfig,
-                   Tokenizer, encode_prompts, pretrained_text_encoder_available, random_captions)
-from .unet import UNet, UNetConfig, count_parameters
+                   Tokenizer, encode_prompts, pretrained_text_encoder_available)
+from .unet import UNet, UNetConfig
 
 __all__ = [
     "TEXT_ENCODERS",
@@ -193,27 +196,25 @@ class _FrozenEncoder:
 
 
 class TextToImageUNet(nn.Module):
-    """Text encoder + text-conditional UNet, with the noise schedule it was trained for.
+    """Text encoder + text-conditional UNet: the denoiser eps_theta(x_t, t, tau(y)) of the module docstring.
 
     forward(x [B, C, H, W], t [B], context [B or 1, L, D], context_mask [B or 1, L] bool or None)
         -> [B, C, H, W]: exactly ``self.unet`` (a :class:`~course_lib.text.TextContext` may be given
-        as ``context``, its mask is then used); this is the eps_theta(x_t, t, tau(y)) of the module docstring.
+        as ``context``, its mask is then used).
     encode(prompts) -> TextContext: tau(y) [B, L, D] and its mask [B, L].
-    guided(prompts, scale) -> a ``model(x, t)`` callable with classifier-free guidance, for the samplers.
-    generate(prompts, ...) -> images [B, 3, H, W] in [-1, 1].
     prompt_tokens(prompt) -> the tokens cross-attention attends to, in key order (attention-map labels).
+    sample_shape: (C, H, W) of what it denoises; text_conditional: True (it reads prompts).
 
     ``tokenizer`` is the captions' word tokenizer (what the small encoder reads; MiniLM brings its own
-    WordPiece tokenizer, which ``prompt_tokens`` uses).
-
-    ``schedule`` and ``parameterization`` describe the diffusion the model was trained with (default:
-    the recipes' linear schedule with T = 1000, eps-prediction); ``model_from_checkpoint`` sets them from
-    the checkpoint's card. With ``text_encoder="minilm"`` the frozen encoder is loaded on first use and
-    kept out of ``parameters()`` and ``state_dict()``.
+    WordPiece tokenizer, which ``prompt_tokens`` uses). With ``text_encoder="minilm"`` the frozen encoder
+    is loaded on first use and kept out of ``parameters()`` and ``state_dict()``. The process it is
+    trained and sampled with is not part of the model: it is the recipe's, stored on the checkpoint's card.
     """
 
-    def __init__(self, config: Text2ImageConfig, schedule: NoiseSchedule | None = None,
-                 parameterization: str = "eps"):
+    #: the denoiser interface of ``course_lib.generation``: this model encodes prompts itself
+    text_conditional = True
+
+    def __init__(self, config: Text2ImageConfig):
         super().__init__()
         if not isinstance(config, Text2ImageConfig):
             raise TypeError(f"config must be a Text2ImageConfig (e.g. Text2ImageConfig.small()), got "
@@ -223,8 +224,6 @@ class TextToImageUNet(nn.Module):
                                         "(text_encoder='minilm'), which needs the optional extra: "
                                         "pip install -e '.[text]'")
         self.config = config
-        self.schedule = schedule if schedule is not None else make_schedule("linear", 1000)
-        self.parameterization = check_parameterization(parameterization)
         self.tokenizer = Tokenizer.for_cifar10(config.max_length)
         if config.text_encoder == "small":
             self.text_encoder: TextEncoder | None = TextEncoder(config.text)
@@ -233,6 +232,11 @@ class TextToImageUNet(nn.Module):
             self.text_encoder = None
             self._frozen = _FrozenEncoder(config.max_length)
         self.unet = UNet(config.unet)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images (or latents) this model denoises."""
+        return self.unet.sample_shape
 
     @property
     def device(self) -> torch.device:
@@ -286,62 +290,6 @@ class TextToImageUNet(nn.Module):
                              f"{self.config.context_dim}]; for the unconditional prediction encode [''] * B")
         return self.unet(x, t, context, context_mask)  # [B, C, H, W]
 
-    # ---- sampling
-
-    @torch.no_grad()
-    def guided(self, prompts: Sequence[str], scale: float = 3.0) -> ClassifierFreeGuidance:
-        """``model(x, t)`` for the samplers: eps(tau("")) + scale (eps(tau(y)) - eps(tau(""))) (Ho & Salimans 2022).
-
-        One image per prompt; the empty caption "" is the unconditional context. scale=1 is the
-        conditional model alone, scale=0 the unconditional one.
-        """
-        cond = self.encode(prompts)  # [B, L, D]
-        uncond = self.encode([""])  # [1, L, D], shared by every image
-        return ClassifierFreeGuidance(self, cond.tokens, cond.mask, uncond.tokens, uncond.mask, scale)
-
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str], scale: float = 3.0, num_steps: int | None = None,
-                 x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 sampler: str = "ddim", eta: float = 0.0, progress: bool = False,
-                 return_trajectory: bool = False) -> torch.Tensor | SamplerOutput:
-        """Sample one image per prompt with classifier-free guidance at ``scale``.
-
-        sampler="ddim": DDIM (Song et al. 2021) over ``num_steps`` steps (default 50), eta=0 deterministic;
-        sampler="ddpm": ancestral sampling (Ho et al. 2020) through all T steps (num_steps None or T).
-        Each step runs the UNet on 2B images (conditional and unconditional) unless scale is 0 or 1.
-        x_T [B, C, H, W] fixes the starting noise (else drawn from ``generator``). Returns images
-        [B, C, H, W] in [-1, 1] on the model's device, or a ``SamplerOutput`` with the trajectory.
-        The model is in eval mode while it samples and goes back to its previous mode afterwards.
-        """
-        if isinstance(prompts, str):
-            raise TypeError(f"generate takes a list of prompts, got one string {prompts!r}; wrap it in a list: "
-                            f"[{prompts!r}]")
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
-        c = self.config.unet
-        shape = (len(prompts), c.in_channels, c.image_size, c.image_size)
-        if x_T is not None and tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but {len(prompts)} prompt(s) need {shape}; "
-                             "give one noise image per prompt")
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-        if sampler == "ddpm" and num_steps not in (None, self.schedule.T):
-            raise ValueError(f"sampler='ddpm' runs all T={self.schedule.T} steps; leave num_steps=None, or use "
-                             f"sampler='ddim' (eta=1 is stochastic like DDPM) for {num_steps} steps")
-        was_training = self.training
-        self.eval()
-        try:
-            model = self.guided(prompts, scale)
-            common = dict(parameterization=self.parameterization, x_T=x_T, generator=generator,
-                          return_trajectory=return_trajectory, progress=progress, device=self.device)
-            if sampler == "ddim":
-                return ddim_sample(model, self.schedule, None if x_T is not None else shape,
-                                   num_steps=50 if num_steps is None else num_steps, eta=eta, **common)
-            return ddpm_sample(model, self.schedule, None if x_T is not None else shape, **common)
-        finally:
-            self.train(was_training)
-
     # ---- description
 
     def parameter_counts(self) -> dict[str, int]:
@@ -361,22 +309,20 @@ class TextToImageUNet(nn.Module):
         c = self.config
         encoder = ("small (trained)" if c.text_encoder == "small" else "minilm (frozen, not saved)")
         return (f"text_encoder={encoder}, context_dim={c.context_dim}, max_length={c.max_length}, "
-                f"p_uncond={c.p_uncond}, schedule={self.schedule.name} T={self.schedule.T}, "
-                f"parameterization={self.parameterization!r}, "
-                f"trainable_parameters={count_parameters(self) / 1e6:.2f}M")
+                f"p_uncond={c.p_uncond}, trainable_parameters={count_parameters(self) / 1e6:.2f}M")
 
 
 # --------------------------------------------------------------------------- training objective
 
 
-def text2image_loss(model: TextToImageUNet, schedule: NoiseSchedule, images: torch.Tensor, labels: torch.Tensor,
-                    p_uncond: float, parameterization: str = "eps") -> torch.Tensor:
+def text2image_loss(model: TextToImageUNet, process: Process, images: torch.Tensor, labels: torch.Tensor,
+                    p_uncond: float) -> torch.Tensor:
     """The conditional LDM objective (Rombach et al. 2022, eq. 2 with the condition of eq. 3) with
-    classifier-free-guidance caption dropout (Ho & Salimans 2022):
+    classifier-free-guidance caption dropout (Ho & Salimans 2022), for any process:
 
         y = random caption of the label;  y <- "" with probability p_uncond
-        t ~ U{0..T-1}, eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-        L = mean || eps - eps_theta(x_t, t, tau(y)) ||^2        (or the x0 / v target)
+        t, eps drawn by the process;  x_t = process.corrupt(x_0, t, eps)
+        L = mean || target - model(x_t, t, tau(y)) ||^2      (DDPM: target eps, x0 or v)
 
     images [B, 3, H, W] in [-1, 1], labels [B] class indices. Captions, dropout, t and eps all come
     from torch's global RNG in that order, so ``fit`` (which seeds it every step) repeats a step exactly.
@@ -386,5 +332,4 @@ def text2image_loss(model: TextToImageUNet, schedule: NoiseSchedule, images: tor
         raise ValueError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
     captions = cfg_dropout(random_captions(labels), p_uncond)  # B strings, "" where dropped
     context = model.encode(captions)  # tokens [B, L, D], mask [B, L]
-    return diffusion_loss(lambda x_t, t: model(x_t, t, context.tokens, context.mask), schedule, images,
-                          parameterization)
+    return process.loss(lambda x_t, t: model(x_t, t, context.tokens, context.mask), images)

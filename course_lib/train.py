@@ -1,330 +1,32 @@
-"""One training loop for every chapter, and the command line that trains a chapter's model.
+"""The command line that trains a chapter's model: ``python -m course_lib.train RECIPE``.
 
-``fit`` runs AdamW with linear warm-up (and an optional linear cool-down), gradient clipping and
-an exponential moving average (EMA) of the weights, for a step budget and/or a time budget, with a
-notebook-friendly progress bar. It returns the loss history for plotting.
-
-Resuming is exact: every step seeds torch's RNG from (seed, step) and draws its batch from a
-pure function of the step (:class:`course_lib.data.StepBatches`), so a run stopped at step s and
-resumed from its checkpoint computes the same updates as a run that never stopped.
-
-A *warm start* continues from an inference checkpoint (the committed EMA weights) when the
-resumable state is gone, e.g. on a new machine: model and EMA start from those weights, the step
-count, loss history and wall time carry on, and the optimizer starts afresh, so the learning rate
-warms up again over ``warmup_steps``. The card lists every warm start (``training.warm_starts``).
-
-A loss that becomes NaN or infinite stops training with :class:`NonFiniteLossError`, before the
-bad step touches the weights and without overwriting the last good checkpoint.
-
-Command line::
+It looks the recipe up in ``course_lib.recipes``, trains it with the loop of ``course_lib.trainer``
+(resuming its state, or warm starting from the exported checkpoint), and exports the EMA weights
+as an inference checkpoint with its card.
 
     python -m course_lib.train --list
     python -m course_lib.train ddpm-small --minutes 60      # resumes if a state exists
     # no state but data/checkpoints/ddpm-small.safetensors exists: warm start from it (--fresh: step 0)
     # cool a copy of the state down: the learning rate falls linearly to 0 over 1500 steps
     cp -r data/runs/ddpm-small data/runs/ddpm-small-cooldown
-    python -m course_lib.train ddpm-small --state data/runs/ddpm-small-cooldown/state.safetensors \
+    python -m course_lib.train ddpm-small --state data/runs/ddpm-small-cooldown/state.safetensors \\
         --steps 21000 --cooldown 1500
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import math
-import platform
 import signal
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from . import config
-from .checkpoint import export_inference, load_checkpoint, read_card, save_checkpoint, transplant_weights
-
-LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
-Batches = Callable[[int], Any]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped before the step was applied."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. Give ``max_steps``, ``max_minutes`` or both (whichever ends first)."""
-
-    max_steps: int | None = 1000
-    max_minutes: float | None = None
-    batch_size: int = 64             # read by the recipe that builds the batches
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0            # linear warm-up of the learning rate (DDPM: 5000)
-    cooldown_steps: int = 0          # linear decay of the learning rate to 0 over the last steps before
-                                     # max_steps (warmup-stable-decay; see learning_rate)
-    grad_clip: float | None = 1.0    # max global gradient norm (DDPM: 1.0)
-    ema_decay: float = 0.9999        # DDPM: 0.9999; warmed up as min(decay, (1+n)/(10+n))
-    seed: int = 0
-    checkpoint_every: int | None = None      # steps between saves (with a checkpoint path)
-    checkpoint_minutes: float | None = 10.0  # minutes between saves (with a checkpoint path)
-    bf16: bool = False               # bf16 autocast for forward and loss where the hardware has native bf16
-                                     # (config.native_bf16: GPUs, AVX-512 BF16 / AMX CPUs); else float32
-    channels_last: bool = False      # NHWC memory layout for conv nets (faster with bf16 on CPU)
-    progress: bool = True            # show a tqdm progress bar
-
-    def __post_init__(self):
-        if self.max_steps is None and self.max_minutes is None:
-            raise ValueError("give max_steps, max_minutes or both: training needs a budget")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.cooldown_steps < 0:
-            raise ValueError(f"cooldown_steps must be >= 0, got {self.cooldown_steps}")
-        if self.cooldown_steps and self.max_steps is None:
-            raise ValueError("cooldown_steps decays the learning rate to 0 at max_steps: give max_steps too")
-
-
-@dataclass
-class TrainResult:
-    """What :func:`fit` returns. ``losses[i]`` is the loss of step i, resumed steps included."""
-
-    losses: list[float]
-    step: int                  # the global step reached (number of updates applied)
-    seconds: float             # wall time of this call
-    stopped_by: str            # "steps", "time" or "interrupt"
-    ema: torch.nn.Module       # the EMA copy of the model (use it for sampling)
-    first_step: int = 0        # the step this call started from (> 0 when resumed)
-    images_per_second: float = float("nan")
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The RNG seed of one step: a fixed mix of the run's seed and the step number."""
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta; buffers are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p.detach(), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
-
-
-def ema_decay_at(decay: float, n_updates: int) -> float:
-    """EMA warm-up: min(decay, (1 + n) / (10 + n)), so early averages do not remember the random init."""
-    return min(decay, (1 + n_updates) / (10 + n_updates))
-
-
-def learning_rate(cfg: TrainConfig, step: int, warmup_from: int = 0) -> float:
-    """The learning rate of update ``step``: warm-up, a constant stretch, then an optional cool-down.
-
-        lr(s) = lr * min(1, (s - s_w + 1) / warmup_steps) * min(1, (max_steps - s) / cooldown_steps)
-
-    where s_w is the step the run (or its last warm start) began at. The constant stretch can go on
-    for as long as one likes and be cooled down from any checkpoint of it: the "warmup-stable-decay"
-    schedule (Zhai et al. 2022; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond
-    Fixed Training Durations", who find a short linear cool-down matches a cosine schedule).
-    """
-    lr = cfg.lr
-    if cfg.warmup_steps:
-        lr *= min(1.0, (step - warmup_from + 1) / cfg.warmup_steps)
-    if cfg.cooldown_steps:
-        lr *= max(0.0, min(1.0, (cfg.max_steps - step) / cfg.cooldown_steps))
-    return lr
-
-
-def _batch_size(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return len(first) if torch.is_tensor(first) else 1
-
-
-def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
-    if torch.is_tensor(batch):
-        batch = batch.to(device, non_blocking=True)
-        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.ndim == 4 else batch
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device, channels_last) for b in batch)
-    return batch
-
-
-def cpu_name() -> str:
-    """The CPU's model name where the system tells it (Linux: /proc/cpuinfo), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and line.partition(":")[2].strip():
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware_description(device: torch.device) -> str:
-    """A short description of where training ran, for checkpoint cards: the device, threads, native bf16."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    bf16 = "native bf16" if config.native_bf16(device) else "no native bf16"
-    threads = torch.get_num_threads()
-    return (f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
-            f"{threads} thread{'' if threads == 1 else 's'}")
-
-
-def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
-        checkpoint_path: str | Path | None = None, resume: bool = True,
-        device: torch.device | str | None = None, training_info: dict | None = None,
-        init_from: str | Path | None = None, transplant_from: str | Path | None = None) -> TrainResult:
-    """Train ``model`` to minimise ``loss_fn(model, batches(step))``.
-
-    Args:
-        model: the network; moved to ``device``.
-        loss_fn: ``loss_fn(model, batch) -> scalar tensor``. It may draw random numbers from
-            torch's global RNG (noise, timesteps): the loop seeds it at every step.
-        batches: ``batches(step) -> batch``, a pure function of the step (see ``StepBatches``).
-        cfg: the budgets and optimiser settings.
-        checkpoint_path: a ``.safetensors`` training state; saved every ``checkpoint_every`` steps /
-            ``checkpoint_minutes`` minutes and at the end, and resumed from when it exists and
-            ``resume`` is true.
-        training_info: extra facts for the checkpoint card (recipe name, data source, ...).
-        init_from: an inference checkpoint to warm start from when there is no training state to
-            resume: its weights become the model and the EMA, its step, loss history and wall time
-            carry on (a transplant record too), the optimizer starts fresh and the learning rate warms
-            up again.
-        transplant_from: a checkpoint of a related model to start a *new* run (step 0) from when there
-            is no training state: every tensor whose name and shape match is copied (see
-            :func:`~course_lib.checkpoint.transplant_weights`), the rest keeps its initialisation.
-            The card records it as ``training.transplant``; later resumes and warm starts carry it on.
-    """
-    if init_from is not None and transplant_from is not None:
-        raise ValueError("init_from continues a checkpoint of this model and transplant_from starts a new run "
-                         "from part of another one: give one of them")
-    device = torch.device(device) if device is not None else config.get_device()
-    bf16 = cfg.bf16 and config.native_bf16(device)
-    if cfg.bf16 and not bf16:
-        print(f"bf16 autocast off: {device} has no native bf16 (AVX-512 BF16 / AMX), where float32 is faster",
-              file=sys.stderr)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    losses: list[float] = []
-    step, seconds_before = 0, 0.0
-    warm_starts: list[dict] = []  # earlier warm starts of this run (the last one restarts the warm-up)
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-
-    ckpt, transplant = None, None  # transplant: where this run's step-0 weights came from, if anywhere
-    if path is not None and resume and path.exists():
-        ckpt = load_checkpoint(path, model, ema=ema, optimizer=optimizer)
-    elif init_from is not None:
-        ckpt = load_checkpoint(init_from, model)
-        ema.load_state_dict(model.state_dict())
-    elif transplant_from is not None:
-        transplant = transplant_weights(transplant_from, model)
-        ema.load_state_dict(model.state_dict())
-        print(f"no training state: step 0 with {transplant['copied_tensors']} tensors "
-              f"({transplant['copied_parameters'] / 1e6:.2f}M parameters) of {transplant_from} "
-              f"(step {transplant['step']}); {len(transplant['fresh_tensors'])} tensors "
-              f"({transplant['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
-    if ckpt is not None:  # a resume or a warm start carries the run's history on, transplant record included
-        step = ckpt.step
-        transplant = ckpt.card.get("training", {}).get("transplant")
-        if "loss_history" in ckpt.train:
-            losses = ckpt.train["loss_history"].tolist()[:step]
-        seconds_before = float(ckpt.card.get("training", {}).get("wall_seconds_total", 0.0))
-        warm_starts = list(ckpt.card.get("training", {}).get("warm_starts", []))
-        if ckpt.path != path:
-            warm_starts.append({"from": str(init_from), "step": step,
-                                "weights": ckpt.card.get("exported_weights", "model")})
-    first_step = step
-    warmup_from = warm_starts[-1]["step"] if warm_starts else 0
-
-    def save(reason: str) -> None:
-        if path is None:
-            return
-        info = {**(training_info or {}),
-                "train_config": dataclasses.asdict(cfg),
-                "wall_seconds_total": round(seconds_before + (time.perf_counter() - t0), 1),
-                "hardware": hardware_description(device),
-                "device": str(device),
-                "precision": "bf16 autocast" if bf16 else "float32",
-                "saved_because": reason,
-                **({"transplant": transplant} if transplant else {}),
-                **({"warm_starts": warm_starts} if warm_starts else {})}
-        save_checkpoint(path, model, step=step, ema=ema, optimizer=optimizer,
-                        train_tensors={"loss_history": torch.tensor(losses, dtype=torch.float32)},
-                        metrics={"loss_last_100": _mean_tail(losses, 100)}, training=info)
-
-    t0 = time.perf_counter()
-    last_save_time, images = t0, 0
-    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
-    total = cfg.max_steps - step if cfg.max_steps is not None else None
-    bar = tqdm(total=total, disable=not cfg.progress, desc="training", unit="step", mininterval=0.5)
-    stopped_by = "steps"
-    model.train()
-    try:
-        while cfg.max_steps is None or step < cfg.max_steps:
-            if time.perf_counter() >= deadline:
-                stopped_by = "time"
-                break
-            torch.manual_seed(step_seed(cfg.seed, step))
-            batch = _to_device(batches(step), device, cfg.channels_last)
-            lr = learning_rate(cfg, step, warmup_from)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                where = (f"the last good checkpoint {path} (step {read_card(path)['step']}) was kept"
-                         if path is not None and path.exists() else "no checkpoint was written")
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at step {step}; training stopped before applying it and "
-                    f"{where}. Lower the learning rate (now {lr:g}), check the data for NaNs, "
-                    "or turn gradient clipping on.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            update_ema(ema, model, ema_decay_at(cfg.ema_decay, step))
-            losses.append(loss.item())
-            step += 1
-            images += _batch_size(batch)
-            bar.update(1)
-            if bar.n % 10 == 0 or step == cfg.max_steps:
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{_mean_tail(losses, 50):.4f}", img_s=f"{images / elapsed:.1f}")
-            now = time.perf_counter()
-            if path is not None and (
-                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                    or (cfg.checkpoint_minutes and now - last_save_time >= 60 * cfg.checkpoint_minutes)):
-                save("periodic")
-                last_save_time = now
-    except KeyboardInterrupt:
-        stopped_by = "interrupt"
-        print(f"interrupted at step {step}" + (f"; saving {path}" if path else ""), file=sys.stderr)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    if step > first_step or (path is not None and not path.exists()):
-        save(f"end ({stopped_by})")
-    model.eval()
-    return TrainResult(losses=losses, step=step, seconds=seconds, stopped_by=stopped_by, ema=ema,
-                       first_step=first_step,
-                       images_per_second=images / seconds if seconds > 0 else float("nan"))
-
-
-def _mean_tail(values: list[float], n: int) -> float:
-    tail = values[-n:]
-    return sum(tail) / len(tail) if tail else float("nan")
-
+from . import config, recipes
+from .checkpoint import read_card
+from .profiling import count_parameters
+from .trainer import fit, mean_tail
 
 # ----------------------------------------------------------------------------- command line
 
@@ -344,8 +46,6 @@ def _stop_gracefully_on_signals() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import recipes
-
     parser = argparse.ArgumentParser(
         prog="python -m course_lib.train",
         description="Train a chapter's model for a time or step budget. Resumes from the training "
@@ -395,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     """The body of :func:`main` once the arguments are known: train the recipe, then export."""
-    from . import recipes  # recipes imports this module: import it at call time
     if args.threads:
         torch.set_num_threads(args.threads)
     config.setup_cpu_speedups()
@@ -420,7 +119,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     torch.manual_seed(cfg.seed)  # the same initial weights on every fresh run of a recipe
     model = recipe.build_model()
     device = config.get_device(args.device)
-    print(f"{recipe.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}, "
+    print(f"{recipe.name}: {count_parameters(model) / 1e6:.2f}M parameters on {device}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
     transplant_from = args.transplant_from if not state.exists() else None
     if init_from is not None:
@@ -432,8 +131,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
                  training_info={**recipe.card_info(), "data_source": data.source, "data_images": len(data),
                                 "command": command})
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
-          f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {_mean_tail(result.losses, 100):.4f}")
-    recipe.export(state, export) if hasattr(recipe, "export") else export_inference(state, export)
+          f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {mean_tail(result.losses, 100):.4f}")
+    recipe.export(state, export)
     print(f"wrote {export} (EMA weights) and {export.with_suffix('.json')}")
     return 0
 

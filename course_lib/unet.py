@@ -3,7 +3,9 @@
 A UNet (Ronneberger et al. 2015) built from wide ResNet blocks (Zagoruyko & Komodakis 2016)
 with group normalisation (Wu & He 2018), conditioned on the timestep through a sinusoidal
 embedding (Vaswani et al. 2017) that every residual block *adds* to its feature maps, and
-with self-attention at low resolutions (16x16 for CIFAR-10).
+with self-attention at low resolutions (16x16 for CIFAR-10). The timestep embedding, the
+scale-and-shift step of chapter 2 and the zero initialisation live in ``course_lib.conditioning``,
+which chapter 6's DiT shares.
 
 Layout for the CIFAR-10 model (``UNetConfig.paper()``: base 128, channel_mult (1, 2, 2, 2),
 2 res blocks per level, attention at 16x16, dropout 0.1; 35.7M parameters):
@@ -23,7 +25,7 @@ connection and consumed, last first, by one up-path block.
 ``model(x, t)``: x [B, C, H, W] float, t [B] timesteps (integers 0..T-1, or floats).
 
 Chapter 2 adds two switches and changes nothing else: ``resblock="adagn"`` builds every residual
-block as an :class:`AdaGNResBlock` (scale-and-shift conditioning, Nichol & Dhariwal 2021), and
+block as an :class:`AdaGNResBlock` (scale-and-shift conditioning, Dhariwal & Nichol 2021), and
 ``attention_impl`` picks how the attention blocks compute attention (see ``course_lib.attention``).
 
 Chapter 3 conditions on text: with ``context_dim`` set, every attention position (the resolutions
@@ -35,7 +37,6 @@ of an ``AttentionBlock``, as in latent diffusion (Rombach et al. 2022), and the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -43,26 +44,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .attention import ATTENTION_IMPLS
-from .attention import einsum_attention as attention  # chapter 1's name for the einsum version
+from .attention import ATTENTION_IMPLS, HookableAttention
+from .conditioning import TimeEmbedding, modulate, zero_module
 from .spatial_transformer import ContextBlock, SpatialTransformer, check_context
 
 __all__ = [
     "UNetConfig",
     "UNet",
-    "timestep_embedding",
-    "TimeEmbedding",
     "EmbedBlock",
     "ContextBlock",
     "ResBlock",
     "AdaGNResBlock",
     "RES_BLOCKS",
-    "attention",
     "AttentionBlock",
     "Downsample",
     "Upsample",
     "EmbedSequential",
-    "count_parameters",
 ]
 
 
@@ -194,51 +191,7 @@ class UNetConfig:
         return cls(**d)
 
 
-# --------------------------------------------------------------------------- timestep embedding
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps (Vaswani et al. 2017, Sec. 3.5; DDPM App. B).
-
-        freq_i = max_period^(-i / half),  i = 0 .. half-1,  half = dim // 2
-        emb(t) = [sin(t * freq_0), ..., sin(t * freq_{half-1}), cos(t * freq_0), ..., cos(t * freq_{half-1})]
-
-    t: [B] -> [B, dim] float32 (an odd ``dim`` gets a zero last column). The DDPM code divides by
-    ``half - 1`` instead of ``half``; the two differ only in the exact frequency spacing.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None, :]  # [B, half]
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # [B, 2*half]
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-class TimeEmbedding(nn.Module):
-    """Sinusoidal embedding followed by a 2-layer MLP: dim -> 4 dim -> SiLU -> 4 dim (DDPM App. B)."""
-
-    def __init__(self, dim: int, emb_dim: int | None = None):
-        super().__init__()
-        self.dim = dim
-        emb_dim = emb_dim or 4 * dim
-        self.fc1 = nn.Linear(dim, emb_dim)
-        self.fc2 = nn.Linear(emb_dim, emb_dim)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        h = timestep_embedding(t, self.dim)  # [B, dim]
-        h = self.fc1(h)  # [B, 4 dim]
-        return self.fc2(F.silu(h))  # [B, 4 dim]
-
-
 # --------------------------------------------------------------------------- building blocks
-
-
-def zero_module(module: nn.Module) -> nn.Module:
-    """Set every parameter of ``module`` to zero and return it (DDPM's ``init_scale=0``)."""
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
 
 
 class EmbedBlock(nn.Module):
@@ -261,37 +214,53 @@ class ResBlock(EmbedBlock):
         out = shortcut(x) + h                                # 1x1 conv shortcut when channels change
 
     conv2 starts at zero, as in the DDPM code, so every block starts as the identity.
+
+    ``emb_dim=None`` builds the block without a timestep embedding (no ``emb_proj``; call it as
+    ``block(x)``): the ResnetBlock of latent diffusion's autoencoder (``temb_channels=0``), which
+    ``course_lib.autoencoder`` builds its encoder and decoder from.
     """
 
     #: per-channel vectors the embedding is projected to (1: an additive bias)
     emb_outputs = 1
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None, dropout: float = 0.0,
                  num_groups: int = 32):
         super().__init__()
+        if emb_dim is None and self.emb_outputs != 1:
+            raise ValueError(f"{type(self).__name__} is conditioned through its timestep embedding: give emb_dim "
+                             "(ResBlock(..., emb_dim=None) is the block without one)")
         self.norm1 = nn.GroupNorm(num_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, self.emb_outputs * out_channels)
+        self.emb_proj = (nn.Linear(emb_dim, self.emb_outputs * out_channels) if emb_dim is not None
+                         else None)
         self.norm2 = nn.GroupNorm(num_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.shortcut = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
                          else nn.Identity())
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
-        h = h + rearrange(self.emb_proj(F.silu(emb)), "b c -> b c 1 1")
+        if self.emb_proj is not None:
+            if emb is None:
+                raise ValueError("this ResBlock was built with a timestep embedding (emb_dim set): "
+                                 "call it as block(x, emb)")
+            h = h + rearrange(self.emb_proj(F.silu(emb)), "b c -> b c 1 1")
+        elif emb is not None:
+            raise ValueError("this ResBlock was built without a timestep embedding (emb_dim=None) and "
+                             "takes none: call it as block(x)")
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # [B, C_out, H, W]
         return self.shortcut(x) + h
 
 
 class AdaGNResBlock(ResBlock):
-    """Residual block with adaptive group normalisation (AdaGN; Nichol & Dhariwal 2021's
-    ``use_scale_shift_norm``, the ``scale_shift`` ResnetBlock of SD-family UNets):
+    """Residual block with adaptive group normalisation (AdaGN; Dhariwal & Nichol 2021, Sec. 3, the
+    ``use_scale_shift_norm`` of their code, the ``scale_shift`` ResnetBlock of SD-family UNets):
 
         h = conv1(SiLU(GroupNorm(x)))
         scale, shift = Linear(SiLU(emb)) split in two          # [B, C_out] each
-        h = GroupNorm(h) * (1 + scale) + shift                 # the timestep sets each channel's gain and bias
+        h = modulate(GroupNorm(h), shift, scale)               # = GroupNorm(h) * (1 + scale) + shift:
+                                                               # the timestep sets each channel's gain and bias
         h = conv2(Dropout(SiLU(h)))
         out = shortcut(x) + h
 
@@ -306,7 +275,7 @@ class AdaGNResBlock(ResBlock):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # [B, C_out, H, W]
         scale, shift = rearrange(self.emb_proj(F.silu(emb)), "b (two c) -> two b c 1 1", two=2)  # [B, C_out, 1, 1]
-        h = self.norm2(h) * (1 + scale) + shift
+        h = modulate(self.norm2(h), shift, scale)  # course_lib.conditioning; DiT's adaLN does this on tokens
         h = self.conv2(self.dropout(F.silu(h)))  # [B, C_out, H, W]
         return self.shortcut(x) + h
 
@@ -315,7 +284,7 @@ class AdaGNResBlock(ResBlock):
 RES_BLOCKS: dict[str, type[EmbedBlock]] = {"additive": ResBlock, "adagn": AdaGNResBlock}
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(HookableAttention):
     """Self-attention over the H*W positions of a feature map, with a residual connection (DDPM App. B):
 
         h = GroupNorm(x);  q, k, v = 1x1 conv(h) split in three, then in heads
@@ -323,15 +292,17 @@ class AttentionBlock(nn.Module):
 
     ``proj_out`` starts at zero (as in the DDPM code), so the block starts as the identity.
     ``impl`` names the attention version of ``course_lib.attention`` ("einsum", "sdpa", "chunked").
+    Attention goes through :meth:`HookableAttention.attend`, so ``course_lib.capture`` can record
+    its maps (kind "self": one [H*W, H*W] matrix per head).
     """
 
+    self_attention_only = True
+
     def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32, impl: str = "einsum"):
-        super().__init__()
+        super().__init__(impl)
         if channels % num_heads:
             raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention impl {impl!r}; choose from {sorted(ATTENTION_IMPLS)}")
-        self.num_heads, self.impl = num_heads, impl
+        self.num_heads = num_heads
         self.norm = nn.GroupNorm(num_groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
@@ -340,7 +311,7 @@ class AttentionBlock(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x))  # [B, 3C, H, W]
         q, k, v = rearrange(qkv, "b (three h d) x y -> three b h (x y) d", three=3, h=self.num_heads)
-        out = ATTENTION_IMPLS[self.impl](q, k, v)  # [B, heads, H*W, d]
+        out = self.attend(q, k, v)  # [B, heads, H*W, d]
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=H, y=W)  # [B, C, H, W]
         return x + self.proj_out(out)
 
@@ -394,7 +365,14 @@ class UNet(nn.Module):
     With ``config.context_dim`` set (chapter 3): forward(x, t, context [B, M, context_dim] text
     tokens, context_mask [B, M] bool with True = real token, or None = all real); a context with
     batch size 1 is shared by every image.
+
+    As a denoiser of ``course_lib.generation.Pipeline``: ``sample_shape`` is (in_channels, image_size,
+    image_size), and ``text_conditional`` is False: a UNet reads text tokens given to it but encodes no
+    prompts (``course_lib.text2image.TextToImageUNet`` pairs it with a text encoder).
     """
+
+    #: the denoiser interface of ``course_lib.generation``: no prompts of its own
+    text_conditional = False
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()
@@ -462,6 +440,12 @@ class UNet(nn.Module):
             layers.append(self._attention_block(out_channels))
         return EmbedSequential(*layers)
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what this UNet denoises at its training resolution."""
+        c = self.config
+        return (c.in_channels, c.image_size, c.image_size)
+
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c = self.config
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
@@ -518,7 +502,3 @@ class UNet(nn.Module):
         h = self.conv_out(F.silu(self.norm_out(h)))  # [B, out_channels, H, W]
         return h
 
-
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters in ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

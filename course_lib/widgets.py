@@ -9,8 +9,8 @@ test can set ``slider.value`` and check ``.state`` and ``.image.value`` at once.
 
 Chapter 1: :func:`schedule_explorer` (the noise-schedule explorer).
 Chapter 3: :func:`guidance_explorer` (a slider over the classifier-free guidance scale, same noise)
-and :func:`attention_explorer` (where in the image each text token is attended to), with the pure
-helpers :func:`token_heatmap`, :func:`upsample_heatmap` and :func:`overlay` behind them.
+and :func:`attention_explorer` (where in the image each text token is attended to), drawn with the
+pure tensor functions ``course_lib.viz.token_heatmap``, ``upsample_heatmap`` and ``overlay``.
 Both chapter-3 explorers take plain callables (a sampler for one scale, a run for one prompt), not a
 particular model class, so any text-conditional model can be explored.
 """
@@ -24,15 +24,12 @@ import time
 from typing import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
-import matplotlib
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from .capture import AttentionRecord
-from .data import to_uint8
 from .schedules import NoiseSchedule
-from .viz import image_grid
+from .viz import _rgb, image_grid, overlay, token_heatmap
 
 __all__ = [
     "FigureExplorer",
@@ -42,9 +39,6 @@ __all__ = [
     "guidance_explorer",
     "AttentionExplorer",
     "attention_explorer",
-    "token_heatmap",
-    "upsample_heatmap",
-    "overlay",
 ]
 
 
@@ -196,98 +190,7 @@ def schedule_explorer(images: torch.Tensor, schedules: Mapping[str, NoiseSchedul
     return ScheduleExplorer(images, schedules, t=t, seed=seed)
 
 
-# --------------------------------------------------------------------------- chapter 3: pure helpers
-
-
-def _rgb(image: torch.Tensor) -> torch.Tensor:
-    """[1 or 3, H, W] in [-1, 1] -> uint8 [H, W, 3] for ``imshow``."""
-    image = to_uint8(image.detach().cpu().float())  # [C, H, W]
-    return image.expand(3, *image.shape[1:]).permute(1, 2, 0)  # [H, W, 3]
-
-
-def token_heatmap(record: AttentionRecord, layer: str, token_index: int, t: float | int | None = None,
-                  head: int | str = "mean", image: int = 0) -> torch.Tensor:
-    """Where text token j is attended to in one cross-attention layer: a map [h, w] for image ``image``.
-
-    The layer computes, for every image position i = (y, x) and text token j (Rombach et al. 2022, Sec. 3.3),
-
-        P_h[i, j] = softmax_j(q_{h,i} . k_{h,j} / sqrt(d))          (padded tokens: weight 0)
-
-    and the heat map is column j of P reshaped to the feature map, averaged over the chosen calls:
-
-        A_j[y, x] = mean over steps s of  mean over heads h of  P_h^(s)[(y, x), j]
-
-    ``t=None``: every recorded step; a number: the calls at that timestep. ``head="mean"``: the mean
-    over heads (as above); an int: that head alone. Each entry lies in [0, 1]; with a one-token prompt
-    (only ``<start>``) every entry is 1. Token 0 is the start token.
-    """
-    if not isinstance(record, AttentionRecord):
-        raise TypeError(f"record must be an AttentionRecord from capture_attention(...), got {type(record).__name__}")
-    if head is None:
-        raise ValueError("token_heatmap draws one map: pass head='mean' or a head index, not None "
-                         "(record.maps(layer, head=None) gives every head at once)")
-    maps = record.maps(layer, t=t, head=head)  # [B, h, w, M]
-    B, M = maps.shape[0], maps.shape[-1]
-    if not -B <= image < B:
-        raise ValueError(f"image={image} is out of range: the record holds {B} image(s) per call")
-    if not 0 <= token_index < M:
-        raise ValueError(f"token_index={token_index} is out of range: layer {layer!r} attends over {M} key tokens "
-                         f"(0..{M - 1}, padding included; 0 is the start token)")
-    return maps[image, :, :, token_index]  # [h, w]
-
-
-def upsample_heatmap(heatmap: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """A map [h, w] resized to ``size`` = (H, W): "bilinear" (smooth; align_corners=False, so the
-    values stay within the map's range) or "nearest" (each feature-map cell a visible block)."""
-    if mode not in ("bilinear", "nearest"):
-        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    if heatmap.ndim != 2:
-        raise ValueError(f"heatmap must be one map [h, w], got shape {tuple(heatmap.shape)}; "
-                         "take one image and token first, e.g. token_heatmap(record, layer, j)")
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    x = heatmap.detach().cpu().float()[None, None]  # [1, 1, h, w]
-    return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)[0, 0]  # [H, W]
-
-
-def overlay(image: torch.Tensor, heatmap: torch.Tensor, *, alpha: float = 0.6, cmap: str = "inferno",
-            mode: str = "bilinear", normalize: str = "minmax", gray: bool = True) -> torch.Tensor:
-    """The heat map laid semi-transparently over the image (in grey, so that colour means attention).
-
-        a    = scale(upsample(heatmap, (H, W)))                        in [0, 1]
-        grey = 0.299 R + 0.587 G + 0.114 B                             (ITU-R BT.601 luma)
-        out  = (1 - alpha) * grey + alpha * cmap(a)                    per pixel
-
-    With the default "inferno" colormap, little attention darkens the image and much attention
-    tints it yellow; the image's shapes stay visible underneath. ``gray=False`` keeps the
-    image's colours (harder to read on colourful images).
-
-    ``normalize``: "minmax" (a = (A - min) / (max - min): where, relative to the rest of this map,
-    the token is attended most; the default, because attention maps are often flat, e.g.
-    0.15..0.19) or "max" (a = A / max: zero attention stays at the bottom of the colormap).
-    A constant map (e.g. a one-token prompt: every position attends only to ``<start>``) tints the
-    whole image evenly, with the colormap's top colour.
-
-    image [1 or 3, H, W] in [-1, 1]; heatmap [h, w] >= 0 -> RGB [H, W, 3] float in [0, 1].
-    """
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"image must be one image [3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha is an opacity in [0, 1], got {alpha}")
-    if normalize not in ("minmax", "max"):
-        raise ValueError(f"normalize must be 'minmax' or 'max', got {normalize!r}")
-    rgb = _rgb(image).float() / 255  # [H, W, 3]
-    a = upsample_heatmap(heatmap, tuple(image.shape[-2:]), mode)  # [H, W]
-    low = float(a.min()) if normalize == "minmax" else 0.0
-    span = float(a.max()) - low
-    if span > 1e-12 * max(1.0, abs(float(a.max()))):
-        a = (a - low) / span
-    else:  # constant map: the token is attended to everywhere alike
-        a = torch.full_like(a, 1.0 if float(a.max()) > 0 else 0.0)
-    color = torch.from_numpy(matplotlib.colormaps[cmap](a.numpy())[..., :3]).float()  # [H, W, 3]
-    if gray:
-        luma = rgb @ torch.tensor([0.299, 0.587, 0.114])  # [H, W]
-        rgb = luma[..., None].expand(-1, -1, 3)  # [H, W, 3]
-    return (1 - alpha) * rgb + alpha * color
+# --------------------------------------------------------------------------- chapter 3: shared helpers
 
 
 def _wrap(text: str, width: int) -> str:
@@ -409,7 +312,7 @@ def guidance_explorer(sample_fn: Callable[[float], torch.Tensor], scales: Sequen
     """The guidance-scale slider of chapter 3.
 
     ``sample_fn(w) -> images [B, 3, H, W]`` in [-1, 1]: the same prompts from the same x_T at scale w,
-    e.g. ``lambda w: model.generate(prompts, scale=w, num_steps=20, x_T=x_T)``. ``scales``: e.g.
+    e.g. ``lambda w: pipeline.generate(prompts, scale=w, num_steps=20, x_T=x_T)``. ``scales``: e.g.
     ``[0, 1, 2, 3, 5, 7, 10]``; ``titles``: one per image (the prompts); ``scale``: where the slider
     starts (default the first scale); ``precompute``: sample every scale now instead of on first use.
     See :class:`GuidanceExplorer` for the controls and ``state``.

@@ -39,23 +39,26 @@
 import dataclasses
 import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
 from course_lib import config
+from course_lib.conditioning import timestep_embedding
 from course_lib.data import CIFAR10_CLASSES
 from course_lib.evaluation import classifier_score
 from course_lib.exercises import check_ddim_step, check_eps_to_x0, check_q_sample
+from course_lib.generation import Pipeline
 from course_lib.parameterization import eps_to_x0, eps_x0_to_v, v_to_eps, v_to_x0, x0_to_eps
-from course_lib.recipes import RECIPES, DiffusionSpec, model_from_checkpoint
+from course_lib.profiling import count_parameters
+from course_lib.recipes import RECIPES, model_from_checkpoint
 from course_lib.samplers import ddim_sample, ddim_timesteps, ddpm_sample
 from course_lib.schedules import NoiseSchedule, gather
-from course_lib.train import fit
-from course_lib.unet import UNet, UNetConfig, count_parameters, timestep_embedding
-from course_lib.viz import show_images
+from course_lib.toy import gaussian_eps_model
+from course_lib.trainer import fit
+from course_lib.unet import UNet, UNetConfig
+from course_lib.viz import describe_card, plot_losses, show_images
 from course_lib.widgets import schedule_explorer
 
 config.setup_cpu_speedups()
@@ -112,10 +115,8 @@ for name, schedule in schedules.items():
         x0 = x0_demo[i].expand(len(shown_t), -1, -1, -1)  # the same image at every t
         rows.append(schedule.q_sample(x0, torch.tensor(shown_t), eps_demo[i].expand_as(x0)))
         labels.append(f"{name}, image {i + 1}")
-ax = show_images(torch.cat(rows), nrow=len(shown_t), row_labels=labels, scale=1.15,
-                 title=r"$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ (same $\epsilon$ along each row)")
-ax.set_xticks([2 + 34 * c + 16 for c in range(len(shown_t))], [f"t = {t}" for t in shown_t])
-ax.tick_params(axis="x", length=0)
+show_images(torch.cat(rows), nrow=len(shown_t), row_labels=labels, col_labels=[f"t = {t}" for t in shown_t],
+            scale=1.15, title=r"$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ (same $\epsilon$ along each row)")
 plt.show()
 
 # %% [markdown]
@@ -184,7 +185,7 @@ for name, schedule in schedules.items():
     print(f"{name:7s} SNR = 1 at t = {half[name]:4d};  {nearly_noise[name]:.0%} of the steps have alpha_bar < 0.01;"
           f"  alpha_bar at t = T-1: {schedule.alpha_bar[-1].item():.2e}")
 assert half["cosine"] > half["linear"] and nearly_noise["linear"] > nearly_noise["cosine"]
-print(f"the course's recipe {recipe.name!r} trains with: {recipe.diffusion}")
+print(f"the course's recipe {recipe.name!r} trains with: {recipe.process}")
 
 # %% [markdown]
 # The linear schedule destroys the image early and then spends about a third of its steps on
@@ -294,10 +295,9 @@ for t_ in ts:
     xt_ = schedule.q_sample(x0_demo[:1], tt, eps_demo[:1])
     panels += [xt_, eps_demo[:1].clamp(-2, 2) / 2, x0_demo[:1], eps_x0_to_v(eps_demo[:1], x0_demo[:1], ab).clamp(-2, 2) / 2]
     rows.append(f"t = {t_}, " + r"$\bar\alpha$" + (f" = {ab.item():.2f}" if ab > 0.01 else f" = {ab.item():.0e}"))
-ax = show_images(torch.cat(panels), nrow=4, row_labels=rows, scale=1.4,
-                 title=r"what the network could be asked to predict from $x_t$ ($\epsilon$ and $v$ at half scale)")
-ax.set_xticks([2 + 34 * c + 16 for c in range(4)], ["input $x_t$", r"target $\epsilon$", "target $x_0$", "target $v$"])
-ax.tick_params(axis="x", length=0)
+show_images(torch.cat(panels), nrow=4, row_labels=rows, scale=1.4,
+            col_labels=["input $x_t$", r"target $\epsilon$", "target $x_0$", "target $v$"],
+            title=r"what the network could be asked to predict from $x_t$ ($\epsilon$ and $v$ at half scale)")
 plt.show()
 
 # %% [markdown]
@@ -445,14 +445,10 @@ print(f"{recipe.name}: {count_parameters(model) / 1e6:.2f}M parameters, {result.
 # %%
 losses = torch.tensor(result.losses)
 window = config.pick(8, 20)
-smooth = losses.unfold(0, window, 1).mean(1)  # moving average, centred below
-fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
-ax.plot(losses, color="tab:blue", alpha=0.35, lw=1, label="loss per step")
-ax.plot(torch.arange(len(smooth)) + (window - 1) / 2, smooth, color="tab:blue", lw=2, label=f"mean of {window} steps")
+ax = plot_losses(losses, window=window,
+                 title=f"training the {recipe.name} UNet ({len(losses)} steps, batch {train_cfg.batch_size})")
 ax.axhline(1.0, color="0.4", ls="--", lw=1, label=r"predicting $\hat\epsilon = 0$")
-ax.set(xlabel="training step", ylabel=r"$\|\epsilon - \epsilon_\theta\|^2$ (mean)", yscale="log",
-       title=f"training the {recipe.name} UNet ({len(losses)} steps, batch {train_cfg.batch_size})")
-ax.grid(alpha=0.3, which="both")
+ax.set_ylabel(r"$\|\epsilon - \epsilon_\theta\|^2$ (mean)")
 ax.legend()
 plt.show()
 first, last = losses[:window].mean().item(), losses[-window:].mean().item()
@@ -474,30 +470,20 @@ assert last < first
 
 # %%
 ckpt_path = config.checkpoint_dir() / "ddpm-small.safetensors"
-sampler_model, diffusion = result.ema.eval(), recipe.diffusion
+sampler_model, process = result.ema.eval(), recipe.process
 if FAST:
     print(f"fast mode: sampling from the {recipe.name} model trained above ({result.step} steps)")
 elif ckpt_path.exists():
-    sampler_model, card = model_from_checkpoint(ckpt_path, device=device)
-    info = card["training"]
-    diffusion = DiffusionSpec(**info["diffusion"])
-    seconds = info["wall_seconds_total"]
-    took = f"{seconds / 3600:.1f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
-    print(f"loaded {ckpt_path.name}: {card['parameters'] / 1e6:.2f}M parameters, {card['step']:,} steps "
-          f"of batch {info['train_config']['batch_size']}, {took} of training in all (runs resume each other)")
-    print(f"data: {info['data_source']} ({info.get('data_images', '?')} images); diffusion: {info['diffusion']}")
-    print(f"last run: {info.get('command', 'python -m course_lib.train ddpm-small')}\n"
-          f"    on {info['hardware']}, {info.get('precision', '?')}")
-    for warm in info.get("warm_starts", []):  # runs that began from an exported checkpoint, not a state
-        print(f"    continued from the step-{warm['step']:,} export {Path(warm['from']).name} ({warm['weights']} weights)")
-    if info["train_config"].get("cooldown_steps"):  # see course_lib.train.learning_rate
-        print(f"    its learning rate fell linearly from {info['train_config']['lr']:g} to 0 over the last "
-              f"{info['train_config']['cooldown_steps']:,} steps (a cool-down)")
+    pipeline = Pipeline.from_checkpoint(ckpt_path, device=device)  # the UNet and the process on its card
+    sampler_model, process, card = pipeline.denoiser, pipeline.process, pipeline.card
+    # the card: size, steps, training time in all (runs resume each other), the last run's command and
+    # hardware, the runs it continued from and its learning-rate cool-down (course_lib.trainer.learning_rate)
+    print(f"loaded {ckpt_path.name}\n{describe_card(card)}")
 else:
     print(f"{ckpt_path} is missing. Make it with\n    python -m course_lib.train ddpm-small --minutes 240\n"
           f"(it resumes where it stopped, if you run it again). For now: the model trained above ({result.step} steps).")
-schedule = diffusion.make_schedule()
-assert diffusion.parameterization == "eps" and schedule.T == T
+schedule = process.noise_schedule
+assert process.parameterization == "eps" and schedule.T == T
 print(f"sampling with the {schedule.name} schedule, T = {schedule.T}")
 
 # %% [markdown]
@@ -604,11 +590,9 @@ rows = -(-n_samples // 8)
 fig, axes = plt.subplots(rows, 1, figsize=(9, 1.6 * rows + 0.4), layout="constrained", squeeze=False)
 for r, ax in enumerate(axes[:, 0]):
     p = probs[8 * r:8 * r + 8]
-    show_images(ddpm.sample.cpu()[8 * r:8 * r + 8], nrow=8, ax=ax)
     confidence, k = p.max(dim=-1)
-    ax.set_xticks([2 + 34 * c + 16 for c in range(len(p))],
-                  [f"{CIFAR10_CLASSES[int(k_)]}\n{100 * v:.0f} %" for v, k_ in zip(confidence, k)], fontsize=8)
-    ax.tick_params(axis="x", length=0)
+    show_images(ddpm.sample.cpu()[8 * r:8 * r + 8], nrow=8, ax=ax, label_size=8,
+                col_labels=[f"{CIFAR10_CLASSES[int(k_)]}\n{100 * v:.0f} %" for v, k_ in zip(confidence, k)])
 fig.suptitle("the DDPM samples and what the classifier sees in them (class, confidence)", fontsize=10)
 plt.show()
 
@@ -629,13 +613,8 @@ plt.show()
 
 # %%
 MU, S = 0.3, 0.5  # Gaussian "data", spread like CIFAR-10 pixels
-
-
-def perfect_eps(x, t):
-    """The exact E[eps | x_t] for data N(MU, S^2) (a formula, not a network): x [B, 1], t [B]."""
-    ab = gather(schedule.alpha_bar, t, x.ndim)
-    return (1 - ab).sqrt() * (x - ab.sqrt() * MU) / (ab * S**2 + 1 - ab)
-
+# the formula above as model(x [B, 1], t [B]) -> E[eps | x_t] for data N(MU, S^2): course_lib.toy
+perfect_eps = gaussian_eps_model(MU, S, schedule)
 
 z = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0))
 toy_steps = [5, 10, 20, 50, 100, 250, 1000]
@@ -679,10 +658,8 @@ rows, labels = [], []
 for i in range(min(2, n_samples)):
     rows += [ddpm.trajectory[index, i], ddpm.x0_preds[index, i]]
     labels += [f"$x_t$ (sample {i + 1})", rf"$\hat x_0$ (sample {i + 1})"]
-ax = show_images(torch.cat(rows), nrow=len(strip_t), row_labels=labels, scale=1.15,
-                 title=r"DDPM sampling: the noisy $x_t$ and the predicted $\hat x_0$ along the way")
-ax.set_xticks([2 + 34 * c + 16 for c in range(len(strip_t))], [f"t = {t_}" for t_ in strip_t])
-ax.tick_params(axis="x", length=0)
+show_images(torch.cat(rows), nrow=len(strip_t), row_labels=labels, col_labels=[f"t = {t_}" for t_ in strip_t],
+            scale=1.15, title=r"DDPM sampling: the noisy $x_t$ and the predicted $\hat x_0$ along the way")
 plt.show()
 
 # %% [markdown]

@@ -28,8 +28,9 @@
 #    time and peak memory from 64 to 4,096 tokens: the lengths where attention stops fitting.
 # 3. An exercise: write the AdaGN modulation yourself, with a check that says right or wrong.
 #
-# The code lives in `course_lib.unet` (`ResBlock`, `AdaGNResBlock`), `course_lib.attention`,
-# `course_lib.diagnostics` and `course_lib.profiling`.
+# The code lives in `course_lib.unet` (`ResBlock`, `AdaGNResBlock`), `course_lib.conditioning`
+# (`modulate`, the scale-and-shift step), `course_lib.attention`, `course_lib.diagnostics` and
+# `course_lib.profiling`.
 
 # %%
 import dataclasses
@@ -45,12 +46,12 @@ from course_lib.data import StepBatches, load_cifar10
 from course_lib.diagnostics import copy_shared_weights, held_out_loss, timestep_sensitivity
 from course_lib.exercises import check_adagn_modulation
 from course_lib.parameterization import diffusion_loss
-from course_lib.profiling import peak_memory, time_per_call
+from course_lib.profiling import count_parameters, peak_memory, time_per_call
 from course_lib.samplers import ddim_sample
 from course_lib.schedules import NoiseSchedule
-from course_lib.train import TrainConfig, fit
-from course_lib.unet import AdaGNResBlock, ResBlock, UNet, UNetConfig, count_parameters
-from course_lib.viz import show_images
+from course_lib.trainer import TrainConfig, fit
+from course_lib.unet import AdaGNResBlock, ResBlock, UNet, UNetConfig
+from course_lib.viz import moving_average, plot_losses, show_images
 
 config.setup_cpu_speedups()
 config.seed_everything(0)
@@ -193,27 +194,16 @@ for kind, model in models.items():
 # %%
 losses = {kind: torch.tensor(r.losses) for kind, r in runs.items()}
 window = config.pick(10, 100)
-
-
-def moving_average(x, w):
-    return x.unfold(0, w, 1).mean(1)  # [len - w + 1]
-
-
 diff = losses["adagn"] - losses["additive"]  # paired: same batch, t and noise at every step
-steps = torch.arange(len(diff))
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 for kind, color in [("additive", "tab:red"), ("adagn", "tab:blue")]:
-    ax1.plot(steps, losses[kind], color=color, alpha=0.15, lw=0.8)
-    ax1.plot(steps[window - 1:], moving_average(losses[kind], window), color=color, lw=2,
-             label=f"{kind} (mean of {window} steps)")
-ax1.set(xlabel="training step", ylabel="training loss", yscale="log", title="the two loss curves")
-ax1.grid(alpha=0.3, which="both")
-ax1.legend()
-diff_avg = moving_average(diff, window)
+    plot_losses(losses[kind], window=window, ax=ax1, label=kind, color=color)
+ax1.set(ylabel="training loss", title="the two loss curves")
+steps, diff_avg = moving_average(diff, window)  # centred on each window's middle step, [len - window + 1]
 diff_se = diff.unfold(0, window, 1).std(1) / window**0.5
 ax2.axhline(0, color="0.3", lw=1)
-ax2.plot(steps[window - 1:], diff_avg, color="tab:purple", lw=2, label=f"AdaGN − additive, mean of {window} steps")
-ax2.fill_between(steps[window - 1:].numpy(), (diff_avg - 2 * diff_se).numpy(), (diff_avg + 2 * diff_se).numpy(),
+ax2.plot(steps, diff_avg, color="tab:purple", lw=2, label=f"AdaGN − additive, mean of {window} steps")
+ax2.fill_between(steps.numpy(), (diff_avg - 2 * diff_se).numpy(), (diff_avg + 2 * diff_se).numpy(),
                  color="tab:purple", alpha=0.2, label="± 2 standard errors")
 ax2.set(xlabel="training step", ylabel="loss difference (paired)", title="below zero: AdaGN has the lower loss")
 ax2.grid(alpha=0.3)
@@ -250,7 +240,7 @@ show_images(torch.cat([samples["additive"], samples["adagn"]]), nrow=8,
 plt.show()
 
 # %% [markdown]
-The two rows are nearly the same pictures: both networks started from the same weights, saw the same
+# The two rows are nearly the same pictures: both networks started from the same weights, saw the same
 # data and noise, and learned nearly the same denoiser. A loss difference of a percent or two does not
 # show at this scale; it shows in the loss, and (in larger models trained longer) in sample quality
 # metrics such as FID.

@@ -28,30 +28,30 @@
 # 5. **Looking inside**: an explorer for the attention maps (which pixels read which word), and
 #    a frozen pretrained text encoder that knows words the captions never used.
 #
-# The code is in `course_lib.text`, `course_lib.spatial_transformer`, `course_lib.guidance`,
-# `course_lib.capture`, `course_lib.text2image` and `course_lib.classifier`.
+# The code is in `course_lib.captions`, `course_lib.text`, `course_lib.spatial_transformer`,
+# `course_lib.guidance`, `course_lib.capture`, `course_lib.text2image` and `course_lib.classifier`.
 
 # %%
 import dataclasses
 import warnings
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
 from course_lib import config
+from course_lib.captions import caption, class_prompt, random_captions, unseen_prompt
 from course_lib.capture import capture_attention
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
 from course_lib.evaluation import prompt_accuracy
 from course_lib.exercises import check_cross_attention
+from course_lib.generation import Pipeline
 from course_lib.recipes import RECIPES, model_from_checkpoint
 from course_lib.spatial_transformer import SpatialTransformer
-from course_lib.text import (Tokenizer, caption, class_prompt, pretrained_text_encoder_available,
-                             random_captions, unseen_prompt)
-from course_lib.train import fit
-from course_lib.viz import show_images
-from course_lib.widgets import attention_explorer, guidance_explorer, token_heatmap
+from course_lib.text import Tokenizer, pretrained_text_encoder_available
+from course_lib.trainer import fit
+from course_lib.viz import describe_card, plot_losses, show_images, token_heatmap
+from course_lib.widgets import attention_explorer, guidance_explorer
 
 config.setup_cpu_speedups()
 config.seed_everything(0)
@@ -186,27 +186,20 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # unknown-word warnings cannot happen on training captions; keep the output short
     result = fit(model, recipe.loss_fn(), recipe.batches(train, short), short, device=device)
 print(f"{result.step} steps of {short.batch_size} in {result.seconds:.0f} s ({result.images_per_second:.0f} images/s)")
-losses = torch.tensor(result.losses)
 fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
-ax.plot(losses, alpha=0.4, label="loss per step")
-w = config.pick(5, 20)
-ax.plot(torch.arange(len(losses) - w + 1) + (w - 1) / 2, losses.unfold(0, w, 1).mean(1), lw=2, label=f"mean of {w}")
-ax.set(xlabel="training step", ylabel="loss", yscale="log", title=f"a short run of {recipe.name}")
-ax.grid(alpha=0.3, which="both")
-ax.legend()
+plot_losses(result.losses, window=config.pick(5, 20), ax=ax, title=f"a short run of {recipe.name}")
 plt.show()
 
 # %%
 checkpoint = config.checkpoint_dir() / "cond-small.safetensors"
 if not FAST and checkpoint.exists():
-    model, card = model_from_checkpoint(checkpoint, device=device)
-    info = card["training"]
-    print(f"loaded {checkpoint.name}: step {card['step']}, loss (last 100 steps) {card['metrics']['loss_last_100']:.4f}; "
-          f"trained {info['wall_seconds_total'] / 60:.0f} min on {info['hardware']}")
+    pipeline = Pipeline.from_checkpoint(checkpoint, device=device)  # the model and the process on its card
+    print(f"loaded {checkpoint.name}\n{describe_card(pipeline.card)}")
 else:
-    model = result.ema.to(device).eval()
+    pipeline = Pipeline(result.ema.to(device).eval(), recipe.process)
     print("using the model just trained" + ("" if FAST else f" ({checkpoint} not found: train it with "
                                              "`python -m course_lib.train cond-small --minutes 240`)"))
+model = pipeline.denoiser  # generation: course_lib.generation.Pipeline (encode, guide, sample)
 
 # %% [markdown]
 # ## 4. Classifier-free guidance
@@ -228,7 +221,7 @@ prompts = [class_prompt(c) for c in range(10)]
 num_steps = config.pick(10, 50)
 x_T = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 scales = [0.0, 1.0, 3.0, 7.0]
-rows = {w: model.generate(prompts, scale=w, num_steps=num_steps, x_T=x_T.to(device)).cpu() for w in scales}
+rows = {w: pipeline.generate(prompts, scale=w, num_steps=num_steps, x_T=x_T.to(device)).cpu() for w in scales}
 fig, axes = plt.subplots(len(scales), 1, figsize=(12, 1.5 * len(scales) + 0.6), layout="constrained")
 for ax, w in zip(axes, scales):
     show_images(rows[w], nrow=10, ax=ax)
@@ -244,7 +237,7 @@ plt.show()
 explorer_prompts = prompts[:config.pick(4, 10)]
 explorer_noise = x_T[:len(explorer_prompts)].to(device)
 guidance = guidance_explorer(
-    lambda w: model.generate(explorer_prompts, scale=w, num_steps=num_steps, x_T=explorer_noise).cpu(),
+    lambda w: pipeline.generate(explorer_prompts, scale=w, num_steps=num_steps, x_T=explorer_noise).cpu(),
     scales=[0, 1, 2, 3, 5, 7, 10], titles=explorer_prompts, scale=3)
 display(guidance)
 
@@ -270,7 +263,7 @@ print(f"scale {guidance.state['scale']}: mean |change| of the images from w = 3:
 classifier, classifier_card = model_from_checkpoint(config.checkpoint_dir() / "cifar-classifier.safetensors")
 print(f"classifier: {classifier_card['metrics']}")
 per_class, eval_steps = config.pick(2, 10), config.pick(10, 25)  # 100 images per scale in full mode
-verdicts = prompt_accuracy(model, classifier, scales=(0.0, 1.0, 3.0), per_class=per_class, num_steps=eval_steps)
+verdicts = prompt_accuracy(pipeline, classifier, scales=(0.0, 1.0, 3.0), per_class=per_class, num_steps=eval_steps)
 for verdict in verdicts.values():
     print(verdict, f"(DDIM {eval_steps} steps)")
 
@@ -301,7 +294,7 @@ plt.show()
 def run(prompt):
     noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)).to(device)
     with capture_attention(model, max_batch=1) as record:  # the first image of each [cond; uncond] batch
-        image = model.generate([prompt], scale=3.0, num_steps=config.pick(6, 25), x_T=noise)
+        image = pipeline.generate([prompt], scale=3.0, num_steps=config.pick(6, 25), x_T=noise)
     return image[0].cpu(), record, model.prompt_tokens(prompt)
 
 
@@ -385,11 +378,8 @@ minilm_checkpoint = config.checkpoint_dir() / "cond-small-minilm.safetensors"
 if minilm_checkpoint.exists() and small_checkpoint.exists() and pretrained_text_encoder_available():
     models = {}
     for path in (small_checkpoint, minilm_checkpoint):
-        models[path.stem], card = model_from_checkpoint(path, device=device)
-        info = card["training"]
-        print(f"{path.stem}: step {card['step']} ({info['wall_seconds_total'] / 60:.0f} training min"
-              + (f"; it started from the weights of {Path(info['transplant']['from']).stem} at step "
-                 f"{info['transplant']['step']}" if "transplant" in info else "") + ")")
+        models[path.stem] = Pipeline.from_checkpoint(path, device=device)
+        print(describe_card(models[path.stem].card), end="\n\n")
     unseen_per_class, unseen_steps = config.pick(1, 10), config.pick(10, 25)
     # full mode: section 5 already judged this cond-small on the training words, with the same noise
     # and settings; take that verdict instead of sampling the same 100 images again

@@ -45,6 +45,19 @@ def isolated_data(tmp_path, monkeypatch):
     return tmp_path
 
 
+def randomize_zero_init(model: torch.nn.Module, std: float = 0.2, seed: int = 1) -> torch.nn.Module:
+    """Give random values (N(0, std^2), seeded) to every parameter that is all zeros and return the model.
+
+    The course's blocks start as the identity (zero-initialised conv2, proj_out, conv_out, gates), so
+    a fresh model ignores its time, text and attention inputs; tests of the wiring undo that first."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, std)
+    return model
+
+
 def tiny_conditional_unet(context_dim: int, **overrides):
     """A text-conditional UNet small enough for tests: 16/32 channels, cross-attention at 8x8 and in the
     middle, on 16x16 images; its zero-initialised layers (proj_out, conv_out) are randomised so that the
@@ -53,13 +66,7 @@ def tiny_conditional_unet(context_dim: int, **overrides):
 
     config = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), image_size=16,
                   num_groups=8, num_heads=2, dropout=0.0, context_dim=context_dim)
-    model = UNet(UNetConfig(**{**config, **overrides})).eval()
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0, 0.2)
-    return model
+    return randomize_zero_init(UNet(UNetConfig(**{**config, **overrides})).eval(), std=0.2, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_zero_init
 
-from course_lib import unet
 from course_lib.attention import (
     ATTENTION_IMPLS,
+    HookableAttention,
     MultiHeadAttention,
     attention,
     attention_weights,
@@ -78,7 +79,7 @@ def test_causal_mask_matches_sdpa_is_causal():
         torch.testing.assert_close(fn(q, k, v, causal), expected, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
-def test_the_dispatcher_and_chapter_1_name():
+def test_the_dispatcher():
     q, k, v = _qkv(1, 2, 9, 11)
     for impl in IMPLS:
         torch.testing.assert_close(attention(q, k, v, impl=impl), einsum_attention(q, k, v), atol=1e-5, rtol=0)
@@ -86,7 +87,6 @@ def test_the_dispatcher_and_chapter_1_name():
                                einsum_attention(q, k, v), atol=1e-5, rtol=0)
     torch.testing.assert_close(chunked_attention(q, k, v, key_chunk_size=None), einsum_attention(q, k, v),
                                atol=1e-5, rtol=0)  # query chunking only
-    assert unet.attention is einsum_attention  # `from course_lib.unet import attention` still works
 
 
 # --------------------------------------------------------------------------- the mask convention
@@ -195,12 +195,7 @@ def test_multi_head_cross_attention_shapes():
 
 
 def test_unet_gives_the_same_output_with_every_attention_impl():
-    torch.manual_seed(0)
-    base = UNet(UNetConfig.tiny(num_heads=2)).eval()
-    with torch.no_grad():
-        for p in base.parameters():  # undo the zero inits so that attention matters
-            if p.abs().max() == 0:
-                p.normal_(0, 0.05)
+    base = randomize_zero_init(UNet(UNetConfig.tiny(num_heads=2)).eval(), std=0.05)  # so that attention matters
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 600])
     with torch.no_grad():
         expected = base(x, t)
@@ -212,3 +207,56 @@ def test_unet_gives_the_same_output_with_every_attention_impl():
             torch.testing.assert_close(model(x, t), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         UNetConfig.tiny(attention_impl="flash")
+
+
+# --------------------------------------------------------------------------- one hookable path
+
+
+def _mha_and_inputs():
+    g = torch.Generator().manual_seed(0)
+    layer = MultiHeadAttention(16, num_heads=2, context_dim=8, impl="einsum")
+    return layer, (torch.randn(2, 9, 16, generator=g), torch.randn(2, 5, 8, generator=g))  # 9 tokens, 5 of context
+
+
+def _attention_block_and_inputs():
+    layer = AttentionBlock(16, num_heads=2, num_groups=4, impl="einsum")
+    return layer, (torch.randn(2, 16, 3, 3, generator=torch.Generator().manual_seed(0)),)  # 3x3 = 9 positions
+
+
+@pytest.mark.parametrize("make", [_mha_and_inputs, _attention_block_and_inputs], ids=["MultiHeadAttention",
+                                                                                     "AttentionBlock"])
+def test_both_layers_show_q_and_k_to_their_hooks_and_compute_the_same(make):
+    """Hooks see the split heads just before attention, in order; the output is the same bits with or without them."""
+    layer, inputs = make()
+    assert isinstance(layer, HookableAttention)
+    randomize_zero_init(layer)  # AttentionBlock's proj_out starts at zero
+    names = set(layer.state_dict())
+    seen = []
+    with torch.no_grad():
+        plain = layer(*inputs)
+        handles = [layer.register_attention_hook(lambda m, q, k, mask, cross, i=i: seen.append((i, m, q, k, cross)))
+                   for i in range(2)]
+        hooked = layer(*inputs)
+        assert set(layer.state_dict()) == names  # hooks are not state: checkpoints are unchanged
+        for handle in handles:
+            handle.remove()
+        layer(*inputs)
+    assert torch.equal(hooked, plain)
+    assert len(seen) == 2  # one call with both hooks; none after .remove()
+    (i0, m, q, k, cross), (i1, *_) = seen
+    assert (i0, i1) == (0, 1) and m is layer
+    is_cross = isinstance(layer, MultiHeadAttention)  # it was given a context
+    assert cross is is_cross and q.shape == (2, 2, 9, 8) and k.shape == (2, 2, 5 if is_cross else 9, 8)
+
+
+def test_attention_block_attends_through_its_impl():
+    """``impl`` is read at call time: changing it on a built block switches the version and nothing else."""
+    block = randomize_zero_init(AttentionBlock(16, num_heads=2, num_groups=4, impl="einsum"))
+    x = torch.randn(2, 16, 4, 4)
+    with torch.no_grad():
+        expected = block(x)
+        for impl in IMPLS:
+            block.impl = impl
+            torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
+        AttentionBlock(16, num_groups=4, impl="flash")

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from conftest import randomize_zero_init
 
-from course_lib.attention import MultiHeadAttention
+from course_lib.attention import HookableAttention, MultiHeadAttention
 from course_lib.capture import capture_attention
 from course_lib.guidance import ClassifierFreeGuidance
 from course_lib.samplers import ddim_sample, ddim_timesteps
@@ -25,7 +26,7 @@ def setup(conditional_unet):
 
 
 def _hook_count(model):
-    return sum(len(m._attention_hooks) for m in model.modules() if isinstance(m, MultiHeadAttention)) + len(
+    return sum(len(m._attention_hooks) for m in model.modules() if isinstance(m, HookableAttention)) + len(
         model._forward_pre_hooks) + len(model._forward_hooks)
 
 
@@ -127,8 +128,11 @@ def test_capture_errors_say_what_to_do(setup):
     with pytest.raises(ValueError, match="kinds must be"):
         with capture_attention(model, kinds=("crosss",)):
             pass
-    with pytest.raises(ValueError, match="no MultiHeadAttention layer"):
-        with capture_attention(UNet(UNetConfig.tiny())):
+    with pytest.raises(ValueError, match="no attention layer \\(HookableAttention\\) to record"):
+        with capture_attention(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8))):
+            pass
+    with pytest.raises(ValueError, match="4 AttentionBlock\\) attend to themselves only: .* pass kinds='self'"):
+        with capture_attention(UNet(UNetConfig.tiny())):  # kinds=("cross",) by default
             pass
     with pytest.raises(TypeError, match="pass its .model"):
         with capture_attention(ClassifierFreeGuidance(model, context, mask)):
@@ -155,3 +159,37 @@ def test_maps_of_a_non_square_token_grid_need_a_size():
         record.maps("")
     with pytest.raises(ValueError, match="size=\\(2, 2\\) has 4 positions"):
         record.maps("", size=(2, 2))
+
+
+def test_capture_of_an_unconditional_unets_self_attention():
+    """Chapter 1's UNet: every AttentionBlock is recorded (16x16: 256 positions attend to 256), rows sum to 1,
+    the weights are softmax(q k^T / sqrt(d)) of the block's own 1x1-conv q and k, and no output bit changes."""
+    model = randomize_zero_init(UNet(UNetConfig.tiny(num_heads=2)).eval(), std=0.05)
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([250, 250])
+    inputs = []
+    handle = model.middle[1].register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        try:
+            plain = model(x, t)
+            inputs.clear()
+            with capture_attention(model, kinds="self") as record:
+                captured = model(x, t)
+        finally:
+            handle.remove()
+    assert torch.equal(captured, plain)
+    assert _hook_count(model) == 0
+    assert record.layers == ["down.2.1", "middle.1", "up.0.1", "up.1.1"]  # the 16x16 level and the middle
+    assert record.timesteps == [250] and all(c.kind == "self" and c.call == 0 for c in record.calls)
+    for call in record.calls:
+        assert call.probs.shape == (2, 2, 256, 256)
+        torch.testing.assert_close(call.probs.sum(-1), torch.ones(2, 2, 256), atol=1e-5, rtol=0)
+        assert (call.probs >= 0).all()
+    # recompute the middle block's weights from its input: GroupNorm, the qkv conv, heads of 16 channels
+    (h,) = inputs
+    block = model.middle[1]
+    with torch.no_grad():
+        qkv = block.qkv(block.norm(h)).reshape(2, 3, 2, 16, 256)  # [B, (q k v), heads, d, H*W]
+        q, k = qkv[:, 0].transpose(-1, -2), qkv[:, 1].transpose(-1, -2)  # [B, heads, 256, d]
+        expected = (q @ k.transpose(-1, -2) / 4.0).softmax(-1)
+    torch.testing.assert_close(record.probs("middle.1", t=250, head=None), expected, atol=1e-6, rtol=0)
+    assert record.maps("middle.1").shape == (2, 16, 16, 256)  # where each of the 256 positions is attended from

@@ -14,7 +14,7 @@ from course_lib.classifier import (CIFARClassifier, ClassifierConfig, accuracy, 
                                    random_crop, recalibrate_batchnorm)
 from course_lib.config import REPO_ROOT
 from course_lib.data import StepBatches, load_cifar10, to_unit_range
-from course_lib.train import TrainConfig, fit
+from course_lib.trainer import TrainConfig, fit
 
 SHIPPED = REPO_ROOT / "data" / "checkpoints" / "cifar-classifier.safetensors"
 # Accuracy of the shipped checkpoint on the bundled sample's 500 test images, measured when it was

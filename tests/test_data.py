@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from course_lib import data
-from course_lib.data import CIFAR10_CLASSES, CIFAR10Split, DataSourceError, StepBatches, load_cifar10
+from course_lib.data import CIFAR10_CLASSES, CIFAR10Split, DataSourceError, StepBatches, TensorSplit, load_cifar10
 
 
 def write_png(img: torch.Tensor, path: str) -> None:
@@ -165,3 +165,81 @@ def test_sample_draws_nested_subsets_with_every_class_from_a_class_sorted_split(
     assert ds.sample(40).labels.unique().numel() == 10
     assert torch.equal(ds.sample(40).labels[:15], ds.sample(15).labels)  # a prefix of one fixed order
     assert not torch.equal(ds.sample(40, seed=1).labels, ds.sample(40).labels)
+
+
+# --------------------------------------------------------------------------- TensorSplit, and StepBatches over any split
+
+
+def test_tensor_split_of_latents_resumes_exactly_through_step_batches():
+    """Chapter 4's cached latents: the batch at step s does not depend on which steps were drawn before."""
+    g = torch.Generator().manual_seed(0)
+    latents, labels = torch.randn(100, 4, 8, 8, generator=g), torch.randint(10, (100,), generator=g)
+    latents[:, 0, 0, 0] = torch.arange(100.0)  # each latent carries its item number
+    split = TensorSplit(latents, labels, source="cached latents")
+    assert len(split) == 100 and split.source == "cached latents"
+    uninterrupted = StepBatches(split, batch_size=16, seed=4)
+    drawn = {s: uninterrupted(s) for s in range(15)}  # every step in order, across two epochs (6 steps each)
+    for step in (14, 7, 0, 6, 13):  # a resumed run: a fresh StepBatches asked for step s first
+        x, y = StepBatches(split, batch_size=16, seed=4)(step)
+        assert x.shape == (16, 4, 8, 8) and y.shape == (16,)
+        assert torch.equal(x, drawn[step][0]) and torch.equal(y, drawn[step][1])
+    items = torch.cat([drawn[s][0][:, 0, 0, 0].long() for s in range(6)])  # [96], the first epoch
+    assert len(items.unique()) == 96  # within one epoch no item repeats
+    assert torch.equal(torch.cat([drawn[s][1] for s in range(6)]), labels[items])  # each latent with its label
+    assert torch.equal(torch.cat([drawn[s][0] for s in range(6)]), latents[items])
+
+
+def test_step_batches_order_is_pinned():
+    """The permutation seeded by (seed, epoch), the random draws by (seed, step): the exact indices and
+    flips the shipped checkpoints were trained with (a resumed run relies on them)."""
+    class Probe:  # returns the indices and the first draws of the batch's generator
+        def __len__(self):
+            return 10
+
+        def batch(self, index, generator=None):
+            return index, (torch.rand(len(index), generator=generator) < 0.5).long()
+
+    batches = StepBatches(Probe(), batch_size=4, seed=0)
+    assert [batches(s)[0].tolist() for s in range(5)] == [[4, 1, 7, 5], [3, 9, 0, 8], [5, 6, 1, 2], [0, 8, 9, 3],
+                                                         [8, 7, 1, 5]]
+    assert [batches(s)[1].tolist() for s in range(5)] == [[0, 1, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0],
+                                                         [0, 1, 0, 1]]
+    assert torch.equal(StepBatches(TensorSplit(torch.arange(10)), 4, seed=0)(3)[0], torch.tensor([0, 8, 9, 3]))
+
+
+def test_cifar10_split_batches_are_unchanged():
+    """CIFAR10Split is a TensorSplit of (images, labels) whose batches flip exactly as before."""
+    images = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(40) % 10
+    split = CIFAR10Split(images, labels, source="test", split="train", hflip=True)
+    assert isinstance(split, TensorSplit) and split.tensors[0] is images and split.tensors[1] is labels
+    index = torch.tensor([5, 0, 39, 12, 12, 7])
+    x, y = split.batch(index, torch.Generator().manual_seed(3))
+    flip = torch.rand(len(index), generator=torch.Generator().manual_seed(3)) < 0.5  # one draw per image, in order
+    assert torch.equal(x, torch.where(flip[:, None, None, None], images[index].flip(-1), images[index]))
+    assert torch.equal(y, labels[index])
+    # through StepBatches: step 0 of seed 0 takes items [4, 1, 7, 5] and flips the middle two (pinned above)
+    x, y = StepBatches(CIFAR10Split(images[:10], labels[:10], source="test", split="train", hflip=True), 4)(0)
+    expected = images[[4, 1, 7, 5]]
+    assert torch.equal(x, torch.stack([expected[0], expected[1].flip(-1), expected[2].flip(-1), expected[3]]))
+    assert y.tolist() == [4, 1, 7, 5]
+    # subset, sample and the setters keep the kind and the settings
+    assert isinstance(split.sample(8), CIFAR10Split) and split.sample(8).hflip and split.subset(4).split == "train"
+    replaced = images.flip(0)
+    split.images = replaced  # what a test does to swap in other pixels
+    assert split.images is replaced and split.tensors[0] is replaced and split.labels is labels
+
+
+def test_tensor_split_sample_subset_and_errors():
+    split = TensorSplit(torch.arange(50), torch.arange(50) * 2, source="pairs")
+    sampled = split.sample(20, seed=1)
+    assert type(sampled) is TensorSplit and sampled.source == "pairs"
+    assert torch.equal(sampled.tensors[1], 2 * sampled.tensors[0])  # rows stay aligned
+    assert torch.equal(split.sample(5, seed=1).tensors[0], sampled.tensors[0][:5])  # nested prefixes
+    assert split.subset(3).tensors[0].tolist() == [0, 1, 2] and split[7] == (7, 14)
+    with pytest.raises(ValueError, match=r"same first dimension.*\[100, 99\]"):
+        TensorSplit(torch.zeros(100, 4, 8, 8), torch.zeros(99))
+    with pytest.raises(ValueError, match="at least one tensor"):
+        TensorSplit()
+    with pytest.raises(TypeError, match="TensorSplit"):
+        StepBatches([torch.zeros(3)] * 10, batch_size=2)  # a list has a length but no .batch()

@@ -5,9 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from course_lib.classifier import CIFARClassifier, ClassifierConfig
-from course_lib.evaluation import prompt_accuracy
-from course_lib.text import class_prompt
+from course_lib.captions import class_prompt
+from course_lib.checkpoint import save_checkpoint
+from course_lib.classifier import CIFARClassifier, ClassifierConfig, predict
+from course_lib.evaluation import main, prompt_accuracy
+from course_lib.generation import Pipeline
+from course_lib.processes import DDPMProcess
 from course_lib.text2image import Text2ImageConfig, TextToImageUNet
 
 
@@ -23,15 +26,16 @@ class BrightnessClassifier(torch.nn.Module):
         return -(x.mean(dim=(1, 2, 3))[:, None] - centres).pow(2)  # [B, 10]
 
 
-class PromptPainter(torch.nn.Module):
-    """A stand-in generator: paints the prompted class's brightness with weight min(scale, 1), else class 0.
+class PromptPainter:
+    """A stand-in text-to-image pipeline: paints the prompted class's brightness when scale >= 1, else class 0.
 
     It records the noise it was given, to check that every scale starts from the same noise."""
 
+    text_conditional = True
+    denoiser = SimpleNamespace(sample_shape=(3, 8, 8))
+    device = torch.device("cpu")
+
     def __init__(self):
-        super().__init__()
-        self.config = SimpleNamespace(unet=SimpleNamespace(in_channels=3, image_size=8))
-        self.unused = torch.nn.Parameter(torch.zeros(()))
         self.noise = {}
 
     def generate(self, prompts, scale, num_steps, x_T):
@@ -67,7 +71,7 @@ def test_labels_follow_the_class_prompts():
 
 def test_the_prompt_function_picks_the_prompts():
     """A painter that knows only the canonical prompts paints every unseen prompt as class 0."""
-    from course_lib.text import unseen_prompt
+    from course_lib.captions import unseen_prompt
 
     class CanonicalPainter(PromptPainter):
         def generate(self, prompts, scale, num_steps, x_T):
@@ -81,14 +85,25 @@ def test_the_prompt_function_picks_the_prompts():
     assert result.accuracy == pytest.approx(0.1) and result.labels.tolist() == [k for k in range(10) for _ in range(2)]
 
 
-def test_runs_on_a_real_text_to_image_model():
+def test_runs_the_pipeline_on_shared_noise_and_classifies_its_images():
     torch.manual_seed(0)
-    model = TextToImageUNet(Text2ImageConfig.tiny()).eval()
+    pipeline = Pipeline(TextToImageUNet(Text2ImageConfig.tiny()).eval(), DDPMProcess())
     classifier = CIFARClassifier(ClassifierConfig.tiny()).eval()
-    results = prompt_accuracy(model, classifier, scales=(0, 3), per_class=1, num_steps=2)
-    for r in results.values():
-        assert r.n == 10 and 0.0 <= r.accuracy <= 1.0 and r.images.shape == (10, 3, 32, 32)
-        assert r.images.abs().max() <= 1.0
+    results = prompt_accuracy(pipeline, classifier, scales=(0, 3), per_class=1, num_steps=2, seed=4)
+    noise = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    prompts = [class_prompt(k) for k in range(10)]
+    for w, r in results.items():
+        assert torch.equal(r.images, pipeline.generate(prompts, scale=w, num_steps=2, x_T=noise))
+        assert torch.equal(r.predicted, predict(classifier, r.images)[0])
+        assert r.labels.tolist() == list(range(10))
+    with pytest.raises(ValueError, match="needs a text-to-image pipeline"):
+        prompt_accuracy(_unconditional(), classifier)
+
+
+def _unconditional() -> Pipeline:
+    from course_lib.unet import UNet, UNetConfig
+
+    return Pipeline(UNet(UNetConfig.tiny()).eval(), DDPMProcess())
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -101,13 +116,11 @@ def test_bad_arguments_say_what_is_wrong(kwargs, message):
         prompt_accuracy(PromptPainter(), BrightnessClassifier(), **kwargs)
 
 
-
+@pytest.mark.slow
 def test_command_line_reports_each_scale(tmp_path, capsys):
-    from course_lib.checkpoint import save_checkpoint
-    from course_lib.evaluation import main
-
     torch.manual_seed(0)
-    model = save_checkpoint(tmp_path / "t2i.safetensors", TextToImageUNet(Text2ImageConfig.tiny()), kind="inference")
+    model = save_checkpoint(tmp_path / "t2i.safetensors", TextToImageUNet(Text2ImageConfig.tiny()), kind="inference",
+                            training={"process": DDPMProcess().to_dict()})
     classifier = save_checkpoint(tmp_path / "clf.safetensors", CIFARClassifier(ClassifierConfig.tiny()).eval(),
                                  kind="inference")
     assert main([str(model), "--classifier", str(classifier), "--scales", "0,2", "--per-class", "1",
@@ -124,7 +137,7 @@ def test_command_line_reports_each_scale(tmp_path, capsys):
     assert "--scales must be numbers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(classifier), "--classifier", str(classifier)])
-    assert "holds a CIFARClassifier without a diffusion process on its card" in capsys.readouterr().err
+    assert "names no generative process on its card: it is not a denoiser" in capsys.readouterr().err
 
 
 def test_classifier_score_closed_forms():
@@ -150,9 +163,8 @@ def test_classifier_score_of_images_sees_what_the_classifier_sees():
     assert score.inception_score > 1.0 and torch.allclose(score.class_share.sum(), torch.tensor(1.0))
 
 
+@pytest.mark.slow
 def test_command_line_scores_an_unconditional_unet_beside_real_images(tmp_path, isolated_data, capsys):
-    from course_lib.checkpoint import save_checkpoint
-    from course_lib.evaluation import main
     from course_lib.unet import UNet, UNetConfig
 
     torch.manual_seed(0)

@@ -1,12 +1,23 @@
-"""peak_memory counts tensor memory exactly; time_per_call returns one median per function."""
+"""count_parameters counts what learns; peak_memory counts tensor memory exactly; time_per_call returns medians."""
 
 import pytest
 import torch
 
 from course_lib.attention import chunked_attention, einsum_attention
-from course_lib.profiling import peak_memory, time_per_call
+from course_lib.profiling import count_parameters, peak_memory, time_per_call
 
 MB = 2**20
+
+
+def test_count_parameters_counts_trainable_ones_unless_asked_for_all():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2, bias=False))  # 3*4 + 4 = 16, 4*2 = 8
+    model.register_buffer("running", torch.zeros(100))  # a buffer is not a parameter
+    assert count_parameters(model) == count_parameters(model, trainable_only=False) == 24
+    model[0].requires_grad_(False)  # a frozen part (like chapter 3's pretrained text encoder)
+    assert count_parameters(model) == 8
+    assert count_parameters(model, trainable_only=False) == 24
+    with torch.device("meta"):  # shapes only: counting needs no memory
+        assert count_parameters(torch.nn.Linear(1000, 1000)) == 1_001_000
 
 
 def test_peak_memory_of_one_allocation():

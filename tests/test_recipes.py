@@ -23,6 +23,7 @@ def test_unknown_recipe_is_an_error(capsys):
     assert "unknown recipe 'ddpm-huge'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_resume_and_export(tmp_path, isolated_data, capsys):
     state, export = tmp_path / "state.safetensors", tmp_path / "out" / "tiny.safetensors"
     args = ["ddpm-tiny", "--state", str(state), "--export", str(export), "--device", "cpu"]
@@ -32,7 +33,7 @@ def test_train_resume_and_export(tmp_path, isolated_data, capsys):
     card = read_card(export)
     assert card["step"] == 5 and card["kind"] == "inference" and card["exported_weights"] == "ema"
     assert card["training"]["recipe"] == "ddpm-tiny"
-    assert card["training"]["diffusion"] == {"schedule": "linear", "T": 1000, "parameterization": "eps"}
+    assert card["training"]["process"] == {"name": "ddpm", "schedule": "linear", "T": 1000, "parameterization": "eps"}
     assert card["training"]["data_source"].startswith("bundled sample")
     assert card["training"]["wall_seconds_total"] > 0 and "CPU" in card["training"]["hardware"]
     assert json.loads(export.with_suffix(".json").read_text()) == card
@@ -44,6 +45,7 @@ def test_train_resume_and_export(tmp_path, isolated_data, capsys):
         assert model(torch.zeros(2, 3, 32, 32), torch.tensor([0, 999])).shape == (2, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_without_a_state_the_cli_continues_from_the_export(tmp_path, isolated_data, capsys):
     """A fresh clone has the shipped export but no training state: training continues from the export
     instead of starting at step 0 and then overwriting the better export; --fresh starts at 0."""
@@ -142,7 +144,7 @@ def test_text_to_image_recipes_are_listed_and_start_at_the_simple_loss(capsys, i
         cfg, info = recipe.train_config(), recipe.card_info()
         assert (cfg.batch_size, cfg.lr, cfg.ema_decay, cfg.bf16, cfg.channels_last) == (64, 2e-4, 0.9995, True, True)
         assert cfg.warmup_steps > 0 and info["text_encoder"] == encoder and info["p_uncond"] == 0.1
-        assert info["diffusion"] == {"schedule": "linear", "T": 1000, "parameterization": "eps"}
+        assert info["process"] == {"name": "ddpm", "schedule": "linear", "T": 1000, "parameterization": "eps"}
         json.dumps(info)
     recipe = recipes.RECIPES["cond-tiny"]
     x, y = recipe.batches(recipe.data(), recipe.train_config())(0)
@@ -154,14 +156,24 @@ def test_text_to_image_recipes_are_listed_and_start_at_the_simple_loss(capsys, i
     assert recipes.MODELS["TextToImageUNet"] == (TextToImageUNet, Text2ImageConfig)
 
 
-def test_model_from_checkpoint_gives_a_text_to_image_model_its_schedule(tmp_path):
+def test_model_from_checkpoint_builds_a_text_to_image_model(tmp_path):
     from course_lib.text2image import Text2ImageConfig, TextToImageUNet
 
     torch.manual_seed(0)
     model = TextToImageUNet(Text2ImageConfig.tiny()).eval()
-    path = save_checkpoint(tmp_path / "t2i.safetensors", model,
-                           training={"diffusion": {"schedule": "cosine", "T": 500, "parameterization": "v"}})
+    path = save_checkpoint(tmp_path / "t2i.safetensors", model)
     loaded, card = recipes.model_from_checkpoint(path)
     assert isinstance(loaded, TextToImageUNet) and loaded.config == model.config
-    assert (loaded.schedule.name, loaded.schedule.T, loaded.parameterization) == ("cosine", 500, "v")
     assert all(torch.equal(p, q) for p, q in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_every_recipe_builds_the_model_its_config_names(isolated_data):
+    from course_lib.classifier import CIFARClassifier
+    from course_lib.text2image import TextToImageUNet
+
+    expected = {"ddpm-tiny": UNet, "ddpm-small": UNet, "ddpm-paper": UNet, "cifar-classifier": CIFARClassifier,
+                "cond-tiny": TextToImageUNet, "cond-small": TextToImageUNet}
+    for name, model_class in expected.items():
+        recipe = recipes.RECIPES[name]
+        model = recipe.build_model()
+        assert type(model) is model_class and model.config == recipe.model_config(), name

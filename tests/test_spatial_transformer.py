@@ -6,21 +6,14 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_zero_init
 
 from course_lib.checkpoint import CheckpointError, check_model_matches
+from course_lib.profiling import count_parameters
 from course_lib.spatial_transformer import GEGLU, BasicTransformerBlock, FeedForward, SpatialTransformer
-from course_lib.unet import AttentionBlock, UNet, UNetConfig, count_parameters
+from course_lib.unet import AttentionBlock, UNet, UNetConfig
 
 CONTEXT_DIM = 24
-
-
-def _randomise_zero_layers(model: torch.nn.Module) -> None:
-    """proj_out and conv_out start at zero (identity / zero output); undo that to test the wiring."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0, 0.2)
 
 
 def tiny_conditional_config(**overrides) -> UNetConfig:
@@ -66,7 +59,7 @@ def test_the_image_asks_and_the_text_answers():
     """Cross-attention: the output depends on the text, and each position on the whole image (self-attention)."""
     x, context, mask = _inputs()
     layer = SpatialTransformer(32, num_heads=4, context_dim=CONTEXT_DIM, num_groups=8)
-    _randomise_zero_layers(layer)
+    randomize_zero_init(layer)
     out = layer(x, context, mask)
     assert (layer(x, torch.randn_like(context), mask) - out).abs().max() > 1e-3
     x2 = x.clone()
@@ -79,7 +72,7 @@ def test_the_image_asks_and_the_text_answers():
 def test_padded_text_tokens_change_nothing(impl):
     x, context, mask = _inputs()
     layer = SpatialTransformer(32, num_heads=4, context_dim=CONTEXT_DIM, num_groups=8, impl=impl)
-    _randomise_zero_layers(layer)
+    randomize_zero_init(layer)
     out = layer(x, context, mask)
     other = context.clone()
     other[0, 3:] = 100 * torch.randn(2, CONTEXT_DIM)  # new content at the padded positions only
@@ -92,7 +85,7 @@ def test_padded_text_tokens_change_nothing(impl):
 def test_no_mask_is_the_same_as_an_all_true_mask_and_impls_agree():
     x, context, _ = _inputs()
     layer = SpatialTransformer(32, num_heads=4, context_dim=CONTEXT_DIM, num_groups=8)
-    _randomise_zero_layers(layer)
+    randomize_zero_init(layer)
     out = layer(x, context)
     assert torch.allclose(layer(x, context, torch.ones(2, 5, dtype=torch.bool)), out, atol=1e-6)
     for block in layer.blocks:
@@ -103,7 +96,7 @@ def test_no_mask_is_the_same_as_an_all_true_mask_and_impls_agree():
 def test_a_single_caption_is_shared_by_the_batch():
     x, context, mask = _inputs()
     layer = SpatialTransformer(32, num_heads=4, context_dim=CONTEXT_DIM, num_groups=8)
-    _randomise_zero_layers(layer)
+    randomize_zero_init(layer)
     shared = layer(x, context[:1], mask[:1])
     assert torch.allclose(shared, layer(x, context[:1].expand(2, -1, -1), mask[:1].expand(2, -1)), atol=1e-6)
 
@@ -136,7 +129,7 @@ def test_conditional_unet_has_a_spatial_transformer_at_every_attention_position(
     assert len(transformers) == 1 + 1 + 2  # 8x8 down (1 res block), middle, 8x8 up (2 blocks)
     assert all(len(m.blocks) == 2 for m in transformers)
     assert not any(isinstance(m, AttentionBlock) for m in model.modules())
-    _randomise_zero_layers(model)
+    randomize_zero_init(model)
     x = torch.randn(2, 3, 16, 16)
     context, mask = torch.randn(2, 6, CONTEXT_DIM), torch.ones(2, 6, dtype=torch.bool)
     out = model(x, torch.tensor([10, 500]), context, mask)
@@ -162,17 +155,17 @@ def test_conditional_and_unconditional_unets_say_what_they_need(conditional, kwa
 
 
 def test_unconditional_unet_is_unchanged():
-    with torch.device("meta"):
+    with torch.device("meta"):  # counts and configs only: no memory for weights
         assert count_parameters(UNet(UNetConfig.paper())) == 35_746_307
-    small = UNet(UNetConfig.small())
-    assert count_parameters(small) == 2_245_763
-    assert not any(isinstance(m, SpatialTransformer) for m in small.modules())
-    # chapter 1's checkpoints have no context_dim / transformer_depth in their cards: they still fit
-    card = {"model_class": "UNet", "model_config": json.loads(json.dumps(dataclasses.asdict(UNetConfig.small())))}
-    del card["model_config"]["context_dim"], card["model_config"]["transformer_depth"]
-    check_model_matches(card, small)
-    with pytest.raises(CheckpointError, match="context_dim"):
-        check_model_matches(card, UNet(UNetConfig.small(context_dim=32)))
+        small = UNet(UNetConfig.small())
+        assert count_parameters(small) == 2_245_763
+        assert not any(isinstance(m, SpatialTransformer) for m in small.modules())
+        # chapter 1's checkpoints have no context_dim / transformer_depth in their cards: they still fit
+        card = {"model_class": "UNet", "model_config": json.loads(json.dumps(dataclasses.asdict(UNetConfig.small())))}
+        del card["model_config"]["context_dim"], card["model_config"]["transformer_depth"]
+        check_model_matches(card, small)
+        with pytest.raises(CheckpointError, match="context_dim"):
+            check_model_matches(card, UNet(UNetConfig.small(context_dim=32)))
 
 
 def test_conditional_config_survives_a_json_round_trip_and_validates():

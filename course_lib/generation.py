@@ -1,0 +1,169 @@
+"""One generation path for every model of the course: prompts -> guidance -> sampler -> decoder.
+
+    prompts --encode--> tau(y), tau("")                          (text-conditional denoisers only)
+            --classifier-free guidance--> model(x, t)            (course_lib.guidance, Ho & Salimans 2022)
+            --process.sample--> x_0                              (DDPM/DDIM today; rectified flow in chapter 5)
+            --autoencoder.decode_latents--> images in [-1, 1]    (latent models, chapter 4)
+
+A :class:`Pipeline` holds the three parts and nothing else: a ``denoiser`` (any network of the
+course), a ``process`` (``course_lib.processes``) and optionally an ``autoencoder`` whose
+``decode_latents(z)`` maps the denoiser's space to images (``course_lib.autoencoder.AutoencoderKL``:
+undo the latent scaling factor, then decode). The unconditional UNet of chapter 1, the
+text-to-image UNet of chapter 3, a latent model and an MM-DiT all generate through it; the
+evaluation command and the notebooks too.
+
+What a denoiser provides (the interface, no base class needed):
+
+* ``forward(x, t)`` or, for a text-conditional one, ``forward(x, t, context, context_mask)``;
+* ``sample_shape``: (C, H, W) of what it denoises (latents for a latent model);
+* ``text_conditional``: True when it reads prompts, and then ``encode(prompts) -> TextContext``.
+
+Usage::
+
+    pipe = Pipeline.from_checkpoint("data/checkpoints/cond-small.safetensors")
+    images = pipe.generate(["a photo of a cat"], scale=3.0, num_steps=50)     # [1, 3, 32, 32]
+    pipe = Pipeline.from_checkpoint("data/checkpoints/ddpm-small.safetensors")
+    images = pipe.generate(num_images=16, sampler="ddpm")                     # ancestral, all T steps
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .guidance import ClassifierFreeGuidance
+from .processes import Process, process_from_card
+from .recipes import model_from_checkpoint
+from .samplers import SamplerOutput
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """A denoiser, the process it was trained with, and optionally an autoencoder: what ``generate`` needs.
+
+    denoiser:    the network (see the module docstring for its interface)
+    process:     a :class:`~course_lib.processes.Process`; its ``samplers`` are what ``generate(sampler=)`` accepts
+    autoencoder: None for pixel-space models; else a module whose ``decode_latents(z)`` turns samples into images
+    card:        the checkpoint card the pipeline was loaded from (``from_checkpoint``), else None
+    """
+
+    def __init__(self, denoiser: nn.Module, process: Process, autoencoder: nn.Module | None = None,
+                 card: dict | None = None):
+        if not isinstance(process, Process):
+            raise TypeError(f"process must be a course_lib.processes.Process (e.g. DDPMProcess()), got "
+                            f"{type(process).__name__}")
+        missing = [name for name in ("sample_shape", "text_conditional") if not hasattr(denoiser, name)]
+        if missing:
+            raise TypeError(f"{type(denoiser).__name__} is not a denoiser of the course: it lacks {missing} (see "
+                            "course_lib.generation for the interface; a classifier checkpoint cannot generate)")
+        self.denoiser, self.process, self.autoencoder, self.card = denoiser, process, autoencoder, card
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "model",
+                        autoencoder: nn.Module | None = None) -> "Pipeline":
+        """The denoiser of a checkpoint with the process its card names (``training.process``)."""
+        denoiser, card = model_from_checkpoint(path, weights=weights, device=device)
+        return cls(denoiser, process_from_card(card), autoencoder, card)
+
+    @property
+    def text_conditional(self) -> bool:
+        """True when the denoiser reads prompts (``generate(prompts)``), False for ``generate(num_images=N)``."""
+        return bool(self.denoiser.text_conditional)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def __repr__(self) -> str:
+        decoder = f", autoencoder={type(self.autoencoder).__name__}" if self.autoencoder is not None else ""
+        return f"Pipeline(denoiser={type(self.denoiser).__name__}, process={self.process}{decoder})"
+
+    # ---- the steps
+
+    @torch.no_grad()
+    def guided(self, prompts: Sequence[str], scale: float = 3.0) -> ClassifierFreeGuidance:
+        """``model(x, t)`` for the sampler: out(tau("")) + scale (out(tau(y)) - out(tau(""))) (Ho & Salimans 2022).
+
+        One image per prompt; the empty caption "" is the unconditional context. scale = 1 is the
+        conditional model alone, scale = 0 the unconditional one. (Ho & Salimans write the same
+        combination with w' = scale - 1; Stable Diffusion's guidance scale is this ``scale``.)
+        """
+        prompts = _prompt_list(prompts, "guided")
+        if not self.text_conditional:
+            raise ValueError(f"{type(self.denoiser).__name__} is not text-conditional: it reads no prompts; "
+                             "call generate(num_images=N) without prompts")
+        cond = self.denoiser.encode(prompts)  # [B, L, D]
+        uncond = self.denoiser.encode([""])  # [1, L, D], shared by every image
+        return ClassifierFreeGuidance(self.denoiser, cond.tokens, cond.mask, uncond.tokens, uncond.mask, scale)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's images for samples ``z``, clamped to [-1, 1]; ``z`` itself without an autoencoder."""
+        if self.autoencoder is None:
+            return z
+        return self.autoencoder.decode_latents(z).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str] | None = None, *, num_images: int | None = None, scale: float = 1.0,
+                 sampler: str | None = None, num_steps: int | None = None, x_T: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
+                 **sampler_options) -> torch.Tensor | SamplerOutput:
+        """Generate images: one per prompt (text-conditional denoisers) or ``num_images`` (unconditional ones).
+
+        scale:      classifier-free guidance weight (text-conditional only; 1 = the conditional model)
+        sampler:    one of ``process.samplers`` (default: the first, "ddim" for DDPM) and ``num_steps``
+        x_T:        the starting noise [B, *sample_shape] (else drawn from ``generator``, or the global RNG)
+        return_trajectory: a :class:`~course_lib.samplers.SamplerOutput` instead of the images; its
+                    ``trajectory`` stays in the denoiser's space, its ``sample`` is decoded
+        sampler_options: passed to the process's sampler (DDPM: ``eta``, ``clip_x0``, ``variance``, ``timesteps``)
+
+        Returns images [B, C, H, W] on the denoiser's device (in [-1, 1] for a decoder). The denoiser is
+        in eval mode while it samples and goes back to its previous mode afterwards.
+        """
+        if prompts is not None:
+            prompts = _prompt_list(prompts, "generate")
+            if num_images is not None and num_images != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but num_images={num_images}: one image per prompt")
+            batch = len(prompts)
+        else:
+            if self.text_conditional:
+                raise ValueError(f"{type(self.denoiser).__name__} is text-conditional: give prompts, e.g. "
+                                 "generate(['a photo of a cat'], scale=3.0) (the empty prompt '' asks for the "
+                                 "unconditional model)")
+            if scale != 1.0:
+                raise ValueError(f"scale={scale}: classifier-free guidance needs a text-conditional denoiser and prompts")
+            if num_images is None:
+                num_images = len(x_T) if x_T is not None else None
+            if num_images is None or num_images < 1:
+                raise ValueError(f"say how many images: generate(num_images=N) with N >= 1 (or give x_T), got {num_images}")
+            batch = num_images
+        shape = (batch, *self.denoiser.sample_shape)
+        if x_T is not None and tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but {batch} image(s) need {shape}; give one "
+                             "noise tensor per image")
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            model = self.guided(prompts, scale) if prompts is not None else self.denoiser
+            out = self.process.sample(model, shape, x_T=x_T, sampler=sampler, num_steps=num_steps,
+                                      generator=generator, return_trajectory=return_trajectory,
+                                      progress=progress, device=self.device, **sampler_options)
+        finally:
+            self.denoiser.train(was_training)
+        if return_trajectory:
+            out.sample = self.decode(out.sample)
+            return out
+        return self.decode(out)
+
+
+def _prompt_list(prompts: Sequence[str], where: str) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError(f"{where} takes a list of prompts, got one string {prompts!r}; wrap it in a list: "
+                        f"[{prompts!r}]")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError(f"{where} needs at least one prompt")
+    return prompts
