@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import matplotlib
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from torchvision.utils import make_grid
 
 from .capture import AttentionRecord
 from .data import to_uint8
@@ -57,24 +57,19 @@ def _check_images(images: torch.Tensor) -> None:
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """[N, 1 or 3, H, W] in [-1, 1] -> one uint8 picture [H', W', 3] for ``plt.imshow``.
 
-    ``min(nrow, N)`` columns; every cell is the image with a white border of ``padding`` pixels, so
-    cell (r, c) starts at pixel (padding + r (H + padding), padding + c (W + padding)) and
+    ``torchvision.utils.make_grid``'s layout: ``min(nrow, N)`` columns, every cell the image with a
+    white border of ``padding`` pixels, so cell (r, c) starts at pixel (padding + r (H + padding),
+    padding + c (W + padding)) and
 
-        H' = padding + rows (H + padding),    W' = padding + columns (W + padding)
+        H' = padding + rows (H + padding),    W' = padding + columns (W + padding).
 
-    (the layout of ``torchvision.utils.make_grid``, also for a single image). Grey images become
-    grey RGB; empty cells of the last row stay white.
+    Grey images become grey RGB; empty cells of the last row stay white.
     """
     _check_images(images)
-    N, C, H, W = images.shape
-    columns = min(nrow, N)
-    rows = -(-N // columns)
-    x = to_uint8(images.detach().cpu().float()).expand(-1, 3, -1, -1)  # [N, 3, H, W]
-    blank = torch.full((rows * columns - N, 3, H, W), 255, dtype=torch.uint8)  # fills the last row
-    x = F.pad(torch.cat([x, blank]), (0, padding, 0, padding), value=255)  # [R*C, 3, H+p, W+p]: border right, below
-    grid = rearrange(x, "(r c) ch h w -> ch (r h) (c w)", r=rows)  # [3, rows (H+p), columns (W+p)]
-    grid = F.pad(grid, (padding, 0, padding, 0), value=255)  # the border above and left of the first cells
-    return grid.permute(1, 2, 0)  # [H', W', 3]
+    grid = make_grid(to_uint8(images.detach().cpu().float()), nrow=nrow, padding=padding, pad_value=255)
+    if len(images) == 1:  # make_grid returns a lone image without its border: add it, for one layout
+        grid = F.pad(grid, (padding, padding, padding, padding), value=255)
+    return grid.permute(1, 2, 0)  # [3, H', W'] -> [H', W', 3]
 
 
 def cell_centres(n: int, size: int, padding: int = 2) -> list[float]:

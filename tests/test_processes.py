@@ -1,6 +1,5 @@
 """The process seam: DDPMProcess against the chapter-1 functions, cards, and a stand-in process."""
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
