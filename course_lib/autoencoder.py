@@ -179,7 +179,8 @@ class DiagonalGaussianDistribution:
 
     Built from the encoder's ``moments`` [B, 2C, h, w]: the first C channels are the mean, the last C
     the log-variance, clamped to [-30, 20] as LDM does (exp(-30) ~ 1e-13 and exp(20) ~ 5e8: no
-    underflow to a zero variance, no overflow, whatever the encoder outputs). Computed in float32.
+    underflow to a zero variance, no overflow, whatever the encoder outputs). Computed in float32 at least
+    (float64 for a float64 model): half-precision exp() of a log-variance would lose the small variances.
 
     * ``sample(generator)``: the reparameterisation trick (Kingma & Welling 2014, Sec. 2.4),
       z = mean + std * eps with eps ~ N(0, I), so z is a differentiable function of (mean, logvar)
@@ -193,7 +194,8 @@ class DiagonalGaussianDistribution:
     def __init__(self, moments: torch.Tensor):
         if moments.ndim != 4 or moments.shape[1] % 2:
             raise ValueError(f"moments must be [B, 2C, h, w] (means then log-variances), got {tuple(moments.shape)}")
-        self.mean, logvar = moments.float().chunk(2, dim=1)  # [B, C, h, w] each
+        moments = moments.to(torch.promote_types(moments.dtype, torch.float32))
+        self.mean, logvar = moments.chunk(2, dim=1)  # [B, C, h, w] each
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
@@ -382,7 +384,7 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B, latent_channels, h, w] (unscaled) -> images [B, in_channels, h f, w f], unbounded."""
         self._check(z, self.config.latent_channels, "z")
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))  # the model's dtype
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = True,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:

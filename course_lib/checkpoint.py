@@ -34,6 +34,8 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
+from . import config
+
 FORMAT = "course_lib.checkpoint/1"
 
 
@@ -366,7 +368,7 @@ def transplant_weights(path: str | Path, model: torch.nn.Module) -> dict:
                               f"{type(model).__name__}: pick a checkpoint of a related model")
     model.load_state_dict(same, strict=False)
     fresh = sorted(set(ours) - set(same))
-    return {"from": str(path), "step": ckpt.step, "model_class": ckpt.card["model_class"],
+    return {"from": config.portable_path(path), "step": ckpt.step, "model_class": ckpt.card["model_class"],
             "weights": ckpt.card.get("exported_weights", "model"),
             "copied_tensors": len(same), "copied_parameters": sum(v.numel() for v in same.values()),
             "fresh_tensors": fresh,

@@ -94,8 +94,8 @@ class TimeEmbedding(nn.Module):
         self.fc2 = nn.Linear(emb_dim, emb_dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        h = timestep_embedding(t, self.dim, time_scale=self.time_scale)  # [B, dim]
-        h = self.fc1(h)  # [B, 4 dim]
+        h = timestep_embedding(t, self.dim, time_scale=self.time_scale)  # [B, dim], float32
+        h = self.fc1(h.to(self.fc1.weight.dtype))  # [B, 4 dim]; the model's dtype (a .half() or .double() model)
         return self.fc2(F.silu(h))  # [B, 4 dim]
 
     def extra_repr(self) -> str:

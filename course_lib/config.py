@@ -7,6 +7,9 @@ and see the effect at once.
 Environment variables
 ---------------------
 ``COURSE_FAST``            ``1`` selects tiny models and few steps (the tests set it).
+``COURSE_LONG``            ``1`` lets full-mode notebooks run the cells that take longer than about two
+                           minutes (retraining what they otherwise load); off by default, so that a
+                           notebook fits a 90-minute lab.
 ``COURSE_DEVICE``          force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 ``COURSE_DATA_DIR``        where downloads and caches go (default: ``<repo>/data``).
 ``COURSE_CIFAR10_DIR``     an ImageFolder-layout copy of CIFAR-10 (``train/<class>/*.jpg``).
@@ -30,6 +33,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def fast_mode() -> bool:
     """True when ``COURSE_FAST`` is set to 1/true/yes/on: tiny configs, few steps."""
     return os.environ.get("COURSE_FAST", "").strip().lower() in _TRUE
+
+
+def long_cells() -> bool:
+    """True when ``COURSE_LONG`` is 1/true/yes/on and fast mode is off: run the cells that take longer than
+    about two minutes (retrain instead of loading the shipped result). Such a cell prints its expected time first."""
+    return not fast_mode() and os.environ.get("COURSE_LONG", "").strip().lower() in _TRUE
 
 
 def pick(fast, full):
@@ -123,6 +132,17 @@ def cifar10_dir() -> Path | None:
 def checkpoint_dir() -> Path:
     """Where checkpoints live. ``COURSE_CHECKPOINT_DIR`` overrides ``<repo>/data/checkpoints``."""
     return _dir_from_env("COURSE_CHECKPOINT_DIR", REPO_ROOT / "data" / "checkpoints")
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` as a checkpoint card should record it: relative to the repository when it lies inside
+    (``data/checkpoints/ddpm-small.safetensors``), else just its last component: an absolute path names
+    the machine that trained the model, and means nothing on the learner's."""
+    path = Path(path).expanduser().resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.name
 
 
 def cache_dir() -> Path:

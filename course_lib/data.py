@@ -302,10 +302,15 @@ def describe_source(root: str | Path | None = None, download: bool = False) -> s
     """Which source :func:`load_cifar10` would use, in words (checks nothing is malformed)."""
     folder = Path(root).expanduser().resolve() if root is not None else config.cifar10_dir()
     if folder is not None:
-        return f"image folder {folder}"
+        return _folder_source(folder, root)
     if download or _torchvision_available(config.data_dir()):
-        return f"torchvision CIFAR-10 at {config.data_dir()}"
-    return f"bundled sample {config.sample_dir()}"
+        return f"torchvision CIFAR-10 at {config.portable_path(config.data_dir())}"
+    return f"bundled sample {config.portable_path(config.sample_dir())}"
+
+
+def _folder_source(folder: Path, root: str | Path | None) -> str:
+    """An image folder in words, without the machine's absolute path (it goes into checkpoint cards)."""
+    return f"image folder {config.portable_path(folder)}" + (" (COURSE_CIFAR10_DIR)" if root is None else "")
 
 
 def load_cifar10(split: str = "train", *, root: str | Path | None = None, download: bool = False,
@@ -326,14 +331,14 @@ def load_cifar10(split: str = "train", *, root: str | Path | None = None, downlo
     folder = Path(root).expanduser().resolve() if root is not None else config.cifar10_dir()
     if folder is not None:
         images, labels = _load_image_folder(folder, split)
-        source = f"image folder {folder}"
+        source = _folder_source(folder, root)
     elif download or _torchvision_available(config.data_dir()):
         images, labels = _load_torchvision(config.data_dir(), split, download)
-        source = f"torchvision CIFAR-10 at {config.data_dir()}"
+        source = f"torchvision CIFAR-10 at {config.portable_path(config.data_dir())}"
     else:
         sample = config.sample_dir()
         images, labels = _load_image_folder(sample, split)
-        source = f"bundled sample {sample}"
+        source = f"bundled sample {config.portable_path(sample)}"
         if verbose:
             print(f"Using the bundled CIFAR-10 sample ({len(images)} {split} images, {sample}). "
                   "For the full set: load_cifar10(download=True), or set COURSE_CIFAR10_DIR "

@@ -78,6 +78,12 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The denoiser's floating dtype. Samplers keep x in float32; each call casts x to this dtype
+        (a model cast with ``.half()`` for a GPU, or ``.double()``) and its output back."""
+        return next(p.dtype for p in self.denoiser.parameters() if p.is_floating_point())
+
     def __repr__(self) -> str:
         decoder = f", autoencoder={type(self.autoencoder).__name__}" if self.autoencoder is not None else ""
         return f"Pipeline(denoiser={type(self.denoiser).__name__}, process={self.process}{decoder})"
@@ -148,6 +154,8 @@ class Pipeline:
         self.denoiser.eval()
         try:
             model = self.guided(prompts, scale) if prompts is not None else self.denoiser
+            if self.dtype != torch.float32:
+                model = _in_dtype(model, self.dtype)
             out = self.process.sample(model, shape, x_T=x_T, sampler=sampler, num_steps=num_steps,
                                       generator=generator, return_trajectory=return_trajectory,
                                       progress=progress, device=self.device, **sampler_options)
@@ -157,6 +165,11 @@ class Pipeline:
             out.sample = self.decode(out.sample)
             return out
         return self.decode(out)
+
+
+def _in_dtype(model, dtype: torch.dtype):
+    """``model(x, t)`` called with x in ``dtype``, returning float32 (the samplers' arithmetic stays float32)."""
+    return lambda x, t: model(x.to(dtype), t).float()
 
 
 def _prompt_list(prompts: Sequence[str], where: str) -> list[str]:

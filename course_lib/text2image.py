@@ -288,6 +288,8 @@ class TextToImageUNet(nn.Module):
             raise ValueError("TextToImageUNet needs the caption: model(x, t, context, context_mask) with "
                              "context = model.encode(prompts) (a TextContext) or its tokens [B, L, "
                              f"{self.config.context_dim}]; for the unconditional prediction encode [''] * B")
+        if context.is_floating_point() and x.is_floating_point():
+            context = context.to(x.dtype)  # the frozen MiniLM encodes in float32, a .half() UNet reads half
         return self.unet(x, t, context, context_mask)  # [B, C, H, W]
 
     # ---- description

@@ -232,7 +232,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
         seconds_before = float(ckpt.card.get("training", {}).get("wall_seconds_total", 0.0))
         warm_starts = list(ckpt.card.get("training", {}).get("warm_starts", []))
         if ckpt.path != path:
-            warm_starts.append({"from": str(init_from), "step": step,
+            warm_starts.append({"from": config.portable_path(init_from), "step": step,
                                 "weights": ckpt.card.get("exported_weights", "model")})
     first_step = step
     warmup_from = warm_starts[-1]["step"] if warm_starts else 0

@@ -73,3 +73,21 @@ def tiny_conditional_unet(context_dim: int, **overrides):
 def conditional_unet():
     """``conditional_unet(context_dim, **overrides)`` builds :func:`tiny_conditional_unet`."""
     return tiny_conditional_unet
+
+
+#: floating dtypes a model may be cast to (``model.half()``, ``.bfloat16()``, ``.double()``) and the relative
+#: error its output may have against float32: bf16 keeps 8 bits of mantissa, fp16 11, fp64 more than fp32
+CAST_DTYPES = {torch.float64: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def assert_runs_in_dtype(model: torch.nn.Module, call, dtype: torch.dtype) -> None:
+    """``call(model, dtype)`` (a forward pass with inputs in ``dtype``) works on a copy of ``model`` cast to
+    ``dtype``, returns ``dtype``, and agrees with the float32 model within ``CAST_DTYPES[dtype]`` (relative L2)."""
+    import copy
+
+    with torch.no_grad():
+        reference = call(model.float().eval(), torch.float32)
+        out = call(copy.deepcopy(model).to(dtype).eval(), dtype)
+    assert out.dtype == dtype, f"a {dtype} model returned {out.dtype}"
+    error = ((out.float() - reference).norm() / reference.norm()).item()
+    assert error < CAST_DTYPES[dtype], f"{dtype}: relative error {error:.2e} against float32"

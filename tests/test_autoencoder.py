@@ -267,3 +267,13 @@ def test_res_block_embedding_errors():
         ResBlock(8, 8, emb_dim=6, num_groups=4)(torch.randn(1, 8, 4, 4))
     with pytest.raises(ValueError, match="give emb_dim"):
         AdaGNResBlock(8, 8, emb_dim=None, num_groups=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_autoencoder_runs_in_any_floating_dtype(dtype):
+    from conftest import assert_runs_in_dtype
+
+    torch.manual_seed(0)
+    model = randomize_zero_init(AutoencoderKL(AutoencoderConfig.tiny()), std=0.2)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert_runs_in_dtype(model, lambda m, dt: m.decode(m.encode(x.to(dt)).mode()), dtype)

@@ -216,7 +216,7 @@ def test_transplant_copies_matching_tensors_and_leaves_the_rest_fresh(tmp_path):
     assert torch.equal(model.net[0].weight, fresh_weight)  # [16, 6] vs the donor's [16, 4]: kept fresh
     for name in ("net.0.bias", "net.2.weight", "net.2.bias"):
         assert torch.equal(model.state_dict()[name], donor.state_dict()[name]), name
-    assert summary["from"] == str(path) and summary["step"] == 42 and summary["model_class"] == "TinyNet"
+    assert summary["from"] == path.name and summary["step"] == 42 and summary["model_class"] == "TinyNet"
     assert summary["fresh_tensors"] == ["net.0.weight"] and summary["fresh_parameters"] == 16 * 6
     assert summary["copied_tensors"] == 4  # net.0.bias, net.2.weight, net.2.bias, the calls buffer
     assert summary["copied_parameters"] == 16 + 16 + 1 + 1 and summary["unused_tensors"] == 1

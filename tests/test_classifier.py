@@ -265,3 +265,12 @@ def test_shipped_checkpoint_classifies_the_bundled_sample(isolated_data):
     acc = accuracy(model, test)
     assert acc >= SHIPPED_SAMPLE_ACCURACY - MARGIN, f"{acc:.3f} on the bundled sample"
     assert card["metrics"]["test_accuracy"] >= 0.80  # 0.837, measured on the full 10,000-image test set
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_classifier_runs_in_any_floating_dtype(dtype):
+    from conftest import assert_runs_in_dtype
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert_runs_in_dtype(CIFARClassifier(ClassifierConfig.tiny()), lambda m, dt: m(x.to(dt)), dtype)

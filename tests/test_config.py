@@ -55,3 +55,20 @@ def test_paths_follow_environment(monkeypatch, tmp_path):
     assert config.checkpoint_dir() == config.REPO_ROOT / "data" / "checkpoints"
     assert config.cifar10_dir() is None
     assert (config.sample_dir() / "train" / "cat").is_dir()
+
+
+def test_long_cells_need_the_switch_and_full_mode(monkeypatch):
+    monkeypatch.delenv("COURSE_LONG", raising=False)
+    monkeypatch.setenv("COURSE_FAST", "0")
+    assert not config.long_cells()
+    monkeypatch.setenv("COURSE_LONG", "yes")
+    assert config.long_cells()
+    monkeypatch.setenv("COURSE_FAST", "1")  # fast mode never runs the long cells
+    assert not config.long_cells()
+
+
+def test_portable_path_keeps_no_machine_specific_prefix(tmp_path):
+    inside = config.REPO_ROOT / "data" / "checkpoints" / "ddpm-small.safetensors"
+    assert config.portable_path(inside) == "data/checkpoints/ddpm-small.safetensors"
+    assert config.portable_path(tmp_path / "runs" / "state.safetensors") == "state.safetensors"
+    assert config.portable_path(config.sample_dir()) == "data/cifar10-sample"

@@ -202,3 +202,15 @@ def test_from_checkpoint_uses_the_process_on_the_card(tmp_path):
     x_T = torch.randn(1, 3, 32, 32)
     expected = process.sample(model.eval(), x_T=x_T, num_steps=3)
     assert torch.equal(pipe.generate(x_T=x_T, num_steps=3), expected)
+
+
+def test_a_half_precision_denoiser_samples_with_float32_arithmetic():
+    torch.manual_seed(0)
+    model = randomize_zero_init(UNet(UNetConfig.tiny()), std=0.05).eval()
+    x_T = torch.randn(2, 3, 32, 32)
+    reference = Pipeline(model, DDPMProcess("linear", 100)).generate(x_T=x_T, num_steps=4)
+    half = Pipeline(model.half(), DDPMProcess("linear", 100))
+    assert half.dtype == torch.float16
+    images = half.generate(x_T=x_T, num_steps=4)
+    assert images.dtype == torch.float32
+    assert ((images - reference).norm() / reference.norm()).item() < 1e-2

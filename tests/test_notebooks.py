@@ -39,3 +39,10 @@ def test_pair_is_in_sync_and_stripped(source):
             assert not c.outputs and c.execution_count is None, (
                 f"{ipynb.name} is committed with outputs: run `make notebooks` (it strips them)")
     assert committed.metadata.kernelspec.name == "course-diffusion"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[s.stem for s in SOURCES])
+def test_every_notebook_source_is_valid_python(source):
+    """A percent-format source is a Python file: a markdown line that lost its "# " breaks it (and jupytext
+    then reads the rest of the cell as code)."""
+    compile(source.read_text(), str(source), "exec")

@@ -303,3 +303,23 @@ def test_minilm_loss_and_guidance(minilm_model, monkeypatch):
     ctx = m.encode(["a photo of a dog", "a photo of a frog"])
     with torch.no_grad():
         assert torch.equal(Pipeline(m, PROCESS).guided(["a photo of a dog", "a photo of a frog"], scale=1.0)(x, t), m(x, t, ctx))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_text_to_image_model_runs_in_any_floating_dtype(dtype):
+    from conftest import assert_runs_in_dtype
+
+    torch.manual_seed(0)
+    model = woken(TextToImageUNet(Text2ImageConfig.tiny()))
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    assert_runs_in_dtype(model, lambda m, dt: m(x.to(dt), t, m.encode(PROMPTS[:2])), dtype)
+
+
+@needs_minilm
+def test_minilm_model_reads_float32_encodings_in_half_precision(minilm_model):
+    from conftest import assert_runs_in_dtype
+
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    ctx = minilm_model.encode(PROMPTS[:2])  # float32 from the frozen encoder, whatever the UNet's dtype
+    assert_runs_in_dtype(minilm_model, lambda m, dt: m(x.to(dt), t, ctx), torch.bfloat16)
+    minilm_model.float()

@@ -255,7 +255,7 @@ def test_warm_start_from_an_inference_checkpoint(tmp_path):
     for a, b, c in zip(first.ema.state_dict().values(), model.state_dict().values(), warm.ema.state_dict().values()):
         assert torch.equal(a, b) and torch.equal(a, c)  # model and EMA both start at the exported EMA weights
     card = read_card(state)
-    assert card["training"]["warm_starts"] == [{"from": str(export), "step": 12, "weights": "ema"}]
+    assert card["training"]["warm_starts"] == [{"from": export.name, "step": 12, "weights": "ema"}]
     assert card["training"]["wall_seconds_total"] >= read_card(export)["training"]["wall_seconds_total"]
 
     # two more steps: the learning rate warmed up again from the warm start (2/10 of lr), not from step 0
@@ -293,7 +293,7 @@ def test_fit_transplant_from_starts_a_new_run_from_the_donor_and_records_it(tmp_
         for (name, ours), theirs in zip(net.state_dict().items(), donor_net.state_dict().values()):
             assert torch.equal(ours, theirs), name
     record = read_card(path)["training"]["transplant"]
-    assert record["from"] == str(donor) and record["step"] == 9 and record["fresh_tensors"] == []
+    assert record["from"] == donor.name and record["step"] == 9 and record["fresh_tensors"] == []
 
     fit(TinyNet(), mse, regression_batches, cfg(max_steps=2), checkpoint_path=path, device="cpu")
     assert read_card(path)["training"]["transplant"] == record  # carried across the resume
@@ -322,7 +322,7 @@ def test_cli_transplant_starts_at_step_zero_and_the_card_keeps_it(tmp_path, isol
     card = read_card(state)
     assert card["step"] == 2 and "warm_starts" not in card["training"]
     transplant = card["training"]["transplant"]
-    assert transplant["from"] == str(donor) and transplant["step"] == 3 and transplant["fresh_tensors"] == []
+    assert transplant["from"] == donor.name and transplant["step"] == 3 and transplant["fresh_tensors"] == []
 
     # it trained from the donor's weights: 2 small steps later it is far closer to them than a fresh
     # model is, yet not equal (it did train)

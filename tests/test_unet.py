@@ -159,3 +159,15 @@ def test_tiny_unet_loss_falls_on_real_cifar10():
     assert math.isfinite(after)
     assert before == pytest.approx(1.0, abs=0.1)
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("resblock", ["additive", "adagn"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_unet_runs_in_any_floating_dtype(dtype, resblock):
+    """The timestep embedding is computed in float32 and must reach the MLP in the model's dtype."""
+    from conftest import assert_runs_in_dtype, randomize_zero_init
+
+    torch.manual_seed(0)
+    model = randomize_zero_init(UNet(UNetConfig.tiny(resblock=resblock)), std=0.05)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    assert_runs_in_dtype(model, lambda m, dt: m(x.to(dt), t), dtype)
