@@ -132,6 +132,48 @@ class AttentionRecord:
             raise ValueError(f"size={size} has {H * W} positions but layer {layer!r} has {n} image tokens")
         return rearrange(p, "... (h w) m -> ... h w m", h=H, w=W)
 
+    def kl_from_uniform(self, layer: str, t: float | int | None = None) -> float:
+        """How far the attention of ``layer`` is from uniform over the real tokens, in nats.
+
+        For every recorded row P_i (image, head, query position) over the n real keys (masked keys
+        have weight exactly 0 in every row and are left out),
+
+            KL(P_i || U_n) = sum_j P_ij log(n P_ij) = log n - H(P_i),
+
+        0 when every real token gets 1/n (the position reads all words alike), log n when it reads
+        one token only. Returns the mean over rows and calls (all calls of the layer, or those at
+        timestep ``t``). Each call's rows are measured before any averaging: the mean of the maps
+        over steps or heads is closer to uniform than the maps themselves.
+        """
+        total, rows = 0.0, 0
+        for c in self.select(layer, t):
+            p = c.probs.double()  # [b, heads, Nq, Nk]
+            real = (p > 0).flatten(1, 2).any(dim=1)  # [b, Nk]: keys that got weight anywhere (not masked)
+            n = real.sum(dim=-1).clamp(min=1).double()  # [b]
+            entropy = -torch.xlogy(p, p).sum(dim=-1)  # [b, heads, Nq]
+            kl = n.log()[:, None, None] - entropy  # [b, heads, Nq]
+            total, rows = total + float(kl.sum()), rows + kl.numel()
+        return total / rows
+
+    def kl_from_uniform_table(self, layers: Iterable[str] | None = None) -> tuple[list[str], list, torch.Tensor]:
+        """:meth:`kl_from_uniform` for every layer and timestep: (layers, timesteps, table [layers, timesteps]).
+
+        ``layers`` defaults to every recorded layer; the timesteps are those of the model's forward
+        passes in sampling order. A layer not called at some timestep gets NaN there.
+        """
+        layers = self.layers if layers is None else list(layers)
+        timesteps = [t for t in dict.fromkeys(self.timesteps) if t is not None]
+        if not timesteps:
+            raise ValueError("the record holds no timesteps: capture a sampling run of a model called as "
+                             "model(x, t, ...)")
+        table = torch.full((len(layers), len(timesteps)), float("nan"), dtype=torch.float64)
+        for i, layer in enumerate(layers):
+            seen = {c.timestep for c in self.select(layer)}
+            for j, t in enumerate(timesteps):
+                if t in seen:
+                    table[i, j] = self.kl_from_uniform(layer, t)
+        return layers, timesteps, table
+
 
 def _first(t: torch.Tensor) -> float | int | None:
     """The first timestep of a call as a Python number (samplers give every image the same t)."""

@@ -12,8 +12,13 @@ returns True or False. A diagnosis names the first problem found, in this order:
    square root, swapped coefficients, ...): the message says which one;
 5. otherwise, how far it is from the library's answer, and where.
 
-Chapter 1: :func:`check_q_sample`, :func:`check_eps_to_x0`, :func:`check_ddim_step`.
-Chapter 2: :func:`check_adagn_modulation`. Chapter 3: :func:`check_cross_attention`.
+Chapter 1: :func:`check_q_sample`, :func:`check_eps_to_x0`, :func:`check_simple_loss` (Ho et al.'s
+Algorithm 1), :func:`check_ddpm_step` (Algorithm 2), :func:`check_ddim_step`.
+Chapter 2: :func:`check_adagn_modulation`; stretch: :func:`check_online_softmax_attention`.
+Chapter 3: :func:`check_cross_attention`, :func:`check_classifier_free_guidance` (one batched pass).
+
+Checks of code that calls a network pass it a fixed stand-in (:class:`ProbeDenoiser`,
+:class:`ProbeConditionalDenoiser`): no training needed, and it records how it was called.
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .parameterization import eps_to_x0
+from .attention import einsum_attention
+from .guidance import ClassifierFreeGuidance
+from .parameterization import diffusion_loss, eps_to_x0
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule, gather
 
-__all__ = ["check_q_sample", "check_eps_to_x0", "check_ddim_step", "check_adagn_modulation", "check_cross_attention"]
+__all__ = ["check_q_sample", "check_eps_to_x0", "check_simple_loss", "check_ddpm_step", "check_ddim_step",
+           "check_adagn_modulation", "check_online_softmax_attention", "check_cross_attention",
+           "check_classifier_free_guidance", "ProbeDenoiser", "ProbeConditionalDenoiser"]
 
 
 @dataclass
@@ -74,7 +83,11 @@ def _verdict(ok: bool, message: str) -> bool:
 
 
 def _run(name: str, fn: Callable, cases: list[Case], summary: str,
-         hint_for: Callable[[Exception], str] = _hint_for) -> bool:
+         hint_for: Callable[[Exception], str] = _hint_for,
+         shape_hint: str = ("The result should have the shape of the images; check how the per-example "
+                            "coefficients broadcast."),
+         nonfinite_hint: str = ("look for a division by zero, the square root of a negative number, or a "
+                                "softmax over a row whose scores are all -inf.")) -> bool:
     """Run ``fn`` on every case; print and return the verdict (see the module docstring)."""
     if not callable(fn):
         return _verdict(False, f"expected a function, got {type(fn).__name__}.")
@@ -92,8 +105,7 @@ def _run(name: str, fn: Callable, cases: list[Case], summary: str,
                                    f"({case.description}). Did you forget the `return`?")
         if out.shape != case.expected.shape:
             return _verdict(False, f"{name} returned shape {tuple(out.shape)}, expected {tuple(case.expected.shape)} "
-                                   f"({case.description}). The result should have the shape of the images; "
-                                   "check how the per-example coefficients broadcast.")
+                                   f"({case.description}). {shape_hint}")
         changed = [i for i, (a, b) in enumerate(zip(args, case.args))
                    if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
         if changed:
@@ -102,9 +114,7 @@ def _run(name: str, fn: Callable, cases: list[Case], summary: str,
         if _close(out, case.expected):
             continue
         if not torch.isfinite(out).all():
-            return _verdict(False, f"{name} returned NaN or infinite values ({case.description}): look for a "
-                                   "division by zero, the square root of a negative number, or a softmax over a "
-                                   "row whose scores are all -inf.")
+            return _verdict(False, f"{name} returned NaN or infinite values ({case.description}): {nonfinite_hint}")
         try:
             again = fn(*_clone(case.args))
         except Exception:  # noqa: BLE001 - a second call that fails is as bad as a different answer
@@ -120,7 +130,7 @@ def _run(name: str, fn: Callable, cases: list[Case], summary: str,
         return _verdict(False, f"{name} differs from the library's answer by up to {float(err.max()):.3g} "
                                f"({case.description}; worst in example {worst}). Compare your formula with "
                                "the one in the text, term by term.")
-    return _verdict(True, summary)
+    return _verdict(True, summary) if summary else True  # no summary: the caller checks more and says
 
 
 # --------------------------------------------------------------------------- q_sample
@@ -423,3 +433,369 @@ def check_cross_attention(fn: Callable, seed: int = 0) -> bool:
     return _run("your cross_attention", fn, _cross_attention_cases(seed),
                 "your cross_attention matches softmax(Q K^T / sqrt(d)) V with the padding masked, "
                 "for captions of several lengths.", hint_for=_cross_attention_hint)
+
+
+# --------------------------------------------------------------------------- chapter 1: the simple loss
+
+
+class ProbeDenoiser(nn.Module):
+    """A fixed stand-in for a trained eps-network, for checking training and sampling code:
+
+        eps_hat(x_t, t) = 0.8 tanh(x_t) + 0.3 sin(0.37 t + c)        (c = 0, 1, 2, ... per channel)
+
+    It has no parameters; its answer changes with every single step t (so calling it at the wrong
+    timestep shows) and with x_t (so feeding it the wrong image shows). Records the batch size of
+    every call in ``calls``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.shape[0] != x.shape[0]:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"the model takes t as a tensor [B] = [{x.shape[0]}] (one timestep per image), got {shape}")
+        self.calls.append(x.shape[0])
+        phase = 0.37 * t.to(x.dtype)[:, None] + torch.arange(x.shape[1], dtype=x.dtype)  # [B, C]
+        return 0.8 * torch.tanh(x) + 0.3 * torch.sin(phase)[:, :, None, None]
+
+
+def _simple_loss_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 5)
+    model = ProbeDenoiser()
+    cases = []
+    for schedule, t in [(NoiseSchedule.linear(1000), [0, 3, 420, 999]),
+                        (NoiseSchedule.cosine(1000), [1, 90, 500, 870, 998]),
+                        (NoiseSchedule.linear(1000), [2, 15, 60, 250, 640, 900])]:
+        shape = (len(t), 3, 8, 8)
+        x0 = torch.rand(shape, generator=g) * 2 - 1  # [B, C, H, W] in [-1, 1]
+        noise = torch.randn(shape, generator=g)
+        t = torch.tensor(t, dtype=torch.long)  # [B]
+        with torch.no_grad():
+            expected = diffusion_loss(model, schedule, x0, "eps", t=t, noise=noise)  # 0-d
+            ab, alpha = gather(schedule.alpha_bar, t), gather(schedule.alphas, t)  # [B, 1, 1, 1]
+            ab_prev = gather(schedule.alpha_bar_prev, t)
+
+            def mse(target, x_t, t_model=t):
+                return (target - model(x_t, t_model)).square().mean()
+
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            per_pixel = (noise - model(x_t, t)).square()  # [B, C, H, W]
+            mistakes = {
+                "you forgot both square roots in x_t: sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps":
+                    mse(noise, ab * x0 + (1 - ab) * noise),
+                "the noise coefficient of x_t needs a square root: sqrt(1 - alpha_bar_t)":
+                    mse(noise, ab.sqrt() * x0 + (1 - ab) * noise),
+                "the signal coefficient of x_t needs a square root: sqrt(alpha_bar_t)":
+                    mse(noise, ab * x0 + (1 - ab).sqrt() * noise),
+                "you used alpha_t = 1 - beta_t where the jump from x_0 needs alpha_bar_t (`schedule.alpha_bar[t]`)":
+                    mse(noise, alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise),
+                "you used alpha_bar of the step before t (alpha_bar_prev): timesteps are 0-indexed, "
+                "use `schedule.alpha_bar[t]`": mse(noise, ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * noise),
+                "the model is asked at t + 1: in this course t is already the 0-indexed step the image was "
+                "noised to, so call model(x_t, t)": mse(noise, x_t, t + 1),
+                "the target is the noise eps that was added, not the clean image x_0 (this is an "
+                "eps-prediction model, Ho et al.'s Algorithm 1)": mse(x0, x_t),
+                "the model must see the noisy x_t, not the clean x_0": mse(noise, x0),
+                "the loss is the *mean* of the squared errors over all numbers (F.mse_loss), not their sum":
+                    per_pixel.sum(),
+                "the loss is the mean over every number, not a sum over the pixels of each image averaged "
+                "over the batch": per_pixel.flatten(1).sum(1).mean(),
+                "square the errors: the simple loss is a mean *squared* error, not an absolute one":
+                    (noise - model(x_t, t)).abs().mean(),
+                "the root of the mean squared error is not the loss: no square root at the end":
+                    per_pixel.mean().sqrt(),
+            }
+        cases.append(Case((model, schedule, x0, t, noise), expected,
+                          f"{schedule.name} schedule, x0 of shape {list(shape)}, t = {t.tolist()}", mistakes))
+    return cases
+
+
+def check_simple_loss(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(model, schedule, x0, t, noise) -> loss``, the simple loss of DDPM training
+    (Ho et al. 2020, Algorithm 1 and eq. 14), against ``parameterization.diffusion_loss`` with the same
+    t and noise:
+
+        x_t  = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+        loss = mean over every number of (eps - model(x_t, t))^2         # a 0-d tensor
+
+    model: ``model(x_t [B, C, H, W], t [B]) -> eps_hat [B, C, H, W]`` (here a fixed
+    :class:`ProbeDenoiser`); x0, noise: [B, C, H, W]; t: [B] integer timesteps (0-indexed).
+    Prints the verdict; returns True if correct.
+    """
+    return _run("your simple_loss", fn, _simple_loss_cases(seed),
+                "your simple_loss equals parameterization.diffusion_loss for the same t and noise "
+                "(linear and cosine schedules, t from 0 to 999).",
+                shape_hint="The loss is one number, a 0-d tensor: average over every element, e.g. "
+                           "`((noise - eps_hat) ** 2).mean()`.")
+
+
+# --------------------------------------------------------------------------- chapter 1: one ancestral step
+
+
+def _library_ddpm_step(schedule: NoiseSchedule, x_t: torch.Tensor, eps_hat: torch.Tensor, t: int,
+                       z: torch.Tensor) -> torch.Tensor:
+    """One step of the library's ``ddpm_sample`` (clip_x0=False, sigma_t^2 = beta_tilde_t) with noise z:
+    the posterior mean ``NoiseSchedule.q_posterior`` at x0_hat, plus sigma_t z for t > 0."""
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long)
+    x0_hat = eps_to_x0(eps_hat, x_t, gather(schedule.alpha_bar, t_batch))
+    mean, var, _ = schedule.q_posterior(x0_hat, x_t, t_batch)
+    return mean + var.sqrt() * z if t > 0 else mean
+
+
+def _ddpm_step_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 6)
+    cases = []
+    for schedule, t in [(NoiseSchedule.linear(1000), 999), (NoiseSchedule.linear(1000), 600),
+                        (NoiseSchedule.cosine(1000), 300), (NoiseSchedule.linear(1000), 37),
+                        (NoiseSchedule.linear(1000), 1), (NoiseSchedule.linear(1000), 0)]:
+        x_t = torch.randn(3, 3, 8, 8, generator=g) * (1.0 if t > 100 else 0.6)
+        eps_hat = torch.randn(3, 3, 8, 8, generator=g)
+        z = torch.randn(3, 3, 8, 8, generator=g)
+        expected = _library_ddpm_step(schedule, x_t, eps_hat, t, z)
+        a, ab, beta = schedule.alphas[t], schedule.alpha_bar[t], schedule.betas[t]  # 0-d tensors
+        beta_tilde = schedule.posterior_variance[t]
+        sigma = beta_tilde.sqrt() if t > 0 else torch.tensor(0.0)
+        mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / a.sqrt()  # eq. 11
+        x0_hat = (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+        mistakes: dict[str, torch.Tensor] = {}  # the first match is named: the t-specific ones first
+        if t > 0:
+            mistakes["no noise was added: x_{t-1} = mean + sigma_t z for every t > 0" + (
+                " (timesteps are 0-indexed: t = 1 here is the paper's t = 2; only t = 0, the paper's "
+                "t = 1, is noise-free)" if t == 1 else "")] = mean
+            mistakes["this course uses sigma_t^2 = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) "
+                     "beta_t (`schedule.posterior_variance[t]`, the default of ddpm_sample); you used "
+                     "sigma_t^2 = beta_t, Ho et al.'s other choice"] = mean + beta.sqrt() * z
+        else:
+            mistakes["no noise at t = 0: the last step returns the mean (x_0 is the sample), "
+                     "add sigma_t z only for t > 0"] = mean + beta.sqrt() * z
+            mistakes["no noise at t = 0: the last step returns the mean; `posterior_log_variance_clipped` "
+                     "replaces beta_tilde_0 = 0 by beta_tilde_1, so it must not be used there"] = (
+                mean + (0.5 * schedule.posterior_log_variance_clipped[0]).exp() * z)
+        mistakes.update({
+            "the 1/sqrt(alpha_t) factor is missing: x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat)"
+            " / sqrt(alpha_t) + sigma_t z": mean * a.sqrt() + sigma * z,
+            "divide by sqrt(alpha_t) (one step, `schedule.alphas[t]`), not by sqrt(alpha_bar_t)":
+                mean * a.sqrt() / ab.sqrt() + sigma * z,
+            "the eps_hat coefficient is beta_t / sqrt(1 - alpha_bar_t): a square root is missing":
+                (x_t - beta / (1 - ab) * eps_hat) / a.sqrt() + sigma * z,
+            "the eps_hat coefficient is beta_t / sqrt(1 - alpha_bar_t), the share of the noise removed in "
+            "one step, not sqrt(1 - alpha_bar_t), all of it":
+                (x_t - (1 - ab).sqrt() * eps_hat) / a.sqrt() + sigma * z,
+            "the predicted noise must be subtracted from x_t, not added":
+                (x_t + beta / (1 - ab).sqrt() * eps_hat) / a.sqrt() + sigma * z,
+            "sigma_t is a standard deviation: multiply z by sqrt(beta_tilde_t), not by the variance beta_tilde_t":
+                mean + (beta_tilde * z if t > 0 else 0 * z),
+            "you returned the predicted x_0; the step goes to x_{t-1}, one noise level down": x0_hat,
+            "you clipped x0_hat to [-1, 1]: ddpm_sample does that by default (clip_x0=True), but this "
+            "exercise is Algorithm 2 as written, the eps form without clipping":
+                schedule.q_posterior(x0_hat.clamp(-1, 1), x_t, torch.full((3,), t))[0] + sigma * z,
+        })
+        cases.append(Case((schedule, x_t, eps_hat, t, z), expected,
+                          f"{schedule.name} schedule, t = {t}", mistakes))
+    return cases
+
+
+def check_ddpm_step(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(schedule, x_t, eps_hat, t, z) -> x_{t-1}``, one step of ancestral sampling
+    (Ho et al. 2020, Algorithm 2, with eq. 11's mean), against the library's ``ddpm_sample``
+    (``clip_x0=False``, ``variance="beta_tilde"``), i.e. ``NoiseSchedule.q_posterior`` at x0_hat:
+
+        x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) + sigma_t z
+        sigma_t^2 = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t,   no noise at t = 0
+
+    schedule: a ``NoiseSchedule``; x_t, eps_hat, z: [B, C, H, W]; t: a Python int, the 0-indexed step
+    (the same for the whole batch, as in the sampler). Prints the verdict; returns True if correct.
+    """
+    return _run("your ddpm_step", fn, _ddpm_step_cases(seed),
+                "your ddpm_step takes the same step as the library's ddpm_sample (clip_x0=False) with the "
+                "same z, from t = 999 down to t = 0.")
+
+
+# --------------------------------------------------------------------------- chapter 3: batched guidance
+
+
+class ProbeConditionalDenoiser(nn.Module):
+    """A fixed stand-in for a text-conditional eps-network, ``model(x, t, context) -> [B, C, H, W]``,
+    which records the batch size of every call in ``calls``:
+
+        out = 0.7 tanh(x) + tanh(mean over tokens of context)[:, :C] + 0.1 sin(0.3 t)
+
+    Every image's answer depends only on its own x, t and context (as a real network's in eval mode).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, C = x.shape[:2]
+        if not isinstance(t, torch.Tensor) or t.shape != (B,):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t must have shape [{B}], one timestep per image of x (got {shape}); "
+                             "when x is doubled to [x; x], double t too: torch.cat([t, t])")
+        if not isinstance(context, torch.Tensor) or context.ndim != 3 or context.shape[0] != B:
+            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            raise ValueError(f"context must have shape [{B}, M, D], one caption per image of x (got {shape}); "
+                             "with x doubled, pass torch.cat([cond, uncond])")
+        self.calls.append(B)
+        text = torch.tanh(context.mean(dim=1)[:, :C])  # [B, C]
+        return 0.7 * torch.tanh(x) + text[:, :, None, None] + 0.1 * torch.sin(0.3 * t.to(x.dtype))[:, None, None, None]
+
+
+def _cfg_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 7)
+    cases = []
+    for B, M, D, w in [(2, 5, 8, 3.0), (3, 4, 6, 7.5), (4, 6, 8, 0.5)]:
+        model = ProbeConditionalDenoiser()
+        x = torch.randn(B, 4, 4, 4, generator=g)
+        t = torch.randint(0, 1000, (B,), generator=g)
+        cond = torch.randn(B, M, D, generator=g)
+        uncond = (0.3 * torch.randn(1, M, D, generator=g)).expand(B, M, D).clone()  # the empty caption, per image
+        with torch.no_grad():
+            expected = ClassifierFreeGuidance(lambda x_, t_, c_, m_: model(x_, t_, c_), cond,
+                                              uncond_context=uncond, scale=w)(x, t)
+            e_c, e_u = model(x, t, cond), model(x, t, uncond)
+        model.calls.clear()
+        mistakes = {
+            "the halves are swapped: the guided prediction starts at the *unconditional* one and moves towards "
+            "the conditional one, uncond + w (cond - uncond); check the order of torch.cat([cond, uncond]) "
+            "and of out.chunk(2)": e_c + w * (e_u - e_c),
+            "that is Ho & Salimans' form (1 + w) cond - w uncond with their w; the course (like Stable "
+            "Diffusion) writes uncond + w (cond - uncond), where w = 1 is the plain conditional model":
+                e_c + w * (e_c - e_u),
+            "w multiplies the difference (cond - uncond), then the unconditional prediction is added: "
+            "uncond + w (cond - uncond)": e_u + w * e_c - e_u,
+            "w goes on the difference only: uncond + w (cond - uncond), not w (uncond + cond - uncond)":
+                w * e_c,
+            "your result is the conditional prediction alone: either both halves of the batch got the caption "
+            "(the second half needs uncond) or w was not applied": e_c,
+            "your result is the unconditional prediction alone: the first half of the batch needs the "
+            "caption, cond": e_u,
+        }
+        cases.append(Case((model, x, t, cond, uncond, w), expected,
+                          f"B={B}, captions of {M} tokens of width {D}, w = {w}", mistakes))
+    return cases
+
+
+def _cfg_hint(err: Exception) -> str:
+    text = str(err)
+    if "must match the size of tensor" in text or "Sizes of tensors must match" in text:
+        return (" Hint: concatenate along the batch dimension: torch.cat([x, x]) is [2B, C, H, W], "
+                "torch.cat([cond, uncond]) is [2B, M, D], torch.cat([t, t]) is [2B].")
+    return ""
+
+
+def check_classifier_free_guidance(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(model, x, t, cond, uncond, w) -> eps_guided``, classifier-free guidance with ONE
+    batched forward pass (Ho & Salimans 2022, eq. 6, in the course's and Stable Diffusion's convention),
+    against ``guidance.ClassifierFreeGuidance``:
+
+        out = model([x; x], [t; t], [cond; uncond])           # one call on a batch of 2B
+        eps_cond, eps_uncond = the two halves of out          # [B, C, H, W] each
+        eps_guided = eps_uncond + w (eps_cond - eps_uncond)
+
+    model: ``model(x [B, C, H, W], t [B], context [B, M, D])``; x: [B, C, H, W]; t: [B]; cond, uncond:
+    [B, M, D] (the caption's and the empty caption's tokens); w: a float. The check also counts the
+    model's calls: exactly one, on 2B images. Prints the verdict; returns True if correct.
+    """
+    name = "your classifier_free_guidance"
+    if not _run(name, fn, _cfg_cases(seed), "", hint_for=_cfg_hint):
+        return False
+    case = _cfg_cases(seed + 100)[0]
+    model, B = case.args[0], case.args[1].shape[0]
+    with torch.no_grad():
+        fn(*_clone(case.args))
+    if model.calls == [2 * B]:
+        return _verdict(True, f"{name} matches guidance.ClassifierFreeGuidance for w in (0.5, 3, 7.5), with one "
+                              f"forward pass on the doubled batch of 2B images.")
+    if model.calls == [B, B]:
+        return _verdict(False, f"{name} gives the right numbers but calls the model twice on B = {B} images. "
+                               "Run both predictions in one call: model(torch.cat([x, x]), torch.cat([t, t]), "
+                               "torch.cat([cond, uncond])), then split the output with .chunk(2).")
+    return _verdict(False, f"{name} gives the right numbers, but the model was called {len(model.calls)} time(s) "
+                           f"with batch sizes {model.calls}; expected exactly one call on 2B = {2 * B} images.")
+
+
+# --------------------------------------------------------------------------- chapter 2 (stretch): online softmax
+
+
+def _online_softmax_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                            chunk_size: int, *, rescale_o: bool = True, rescale_l: bool = True,
+                            scale: bool = True) -> torch.Tensor:
+    """The online softmax over key chunks, with switches that reproduce the usual mistakes."""
+    if scale:
+        q = q * q.shape[-1] ** -0.5
+    m = q.new_full((*q.shape[:-1], 1), float("-inf"))  # [B, h, Nq, 1]
+    l = q.new_zeros((*q.shape[:-1], 1))  # [B, h, Nq, 1]
+    o = q.new_zeros((*q.shape[:-1], v.shape[-1]))  # [B, h, Nq, d_v]
+    for start in range(0, k.shape[-2], chunk_size):
+        cols = slice(start, start + chunk_size)
+        s = q @ k[:, :, cols].transpose(-2, -1)  # [B, h, Nq, chunk]
+        if mask is not None:
+            s = s.masked_fill(~mask[..., cols], float("-inf"))
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+        shift = m_new.masked_fill(m_new == float("-inf"), 0.0)
+        p = torch.exp(s - shift)
+        c = torch.exp(m - shift)
+        l = (l * c if rescale_l else l) + p.sum(dim=-1, keepdim=True)
+        o = (o * c if rescale_o else o) + p @ v[:, :, cols]
+        m = m_new
+    return o / torch.where(l == 0, 1.0, l)
+
+
+def _online_softmax_cases(seed: int) -> list[Case]:
+    g = torch.Generator().manual_seed(seed + 8)
+    cases = []
+    for B, h, Nq, Nk, d, chunk, masked in [(2, 2, 5, 16, 8, 4, False), (2, 3, 6, 13, 8, 5, True),
+                                           (1, 2, 7, 20, 4, 3, True)]:
+        q = 2.0 * torch.randn(B, h, Nq, d, generator=g)  # spread-out scores: the running max changes often
+        k, v = torch.randn(B, h, Nk, d, generator=g), torch.randn(B, h, Nk, d, generator=g)
+        mask = None
+        if masked:
+            mask = torch.rand(B, h, Nq, Nk, generator=g) > 0.3  # True = may attend
+            mask[0, 0, 1] = False  # a query that may attend to no key at all: its output is 0
+            mask[-1, -1, 2, :chunk + 1] = False  # the first chunk entirely masked for one query
+        expected = einsum_attention(q, k, v, mask)
+        variant = lambda **kw: _online_softmax_variant(q, k, v, mask, chunk, **kw)  # noqa: E731
+        mistakes = {
+            "when the running maximum grows from m to m', the running output must be rescaled too: "
+            "o <- exp(m - m') o + sum exp(s' - m') v'": variant(rescale_o=False),
+            "when the running maximum grows from m to m', the running sum must be rescaled too: "
+            "l <- exp(m - m') l + sum exp(s' - m')": variant(rescale_l=False),
+            "neither the running sum nor the running output was rescaled when the maximum changed: "
+            "multiply both by exp(m - m')": variant(rescale_o=False, rescale_l=False),
+            "the scores must be divided by sqrt(d)": variant(scale=False),
+        }
+        if masked:
+            mistakes["the mask is ignored: masked keys (mask False) must get weight 0"] = (
+                _online_softmax_variant(q, k, v, None, chunk))
+            empty = ~mask.any(dim=-1, keepdim=True)  # [B, h, Nq, 1]
+            mistakes["a query whose keys are all masked attends to nothing and its output is 0 (as in "
+                     "course_lib.attention), not the average of the values: use -inf for masked scores and "
+                     "divide by l only where l > 0"] = torch.where(empty, v.mean(dim=-2, keepdim=True), expected)
+        cases.append(Case((q, k, v, mask, chunk), expected,
+                          f"q [{B}, {h}, {Nq}, {d}], {Nk} keys in chunks of {chunk}"
+                          + (", with masked keys and a fully masked query" if masked else ""), mistakes))
+    return cases
+
+
+def check_online_softmax_attention(fn: Callable, seed: int = 0) -> bool:
+    """Check ``fn(q, k, v, mask, chunk_size) -> out``, attention computed over key chunks with the online
+    softmax (Milakov & Gimelshein 2018; the inner loop of FlashAttention, Dao et al. 2022), against
+    ``attention.einsum_attention``. Per query keep m (running max of the scores), l (running sum of
+    exp(s - m)) and o (running sum of exp(s - m) v); for each chunk with scores s':
+
+        m' = max(m, max s');   l <- exp(m - m') l + sum exp(s' - m');   o <- exp(m - m') o + sum exp(s' - m') v'
+
+    and return o / l (0 for a query whose keys are all masked). q [B, h, Nq, d], k [B, h, Nk, d],
+    v [B, h, Nk, d_v]; mask None or bool [B, h, Nq, Nk] with True = may attend. Returns True if correct.
+    """
+    return _run("your online_softmax_attention", fn, _online_softmax_cases(seed),
+                "your online_softmax_attention equals einsum_attention, masked keys and a fully masked "
+                "query included.",
+                shape_hint="The output has one row per query: [B, heads, Nq, d_v].",
+                nonfinite_hint=("a query whose keys are all masked has every score -inf, so m stays -inf and "
+                                "exp(s - m) is exp(-inf + inf) = NaN; shift by 0 where m is -inf, and return 0 "
+                                "for such a query (divide by l only where l > 0)."))

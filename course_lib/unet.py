@@ -25,7 +25,8 @@ connection and consumed, last first, by one up-path block.
 ``model(x, t)``: x [B, C, H, W] float, t [B] timesteps (integers 0..T-1, or floats).
 
 Chapter 2 adds two switches and changes nothing else: ``resblock="adagn"`` builds every residual
-block as an :class:`AdaGNResBlock` (scale-and-shift conditioning, Dhariwal & Nichol 2021), and
+block as an :class:`AdaGNResBlock` (scale-and-shift conditioning, Dhariwal & Nichol 2021's ADM; Stable
+Diffusion's UNets kept DDPM's additive block), and
 ``attention_impl`` picks how the attention blocks compute attention (see ``course_lib.attention``).
 
 Chapter 3 conditions on text: with ``context_dim`` set, every attention position (the resolutions
@@ -81,7 +82,7 @@ class UNetConfig:
     image_size:           the training resolution; fixes where attention goes
     num_groups:           GroupNorm groups (32 in the paper); must divide every channel count
     num_heads:            attention heads (1 in DDPM)
-    resblock:             "additive" (DDPM's ResBlock) or "adagn" (AdaGNResBlock, improved DDPM)
+    resblock:             "additive" (DDPM's ResBlock; also SD 1.x/2.x/SDXL's) or "adagn" (AdaGNResBlock, ADM)
     attention_impl:       "einsum" (chapter 1), "sdpa" or "chunked": same function, different speed/memory
     context_dim:          width of the text tokens to cross-attend to (chapter 3); None = unconditional
     transformer_depth:    BasicTransformerBlocks per SpatialTransformer (used only with context_dim)
@@ -157,7 +158,20 @@ class UNetConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "UNetConfig":
-        """Ho et al. (2020)'s CIFAR-10 model: 128 channels, (1,2,2,2), attention at 16x16, dropout 0.1; 35.7M params."""
+        """Ho et al. (2020)'s CIFAR-10 model: 128 channels, (1,2,2,2), attention at 16x16, dropout 0.1; 35.7M params.
+
+        The layout, widths and parameter count are theirs; two numerical details of their released code
+        (hojonathanho/diffusion, TensorFlow) differ from this PyTorch version:
+
+        * GroupNorm epsilon: theirs is ``tf.contrib.layers.group_norm``'s default, 1e-6
+          (``diffusion_tf/models/unet.py``, ``normalize``); ``nn.GroupNorm`` here uses PyTorch's 1e-5;
+        * downsampling: their stride-2 3x3 convolution pads ``'SAME'`` (``diffusion_tf/nn.py``, ``conv2d``),
+          which for an even size pads one pixel at the right and bottom only; :class:`Downsample` here
+          pads one pixel on every side, so its output grid is shifted by one input pixel.
+
+        Their trained weights would therefore not reproduce their outputs exactly in this UNet. The course
+        trains its own models with these settings and keeps them (the shipped checkpoints depend on them).
+        """
         return cls(**{**dict(base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
                              attention_resolutions=(16,), dropout=0.1, num_groups=32), **overrides})
 
@@ -254,8 +268,9 @@ class ResBlock(EmbedBlock):
 
 
 class AdaGNResBlock(ResBlock):
-    """Residual block with adaptive group normalisation (AdaGN; Dhariwal & Nichol 2021, Sec. 3, the
-    ``use_scale_shift_norm`` of their code, the ``scale_shift`` ResnetBlock of SD-family UNets):
+    """Residual block with adaptive group normalisation (AdaGN; Dhariwal & Nichol 2021, "Diffusion Models
+    Beat GANs on Image Synthesis", Sec. 3, ablated in their Table 3; ``use_scale_shift_norm=True`` in
+    openai/guided-diffusion, a flag already in the improved-DDPM code):
 
         h = conv1(SiLU(GroupNorm(x)))
         scale, shift = Linear(SiLU(emb)) split in two          # [B, C_out] each
@@ -267,6 +282,13 @@ class AdaGNResBlock(ResBlock):
     Unlike ResBlock's additive bias, which GroupNorm partly normalises away, the embedding acts
     after the norm and can also rescale features. conv2 starts at zero: the block starts as shortcut(x).
     The layers are ResBlock's; only the width of ``emb_proj`` and the forward pass differ.
+
+    Stable Diffusion did *not* adopt it: the ResBlocks of SD 1.x, 2.x and SDXL add the embedding before
+    the second GroupNorm exactly as :class:`ResBlock` does (their LDM configs leave ``use_scale_shift_norm``
+    at its default False; diffusers' ``UNet2DConditionModel`` has ``resnet_time_scale_shift="default"``,
+    i.e. ``ResnetBlock2D(time_embedding_norm="default")``; ``"scale_shift"`` is this block). Scale and
+    shift from the timestep returns in the transformers of chapter 6 (DiT, SD3, Flux) as adaLN modulation,
+    built on the same ``course_lib.conditioning.modulate``.
     """
 
     #: the embedding is projected to 2 x C_out: a scale and a shift per channel

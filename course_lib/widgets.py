@@ -215,8 +215,8 @@ class GuidanceExplorer(FigureExplorer):
     Sampling takes seconds on a CPU, so each scale is sampled the first time it is shown and then
     kept in ``cache`` ({w: images}); ``precompute=True`` samples every scale up front.
 
-    Controls: ``slider`` (SelectionSlider over the scales); ``status`` (a Label: how long the last
-    sampling took, or that the images came from the cache).
+    Controls: ``slider`` (SelectionSlider over the scales); ``status`` (a Label: "sampling w = 3 ..."
+    while a scale is being sampled, then how long it took, or that the images came from the cache).
     ``state`` after each redraw: ``{"scale": float, "images": [B, C, H, W] tensor (CPU)}``.
     """
 
@@ -262,8 +262,15 @@ class GuidanceExplorer(FigureExplorer):
         if scale in self.cache:
             self.status.value = f"w = {scale:g}: from the cache ({len(self.cache)}/{len(self.scales)} scales sampled)"
             return self.cache[scale]
+        # say so before sampling (seconds on a CPU): a Label's new value reaches the browser at once,
+        # while the kernel is still busy with sample_fn
+        self.status.value = f"sampling w = {scale:g} ..."
         start = time.perf_counter()
-        images = self.sample_fn(scale)
+        try:
+            images = self.sample_fn(scale)
+        except BaseException:
+            self.status.value = f"w = {scale:g}: sampling failed"
+            raise
         seconds = time.perf_counter() - start
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -354,6 +361,7 @@ class AttentionExplorer(FigureExplorer):
     of the prompt's tokens; value = the token's index among the keys). Each prompt is run once and
     kept in ``cache``. Changing the prompt refreshes the token list and keeps the token index when
     the new prompt has that many tokens (else the last token), and keeps layer and timestep if possible.
+    ``layer`` and ``t`` choose where the controls start (default: the finest layer's last, all steps).
 
     ``state`` after each redraw: ``{"prompt": str, "layer": str, "head": "mean" | int, "t": "all" | number,
     "token": int, "token_text": str, "map": [h, w] tensor}``.
@@ -361,6 +369,7 @@ class AttentionExplorer(FigureExplorer):
 
     def __init__(self, run_fn: Callable, prompts: Sequence[str], *,
                  token_labels: Callable[[str], Sequence[str]] | None = None, prompt: str | None = None,
+                 layer: str | None = None, t: float | int | str | None = None,
                  alpha: float = 0.6, mode: str = "bilinear", normalize: str = "minmax", dpi: int = 100):
         if not callable(run_fn):
             raise TypeError(f"run_fn must be a function prompt -> (image, record, tokens), got {type(run_fn).__name__}")
@@ -392,6 +401,18 @@ class AttentionExplorer(FigureExplorer):
                                                 layout=widgets.Layout(width="420px"))
         self.token = widgets.Dropdown(options=[("-", -1)], description="token", layout=widgets.Layout(width="240px"))
         run = self.run(start)
+        if layer is not None and layer not in run["layers"]:
+            raise ValueError(f"layer={layer!r} is not a cross-attention layer of the record; the layers are "
+                             f"{list(run['layers'])}")
+        if t is not None and t != "all" and t not in run["timesteps"]:
+            raise ValueError(f"t={t!r} is not a sampling timestep of the record; the timesteps are {run['timesteps']} "
+                             "(or 'all')")
+        if layer is not None:  # where the controls start (else: the finest layer, all steps)
+            self.layer.options = [("", layer)]
+            self.layer.value = layer
+        if t is not None:
+            self.timestep.options = [(str(t), t)]
+            self.timestep.value = t
         self._sync_controls(run)
         controls = widgets.VBox([widgets.HBox([self.prompt, self.layer, self.head]),
                                  widgets.HBox([self.timestep, self.token])])
@@ -553,8 +574,8 @@ class AttentionExplorer(FigureExplorer):
 
 def attention_explorer(run_fn: Callable, prompts: Sequence[str], *,
                        token_labels: Callable[[str], Sequence[str]] | None = None,
-                       prompt: str | None = None, mode: str = "bilinear",
-                       normalize: str = "minmax") -> AttentionExplorer:
+                       prompt: str | None = None, layer: str | None = None, t: float | int | str | None = None,
+                       mode: str = "bilinear", normalize: str = "minmax") -> AttentionExplorer:
     """The attention-map explorer of chapter 3.
 
     ``run_fn(prompt) -> (image [3, H, W] in [-1, 1], record, tokens)``: generate one image for the
@@ -562,9 +583,12 @@ def attention_explorer(run_fn: Callable, prompts: Sequence[str], *,
     tokens in key order, padding excluded (e.g. ``["<start>", "a", "photo", "of", "a", "cat"]``).
     ``token_labels(prompt) -> tokens``, if given, names the tokens instead (then ``run_fn`` may
     return just ``(image, record)``). ``prompts``: the prompt menu; ``prompt``: the first one shown;
+    ``layer`` and ``t``: the layer and sampling timestep shown first (default: the last layer at the
+    finest resolution, and "all" steps; e.g. the least uniform ones of
+    :meth:`~course_lib.capture.AttentionRecord.kl_from_uniform_table`);
     ``mode``: how the map is upsampled for the overlay ("bilinear" or "nearest"); ``normalize``: how
     the overlay scales the map ("minmax" or "max", see :func:`overlay`).
     See :class:`AttentionExplorer` for the figure, the controls and ``state``.
     """
-    return AttentionExplorer(run_fn, prompts, token_labels=token_labels, prompt=prompt, mode=mode,
-                             normalize=normalize)
+    return AttentionExplorer(run_fn, prompts, token_labels=token_labels, prompt=prompt, layer=layer, t=t,
+                             mode=mode, normalize=normalize)

@@ -17,11 +17,15 @@
 # Chapter 1's UNet is Ho et al.'s 2020 design. Two of its parts changed in every UNet that came
 # after it, and this chapter is about both:
 #
-# 1. **How the timestep gets in.** DDPM *adds* a per-channel bias computed from $t$; improved DDPM
-#    (Nichol & Dhariwal 2021), ADM and the Stable Diffusion UNets instead *scale and shift* the
-#    normalised features (**AdaGN**). You will see why the bias is weak (the next GroupNorm removes
-#    much of it), then run a **controlled experiment**: the same UNet, seed, data order, timesteps and
-#    noise, once with each block, and compare losses, samples and how strongly $t$ steers the features.
+# 1. **How the timestep gets in.** DDPM *adds* a per-channel bias computed from $t$ before a GroupNorm.
+#    ADM (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis") instead *scales and
+#    shifts* the normalised features: **AdaGN**. You will see what the bias cannot do (the next
+#    GroupNorm removes part of it and gives all channels of a group the same gain), then run a
+#    **controlled experiment**: the same UNet, seed, data order, timesteps and noise, once with each
+#    block, and compare losses, samples and how strongly $t$ steers the features. A fact to keep in
+#    mind: Stable Diffusion 1.x, 2.x and SDXL did *not* adopt AdaGN; their UNets add the time
+#    embedding exactly as DDPM does. The transformers of chapter 6 (DiT, SD3, Flux) bring scale and
+#    shift back as **adaLN**.
 # 2. **How attention is computed.** The chapter-1 attention writes $\mathrm{softmax}(QK^\top/\sqrt d)V$
 #    with `einsum`, storing the whole $N\times N$ score matrix. You will check that PyTorch's fused
 #    `scaled_dot_product_attention` and a **chunked** version compute the same numbers, then measure
@@ -43,8 +47,9 @@ import torch.nn as nn
 from course_lib import config
 from course_lib.attention import ATTENTION_IMPLS
 from course_lib.data import StepBatches, load_cifar10
-from course_lib.diagnostics import copy_shared_weights, held_out_loss, timestep_sensitivity
-from course_lib.exercises import check_adagn_modulation
+from course_lib.diagnostics import (held_out_loss, load_pair_run, paired_train_config, paired_unets, shipped_pair,
+                                    timestep_sensitivity, train_pair)
+from course_lib.exercises import check_adagn_modulation, check_online_softmax_attention
 from course_lib.parameterization import diffusion_loss
 from course_lib.profiling import count_parameters, peak_memory, time_per_call
 from course_lib.samplers import ddim_sample
@@ -78,12 +83,16 @@ print(f"device: {device} · fast mode: {FAST}"
 #
 # * the part of $b$ shared by the channels of a group shifts $\mu_g$ by the same amount and is
 #   **subtracted away**; with one channel per group ($G = C$) all of $b$ is;
-# * what is left is **divided by $\sigma_g$**, which the bias itself inflates: a large bias makes the
-#   group's output a fixed pattern of the bias, with the image content squeezed out. The bias can
-#   rearrange channels *within* a group, but it can never make a channel louder or quieter.
+# * what is left, $b_c - \bar b_g$, is a constant offset of channel $c$, and then **every channel of the
+#   group is divided by the same $\sigma_g$**. The content of channel $c$ (its variation over pixels) leaves
+#   the norm multiplied by $\gamma_c/\sigma_g$: the bias moves the channels of a group relative to each
+#   other, but it **cannot set one channel's gain on its own**. It changes the group's shared gain
+#   $1/\sigma_g$ only through $\sigma_g$: a large bias inflates $\sigma_g$ and squeezes the content of
+#   the whole group out; a bias that cancels differences between the channels' means can raise the
+#   gain a little, never beyond what the group's pixel-to-pixel variation allows.
 #
-# AdaGN acts *after* the norm, so nothing undoes it, and its scale $1 + s$ multiplies the content: the
-# timestep can turn a feature up at high noise and down at low noise. Both blocks start as the
+# AdaGN acts *after* the norm, so nothing undoes it, and its scale $1 + s_c$ multiplies the content of
+# each channel separately: the timestep can turn one feature up at high noise and down at low noise. Both blocks start as the
 # identity because $\mathrm{conv}_2$ starts at zero; AdaGN's $s = 0$ at the start is why the factor
 # is written $1 + s$.
 #
@@ -126,13 +135,29 @@ additive_max = max(relative_change(nn.GroupNorm(16, C, affine=False)(h + lam * u
 print(f"largest change the additive bias achieves (4 channels per group): {additive_max:.2f} of the output's size; "
       f"with 1 channel per group: {relative_change(nn.GroupNorm(C, C, affine=False)(h + 10 * u), nn.GroupNorm(C, C, affine=False)(h)):.1e}")
 
+
+def content_gain(out, h):
+    """Per image and channel: how much the pixel-to-pixel variation of h is amplified. [B, C]"""
+    return out.std(dim=(2, 3)) / h.std(dim=(2, 3))
+
+
+lam = 3.0
+gains = {"additive GN(h + λu)": content_gain(norm(h + lam * u), h),  # norm: GroupNorm(16 groups), 4 channels each
+         "AdaGN GN(h)·(1 + λu)": content_gain(base * (1 + lam * u), h)}
+for name, gain in gains.items():
+    per_group = gain.reshape(len(h), 16, C // 16)  # [B, groups, channels per group]
+    spread = (per_group.amax(-1) / per_group.amin(-1)).max()
+    print(f"{name:22s} λ = {lam:g}: largest ratio of two channel gains within a group {spread:8.4f}")
+
 # %% [markdown]
 # Read the plot from left to right. With one channel per group (red) the additive signal is
 # **removed exactly**: the line sits at zero (off the bottom of the log scale). With a few channels per
 # group (or all 64 in one group), the change grows with $\lambda$ at first and then **saturates** at
 # about 1.3 times the output's own size: the output has become a normalised copy of the bias pattern and
 # cannot change any further, whatever the time embedding says. AdaGN's scale and shift
-# keep growing linearly: the timestep controls the features as strongly as the network wants.
+# keep growing linearly: the timestep controls the features as strongly as the network wants. The
+# printed ratios show the other half of the argument: after the additive bias, the channels of a group
+# all have the same gain (a ratio of 1 up to rounding); AdaGN gives each channel its own.
 #
 # In a real UNet the block's weights can work around some of this (the bias also goes through
 # $\mathrm{SiLU}$, and different channels of a group can carry different signals), so the real
@@ -149,6 +174,77 @@ print(f"paper-size UNet: additive {paper['additive']:,} parameters, AdaGN {paper
       f"(+{100 * (paper['adagn'] / paper['additive'] - 1):.1f}%)")
 
 # %% [markdown]
+# ### Why: what zero-initialising the residual branch buys
+#
+# Both blocks end with $\mathrm{out} = \mathrm{shortcut}(x) + \mathrm{conv}_2(\cdot)$, and $\mathrm{conv}_2$
+# starts at zero (as do the attention blocks' `proj_out` and the UNet's final `conv_out`, all through
+# `course_lib.conditioning.zero_module`, as in Ho et al.'s code). At step 0 every block is then exactly
+# the identity on its skip path and the network outputs $\hat\epsilon = 0$, so the loss starts at
+# $\mathbb E\,\|\epsilon\|^2 = 1$, the loss of the best constant guess, whatever the depth.
+#
+# The measurement: two tiny UNets from the same seed, one with those layers re-initialised the default
+# PyTorch way, trained on the same batches, timesteps and noise for a few dozen steps. We also count the
+# weight tensors that receive a gradient at step 0.
+
+# %%
+def without_zero_init(model):
+    """Re-initialise the zero-initialised layers (conv2, proj_out, conv_out) the default PyTorch way."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("conv2", "proj_out", "conv_out"):
+            module.reset_parameters()
+    return model
+
+
+zero_steps = config.pick(12, 40)
+print(f"two tiny UNets x {zero_steps} steps: about {config.pick(5, 25)} s")
+zero_cfg = TrainConfig(max_steps=zero_steps, batch_size=config.pick(8, 16), lr=1e-3, warmup_steps=5, ema_decay=0.9,
+                       seed=1, checkpoint_minutes=None, progress=False)
+zero_data = load_cifar10("train", limit=512, verbose=False)
+zero_schedule = NoiseSchedule.linear(1000)
+zero_runs = {}
+for label, prepare in [("zero-initialised (the course's default)", lambda m: m), ("random init", without_zero_init)]:
+    torch.manual_seed(0)
+    model = prepare(UNet(UNetConfig.tiny(dropout=0.0)))
+    probe_x0, probe_tt = zero_data.images[:8], torch.full((8,), 500)
+    probe_xt = zero_schedule.q_sample(probe_x0, probe_tt, torch.randn(probe_x0.shape))
+    with torch.no_grad():
+        out_std = model(probe_xt, probe_tt).std()
+    diffusion_loss(model, zero_schedule, probe_x0).backward()  # one gradient at step 0
+    moving = sum(int(p.grad is not None and p.grad.abs().max() > 0) for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    zero_runs[label] = fit(model, lambda m, batch: diffusion_loss(m, zero_schedule, batch[0]),
+                           StepBatches(zero_data, zero_cfg.batch_size, zero_cfg.seed), zero_cfg, device="cpu")
+    print(f"{label:40s}: output std at step 0 {out_std:5.3f}; weight tensors with a gradient at step 0: "
+          f"{moving:3d} of {len(list(model.parameters()))}; loss at step 0 {zero_runs[label].losses[0]:5.3f}, "
+          f"mean of the last 5 steps {statistics.fmean(zero_runs[label].losses[-5:]):.3f}")
+fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+for (label, r), color in zip(zero_runs.items(), ["tab:blue", "tab:red"]):
+    ax.plot(r.losses, color=color, label=label)
+ax.axhline(1.0, color="0.4", ls=":", label="E‖ε‖² = 1: predicting ε̂ = 0")
+ax.set(yscale="log", xlabel="training step", ylabel="loss (same batches, t, noise)",
+       title="the first steps, with and without a zero-initialised residual branch")
+ax.grid(alpha=0.3, which="both")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# Read the printout before the folklore. The zero-initialised network starts at the loss of predicting
+# zero (1, up to the sampling noise of one batch). It is **not** faster at first here: with `conv_out`
+# at zero, back-propagation multiplies every earlier layer's gradient by those zero weights, so at step 0
+# only `conv_out`'s own weight and bias receive a gradient (the two tensors counted above), and the rest
+# wakes up over the next steps. The randomly initialised network starts only a little above 1, because
+# GroupNorm keeps each random branch's output small, and in this tiny UNet it pulls ahead in the first
+# steps.
+#
+# So what does zero-init buy? An **exact identity start**: a block, or a conditioning path, added to a
+# network changes nothing until training moves it. That is what lets ControlNet (Zhang et al. 2023)
+# attach to a trained Stable Diffusion through "zero convolutions" without disturbing it, what lets
+# networks without normalisation train at all (Fixup, Zhang et al. 2019; SkipInit, De & Smith 2020), and
+# what DiT measured at scale: its adaLN-**Zero** blocks (chapter 6), whose residual branches start at
+# zero, reached a better FID than plain adaLN (Peebles & Xie 2023, Fig. 5). AdaGN's $1 + s$ is written so that $s = 0$
+# is that neutral start.
+
+# %% [markdown]
 # ## 2. A controlled experiment: additive vs AdaGN
 #
 # Two UNets that differ **only** in `UNetConfig.resblock`. Everything else is held equal:
@@ -161,40 +257,62 @@ print(f"paper-size UNet: additive {paper['additive']:,} parameters, AdaGN {paper
 #
 # Because both models solve *the same* problems at every step, the per-step difference of their
 # losses is a **paired** comparison, much less noisy than comparing the two curves by eye.
+#
+# The full experiment (1,500 steps per model) takes about 40 minutes on a CPU, too long for a lab: its two
+# runs ship in `data/checkpoints/` (`ch2-additive`, `ch2-adagn`: EMA weights and loss history, written by
+# `tools/train_chapter2_pair.py` with this same code) and are loaded. Set `COURSE_LONG=1` to retrain
+# them here. Fast mode trains 60 steps for the loss curves and uses the shipped runs for the rest.
 
 # %%
-data = load_cifar10("train", hflip=True)
 test_images = load_cifar10("test", limit=config.pick(200, 1000), verbose=False).images
 schedule = NoiseSchedule.linear(1000)
-cpu_bf16 = device.type == "cpu" and config.native_bf16(device)  # faster only where the CPU has bf16 natively
-model_config = UNetConfig.tiny  # 0.29M parameters: the comparison, not the sample quality, is the point here
-experiment = TrainConfig(max_steps=config.pick(60, 1500), batch_size=config.pick(16, 32), lr=1e-3,
-                         warmup_steps=config.pick(10, 50), ema_decay=config.pick(0.9, 0.995), seed=0,
-                         bf16=cpu_bf16, channels_last=cpu_bf16, checkpoint_minutes=None)
-
-
-def loss_fn(model, batch):
-    images, _labels = batch
-    return diffusion_loss(model, schedule, images)
-
-
-torch.manual_seed(0)
-models = {kind: UNet(model_config(resblock=kind, dropout=0.0)) for kind in ("additive", "adagn")}
-different = copy_shared_weights(models["additive"], models["adagn"])
+experiment = paired_train_config(fast=FAST, device=device)  # 1,500 steps of 32 images (fast mode: 60 of 16)
+models, different = paired_unets(UNetConfig.tiny)  # 0.29M parameters: the comparison, not sample quality, matters
 print(f"{len(models['adagn'].state_dict()) - len(different)} of {len(models['adagn'].state_dict())} weight tensors "
       f"start equal; the others are the {sorted({name.split('.')[-2] for name in different})} layers")
 
-runs = {}
-for kind, model in models.items():
-    result = fit(model, loss_fn, StepBatches(data, experiment.batch_size, experiment.seed), experiment, device=device)
-    runs[kind] = result
-    print(f"{kind:>8s}: {count_parameters(model) / 1e6:.2f}M parameters, {result.step} steps of {experiment.batch_size} "
+# The full experiment takes ~40 min on a CPU: it ships as two checkpoints (tools/train_chapter2_pair.py wrote
+# them with exactly this code) and is loaded, unless you opt in with COURSE_LONG=1. Fast mode trains 60 steps
+# for the loss curves and uses the shipped runs, when present, for held-out loss, samples and the probe.
+shipped = shipped_pair()  # data/checkpoints/ch2-additive.safetensors and ch2-adagn.safetensors, or None
+loaded = ({kind: load_pair_run(path, expect=paired_train_config()) for kind, path in shipped.items()}
+          if shipped else None)  # warns if the files were trained with other settings
+
+
+def report(kind, result):
+    n_params = count_parameters(result.ema, trainable_only=False)
+    print(f"{kind:>8s}: {n_params / 1e6:.2f}M parameters, {result.step} steps of {experiment.batch_size} "
           f"in {result.seconds / 60:.1f} min ({result.images_per_second:.0f} images/s on {device})")
+
+
+if loaded and not FAST and not config.long_cells():
+    runs = loaded
+    print(f"loaded the shipped runs ({', '.join(p.name for p in shipped.values())}):")
+    for kind, result in runs.items():
+        report(kind, result)
+    print(f"to retrain them here, run with COURSE_LONG=1 (they took {sum(r.seconds for r in runs.values()) / 60:.0f} "
+          "minutes together when they were trained)")
+else:
+    if config.long_cells():
+        minutes = sum(r.seconds for r in loaded.values()) / 60 if loaded else 2 * 19  # 19 min per model, 1 CPU thread
+        print(f"COURSE_LONG=1: training both models for {experiment.max_steps} steps; expected time about "
+              f"{minutes:.0f} min on a CPU (less with more threads or a GPU)")
+    elif not FAST:  # full mode without the shipped files: a short run that fits the lab, and say so
+        experiment = dataclasses.replace(experiment, max_steps=80, warmup_steps=10, ema_decay=0.9)
+        print("the shipped runs (data/checkpoints/ch2-*.safetensors) are missing: a short run of "
+              f"{experiment.max_steps} steps per model instead (about 2 min), too short to separate the two blocks; "
+              "write the full runs with `python tools/train_chapter2_pair.py` (~40 min)")
+    data = load_cifar10("train", hflip=True)
+    runs = train_pair(models, data, schedule, experiment, device=device, report=report)
+trained = loaded if (FAST and loaded) else runs  # the weights the pictures and probes below use
+if trained is not runs:
+    print(f"held-out loss, samples and the timestep probe below use the shipped runs ({trained['additive'].step} "
+          "steps each); the loss curves show the short run above")
 
 # %%
 losses = {kind: torch.tensor(r.losses) for kind, r in runs.items()}
-window = config.pick(10, 100)
 diff = losses["adagn"] - losses["additive"]  # paired: same batch, t and noise at every step
+window = min(config.pick(10, 100), max(1, len(diff) // 4))  # 100 steps for the full run, fewer for a short one
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 for kind, color in [("additive", "tab:red"), ("adagn", "tab:blue")]:
     plot_losses(losses[kind], window=window, ax=ax1, label=kind, color=color)
@@ -217,9 +335,10 @@ plt.show()
 # %%
 half = len(diff) // 2
 late = diff[half:]
-heldout = {kind: held_out_loss(r.ema, schedule, test_images, draws=2) for kind, r in runs.items()}
-print(f"held-out loss of the EMA weights ({len(test_images)} test images x 2 (t, noise) draws, the same for both):")
-for kind in runs:
+heldout = {kind: held_out_loss(r.ema, schedule, test_images, draws=2) for kind, r in trained.items()}
+print(f"held-out loss of the EMA weights after {trained['additive'].step} steps ({len(test_images)} test images "
+      "x 2 (t, noise) draws, the same for both):")
+for kind in trained:
     print(f"  {kind:>8s}: {heldout[kind]:.4f}")
 print(f"held-out AdaGN / additive: {heldout['adagn'] / heldout['additive']:.3f}")
 print(f"paired training-loss difference over the last {len(late)} steps: {late.mean():+.5f} "
@@ -234,9 +353,10 @@ print(f"paired training-loss difference over the last {len(late)} steps: {late.m
 x_T = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 samples = {kind: ddim_sample(r.ema.to(device).eval(), schedule, x_T=x_T.to(device), num_steps=50, eta=0.0,
                              progress=False).cpu()
-           for kind, r in runs.items()}
+           for kind, r in trained.items()}
 show_images(torch.cat([samples["additive"], samples["adagn"]]), nrow=8,
-            title=f"top: additive · bottom: AdaGN · same noise, DDIM 50 steps, after {experiment.max_steps} training steps")
+            title=f"top: additive · bottom: AdaGN · same noise, DDIM 50 steps, "
+                  f"after {trained['additive'].step} training steps")
 plt.show()
 
 # %% [markdown]
@@ -246,16 +366,20 @@ plt.show()
 # metrics such as FID.
 #
 # Finally, *activation statistics*: how strongly does the timestep steer each block's features in the
-# trained networks? `timestep_sensitivity` feeds the **same** noisy images with six different $t$,
-# records the activations entering each block's second convolution, and reports the share of their
-# variance that is due to $t$ alone, $S = \overline{\mathrm{Var}_t(A)} / \mathrm{Var}(A)$, per block
-# (0: the block ignores $t$; 1: its features depend on nothing else).
+# trained networks? `timestep_sensitivity` takes 16 test images $x_0$ and, for each of six timesteps
+# $t$, noises them **at that $t$**, $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ (the same
+# $\epsilon$ every time), and tells the network that $t$: six inputs of the kind it was trained on, which
+# differ in the timestep alone. It records the activations entering each block's second convolution
+# and reports the share of their variance that is due to $t$,
+# $S = \overline{\mathrm{Var}_t(A)} / \mathrm{Var}(A)$, per block (0: the features do not change with $t$;
+# 1: they depend on nothing else). Here $t$ acts through two routes at once, the noise level of the input
+# and the time embedding, as it does when the network samples. (Feeding one fixed $x_t$ with six different
+# $t$ would isolate the embedding, but five of the six inputs would be ones the network never saw.)
 
 # %%
-probe = schedule.q_sample(test_images[:16], torch.full((16,), 500),
-                          torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
 probe_t = [50, 200, 400, 600, 800, 950]
-sensitivity = {kind: timestep_sensitivity(r.ema.cpu(), probe, probe_t) for kind, r in runs.items()}
+sensitivity = {kind: timestep_sensitivity(r.ema.cpu(), schedule, test_images[:16], probe_t, seed=2)
+               for kind, r in trained.items()}
 names = list(sensitivity["additive"])
 fig, ax = plt.subplots(figsize=(12, 3.8), layout="constrained")
 x = torch.arange(len(names))
@@ -263,7 +387,7 @@ ax.bar(x - 0.2, [sensitivity["additive"][n] for n in names], width=0.4, color="t
 ax.bar(x + 0.2, [sensitivity["adagn"][n] for n in names], width=0.4, color="tab:blue", label="AdaGN")
 ax.set_xticks(x, [n.replace(".", " ") for n in names], rotation=60, fontsize=8)
 ax.set(ylabel="share of variance due to t", title="how much each residual block's features depend on the timestep "
-       "(same input x, six values of t)")
+       "(same x₀ and ε, noised and evaluated at six values of t)")
 ax.grid(alpha=0.3, axis="y")
 ax.legend()
 plt.show()
@@ -271,23 +395,32 @@ for kind in sensitivity:
     print(f"{kind:>8s}: mean over blocks {statistics.fmean(sensitivity[kind].values()):.3f}")
 
 # %% [markdown]
-# What we measured in a full run (tiny UNet, 1,500 steps of 32 CIFAR-10 images each, 19 minutes
-# per model on one CPU thread of a busy 2-core machine; fast mode runs a few dozen steps, far too few to tell the two apart):
+# What the full experiment measured when the chapter was written (tiny UNet, 1,500 steps of 32 CIFAR-10
+# images each, about 19 minutes per model on one CPU thread; the shipped runs use the same code, and the
+# cells above print their own numbers; fast mode's loss curves cover a few dozen steps, far too few to
+# tell the two apart):
 #
 # * the paired loss difference went below zero within the first 150 steps and stayed there for the
-#   whole run: AdaGN's training loss was lower by 0.0006 on average over the second half (about 1.7 %
-#   of the loss; the standard error is ten times smaller than the difference);
-# * the held-out loss of the EMA weights agreed: 0.0338 for AdaGN against 0.0343 (1.5 % lower);
-# * the timestep-sensitivity bars did **not** show "more time signal" in AdaGN overall: the mean over
-#   blocks was 0.45 against 0.46. AdaGN's encoder blocks depended more on $t$, the additive model's
-#   middle and last decoder blocks more. The trained additive network works around its handicap by
-#   other routes (its biases act through the SiLU, and they accumulate from block to block), so the
-#   difference lies less in *how much* the timestep matters than in *how* it acts: as a gain on the
-#   features instead of an offset that the norm partly removes.
+#   whole run: AdaGN's training loss was lower by about 1.7 % over the second half, with a standard
+#   error about ten times smaller than the difference;
+# * the held-out loss of the EMA weights agreed: AdaGN about 1.5 % lower;
+# * the timestep-sensitivity bars compare *where* each network lets $t$ act; a higher bar is not
+#   automatically better. The additive network can work around its handicap by other routes (its
+#   biases act through the SiLU, and they accumulate from block to block), so the difference lies less
+#   in *how much* the timestep matters than in *how* it acts: as a gain on the features instead of an
+#   offset that the norm partly removes.
 #
-# A modest gain at this size, then; ADM (Dhariwal & Nichol 2021, Table 1) found the same direction in
-# large models, and every later diffusion UNet kept scale-shift conditioning. Chapter 5's DiT uses its
-# transformer cousin, **adaLN**.
+# **A small gain, and the field split.** ADM ablated this choice on class-conditional ImageNet 128×128
+# after 700K iterations, with the timestep *and the class* entering through the same projection
+# (Dhariwal & Nichol 2021, Table 3: FID 13.06 with AdaGN against 15.08 with DDPM's "Addition +
+# GroupNorm"), and kept AdaGN. Yet Stable Diffusion 1.x, 2.x and SDXL kept DDPM's additive ResBlock:
+# in their LDM configs `use_scale_shift_norm` stays at its default `False`, and diffusers'
+# `UNet2DConditionModel` builds `ResnetBlock2D` with `resnet_time_scale_shift="default"`, which adds the
+# embedding before `norm2` (`"scale_shift"` is this chapter's AdaGN). That models of that size did well
+# without it is itself the lesson: a few percent of loss at equal steps is real, but it is not what makes
+# or breaks a model. In the transformers of chapter 6 (DiT, SD3, Flux) scale and shift came back: every
+# block is modulated by **adaLN**, the same $\mathrm{norm}(h)\odot(1+s)+m$ on tokens
+# (`course_lib.conditioning.modulate` serves both).
 
 # %% [markdown]
 # ## 3. Attention three ways
@@ -323,6 +456,50 @@ for heads, Nq, Nk, masked in [(1, 64, 64, False), (4, 257, 257, False), (8, 100,
     label = f"{heads} heads, {Nq} queries x {Nk} keys" + (", key mask" if masked else "")
     print(f"{label:44s}" + "".join(f"{tuple(o.shape)[-2]:>10d}" for o in outs.values()) + f"   {worst:.1e}")
     assert worst < 1e-5
+
+# %% [markdown]
+# ### Why: the $1/\sqrt d$
+#
+# If the $d$ components of a query and a key are independent with mean 0 and variance 1, their dot
+# product $q\cdot k = \sum_{i=1}^d q_i k_i$ has mean 0 and variance $d$ (Vaswani et al. 2017, Sec. 3.2.1,
+# footnote 4): the scores spread out like $\sqrt d$. A softmax of widely spread scores puts nearly all
+# its weight on the largest one (it **saturates**), and there its gradient
+# $\partial p_i / \partial s_j = p_i(\delta_{ij} - p_j)$ is nearly zero: attention stops learning.
+# Dividing by $\sqrt d$ brings the spread back to 1 at every head width. Measured, with random
+# unit-variance $q$, $k$, 256 keys per query:
+
+# %%
+widths = [8, 16, 32, 64, 128, 256, 512]
+g_d = torch.Generator().manual_seed(0)
+spread, p_max = {"q·k": [], "q·k / √d": []}, {"q·k": [], "q·k / √d": []}
+for d in widths:
+    q, k = torch.randn(512, d, generator=g_d), torch.randn(256, d, generator=g_d)  # [queries, d], [keys, d]
+    for name, scores in [("q·k", q @ k.T), ("q·k / √d", q @ k.T / d**0.5)]:  # [queries, keys]
+        spread[name].append(float(scores.std()))
+        p_max[name].append(float(scores.softmax(dim=-1).amax(dim=-1).mean()))  # weight on the top key
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+for name, color in [("q·k", "tab:red"), ("q·k / √d", "tab:blue")]:
+    ax1.plot(widths, spread[name], "o-", color=color, label=name)
+    ax2.plot(widths, p_max[name], "o-", color=color, label=name)
+ax1.plot(widths, [d**0.5 for d in widths], ":", color="0.4", label="√d")
+ax2.axhline(1 / 256, color="0.4", ls=":", label="uniform over 256 keys")
+ax1.set(xscale="log", yscale="log", xlabel="head dimension d", ylabel="std of the scores", title="spread of the scores")
+ax2.set(xscale="log", yscale="log", xlabel="head dimension d", ylabel="mean largest softmax weight",
+        title="how much weight the top key gets")
+for ax in (ax1, ax2):
+    ax.set_xticks(widths, [str(d) for d in widths])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+plt.show()
+for name in spread:
+    print(f"{name:9s}: score std at d = {widths[0]} / {widths[-1]}: {spread[name][0]:.2f} / {spread[name][-1]:.2f};  "
+          f"largest softmax weight {p_max[name][0]:.2f} / {p_max[name][-1]:.2f}")
+
+# %% [markdown]
+# Without the scaling the spread grows exactly like $\sqrt d$ and at $d = 512$ the top key takes most
+# of the weight of 256: the softmax is close to a hard maximum. With it, the spread is 1 and the
+# weights stay equally soft at every width. (Trained queries and keys are not independent unit
+# Gaussians, but the scaling sets the starting point, and a saturated softmax cannot get out of it.)
 
 # %% [markdown]
 # Now what each costs, as the sequence grows from 64 tokens (an 8x8 feature map) to 4,096 (64x64,
@@ -381,6 +558,60 @@ print(f"at N = {lengths[big]}: SDPA takes {cost['sdpa']['time'][big] / cost['ein
 # of the memory figures.
 
 # %% [markdown]
+# ### Stretch exercise: the online softmax
+#
+# Write the heart of the chunked version: attention for all queries at once, reading the keys
+# `chunk_size` at a time and never holding more than one chunk of scores. Per query keep the running
+# maximum $m$ (start: $-\infty$), the running sum $\ell$ and the running output $o$ (start: 0); for each
+# chunk of keys $K'$, values $V'$:
+#
+# $$s' = \frac{q K'^\top}{\sqrt d},\quad m' = \max(m, \max s'),\quad
+# \ell \leftarrow e^{m - m'}\ell + \textstyle\sum e^{s' - m'},\quad
+# o \leftarrow e^{m - m'} o + e^{s' - m'} V',\quad m \leftarrow m',$$
+#
+# and return $o / \ell$. `mask` is `None` or boolean `[B, heads, Nq, Nk]` with `True` = may attend:
+# masked scores become $-\infty$, and a query whose keys are *all* masked must return 0, as
+# `course_lib.attention` does (careful: $e^{-\infty - (-\infty)}$ is NaN). The check compares with
+# `einsum_attention`. (Reading `_attend_by_key_chunks` in `course_lib/attention.py` gives the answer
+# away: try first.)
+
+# %%
+def online_softmax_attention(q, k, v, mask, chunk_size):
+    """softmax(q k^T / sqrt(d)) v over key chunks;  q [B, h, Nq, d], k [B, h, Nk, d], v [B, h, Nk, d_v]."""
+    raise NotImplementedError  # your code here
+
+
+check_online_softmax_attention(online_softmax_attention);
+
+
+# %% [markdown]
+# A solution (collapsed; expand it once you have tried):
+
+# %% jupyter={"source_hidden": true}
+def online_softmax_attention(q, k, v, mask, chunk_size):
+    """softmax(q k^T / sqrt(d)) v over key chunks;  q [B, h, Nq, d], k [B, h, Nk, d], v [B, h, Nk, d_v]."""
+    q = q * q.shape[-1] ** -0.5  # scale once, not every chunk
+    m = torch.full((*q.shape[:-1], 1), float("-inf"))  # [B, h, Nq, 1] running max
+    l = torch.zeros(*q.shape[:-1], 1)  # [B, h, Nq, 1] running sum of exp(s - m)
+    o = torch.zeros(*q.shape[:-1], v.shape[-1])  # [B, h, Nq, d_v] running sum of exp(s - m) v
+    for start in range(0, k.shape[-2], chunk_size):
+        cols = slice(start, start + chunk_size)
+        s = q @ k[:, :, cols].transpose(-2, -1)  # [B, h, Nq, chunk]
+        if mask is not None:
+            s = s.masked_fill(~mask[..., cols], float("-inf"))
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+        shift = torch.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: shift by 0, exp(-inf) = 0
+        p = torch.exp(s - shift)  # [B, h, Nq, chunk]
+        rescale = torch.exp(m - shift)  # [B, h, Nq, 1]: the old sums were relative to the old max
+        l = rescale * l + p.sum(dim=-1, keepdim=True)
+        o = rescale * o + p @ v[:, :, cols]
+        m = m_new
+    return o / torch.where(l == 0, 1.0, l)  # a query with no key: 0 / 1 = 0
+
+
+assert check_online_softmax_attention(online_softmax_attention)
+
+# %% [markdown]
 # ## 4. Exercise: the AdaGN modulation
 #
 # Write the middle of `AdaGNResBlock.forward`. You get
@@ -417,9 +648,15 @@ assert check_adagn_modulation(adagn_modulation)
 # ## Summary
 #
 # * DDPM's ResBlock adds the time signal *before* a GroupNorm, which subtracts the part shared within
-#   each group and rescales the rest: the bias can rearrange features but never amplify them.
-#   AdaGN applies $\mathrm{GN}(h)\odot(1+s)+m$ *after* the norm. In a controlled experiment (same
-#   weights, data, timesteps and noise) AdaGN reached a lower loss at equal steps, by 1.5-2 %.
+#   each group and divides every channel of the group by the same $\sigma_g$: the bias cannot set one
+#   channel's gain on its own. AdaGN (ADM) applies $\mathrm{GN}(h)\odot(1+s)+m$ *after* the norm. In a
+#   controlled experiment (same weights, data, timesteps and noise) AdaGN reached a lower loss at equal
+#   steps, by 1.5-2 %; Stable Diffusion's UNets kept the additive block, and chapter 6's transformers
+#   bring scale and shift back as adaLN.
+# * Zero-initialising each residual branch makes the network start as the identity and predict
+#   $\hat\epsilon = 0$: the loss starts at 1 instead of far above it.
+# * Attention divides by $\sqrt d$ so that the scores keep unit spread at any head width and the
+#   softmax does not saturate.
 # * Attention has one formula and several implementations. The fused SDPA kernel and the chunked
 #   version agree with the textbook einsum to float32 rounding, and their memory grows linearly with
 #   the sequence instead of quadratically.

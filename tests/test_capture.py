@@ -1,11 +1,13 @@
 """Attention capture: outputs unchanged bit for bit, probabilities that are probabilities, timesteps, hooks removed."""
 
+import math
+
 import pytest
 import torch
 from conftest import randomize_zero_init
 
 from course_lib.attention import HookableAttention, MultiHeadAttention
-from course_lib.capture import capture_attention
+from course_lib.capture import AttentionCall, AttentionRecord, capture_attention
 from course_lib.guidance import ClassifierFreeGuidance
 from course_lib.samplers import ddim_sample, ddim_timesteps
 from course_lib.schedules import make_schedule
@@ -100,6 +102,42 @@ def test_maps_follow_the_query_that_matches_a_token():
     assert maps[1, 1].argmax() == 2 and maps[1, 1, 2] > 0.99
     assert torch.allclose(maps[0, 0], torch.full((3,), 1 / 3))  # a zero query attends uniformly
     assert record.timesteps == [None]
+
+
+def test_kl_from_uniform_is_zero_for_uniform_rows_and_log_n_for_one_hot_rows():
+    """Two images, 3 and 2 real tokens of 4 (the rest masked): uniform rows give 0, one-hot rows log n."""
+    uniform = torch.zeros(2, 1, 6, 4)  # [b, heads, Nq, Nk]
+    uniform[0, :, :, :3], uniform[1, :, :, :2] = 1 / 3, 1 / 2
+    one_hot = torch.zeros(2, 1, 6, 4)
+    one_hot[0, :, :, 1] = one_hot[1, :, :, 0] = 1.0
+    one_hot[0, :, 0, :3], one_hot[1, :, 0, :2] = 1 / 3, 1 / 2  # row 0 uniform: every real key gets weight somewhere
+    record = AttentionRecord(calls=[AttentionCall("a", "cross", 0, 999, uniform),
+                                    AttentionCall("a", "cross", 1, 0, one_hot),
+                                    AttentionCall("b", "cross", 0, 999, one_hot)],
+                             model_t=[torch.tensor([999]), torch.tensor([0])])
+    assert record.kl_from_uniform("a", t=999) == pytest.approx(0.0, abs=1e-6)  # float32 probabilities
+    # per image: 5 of 6 rows one-hot over n real tokens (KL = log n), 1 row uniform (KL = 0)
+    expected = (5 * math.log(3) + 5 * math.log(2)) / 12
+    assert record.kl_from_uniform("a", t=0) == pytest.approx(expected)
+    assert record.kl_from_uniform("a") == pytest.approx(expected / 2)  # the mean over both calls' rows
+    layers, timesteps, table = record.kl_from_uniform_table()
+    assert layers == ["a", "b"] and timesteps == [999, 0]
+    assert table[0].tolist() == pytest.approx([0.0, expected], abs=1e-6) and table[1, 0] == pytest.approx(expected)
+    assert table[1, 1].isnan()  # layer b was not called at t = 0
+
+
+def test_kl_from_uniform_of_a_captured_run_is_within_its_bounds(setup):
+    model, context, mask, x_T = setup
+    schedule = make_schedule("linear", 1000)
+    with capture_attention(model) as record:
+        ddim_sample(lambda x, t: model(x, t, context, mask), schedule, x_T=x_T, num_steps=2, progress=False)
+    layers, timesteps, table = record.kl_from_uniform_table()
+    assert len(timesteps) == 2 and table.shape == (len(layers), 2) and not table.isnan().any()
+    assert (table >= -1e-9).all() and (table <= math.log(M) + 1e-9).all()
+    p = record.select(layers[0], timesteps[0])[0].probs.double()  # [2, heads, Nq, M]: images with 3 and 5 tokens
+    n = mask.sum(dim=1).double()  # [2]
+    direct = (p * (p * n[:, None, None, None]).log().nan_to_num(neginf=0.0)).sum(-1).mean()
+    assert table[0, 0].item() == pytest.approx(direct.item())
 
 
 def test_max_batch_kinds_and_classifier_free_guidance(setup):

@@ -293,3 +293,335 @@ def test_a_nan_answer_is_named(capsys):
 
     assert not check_cross_attention(lambda x, c, m, wq, wk, wv: _cross_right(x, c, m, wq, wk, wv) * float("nan"))
     assert "NaN" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- chapter 1: the simple loss (Algorithm 1)
+
+
+def simple_loss(model, schedule, x0, t, noise):
+    ab = schedule.alpha_bar[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    return F.mse_loss(model(x_t, t), noise)
+
+
+def simple_loss_library(model, schedule, x0, t, noise):
+    from course_lib.parameterization import diffusion_loss
+
+    return diffusion_loss(model, schedule, x0, t=t, noise=noise)
+
+
+def test_simple_loss_check_uses_the_library_loss_on_a_real_unet():
+    """The check's reference is diffusion_loss; the solution agrees with it on a real (tiny) UNet too."""
+    from course_lib.parameterization import diffusion_loss
+    from course_lib.schedules import NoiseSchedule
+    from course_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.tiny()).eval()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.05)  # not the zero output of a fresh UNet
+    schedule = NoiseSchedule.linear(1000)
+    x0, noise, t = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 3, 32, 32), torch.tensor([5, 700])
+    with torch.no_grad():
+        assert torch.allclose(simple_loss(model, schedule, x0, t, noise),
+                              diffusion_loss(model, schedule, x0, t=t, noise=noise), rtol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [simple_loss, simple_loss_library])
+def test_simple_loss_check_accepts_correct_versions(fn, capsys):
+    from course_lib.exercises import check_simple_loss
+
+    ok, out = verdict(check_simple_loss, fn, capsys)
+    assert ok and out.startswith("Correct!")
+
+
+def _loss_variant(make_xt=None, target="noise", t_shift=0, reduce=lambda e: e.square().mean()):
+    def fn(model, schedule, x0, t, noise):
+        ab = schedule.alpha_bar[t].view(-1, 1, 1, 1)
+        x_t = (make_xt or (lambda ab: ab.sqrt() * x0 + (1 - ab).sqrt() * noise))(ab)
+        goal = {"noise": noise, "x0": x0}[target]
+        return reduce(goal - model(x_t, t + t_shift))
+    return fn
+
+
+def _loss_alpha_bar_prev(model, schedule, x0, t, noise):
+    ab = schedule.alpha_bar_prev[t].view(-1, 1, 1, 1)
+    return F.mse_loss(model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t), noise)
+
+
+def _loss_one_indexed(model, schedule, x0, t, noise):  # the paper's t = 1..T read as indices
+    ab = schedule.alpha_bar[t + 1].view(-1, 1, 1, 1)
+    return F.mse_loss(model(ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t + 1), noise)
+
+
+@pytest.mark.parametrize("fn_name, words", [
+    ("no_sqrt", "forgot both square roots"),
+    ("no_sqrt_noise", "noise coefficient of x_t needs a square root"),
+    ("predicts_x0", "not the clean image x_0"),
+    ("sum", "not their sum"),
+    ("per_image_sum", "not a sum over the pixels of each image"),
+    ("l1", "*squared* error"),
+    ("model_t_plus_1", "call model(x_t, t)"),
+    ("alpha_bar_prev", "alpha_bar_prev"),
+    ("one_indexed", "0-indexed"),
+    ("per_example", "0-d tensor"),
+    ("draws_t", "draws random numbers"),
+])
+def test_simple_loss_check_names_the_mistake(fn_name, words, capsys):
+    from course_lib.exercises import check_simple_loss
+
+    def draws_t(model, schedule, x0, t, noise):
+        return simple_loss(model, schedule, x0, torch.randint(0, 1000, t.shape), noise)
+
+    fns = {
+        "no_sqrt": lambda m, s, x0, t, n: _loss_variant(
+            make_xt=lambda ab: ab * x0 + (1 - ab) * n)(m, s, x0, t, n),
+        "no_sqrt_noise": lambda m, s, x0, t, n: _loss_variant(
+            make_xt=lambda ab: ab.sqrt() * x0 + (1 - ab) * n)(m, s, x0, t, n),
+        "predicts_x0": _loss_variant(target="x0"),
+        "sum": _loss_variant(reduce=lambda e: e.square().sum()),
+        "per_image_sum": _loss_variant(reduce=lambda e: e.square().flatten(1).sum(1).mean()),
+        "l1": _loss_variant(reduce=lambda e: e.abs().mean()),
+        "model_t_plus_1": _loss_variant(t_shift=1),
+        "alpha_bar_prev": _loss_alpha_bar_prev,
+        "one_indexed": _loss_one_indexed,
+        "per_example": _loss_variant(reduce=lambda e: e.square().flatten(1).mean(1)),
+        "draws_t": draws_t,
+    }
+    ok, out = verdict(check_simple_loss, fns[fn_name], capsys)
+    assert not ok and out.startswith("Not yet:") and words in out, out
+
+
+# --------------------------------------------------------------------------- chapter 1: one ancestral step (Algorithm 2)
+
+
+def ddpm_step(schedule, x_t, eps_hat, t, z):
+    alpha, alpha_bar, beta = schedule.alphas[t], schedule.alpha_bar[t], schedule.betas[t]
+    mean = (x_t - beta / (1 - alpha_bar).sqrt() * eps_hat) / alpha.sqrt()
+    return mean + schedule.posterior_variance[t].sqrt() * z if t > 0 else mean
+
+
+def ddpm_step_posterior(schedule, x_t, eps_hat, t, z):  # the x0_hat form, without clipping
+    t_batch = torch.full((len(x_t),), t)
+    x0_hat = (x_t - (1 - schedule.alpha_bar[t]).sqrt() * eps_hat) / schedule.alpha_bar[t].sqrt()
+    mean, var, _ = schedule.q_posterior(x0_hat, x_t, t_batch)
+    return mean + var.sqrt() * z  # var = 0 at t = 0: no noise there
+
+
+@pytest.mark.parametrize("fn", [ddpm_step, ddpm_step_posterior])
+def test_ddpm_step_check_accepts_correct_versions(fn, capsys):
+    from course_lib.exercises import check_ddpm_step
+
+    ok, out = verdict(check_ddpm_step, fn, capsys)
+    assert ok and out.startswith("Correct!")
+
+
+def test_the_ddpm_step_loop_is_the_library_sampler():
+    """Looping the solution over every t with the sampler's own noise draws reproduces ddpm_sample."""
+    from course_lib.samplers import ddpm_sample
+    from course_lib.schedules import NoiseSchedule
+    from course_lib.toy import gaussian_eps_model
+
+    schedule = NoiseSchedule.linear(50)
+    model = gaussian_eps_model(0.3, 0.5, schedule)
+    x_T = torch.randn(64, 1, generator=torch.Generator().manual_seed(0))
+    library = ddpm_sample(model, schedule, x_T=x_T, clip_x0=False, progress=False,
+                          generator=torch.Generator().manual_seed(1))
+    g, x = torch.Generator().manual_seed(1), x_T.clone()
+    for t in range(schedule.T - 1, -1, -1):
+        eps_hat = model(x, torch.full((64,), t))
+        z = torch.randn(x.shape, generator=g) if t > 0 else torch.zeros_like(x)  # the sampler draws none at t = 0
+        x = ddpm_step(schedule, x[:, :, None, None], eps_hat[:, :, None, None], t, z[:, :, None, None])[:, :, 0, 0]
+    assert torch.allclose(x, library, atol=1e-4)
+
+
+def _step_variant(mean_fn, sigma_fn=lambda s, t: s.posterior_variance[t].sqrt(), noise_at_zero=False):
+    def fn(schedule, x_t, eps_hat, t, z):
+        a, ab, b = schedule.alphas[t], schedule.alpha_bar[t], schedule.betas[t]
+        mean = mean_fn(x_t, eps_hat, a, ab, b)
+        return mean + sigma_fn(schedule, t) * z if (t > 0 or noise_at_zero) else mean
+    return fn
+
+
+_eq11 = lambda x, e, a, ab, b: (x - b / (1 - ab).sqrt() * e) / a.sqrt()  # noqa: E731
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_step_variant(lambda x, e, a, ab, b: x - b / (1 - ab).sqrt() * e), "1/sqrt(alpha_t) factor is missing"),
+    (_step_variant(lambda x, e, a, ab, b: (x - b / (1 - ab).sqrt() * e) / ab.sqrt()), "not by sqrt(alpha_bar_t)"),
+    (_step_variant(lambda x, e, a, ab, b: (x - b / (1 - ab) * e) / a.sqrt()), "a square root is missing"),
+    (_step_variant(lambda x, e, a, ab, b: (x + b / (1 - ab).sqrt() * e) / a.sqrt()), "subtracted"),
+    (_step_variant(_eq11, sigma_fn=lambda s, t: s.betas[t].sqrt()), "sigma_t^2 = beta_t"),
+    (_step_variant(_eq11, sigma_fn=lambda s, t: s.posterior_variance[t]), "standard deviation"),
+    (_step_variant(_eq11, sigma_fn=lambda s, t: s.betas[t].sqrt() * (t > 0)), "sigma_t^2 = beta_t"),
+    (_step_variant(_eq11, sigma_fn=lambda s, t: 0.0), "no noise was added"),
+    (_step_variant(_eq11, sigma_fn=lambda s, t: s.posterior_variance[t].sqrt() * (t > 1)), "0-indexed"),
+    (_step_variant(_eq11, sigma_fn=lambda s, t: (0.5 * s.posterior_log_variance_clipped[t]).exp(),
+                   noise_at_zero=True), "no noise at t = 0"),
+    (lambda s, x, e, t, z: (x - (1 - s.alpha_bar[t]).sqrt() * e) / s.alpha_bar[t].sqrt(), "returned the predicted x_0"),
+    (lambda s, x, e, t, z: ddpm_step(s, x, e, t, torch.randn_like(z)), "draws random numbers"),
+])
+def test_ddpm_step_check_names_the_mistake(fn, words, capsys):
+    from course_lib.exercises import check_ddpm_step
+
+    ok, out = verdict(check_ddpm_step, fn, capsys)
+    assert not ok and out.startswith("Not yet:") and words in out, out
+
+
+def test_ddpm_step_check_names_clipping(capsys):
+    from course_lib.exercises import check_ddpm_step
+
+    def clipped(schedule, x_t, eps_hat, t, z):
+        ab = schedule.alpha_bar[t]
+        x0_hat = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)
+        mean, var, _ = schedule.q_posterior(x0_hat, x_t, torch.full((len(x_t),), t))
+        return mean + var.sqrt() * z
+
+    ok, out = verdict(check_ddpm_step, clipped, capsys)
+    assert not ok and "clipped x0_hat" in out, out
+
+
+# --------------------------------------------------------------------------- chapter 3: guidance in one batched pass
+
+
+def cfg_batched(model, x, t, cond, uncond, w):
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))  # [2B, C, H, W]
+    eps_cond, eps_uncond = out.chunk(2)
+    return eps_uncond + w * (eps_cond - eps_uncond)
+
+
+def test_cfg_check_accepts_the_batched_pass(capsys):
+    from course_lib.exercises import check_classifier_free_guidance
+
+    ok, out = verdict(check_classifier_free_guidance, cfg_batched, capsys)
+    assert ok and out.startswith("Correct!") and "one forward pass" in out
+
+
+def test_cfg_check_agrees_with_the_library_on_a_text_unet():
+    """The solution gives ClassifierFreeGuidance's answer on a real text-conditional UNet (with masks off)."""
+    from course_lib.guidance import ClassifierFreeGuidance
+    from course_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = UNet(dataclasses_replace(UNetConfig.tiny(), context_dim=8)).eval()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.05)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([100, 800])
+    cond, uncond = torch.randn(2, 4, 8), torch.randn(1, 4, 8).expand(2, 4, 8)
+    with torch.no_grad():
+        ours = cfg_batched(lambda x_, t_, c_: model(x_, t_, c_), x, t, cond, uncond, 3.0)
+        library = ClassifierFreeGuidance(model, cond, uncond_context=uncond, scale=3.0)(x, t)
+    assert torch.allclose(ours, library, atol=1e-5)
+
+
+def dataclasses_replace(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def _two_calls(model, x, t, cond, uncond, w):
+    eps_cond, eps_uncond = model(x, t, cond), model(x, t, uncond)
+    return eps_uncond + w * (eps_cond - eps_uncond)
+
+
+def _with_outputs(combine, order="cu"):
+    def fn(model, x, t, cond, uncond, w):
+        contexts = [cond, uncond] if order == "cu" else [uncond, cond]
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat(contexts))
+        c, u = out.chunk(2)
+        return combine(c, u, w)
+    return fn
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_two_calls, "calls the model twice"),
+    (_with_outputs(lambda c, u, w: u + w * (c - u), order="uc"), "halves are swapped"),
+    (_with_outputs(lambda c, u, w: c + w * (c - u)), "Ho & Salimans' form"),
+    (_with_outputs(lambda c, u, w: u + w * c - u), "w multiplies the difference"),
+    (_with_outputs(lambda c, u, w: c), "conditional prediction alone"),
+    (_with_outputs(lambda c, u, w: u), "unconditional prediction alone"),
+    (lambda m, x, t, c, u, w: m(torch.cat([x, x]), t, torch.cat([c, u])), "torch.cat([t, t])"),
+    (lambda m, x, t, c, u, w: cfg_batched(m, x, t, c, u, w).repeat(2, 1, 1, 1), "shape"),
+])
+def test_cfg_check_names_the_mistake(fn, words, capsys):
+    from course_lib.exercises import check_classifier_free_guidance
+
+    ok, out = verdict(check_classifier_free_guidance, fn, capsys)
+    assert not ok and out.startswith("Not yet:") and words in out, out
+
+
+# --------------------------------------------------------------------------- chapter 2 (stretch): online softmax
+
+
+def online_softmax_attention(q, k, v, mask, chunk_size):
+    q = q * q.shape[-1] ** -0.5
+    m = torch.full((*q.shape[:-1], 1), float("-inf"))
+    l = torch.zeros(*q.shape[:-1], 1)
+    o = torch.zeros(*q.shape[:-1], v.shape[-1])
+    for start in range(0, k.shape[-2], chunk_size):
+        cols = slice(start, start + chunk_size)
+        s = q @ k[:, :, cols].transpose(-2, -1)
+        if mask is not None:
+            s = s.masked_fill(~mask[..., cols], float("-inf"))
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+        safe = torch.where(m_new == float("-inf"), 0.0, m_new)
+        p, c = torch.exp(s - safe), torch.exp(m - safe)
+        l, o, m = l * c + p.sum(-1, keepdim=True), o * c + p @ v[:, :, cols], m_new
+    return o / torch.where(l == 0, 1.0, l)
+
+
+def test_online_softmax_check_accepts_the_right_answer(capsys):
+    from course_lib.attention import chunked_attention
+    from course_lib.exercises import check_online_softmax_attention
+
+    ok, out = verdict(check_online_softmax_attention, online_softmax_attention, capsys)
+    assert ok and out.startswith("Correct!")
+    # the library's chunked attention (queries and keys in blocks) passes as well
+    assert check_online_softmax_attention(lambda q, k, v, m, c: chunked_attention(q, k, v, m, chunk_size=2,
+                                                                                 key_chunk_size=c))
+
+
+def _osa_variant(**kw):
+    from course_lib.exercises import _online_softmax_variant
+
+    return lambda q, k, v, mask, c: _online_softmax_variant(q, k, v, mask, c, **kw)
+
+
+def _osa_nan(q, k, v, mask, chunk_size):  # no care for fully masked rows: -inf - (-inf) = NaN
+    q = q * q.shape[-1] ** -0.5
+    m = torch.full((*q.shape[:-1], 1), float("-inf"))
+    l, o = torch.zeros(*q.shape[:-1], 1), torch.zeros(*q.shape[:-1], v.shape[-1])
+    for start in range(0, k.shape[-2], chunk_size):
+        cols = slice(start, start + chunk_size)
+        s = q @ k[:, :, cols].transpose(-2, -1)
+        if mask is not None:
+            s = s.masked_fill(~mask[..., cols], float("-inf"))
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+        p, c = torch.exp(s - m_new), torch.exp(m - m_new)
+        l, o, m = l * c + p.sum(-1, keepdim=True), o * c + p @ v[:, :, cols], m_new
+    return o / l
+
+
+def _osa_large_negative(q, k, v, mask, chunk_size):  # -1e9 instead of -inf: an all-masked row averages v
+    return online_softmax_attention(q, k, v, None, chunk_size) if mask is None else _osa_fill(q, k, v, mask, chunk_size)
+
+
+def _osa_fill(q, k, v, mask, chunk_size):
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return scores.masked_fill(~mask, -1e9).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_osa_variant(rescale_o=False), "running output must be rescaled"),
+    (_osa_variant(rescale_l=False), "running sum must be rescaled"),
+    (_osa_variant(rescale_o=False, rescale_l=False), "neither the running sum nor the running output"),
+    (_osa_variant(scale=False), "sqrt(d)"),
+    (lambda q, k, v, mask, c: online_softmax_attention(q, k, v, None, c), "mask is ignored"),
+    (_osa_nan, "shift by 0 where m is -inf"),
+    (_osa_large_negative, "attends to nothing"),
+    (lambda q, k, v, mask, c: online_softmax_attention(q, k, v, mask, c)[..., :1, :], "one row per query"),
+])
+def test_online_softmax_check_names_the_mistake(fn, words, capsys):
+    from course_lib.exercises import check_online_softmax_attention
+
+    ok, out = verdict(check_online_softmax_attention, fn, capsys)
+    assert not ok and out.startswith("Not yet:") and words in out, out

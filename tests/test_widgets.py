@@ -160,6 +160,32 @@ def test_guidance_slider_samples_each_scale_once_and_redraws(text2image):
     assert "cache" in explorer.status.value
 
 
+def test_guidance_status_says_sampling_while_it_samples(text2image):
+    seen = []  # the status label's value at the moment sample_fn runs
+    holder = {}
+
+    def sample_fn(scale):
+        seen.append(holder["explorer"].status.value if "explorer" in holder else None)
+        return text2image["sample_fn"](scale)
+
+    holder["explorer"] = explorer = guidance_explorer(sample_fn, [0, 3])
+    explorer.slider.value = 3.0
+    assert seen[-1] == "sampling w = 3 ..."
+    assert explorer.status.value.startswith("w = 3: sampled in")  # cleared afterwards
+    explorer.slider.value = 0.0  # cached: no sampling, no "sampling" message
+    assert len(seen) == 2 and "cache" in explorer.status.value
+
+    def failing(scale):
+        if scale == 3:
+            raise RuntimeError("out of memory")
+        return text2image["sample_fn"](scale)
+
+    explorer = guidance_explorer(failing, [0, 3])
+    with pytest.raises(RuntimeError):
+        explorer.slider.value = 3.0
+    assert explorer.status.value == "w = 3: sampling failed"
+
+
 def test_guidance_precompute_and_scale_one_is_the_conditional_model(text2image):
     calls = []
     explorer = guidance_explorer(_spy(text2image["sample_fn"], calls), [0, 1, 3], scale=1, precompute=True)
@@ -232,6 +258,19 @@ def test_attention_explorer_controls_change_the_map(text2image):
     explorer.token.value = 4
     explorer.prompt.value = "a dog"  # token 4 does not exist in "a dog": the last token is shown
     assert calls == PROMPTS and explorer.state["token"] == 2 and explorer.state["token_text"] == "dog"
+
+
+def test_attention_explorer_starts_at_the_layer_and_timestep_it_is_given(text2image):
+    layer, t = "middle.1.blocks.0.attn2", ddim_timesteps(T, STEPS)[1]
+    explorer = attention_explorer(text2image["run_fn"], PROMPTS, layer=layer, t=t)
+    assert (explorer.state["layer"], explorer.state["t"]) == (layer, t)
+    assert torch.equal(explorer.state["map"], token_heatmap(explorer.cache[PROMPTS[0]]["record"], layer, 5, t=t))
+    assert [v for _, v in explorer.timestep.options] == ["all", *ddim_timesteps(T, STEPS)]  # all options are back
+    assert len(explorer.layer.options) > 1
+    with pytest.raises(ValueError, match="not a cross-attention layer"):
+        attention_explorer(text2image["run_fn"], PROMPTS, layer="middle.1")
+    with pytest.raises(ValueError, match="not a sampling timestep"):
+        attention_explorer(text2image["run_fn"], PROMPTS, t=123)
 
 
 def test_one_token_prompt_attends_only_to_start(text2image):
