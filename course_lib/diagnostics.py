@@ -36,6 +36,7 @@ from . import config
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import StepBatches
 from .parameterization import diffusion_loss
+from .processes import DDPMProcess
 from .schedules import NoiseSchedule
 from .trainer import TrainConfig, TrainResult, fit, hardware_description
 from .unet import EmbedBlock, UNet, UNetConfig
@@ -202,7 +203,7 @@ def save_pair_run(path: str | Path, kind: str, result: TrainResult, cfg: TrainCo
                 "kind": kind, "pair": sorted(PAIR_FILES.values()),
                 "shared_init": "diagnostics.paired_unets: seed 0, additive built first, AdaGN copies every "
                                "tensor it shares (all but emb_proj)",
-                "diffusion": {"schedule": "linear", "T": 1000, "parameterization": "eps"},
+                "process": DDPMProcess().to_dict(),
                 "train_config": dataclasses.asdict(cfg), "data_source": data_source, "data_images": data_images,
                 "wall_seconds_total": round(result.seconds, 1),
                 "images_per_second": round(result.images_per_second, 2),

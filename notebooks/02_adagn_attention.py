@@ -196,7 +196,7 @@ def without_zero_init(model):
 
 
 zero_steps = config.pick(12, 40)
-print(f"two tiny UNets x {zero_steps} steps: about {config.pick(5, 25)} s")
+print(f"two tiny UNets x {zero_steps} steps: about {config.pick('5 s', '30-80 s')} on 2 CPU cores")
 zero_cfg = TrainConfig(max_steps=zero_steps, batch_size=config.pick(8, 16), lr=1e-3, warmup_steps=5, ema_decay=0.9,
                        seed=1, checkpoint_minutes=None, progress=False)
 zero_data = load_cifar10("train", limit=512, verbose=False)

@@ -181,8 +181,10 @@ assert check_cross_attention(cross_attention)
 
 # %%
 recipe = RECIPES["cond-tiny" if FAST else "cond-small"]
-short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(30, 100), batch_size=config.pick(16, 32),
+short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(30, 60), batch_size=config.pick(16, 32),
                             warmup_steps=20, checkpoint_minutes=None)
+print(f"{short.max_steps} steps of {short.batch_size} images: "
+      + ("about 10 s" if FAST else "about 1-2 minutes on 2 CPU cores"))
 config.seed_everything(0)
 model = recipe.build_model()
 print(model)
@@ -246,8 +248,8 @@ for name in course_names:
 #
 # $$\tilde\epsilon = \epsilon_\theta(x_t, t, \varnothing) + w\,\big(\epsilon_\theta(x_t, t, y) - \epsilon_\theta(x_t, t, \varnothing)\big).$$
 #
-# **Which $w$.** This $w$ is Stable Diffusion's `guidance_scale` (diffusers; Imagen's eq. 2 writes it the
-# same way). Ho & Salimans' own eq. 6 is $\tilde\epsilon = (1 + w')\,\epsilon_\theta(x_t, t, y) - w'\,\epsilon_\theta(x_t, t, \varnothing)$,
+# **Which $w$.** This $w$ is Stable Diffusion's `guidance_scale` (diffusers; Imagen, Saharia et al. 2022,
+# writes it the same way: $w = 1$ is no guidance). Ho & Salimans' own eq. 6 is $\tilde\epsilon = (1 + w')\,\epsilon_\theta(x_t, t, y) - w'\,\epsilon_\theta(x_t, t, \varnothing)$,
 # the same line with $w = 1 + w'$: their $w' = 0$ is our $w = 1$ (no guidance), and a guidance weight
 # read in their paper must get 1 added before it is used here.
 #
