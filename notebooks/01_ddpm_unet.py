@@ -532,10 +532,10 @@ plt.show()
 recipe_cfg = recipe.train_config()
 # the recipe's settings, for a short run: fewer steps and a learning-rate warm-up of 20 steps (the shipped
 # ddpm-small warmed up over 1000 steps and ran far longer: section 7 prints its card)
-train_cfg = dataclasses.replace(recipe_cfg, max_steps=config.pick(60, 100), batch_size=config.pick(16, 32),
+train_cfg = dataclasses.replace(recipe_cfg, max_steps=config.pick(60, 50), batch_size=config.pick(16, 32),
                                 warmup_steps=min(recipe_cfg.warmup_steps, 20))
 print(f"{train_cfg.max_steps} steps of {train_cfg.batch_size} images: "
-      + ("about 10 s" if FAST else "about 2 minutes on 2 CPU cores (about 30 images/s), seconds on a GPU"))
+      + ("about 10 s" if FAST else "1-2 minutes on 2 CPU cores (15-30 images/s), seconds on a GPU"))
 config.seed_everything(0)
 model = recipe.build_model()
 result = fit(model, recipe.loss_fn(), recipe.batches(train, train_cfg), train_cfg, device=device)
