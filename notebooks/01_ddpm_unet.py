@@ -535,7 +535,7 @@ recipe_cfg = recipe.train_config()
 train_cfg = dataclasses.replace(recipe_cfg, max_steps=config.pick(60, 50), batch_size=config.pick(16, 32),
                                 warmup_steps=min(recipe_cfg.warmup_steps, 20))
 print(f"{train_cfg.max_steps} steps of {train_cfg.batch_size} images: "
-      + ("about 10 s" if FAST else "1-2 minutes on 2 CPU cores (15-30 images/s), seconds on a GPU"))
+      + ("about 10 s" if FAST else "0.5-2 minutes on 2 CPU cores (15-55 images/s), seconds on a GPU"))
 config.seed_everything(0)
 model = recipe.build_model()
 result = fit(model, recipe.loss_fn(), recipe.batches(train, train_cfg), train_cfg, device=device)

@@ -184,7 +184,7 @@ recipe = RECIPES["cond-tiny" if FAST else "cond-small"]
 short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(30, 60), batch_size=config.pick(16, 32),
                             warmup_steps=20, checkpoint_minutes=None)
 print(f"{short.max_steps} steps of {short.batch_size} images: "
-      + ("about 10 s" if FAST else "about 1-2 minutes on 2 CPU cores"))
+      + ("about 10 s" if FAST else "about 1 minute on 2 CPU cores"))
 config.seed_everything(0)
 model = recipe.build_model()
 print(model)
