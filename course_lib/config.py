@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 from pathlib import Path
 
 import torch
@@ -143,6 +144,15 @@ def portable_path(path: str | Path) -> str:
         return path.relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return path.name
+
+
+def portable_command(prefix: str, argv: list[str]) -> str:
+    """The command line a checkpoint card records: ``prefix`` and the arguments, every absolute path among
+    them (also in ``--flag=/path``) shortened by :func:`portable_path`."""
+    def portable(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        return flag + eq + portable_path(value) if value and Path(value).is_absolute() else arg
+    return " ".join([prefix, *(shlex.quote(portable(a)) for a in argv)])
 
 
 def cache_dir() -> Path:

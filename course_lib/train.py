@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     if init_from is not None:
         print(f"no training state: warm start from {init_from} (step {read_card(init_from)['step']}; "
               "fresh optimizer, the learning rate warms up again; --fresh starts at step 0)")
-    command = "python -m course_lib.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = config.portable_command("python -m course_lib.train", sys.argv[1:] if argv is None else argv)
     result = fit(model, recipe.loss_fn(), recipe.batches(data, cfg), cfg, checkpoint_path=state, device=device,
                  init_from=init_from, transplant_from=transplant_from,
                  training_info={**recipe.card_info(), "data_source": data.source, "data_images": len(data),

@@ -72,3 +72,12 @@ def test_portable_path_keeps_no_machine_specific_prefix(tmp_path):
     assert config.portable_path(inside) == "data/checkpoints/ddpm-small.safetensors"
     assert config.portable_path(tmp_path / "runs" / "state.safetensors") == "state.safetensors"
     assert config.portable_path(config.sample_dir()) == "data/cifar10-sample"
+
+
+def test_portable_command_shortens_absolute_paths_only(tmp_path):
+    inside = config.REPO_ROOT / "data" / "runs" / "x" / "state.safetensors"
+    command = config.portable_command("python -m course_lib.train", [
+        "ddpm-small", "--state", str(inside), f"--export={tmp_path / 'out.safetensors'}", "--minutes", "5",
+        "--init-from", "data/checkpoints/ddpm-small.safetensors"])
+    assert command == ("python -m course_lib.train ddpm-small --state data/runs/x/state.safetensors "
+                       "--export=out.safetensors --minutes 5 --init-from data/checkpoints/ddpm-small.safetensors")

@@ -18,7 +18,6 @@ Data: ``course_lib.data.load_cifar10("train", hflip=True)``: set ``COURSE_CIFAR1
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     start = time.time()
     runs = train_pair(models, data, schedule, cfg, device=device)
     out = Path(args.out) if args.out else config.checkpoint_dir()
-    command = "python tools/train_chapter2_pair.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
+    command = config.portable_command("python tools/train_chapter2_pair.py", argv or sys.argv[1:])
     paths = {}
     for kind, result in runs.items():
         paths[kind] = save_pair_run(out / PAIR_FILES[kind], kind, result, cfg, data_source=data.source,
