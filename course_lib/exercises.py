@@ -723,7 +723,7 @@ def check_classifier_free_guidance(fn: Callable, seed: int = 0) -> bool:
 
 def _online_softmax_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                             chunk_size: int, *, rescale_o: bool = True, rescale_l: bool = True,
-                            scale: bool = True) -> torch.Tensor:
+                            scale: bool = True, guard_empty_rows: bool = True) -> torch.Tensor:
     """The online softmax over key chunks, with switches that reproduce the usual mistakes."""
     if scale:
         q = q * q.shape[-1] ** -0.5
@@ -736,7 +736,8 @@ def _online_softmax_variant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
         if mask is not None:
             s = s.masked_fill(~mask[..., cols], float("-inf"))
         m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
-        shift = m_new.masked_fill(m_new == float("-inf"), 0.0)
+        # a row whose keys so far are all masked has m = -inf: shift it by 0 (exp(-inf) = 0), not by -inf (NaN)
+        shift = m_new.masked_fill(m_new == float("-inf"), 0.0) if guard_empty_rows else m_new
         p = torch.exp(s - shift)
         c = torch.exp(m - shift)
         l = (l * c if rescale_l else l) + p.sum(dim=-1, keepdim=True)

@@ -586,21 +586,6 @@ def _osa_variant(**kw):
     return lambda q, k, v, mask, c: _online_softmax_variant(q, k, v, mask, c, **kw)
 
 
-def _osa_nan(q, k, v, mask, chunk_size):  # no care for fully masked rows: -inf - (-inf) = NaN
-    q = q * q.shape[-1] ** -0.5
-    m = torch.full((*q.shape[:-1], 1), float("-inf"))
-    l, o = torch.zeros(*q.shape[:-1], 1), torch.zeros(*q.shape[:-1], v.shape[-1])
-    for start in range(0, k.shape[-2], chunk_size):
-        cols = slice(start, start + chunk_size)
-        s = q @ k[:, :, cols].transpose(-2, -1)
-        if mask is not None:
-            s = s.masked_fill(~mask[..., cols], float("-inf"))
-        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
-        p, c = torch.exp(s - m_new), torch.exp(m - m_new)
-        l, o, m = l * c + p.sum(-1, keepdim=True), o * c + p @ v[:, :, cols], m_new
-    return o / l
-
-
 def _osa_large_negative(q, k, v, mask, chunk_size):  # -1e9 instead of -inf: an all-masked row averages v
     return online_softmax_attention(q, k, v, None, chunk_size) if mask is None else _osa_fill(q, k, v, mask, chunk_size)
 
@@ -616,7 +601,7 @@ def _osa_fill(q, k, v, mask, chunk_size):
     (_osa_variant(rescale_o=False, rescale_l=False), "neither the running sum nor the running output"),
     (_osa_variant(scale=False), "sqrt(d)"),
     (lambda q, k, v, mask, c: online_softmax_attention(q, k, v, None, c), "mask is ignored"),
-    (_osa_nan, "shift by 0 where m is -inf"),
+    (_osa_variant(guard_empty_rows=False), "shift by 0 where m is -inf"),  # -inf - (-inf) = NaN
     (_osa_large_negative, "attends to nothing"),
     (lambda q, k, v, mask, c: online_softmax_attention(q, k, v, mask, c)[..., :1, :], "one row per query"),
 ])
