@@ -407,13 +407,7 @@ class AttentionExplorer(FigureExplorer):
         if t is not None and t != "all" and t not in run["timesteps"]:
             raise ValueError(f"t={t!r} is not a sampling timestep of the record; the timesteps are {run['timesteps']} "
                              "(or 'all')")
-        if layer is not None:  # where the controls start (else: the finest layer, all steps)
-            self.layer.options = [("", layer)]
-            self.layer.value = layer
-        if t is not None:
-            self.timestep.options = [(str(t), t)]
-            self.timestep.value = t
-        self._sync_controls(run)
+        self._sync_controls(run, layer=layer, t=t)  # where the controls start (else: the finest layer, all steps)
         controls = widgets.VBox([widgets.HBox([self.prompt, self.layer, self.head]),
                                  widgets.HBox([self.timestep, self.token])])
         super().__init__([controls], self._build_figure(), dpi)
@@ -482,17 +476,18 @@ class AttentionExplorer(FigureExplorer):
         if not self._holding:
             super().redraw()
 
-    def _sync_controls(self, run: dict) -> None:
-        """Fill layer, timestep and token with the options of ``run``, keeping the current choices if possible."""
+    def _sync_controls(self, run: dict, layer: str | None = None, t: float | int | str | None = None) -> None:
+        """Fill layer, timestep and token with the options of ``run``: ``layer`` and ``t`` if given, else the
+        current choices if ``run`` has them, else the defaults."""
         layers = run["layers"]
-        layer = self.layer.value
+        layer = self.layer.value if layer is None else layer
         if layer not in layers:  # default: the last layer at the finest resolution (the decoder's most detailed)
             finest = max(info["size"] for info in layers.values())
             layer = [name for name, info in layers.items() if info["size"] == finest][-1]
         self.layer.options = [(info["label"], name) for name, info in layers.items()]
         self.layer.value = layer
         self._sync_heads(run)
-        t = self.timestep.value
+        t = self.timestep.value if t is None else t
         self.timestep.options = [("all", "all")] + [(f"{s:g}", s) for s in run["timesteps"]]
         self.timestep.value = t if t in run["timesteps"] else "all"
         j = self.token.value
