@@ -33,6 +33,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -251,8 +252,18 @@ def reference_dir() -> Path:
     return config.data_dir() / "reference_stats"
 
 
-def _source_tag(source: str) -> str:
+def _source_kind(source: str) -> str:
+    """"sample" for the bundled sample, "full" for a complete copy of CIFAR-10."""
     return "full" if source.startswith(("image folder", "torchvision")) else "sample"
+
+
+def _source_tag(source: str) -> str:
+    """A file-name tag for a data source: "sample", "torchvision" or "folder-<name>" (the JPEG re-encodings in
+    one folder and torchvision's original pixels give different statistics, so they get different files)."""
+    if source.startswith("image folder "):
+        name = source[len("image folder "):].split(" (")[0]
+        return "folder-" + re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+    return "torchvision" if source.startswith("torchvision") else "sample"
 
 
 def _reference_name(split: str, tag: str, limit: int | None, extractor: FeatureExtractor) -> str:
@@ -282,7 +293,7 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
                                 desc=f"{extractor.name} on {len(data)} {split} images")
     device = torch.device(getattr(extractor, "device", "cpu"))
     card = {"what": f"CIFAR-10 {split} split, features of {extractor.name}", "split": split,
-            "source": data.source, "source_kind": tag, "limit": limit, "n": len(features),
+            "source": data.source, "source_kind": _source_kind(data.source), "limit": limit, "n": len(features),
             "extractor": extractor.name, "extractor_sha256": extractor.digest,
             "seconds": round(time.perf_counter() - start, 1), "hardware": hardware_description(device),
             "torch": torch.__version__}
@@ -299,9 +310,10 @@ def reference_statistics(extractor: FeatureExtractor, split: str = "train", *, l
                          directory: str | Path | None = None) -> FeatureStats:
     """Mean and covariance of :func:`reference_features`, cached in ``data/reference_stats/`` with a JSON card.
 
-    The file ``cifar10-<split>-<full|sample>[-<limit>]-<extractor>.safetensors`` is used only when its card
-    names the same extractor hash, source and image count; otherwise it is recomputed. The statistics of
-    the full training set are committed (Inception: 16 MB), so FID needs no pass over the real images.
+    The file ``cifar10-<split>-<source tag>[-<limit>]-<extractor>.safetensors`` (source tag: ``sample``,
+    ``torchvision`` or ``folder-<name>``) is used only when its card names the same extractor hash, source
+    and image count; otherwise it is recomputed. The statistics of the full training set of the course's
+    data folder are committed (Inception: 16 MB), so FID needs no pass over the real images there.
     """
     from .data import describe_source
 

@@ -254,6 +254,7 @@ def test_precision_recall_needs_more_points_than_k():
 def test_wasserstein2_translation_and_identity():
     """Translating a set by c moves it by exactly |c| in W2 (any coupling of equal uniform weights has
     sum_ij P_ij (x_i - x_j) . c = 0, so the cost is |c|^2 plus a non-negative term, zero for the identity)."""
+    pytest.importorskip("ot", reason="POT is in the eval extra: pip install -e '.[eval]'")
     x = torch.randn(200, 3, generator=gen(40), dtype=F64)
     c = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
     assert wasserstein2(x, x + c) == pytest.approx(c.norm().item(), rel=1e-10)
@@ -262,6 +263,7 @@ def test_wasserstein2_translation_and_identity():
 
 
 def test_wasserstein2_closed_forms():
+    pytest.importorskip("ot", reason="POT is in the eval extra: pip install -e '.[eval]'")
     # two single points: the only coupling moves all the mass
     assert wasserstein2(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]])) == pytest.approx(5.0)
     # in 1-D with equal counts the sorted matching is optimal: W2^2 = mean (x_(i) - y_(i))^2
