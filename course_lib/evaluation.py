@@ -82,7 +82,7 @@ from . import config
 from .captions import class_prompt, unseen_prompt
 from .classifier import confusion_matrix, per_class_accuracy, predict
 from .data import CIFAR10_CLASSES, load_cifar10, to_uint8
-from .features import reference_features
+from .features import real_features
 from .generation import Pipeline
 from .processes import NoProcessError
 from .recipes import model_from_checkpoint
@@ -258,22 +258,6 @@ def save_samples(path: str | Path, images_uint8: torch.Tensor) -> Path:
         np.savez(f, images=images_uint8.permute(0, 2, 3, 1).contiguous().numpy())
     os.replace(tmp, path)
     return path
-
-
-def real_features(extractor, n: int | None, split: str = "train", progress: bool = True) -> torch.Tensor:
-    """Features of ``n`` real images of ``split`` (the fixed-shuffle prefix that ``load_cifar10(limit=n)`` picks):
-    taken from the cached features of the whole split when they exist, else computed for those n only."""
-    from .features import _reference_name, _source_tag
-    from .data import describe_source, fixed_shuffle
-
-    full = config.cache_dir() / "features" / (_reference_name(split, _source_tag(describe_source()), None,
-                                                                extractor) + ".safetensors")
-    if full.is_file():
-        features, card = reference_features(extractor, split, progress=progress)
-        if n is None or n >= len(features):
-            return features
-        return features[fixed_shuffle(len(features), n)]
-    return reference_features(extractor, split, limit=n, progress=progress)[0]
 
 
 @dataclass

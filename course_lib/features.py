@@ -305,6 +305,22 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
     return features, card
 
 
+def real_features(extractor: FeatureExtractor, n: int | None, split: str = "train",
+                  progress: bool = True) -> torch.Tensor:
+    """Features of ``n`` real images of ``split`` (the fixed-shuffle prefix that ``load_cifar10(limit=n)`` picks):
+    taken from the cached features of the whole split when they exist, else computed for those n only."""
+    from .data import describe_source, fixed_shuffle
+
+    full = config.cache_dir() / "features" / (_reference_name(split, _source_tag(describe_source()), None,
+                                                                extractor) + ".safetensors")
+    if full.is_file():
+        features, _ = reference_features(extractor, split, progress=progress)
+        if n is None or n >= len(features):
+            return features
+        return features[fixed_shuffle(len(features), n)]
+    return reference_features(extractor, split, limit=n, progress=progress)[0]
+
+
 def reference_statistics(extractor: FeatureExtractor, split: str = "train", *, limit: int | None = None,
                          batch_size: int = 50, progress: bool = True,
                          directory: str | Path | None = None) -> FeatureStats:

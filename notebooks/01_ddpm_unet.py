@@ -48,9 +48,10 @@ from IPython.display import display
 from course_lib import config
 from course_lib.conditioning import timestep_embedding
 from course_lib.data import CIFAR10_CLASSES, load_cifar10, to_uint8
-from course_lib.evaluation import classifier_score, real_features, sample_images
+from course_lib.evaluation import classifier_score, sample_images
 from course_lib.exercises import check_ddim_step, check_ddpm_step, check_eps_to_x0, check_q_sample, check_simple_loss
-from course_lib.features import ClassifierFeatures, FeatureStats, extract_features, reference_statistics
+from course_lib.features import (ClassifierFeatures, FeatureStats, extract_features, real_features,
+                                 reference_statistics)
 from course_lib.generation import Pipeline
 from course_lib.metrics import frechet_distance, precision_recall
 from course_lib.parameterization import eps_to_x0, eps_x0_to_v, v_to_eps, v_to_x0, x0_to_eps
