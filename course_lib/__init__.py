@@ -32,6 +32,7 @@ Models
 - ``text2image``: the text-to-image denoiser (text encoder + conditional UNet) and its loss
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
 - ``autoencoder``: the KL autoencoder of latent diffusion (images <-> 4x8x8 latents; chapter 4)
+- ``latents``: a data set's latents encoded once and cached (keyed by the autoencoder's hash), sampled per batch
 
 Text
 - ``captions``: captions and prompts for CIFAR-10 from class labels (data, not encoding)
