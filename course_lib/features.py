@@ -144,7 +144,8 @@ class InceptionFeatures:
             warnings.simplefilter("ignore", FutureWarning)
             net = torch.jit.load(str(path), map_location=self.device).eval()
             if self.device.type == "cpu":  # fold batch norms, oneDNN kernels; with channels_last input (below)
-                # 1.2x (1 thread) to 1.8x (2 threads) faster, features equal to 5e-6 (benchmarks/bench_features.py)
+                # 1.2x faster on 1 thread beside a busy one (benchmarks/bench_features.py), 1.8x on 2 idle threads in a
+                # first probe; the features agree to 5e-6
                 net = torch.jit.optimize_for_inference(torch.jit.freeze(net))
         self.net = net
 
