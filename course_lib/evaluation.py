@@ -366,7 +366,7 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"{args.checkpoint}: real images are cifar10:test or cifar10:train")
         data = load_cifar10(split, limit=args.num_samples, verbose=False)
         images = to_uint8(data.images)
-        entry = {"checkpoint": args.checkpoint, "model": f"CIFAR-10 {split} images ({data.source})"}
+        entry = {"checkpoint": args.checkpoint, "model": f"CIFAR-10 {split} images"}
         settings = {"num_samples": len(images)}
         print(f"{len(images)} real CIFAR-10 {split} images from {data.source}")
     else:

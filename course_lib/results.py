@@ -54,7 +54,7 @@ def _row(r: dict) -> str:
     s, m, ref, sec = r.get("settings", {}), r.get("metrics", {}), r.get("reference", {}), r.get("seconds", {})
     n = s.get("num_samples")
     if r.get("checkpoint", "").startswith("cifar10:"):
-        what, sampling = r["model"], "real images"
+        what, sampling = f"CIFAR-10 {r['checkpoint'].split(':', 1)[1]} images", "real images"
     else:
         guidance = s.get("guidance")
         sampling = f"{s.get('sampler')} {s.get('steps')} steps" + (f", w = {guidance:g}" if guidance is not None else "")
@@ -62,17 +62,20 @@ def _row(r: dict) -> str:
     fid = f"{_fid_label(n)} **{m['fid']:.2f}**" if "fid" in m else ""
     kid = f"{1000 * m['kid_mean']:.2f} ± {1000 * m['kid_std']:.2f}" if "kid_mean" in m else ""
     pr = f"{m['precision']:.2f} / {m['recall']:.2f}" if "precision" in m else ""
-    clf = (f"{m['fd_clf']:.2f} ({m['precision_clf']:.2f} / {m['recall_clf']:.2f})" if "fd_clf" in m else "")
+    clf = (f"{m['fd_clf']:.3g} ({m['precision_clf']:.2f} / {m['recall_clf']:.2f})" if "fd_clf" in m else "")
     minutes = sum(sec.get(k, 0) for k in ("sampling", "inception_total", "classifier")) / 60
-    reference = f"{ref.get('fid_n', ref.get('fd_clf_n', ''))} {ref.get('split', '')}"
-    return " | ".join(["", what, sampling, f"{n:,}", reference, fid, kid, pr, clf, f"{minutes:.0f}",
-                       r.get("hardware", "").split(" (")[0], ""]).strip()
+    source = ref.get("source", "").replace(" (COURSE_CIFAR10_DIR)", "")
+    reference = f"{ref.get('fid_n', ref.get('fd_clf_n', 0)):,} {ref.get('split', '')} images, {source}"
+    hardware = r.get("hardware", "")
+    machine = hardware.split(" (")[0] + (f", {hardware.rsplit(', ', 1)[-1]}" if ", " in hardware else "")
+    return " | ".join(["", what, sampling, f"{n:,}", reference, fid, kid, pr, clf, f"{minutes:.0f}", machine,
+                       ""]).strip()
 
 
 def results_table(records: list[dict]) -> str:
     """A Markdown table of the records: one row per run, real-data rows first, then by model and guidance."""
-    header = ("| model | sampling | N | reference | FID-N | KID x 10³ | precision / recall | FD_clf (P / R) | "
-              "eval min | machine |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    header = ("| model | sampling | N | reference (FID, FD_clf) | FID-N | KID x 10³ | precision / recall | "
+              "FD_clf (P / R) | eval min | machine |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|")
     def order(r: dict):
         s = r.get("settings", {})
         return (not r.get("checkpoint", "").startswith("cifar10:"), r.get("model", ""),
