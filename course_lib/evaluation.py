@@ -351,11 +351,16 @@ def sample_quality(images_uint8: torch.Tensor, metrics: Sequence[str] = METRICS,
 def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The command line's sample-quality mode (``--num-samples`` / ``--metrics``)."""
     from .data import load_cifar10
-    from .features import MissingExtraError, WeightsChecksumError, sha256_file
+    from .features import MissingExtraError, WeightsChecksumError, inception_weights_path, sha256_file
 
     metrics = [m.strip() for m in (args.metrics or ",".join(METRICS)).split(",") if m.strip()]
     if sorted(set(metrics) - set(METRICS)) or not metrics:
         parser.error(f"--metrics takes a comma-separated subset of {','.join(METRICS)}, got {args.metrics!r}")
+    if {"fid", "kid", "pr"} & set(metrics):  # say so before sampling for half an hour, not after
+        try:
+            inception_weights_path()
+        except MissingExtraError as err:
+            parser.error(str(err))
     if args.save_samples and Path(args.save_samples).suffix != ".npz":
         parser.error(f"--save-samples writes a NumPy .npz file; give a path ending in .npz, got {args.save_samples}")
     device = config.get_device()

@@ -271,3 +271,15 @@ def test_fid_labels_carry_n():
 
     assert [fid_label(n) for n in (50_000, 10_000, 2_000, 500, 2_500)] == ["FID-50k", "FID-10k", "FID-2k",
                                                                              "FID-500", "FID-2500"]
+
+
+def test_a_missing_eval_extra_is_reported_before_any_sampling(tmp_path, isolated_data, capsys, monkeypatch):
+    from course_lib import evaluation, features
+
+    monkeypatch.setattr(features.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(evaluation, "sample_images", lambda *a, **k: pytest.fail("sampled before the check"))
+    unet = _tiny_unet_checkpoint(tmp_path / "unet.safetensors")
+    with pytest.raises(SystemExit):
+        main([str(unet), "--num-samples", "4", "--metrics", "fid", "--no-record"])
+    err = capsys.readouterr().err
+    assert "pip install -e '.[eval]'" in err and "FD_clf" in err
