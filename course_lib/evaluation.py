@@ -302,9 +302,8 @@ def sample_quality(images_uint8: torch.Tensor, metrics: Sequence[str] = METRICS,
     checkpoint of FD_clf's classifier (default: the shipped ``cifar-classifier``).
     """
     from .data import describe_source
-    from .features import ClassifierFeatures, InceptionFeatures, extract_features, reference_statistics
+    from .features import ClassifierFeatures, FeatureStats, InceptionFeatures, extract_features, reference_statistics
     from .metrics import frechet_distance, kid, precision_recall
-    from .features import FeatureStats
 
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:

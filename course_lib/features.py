@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -285,11 +286,11 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
     tag = _source_tag(data.source)
     path = config.cache_dir() / "features" / (_reference_name(split, tag, limit, extractor) + ".safetensors")
     if path.is_file():
-        cached = load_file(str(path))
-        card = json.loads(cached["card"].numpy().tobytes().decode())
-        if card.get("extractor_sha256") == extractor.digest and card.get("n") == len(data) \
-                and card.get("source") == data.source:
-            return cached["features"].float(), card
+        with safe_open(str(path), framework="pt") as f:
+            card = json.loads((f.metadata() or {}).get("card", "{}"))  # no card: a stale file, recomputed
+            if card.get("extractor_sha256") == extractor.digest and card.get("n") == len(data) \
+                    and card.get("source") == data.source:
+                return f.get_tensor("features").float(), card
     start = time.perf_counter()
     features = extract_features(extractor, to_uint8(data.images), batch_size, progress,
                                 desc=f"{extractor.name} on {len(data)} {split} images")
@@ -301,8 +302,7 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
             "torch": torch.__version__}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"features": features.half(), "card": torch.frombuffer(bytearray(json.dumps(card).encode()),
-                                                                     dtype=torch.uint8)}, str(tmp))
+    save_file({"features": features.half().contiguous()}, str(tmp), metadata={"card": json.dumps(card)})
     os.replace(tmp, path)
     return features, card
 
