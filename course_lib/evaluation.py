@@ -54,7 +54,9 @@ With ``--num-samples`` (or ``--metrics``) the command measures instead how close
 
 Text-to-image models are asked with class prompts, N/10 per class (``--guidance`` sets the scale). The
 checkpoint ``cifar10:test`` scores real test images instead of samples (the sanity row of the README's
-table). Every run appends one JSON line to ``data/results.jsonl`` (``--results``, or ``--no-record``);
+table); an autoencoder checkpoint (``vae-small``) scores its reconstructions decode(mode(q(z|x))) of
+the same first N test images (the *reconstruction FID*: what the decoder loses before any diffusion;
+read it against the ``cifar10:test`` row at the same N). Every run appends one JSON line to ``data/results.jsonl`` (``--results``, or ``--no-record``);
 ``python -m course_lib.results`` turns that file into the README's results table.
 
 ``--prompts unseen`` asks with :func:`~course_lib.captions.unseen_prompt` instead ("a photo of a kitten":
@@ -347,6 +349,38 @@ def sample_quality(images_uint8: torch.Tensor, metrics: Sequence[str] = METRICS,
     return QualityReport(values, reference, seconds)
 
 
+def _model_class(checkpoint: str) -> str | None:
+    from .checkpoint import read_card
+
+    try:
+        return read_card(checkpoint).get("model_class")
+    except Exception:  # a missing or broken file: Pipeline.from_checkpoint reports it properly
+        return None
+
+
+def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[torch.Tensor, dict, dict]:
+    """An autoencoder's deterministic reconstructions decode(mode(q(z|x))) of the first ``n`` CIFAR-10 test
+    images as uint8 [n, 3, 32, 32] (the same images as ``cifar10:test`` with ``--num-samples n``: compare
+    the two rows to see what the autoencoder loses), with the record's entry and settings."""
+    from .data import load_cifar10
+    from .features import sha256_file
+    from .recipes import model_from_checkpoint
+
+    autoencoder, card = model_from_checkpoint(checkpoint, device=device)
+    data = load_cifar10("test", limit=n, verbose=False)
+    with torch.no_grad():
+        recon = torch.cat([autoencoder(batch.to(device), sample_posterior=False)[0].clamp(-1, 1).cpu()
+                           for batch in data.images.split(250)])  # [n, 3, 32, 32]
+    training = card.get("training", {})
+    entry = {"checkpoint": config.portable_path(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+             "model": Path(checkpoint).stem, "model_class": card.get("model_class"), "step": card.get("step"),
+             "training_minutes": round(training.get("wall_seconds_total", 0) / 60, 1),
+             "training_hardware": training.get("hardware")}
+    settings = {"num_samples": len(recon), "reconstruction": "decode(mode(q(z|x))) of CIFAR-10 test images"}
+    print(f"{checkpoint}: reconstructions of {len(recon)} CIFAR-10 test images from {data.source}")
+    return to_uint8(recon), entry, settings
+
+
 def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The command line's sample-quality mode (``--num-samples`` / ``--metrics``)."""
     from .data import load_cifar10
@@ -373,6 +407,10 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         entry = {"checkpoint": args.checkpoint, "model": f"CIFAR-10 {split} images"}
         settings = {"num_samples": len(images)}
         print(f"{len(images)} real CIFAR-10 {split} images from {data.source}")
+    elif _model_class(args.checkpoint) == "AutoencoderKL":
+        if args.num_samples is None:
+            parser.error("give --num-samples N: how many test images to reconstruct (2,000 to compare with FID-2k rows)")
+        images, entry, settings = _reconstructions(args.checkpoint, args.num_samples, device)
     else:
         try:
             pipeline = Pipeline.from_checkpoint(args.checkpoint, device=device)
@@ -440,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "and FD_clf against CIFAR-10's training split.")
     parser.add_argument("checkpoint", help="a TextToImageUNet checkpoint (data/checkpoints/cond-small.safetensors) "
                         "or an unconditional UNet one (data/checkpoints/ddpm-small.safetensors); with the "
-                        "sample-quality options also cifar10:test (real test images)")
+                        "sample-quality options also cifar10:test (real test images) or an autoencoder "
+                        "(data/checkpoints/vae-small.safetensors: its reconstructions of the test images)")
     parser.add_argument("--classifier", help="default: <checkpoint dir>/cifar-classifier.safetensors")
     parser.add_argument("--scales", default="0,1,3", help="comma-separated guidance scales (default 0,1,3)")
     parser.add_argument("--per-class", type=int, default=10, help="images per class and scale (default 10)")

@@ -65,8 +65,13 @@ class Pipeline:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "model",
                         autoencoder: nn.Module | None = None) -> "Pipeline":
-        """The denoiser of a checkpoint with the process its card names (``training.process``)."""
+        """The denoiser of a checkpoint with the process its card names (``training.process``) and, for a
+        latent model, the autoencoder it names (``training.autoencoder``, looked up in the checkpoint
+        directory and checked against the SHA-256 of its weights) unless ``autoencoder`` is given."""
         denoiser, card = model_from_checkpoint(path, weights=weights, device=device)
+        named = card.get("training", {}).get("autoencoder")
+        if autoencoder is None and named is not None:
+            autoencoder = _autoencoder_from_card(named, path, device)
         return cls(denoiser, process_from_card(card), autoencoder, card)
 
     @property
@@ -165,6 +170,23 @@ class Pipeline:
             out.sample = self.decode(out.sample)
             return out
         return self.decode(out)
+
+
+def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.device) -> nn.Module:
+    """The autoencoder a latent model's card names, refused if its hash differs from the one trained on."""
+    from . import config
+    from .checkpoint import read_card
+
+    ae_path = config.checkpoint_dir() / named["checkpoint"]
+    if not ae_path.is_file():
+        raise FileNotFoundError(f"{path} is a latent model: it needs the autoencoder {ae_path}, which does not "
+                                "exist; put it there (or set COURSE_CHECKPOINT_DIR), or pass autoencoder=")
+    if read_card(ae_path).get("sha256") != named["sha256"]:
+        raise ValueError(f"{ae_path} is not the autoencoder {path} was trained with (weights' SHA-256 "
+                         f"{named['sha256'][:12]}...): its latents mean something else to the denoiser. Restore "
+                         "that file, or pass autoencoder= to use another one knowingly")
+    autoencoder, _card = model_from_checkpoint(ae_path, device=device)
+    return autoencoder
 
 
 def _in_dtype(model, dtype: torch.dtype):

@@ -14,7 +14,7 @@ uncached LDM would, from the batch's generator, so a batch stays a pure function
 a flipped latent is not the latent of the flipped image.
 
 The cache is a safetensors file under ``data/cache/latents/`` (not committed) whose card names the
-autoencoder checkpoint and its SHA-256, the data source and split: :func:`cached_latents` rebuilds it
+autoencoder checkpoint and the SHA-256 of its weights, the data source and split: :func:`cached_latents` rebuilds it
 when any of them changes. Float16 storage: 8x8x8 moments of 100,000 images take 100 MB.
 """
 
@@ -118,10 +118,10 @@ def cached_latents(autoencoder_checkpoint: str | Path, split: str = "train", *, 
     """The :class:`LatentSplit` of a CIFAR-10 split under an autoencoder checkpoint: read from the cache when its
     card names the same checkpoint hash, source and image count; else encoded (with mirror images when
     ``flips``: items N..2N-1 are the flipped images 0..N-1) and saved atomically."""
-    from .features import sha256_file
+    from .checkpoint import read_card
     from .recipes import model_from_checkpoint
 
-    digest = sha256_file(autoencoder_checkpoint)
+    digest = read_card(autoencoder_checkpoint)["sha256"]  # of the weights: a card edit keeps the cache
     data = load_cifar10(split, limit=limit, verbose=False)
     path = latent_cache_path(digest, split, data.source, flips)
     if limit:

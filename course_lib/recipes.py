@@ -174,6 +174,41 @@ class Text2ImageRecipe(DenoiserRecipe):
 
 
 @dataclass
+class LatentText2ImageRecipe(Text2ImageRecipe):
+    """Train chapter 4's latent text-to-image model: :class:`Text2ImageRecipe`'s objective on the scaled
+    latents of a frozen autoencoder instead of pixels (latent diffusion, Rombach et al. 2022).
+
+    The training images and their mirror images are encoded once (``course_lib.latents.cached_latents``);
+    every batch draws fresh posterior samples z ~ q(z | x) from the cached moments. ``autoencoder`` names
+    the checkpoint (in the checkpoint directory) whose latents the model learns; the card records it with
+    the SHA-256 of its weights, and ``Pipeline.from_checkpoint`` attaches that decoder for generation.
+    """
+
+    autoencoder: str = "vae-small.safetensors"
+    hflip: bool = False  # the cache holds each image and its mirror image; a flipped latent is not a flip's latent
+
+    def autoencoder_path(self) -> Path:
+        return config.checkpoint_dir() / self.autoencoder
+
+    def data(self):
+        from .latents import cached_latents
+
+        path = self.autoencoder_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.name} learns the latents of {path}, which does not exist; train it "
+                                    f"first (python -m course_lib.train {Path(self.autoencoder).stem}) or set "
+                                    "COURSE_CHECKPOINT_DIR to where it is")
+        return cached_latents(path, "train", flips=True)
+
+    def card_info(self) -> dict:
+        card = read_card(self.autoencoder_path())
+        return {**super().card_info(), "augmentation": {"hflip": "both orientations encoded once (cached)"},
+                "autoencoder": {"checkpoint": self.autoencoder, "sha256": card["sha256"],
+                                "scaling_factor": card.get("metrics", {}).get("scaling_factor"),
+                                "latents": "scaling_factor * z, z ~ q(z|x) drawn per batch from cached moments"}}
+
+
+@dataclass
 class AutoencoderRecipe(Recipe):
     """Train chapter 4's KL autoencoder (:class:`~course_lib.autoencoder.AutoencoderKL`; Rombach et al. 2022)
     on flipped CIFAR-10 images with :func:`~course_lib.autoencoder.autoencoder_loss`: squared reconstruction
@@ -273,6 +308,16 @@ RECIPES: dict[str, Recipe] = {
             Text2ImageConfig.small_minilm,
             lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
                                 ema_decay=0.9995, bf16=True, channels_last=True, checkpoint_minutes=10)),
+        LatentText2ImageRecipe(
+            "ldm-tiny", "chapter 4: the tiny text-conditional UNet on vae-small's 4x8x8 latents (0.41M), for tests",
+            Text2ImageConfig.latent_tiny,
+            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
+        LatentText2ImageRecipe(
+            "ldm-small", "chapter 4: cond-small's recipe on vae-small's 4x8x8 latents, a wider UNet (9.14M)",
+            Text2ImageConfig.latent_small,
+            # float32: for this model bf16 autocast was slower than float32 on one AMX thread (measured 122 vs 129 img/s)
+            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
+                                ema_decay=0.9995, checkpoint_minutes=10)),
         AutoencoderRecipe(
             "vae-tiny", "chapter 4: the tiny KL autoencoder (0.24M), 32x32 -> 4x8x8, for fast mode and tests",
             AutoencoderConfig.tiny,

@@ -55,6 +55,9 @@ def _row(r: dict) -> str:
     n = s.get("num_samples")
     if r.get("checkpoint", "").startswith("cifar10:"):
         what, sampling = f"CIFAR-10 {r['checkpoint'].split(':', 1)[1]} images", "real images"
+    elif "reconstruction" in s:
+        what = f"`{r['model']}` (step {r.get('step')}, {r.get('training_minutes', 0):.0f} min training)"
+        sampling = "reconstructions of test images"
     else:
         guidance = s.get("guidance")
         sampling = f"{s.get('sampler')} {s.get('steps')} steps" + (f", w = {guidance:g}" if guidance is not None else "")

@@ -142,6 +142,31 @@ class Text2ImageConfig:
         return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
+    def latent_small(cls, **overrides) -> "Text2ImageConfig":
+        """Chapter 4's latent model: ``small()``'s text encoder and block types on a 4x8x8 latent grid.
+
+        At 8x8 there are 16x fewer positions than at 32x32, so the UNet can be twice as wide (64/128/128
+        channels, 2 res blocks) with SpatialTransformers at 4x4 and in the middle (2x2), 4 heads of 32.
+        9.1M parameters, yet ~2.5x the training images/s of ``small()`` on one CPU thread
+        (``benchmarks/bench_latent.py``). Self- and cross-attention at 8x8 cost more than they gave in a
+        probe: attention is where a low-resolution UNet spends its time."""
+        max_length = overrides.get("max_length", 16)
+        text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=128, depth=2, num_heads=4)
+        unet = UNetConfig.small(in_channels=4, image_size=8, base_channels=64, channel_mult=(1, 2, 2),
+                                attention_resolutions=(4,), num_heads=4, num_groups=16, resblock="adagn",
+                                attention_impl="sdpa", context_dim=text.dim)
+        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+
+    @classmethod
+    def latent_tiny(cls, **overrides) -> "Text2ImageConfig":
+        """For tests and ``COURSE_FAST=1``: ``tiny()`` on a 4x8x8 latent grid (attention at 4x4 and in the middle)."""
+        max_length = overrides.get("max_length", 16)
+        text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
+        unet = UNetConfig.tiny(in_channels=4, image_size=8, attention_resolutions=(4,), resblock="adagn",
+                               attention_impl="sdpa", num_heads=2, context_dim=text.dim)
+        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+
+    @classmethod
     def small_minilm(cls, **overrides) -> "Text2ImageConfig":
         """``small()``'s UNet reading the frozen all-MiniLM-L6-v2 (384 wide) instead of the small encoder."""
         unet = UNetConfig.small(resblock="adagn", attention_impl="sdpa", context_dim=MINILM_DIM)

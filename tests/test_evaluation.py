@@ -283,3 +283,32 @@ def test_a_missing_eval_extra_is_reported_before_any_sampling(tmp_path, isolated
         main([str(unet), "--num-samples", "4", "--metrics", "fid", "--no-record"])
     err = capsys.readouterr().err
     assert "pip install -e '.[eval]'" in err and "FD_clf" in err
+
+
+def test_quality_command_scores_an_autoencoders_reconstructions_of_the_test_images(tmp_path, isolated_data, capsys):
+    import json
+
+    import numpy as np
+
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from course_lib.data import load_cifar10, to_uint8
+    from course_lib.results import results_table
+
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    path = save_checkpoint(tmp_path / "ae.safetensors", autoencoder, kind="inference")
+    results, npz = tmp_path / "results.jsonl", tmp_path / "recon.npz"
+    assert main([str(path), "--num-samples", "20", "--metrics", "fd_clf", "--results", str(results),
+                 "--save-samples", str(npz)]) == 0
+    assert "reconstructions of 20 CIFAR-10 test images" in capsys.readouterr().out
+    record = json.loads(results.read_text())
+    assert record["settings"]["reconstruction"].startswith("decode(mode(q(z|x)))") and record["model"] == "ae"
+    test = load_cifar10("test", limit=20, verbose=False).images
+    with torch.no_grad():
+        expected = to_uint8(autoencoder(test, sample_posterior=False)[0].clamp(-1, 1))  # [20, 3, 32, 32]
+    saved = torch.from_numpy(np.load(npz)["images"]).permute(0, 3, 1, 2)
+    assert saved.equal(expected)  # the scored images are the reconstructions of the first 20 test images
+    assert "reconstructions of test images" in results_table([record])
+    with pytest.raises(SystemExit):
+        main([str(path), "--metrics", "fd_clf", "--no-record"])
+    assert "how many test images to reconstruct" in capsys.readouterr().err

@@ -172,8 +172,50 @@ def test_every_recipe_builds_the_model_its_config_names(isolated_data):
     from course_lib.text2image import TextToImageUNet
 
     expected = {"ddpm-tiny": UNet, "ddpm-small": UNet, "ddpm-paper": UNet, "cifar-classifier": CIFARClassifier,
-                "cond-tiny": TextToImageUNet, "cond-small": TextToImageUNet}
+                "cond-tiny": TextToImageUNet, "cond-small": TextToImageUNet, "ldm-tiny": TextToImageUNet,
+                "ldm-small": TextToImageUNet}
     for name, model_class in expected.items():
         recipe = recipes.RECIPES[name]
         model = recipe.build_model()
         assert type(model) is model_class and model.config == recipe.model_config(), name
+
+
+def test_latent_recipe_trains_on_cached_latents_and_generates_through_the_decoder_it_names(
+        tmp_path, isolated_data, monkeypatch):
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from course_lib.data import load_cifar10
+    from course_lib.generation import Pipeline
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    recipe = recipes.RECIPES["ldm-tiny"]
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        recipe.data()
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()  # 4x8x8 latents, as vae-small's
+    autoencoder.set_scaling_factor(0.5)
+    ae_path = save_checkpoint(checkpoints / recipe.autoencoder, autoencoder, kind="inference")
+
+    export = tmp_path / "ldm-tiny.safetensors"
+    assert train.main(["ldm-tiny", "--steps", "2", "--state", str(tmp_path / "state.safetensors"),
+                       "--export", str(export), "--device", "cpu"]) == 0
+    card = read_card(export)
+    named = card["training"]["autoencoder"]
+    assert named["checkpoint"] == "vae-small.safetensors" and named["sha256"] == read_card(ae_path)["sha256"]
+    n_train = len(load_cifar10("train", verbose=False))
+    assert card["training"]["data_images"] == 2 * n_train  # each image and its mirror image, encoded once
+
+    pipe = Pipeline.from_checkpoint(export)
+    assert isinstance(pipe.autoencoder, AutoencoderKL) and pipe.denoiser.sample_shape == (4, 8, 8)
+    torch.testing.assert_close(pipe.autoencoder.state_dict(), autoencoder.state_dict())
+    images = pipe.generate(["a photo of a cat", "a ship"], scale=3.0, num_steps=3)
+    assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+
+    torch.manual_seed(1)  # another autoencoder under the same name: its latents mean something else
+    save_checkpoint(ae_path, AutoencoderKL(AutoencoderConfig.tiny()), kind="inference")
+    with pytest.raises(ValueError, match="not the autoencoder .* was trained with"):
+        Pipeline.from_checkpoint(export)
+    assert Pipeline.from_checkpoint(export, autoencoder=autoencoder).autoencoder is autoencoder  # knowingly
+    ae_path.unlink()
+    with pytest.raises(FileNotFoundError, match="latent model"):
+        Pipeline.from_checkpoint(export)
