@@ -358,12 +358,22 @@ def _model_class(checkpoint: str) -> str | None:
         return None
 
 
+def _checkpoint_entry(checkpoint: str, card: dict) -> dict:
+    """What a results line says about the checkpoint it scored: path, file hash, name, step, training time."""
+    from .features import sha256_file
+
+    training = card.get("training", {})
+    return {"checkpoint": config.portable_path(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+            "model": Path(checkpoint).stem, "model_class": card.get("model_class"), "step": card.get("step"),
+            "training_minutes": round(training.get("wall_seconds_total", 0) / 60, 1),
+            "training_hardware": training.get("hardware")}
+
+
 def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[torch.Tensor, dict, dict]:
     """An autoencoder's deterministic reconstructions decode(mode(q(z|x))) of the first ``n`` CIFAR-10 test
     images as uint8 [n, 3, 32, 32] (the same images as ``cifar10:test`` with ``--num-samples n``: compare
     the two rows to see what the autoencoder loses), with the record's entry and settings."""
     from .data import load_cifar10
-    from .features import sha256_file
     from .recipes import model_from_checkpoint
 
     autoencoder, card = model_from_checkpoint(checkpoint, device=device)
@@ -371,11 +381,7 @@ def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[tor
     with torch.no_grad():
         recon = torch.cat([autoencoder(batch.to(device), sample_posterior=False)[0].clamp(-1, 1).cpu()
                            for batch in data.images.split(250)])  # [n, 3, 32, 32]
-    training = card.get("training", {})
-    entry = {"checkpoint": config.portable_path(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-             "model": Path(checkpoint).stem, "model_class": card.get("model_class"), "step": card.get("step"),
-             "training_minutes": round(training.get("wall_seconds_total", 0) / 60, 1),
-             "training_hardware": training.get("hardware")}
+    entry = _checkpoint_entry(checkpoint, card)
     settings = {"num_samples": len(recon), "reconstruction": "decode(mode(q(z|x))) of CIFAR-10 test images"}
     print(f"{checkpoint}: reconstructions of {len(recon)} CIFAR-10 test images from {data.source}")
     return to_uint8(recon), entry, settings
@@ -384,7 +390,7 @@ def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[tor
 def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The command line's sample-quality mode (``--num-samples`` / ``--metrics``)."""
     from .data import load_cifar10
-    from .features import MissingExtraError, WeightsChecksumError, inception_weights_path, sha256_file
+    from .features import MissingExtraError, WeightsChecksumError, inception_weights_path
 
     metrics = [m.strip() for m in (args.metrics or ",".join(METRICS)).split(",") if m.strip()]
     if sorted(set(metrics) - set(METRICS)) or not metrics:
@@ -425,11 +431,7 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if not pipeline.text_conditional and args.guidance != 1.0:
             parser.error(f"--guidance {args.guidance:g}: {type(pipeline.denoiser).__name__} is unconditional; "
                          "guidance needs a text-to-image checkpoint")
-        training = card.get("training", {})
-        entry = {"checkpoint": config.portable_path(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
-                 "model": Path(args.checkpoint).stem, "model_class": card.get("model_class"), "step": card.get("step"),
-                 "training_minutes": round(training.get("wall_seconds_total", 0) / 60, 1),
-                 "training_hardware": training.get("hardware")}
+        entry = _checkpoint_entry(args.checkpoint, card)
         settings = {"num_samples": args.num_samples, "steps": args.steps, "sampler": sampler,
                     "guidance": args.guidance if pipeline.text_conditional else None, "seed": args.seed}
         print(f"{args.checkpoint}: step {card.get('step')}, {entry['training_minutes']:.0f} training minutes; "
