@@ -129,7 +129,9 @@ class Pipeline:
         x_T:        the starting noise [B, *sample_shape] (else drawn from ``generator``, or the global RNG)
         return_trajectory: a :class:`~course_lib.samplers.SamplerOutput` instead of the images; its
                     ``trajectory`` stays in the denoiser's space, its ``sample`` is decoded
-        sampler_options: passed to the process's sampler (DDPM: ``eta``, ``clip_x0``, ``variance``, ``timesteps``)
+        sampler_options: passed to the process's sampler (DDPM: ``eta``, ``clip_x0``, ``variance``, ``timesteps``);
+                    with an autoencoder attached, the process's ``latent_options`` are the defaults
+                    (DDPM: ``clip_x0=False``, since latents are not bounded to [-1, 1])
 
         Returns images [B, C, H, W] on the denoiser's device (in [-1, 1] for a decoder). The denoiser is
         in eval mode while it samples and goes back to its previous mode afterwards.
@@ -155,6 +157,8 @@ class Pipeline:
         if x_T is not None and tuple(x_T.shape) != shape:
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but {batch} image(s) need {shape}; give one "
                              "noise tensor per image")
+        if self.autoencoder is not None:
+            sampler_options = {**self.process.latent_options, **sampler_options}
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:

@@ -30,7 +30,8 @@ import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, ClassVar, Sequence
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,13 @@ class Process(ABC):
 
     name:     the key in :data:`PROCESSES` and in checkpoint cards
     samplers: the sampler names ``sample(..., sampler=)`` accepts; the first is the default
+    latent_options: sampler options for data that is not bounded to [-1, 1], i.e. an autoencoder's
+              latents (``Pipeline.generate`` uses them when a decoder is attached; the caller's win)
     """
 
     name: ClassVar[str]
     samplers: ClassVar[tuple[str, ...]]
+    latent_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     # ---- training
 
@@ -193,6 +197,10 @@ class DDPMProcess(Process):
 
     name: ClassVar[str] = "ddpm"
     samplers: ClassVar[tuple[str, ...]] = ("ddim", "ddpm")
+    # The samplers clip x0_hat to [-1, 1] by default, which is right for pixels only: scaled latents have
+    # unit std, so about a third of their values lie outside [-1, 1]. LDM's samplers do not clip latents
+    # (LatentDiffusion.p_sample: clip_denoised=False; diffusers' SD schedulers: clip_sample=False).
+    latent_options: ClassVar[Mapping[str, Any]] = MappingProxyType({"clip_x0": False})
 
     schedule: str = "linear"
     T: int = 1000

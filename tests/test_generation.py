@@ -178,6 +178,26 @@ def test_any_denoiser_and_a_decoder_go_through_the_same_path():
     assert torch.equal(out.sample, images)
 
 
+class LargeX0Denoiser(StandInDenoiser):
+    """Predicts eps = 0: x0_hat = x_t / sqrt(alpha_bar_t), far outside [-1, 1] when x_t is large."""
+
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+
+
+def test_latents_are_not_clipped_to_the_pixel_range():
+    x_T = 3 * torch.ones(1, 4, 8, 8)
+    pixels = Pipeline(LargeX0Denoiser(), DDPMProcess("linear", 50))
+    latents = Pipeline(LargeX0Denoiser(), DDPMProcess("linear", 50), autoencoder=StandInDecoder())
+    # pixels: every x0_hat is clipped to 1, so the sample is 1; latents (LDM does not clip them): x_T / sqrt(ab_T)
+    assert torch.allclose(pixels.generate(x_T=x_T, num_steps=5), torch.ones(1, 4, 8, 8))
+    z = latents.generate(x_T=x_T, num_steps=5, return_trajectory=True).trajectory[-1]
+    alpha_bar = DDPMProcess("linear", 50).noise_schedule.alpha_bar
+    assert torch.allclose(z, x_T / alpha_bar[-1].sqrt(), rtol=1e-4) and z.min() > 3
+    clipped = latents.generate(x_T=x_T, num_steps=5, return_trajectory=True, clip_x0=True).trajectory[-1]
+    assert torch.allclose(clipped, torch.ones(1, 4, 8, 8))  # the caller's option wins
+
+
 def test_a_latent_denoiser_with_the_course_autoencoder_gives_images_in_range():
     from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
 
