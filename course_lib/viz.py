@@ -28,6 +28,7 @@ __all__ = [
     "image_grid",
     "cell_centres",
     "show_images",
+    "show_guidance_rows",
     "moving_average",
     "plot_losses",
     "describe_card",
@@ -118,6 +119,26 @@ def show_images(images: torch.Tensor, nrow: int = 8, *, title: str | None = None
     if title:
         ax.set_title(title)
     return ax
+
+
+def show_guidance_rows(rows: Mapping[float, torch.Tensor], *, title: str | None = None, row_height: float = 1.5,
+                       width: float = 12.0):
+    """One row of images per guidance scale: ``rows`` is {w: images [B, 3, H, W] in [-1, 1]}, drawn top to
+    bottom in the order given, each row labelled "w = ..." (chapter 3's and chapter 4's guidance grids,
+    where every row starts from the same noise). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("rows is empty: give {w: images} for at least one guidance scale")
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, row_height * len(rows) + 0.6), layout="constrained",
+                             squeeze=False)
+    for ax, (w, images) in zip(axes[:, 0], rows.items()):
+        show_images(images, nrow=len(images), ax=ax)
+        ax.set_title(f"w = {w:g}", loc="left", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 # --------------------------------------------------------------------------- training curves and cards

@@ -8,7 +8,8 @@ area), the explorers work the same in JupyterLab, Voila and a plain Python proce
 test can set ``slider.value`` and check ``.state`` and ``.image.value`` at once.
 
 Chapter 1: :func:`schedule_explorer` (the noise-schedule explorer).
-Chapter 3: :func:`guidance_explorer` (a slider over the classifier-free guidance scale, same noise)
+Chapter 3: :func:`guidance_explorer` (a slider over the classifier-free guidance scale, same noise;
+:func:`pipeline_guidance_explorer` builds it for a ``Pipeline``, pixel or latent)
 and :func:`attention_explorer` (where in the image each text token is attended to), drawn with the
 pure tensor functions ``course_lib.viz.token_heatmap``, ``upsample_heatmap`` and ``overlay``.
 Both chapter-3 explorers take plain callables (a sampler for one scale, a run for one prompt), not a
@@ -37,6 +38,7 @@ __all__ = [
     "schedule_explorer",
     "GuidanceExplorer",
     "guidance_explorer",
+    "pipeline_guidance_explorer",
     "AttentionExplorer",
     "attention_explorer",
 ]
@@ -213,7 +215,8 @@ class GuidanceExplorer(FigureExplorer):
     ``sample_fn(w)`` does the sampling; keeping its prompts and x_T fixed means the slider changes w only.
 
     Sampling takes seconds on a CPU, so each scale is sampled the first time it is shown and then
-    kept in ``cache`` ({w: images}); ``precompute=True`` samples every scale up front.
+    kept in ``cache`` ({w: images}; pass ``cache=`` to start with scales sampled elsewhere);
+    ``precompute=True`` samples every scale up front.
 
     Controls: ``slider`` (SelectionSlider over the scales); ``status`` (a Label: "sampling w = 3 ..."
     while a scale is being sampled, then how long it took, or that the images came from the cache).
@@ -222,7 +225,7 @@ class GuidanceExplorer(FigureExplorer):
 
     def __init__(self, sample_fn: Callable[[float], torch.Tensor], scales: Sequence[float], *,
                  titles: Sequence[str] | None = None, scale: float | None = None, precompute: bool = False,
-                 dpi: int = 100):
+                 cache: Mapping[float, torch.Tensor] | None = None, dpi: int = 100):
         if not callable(sample_fn):
             raise TypeError("sample_fn must be a function scale -> images [B, 3, H, W], "
                             f"got {type(sample_fn).__name__}")
@@ -237,7 +240,8 @@ class GuidanceExplorer(FigureExplorer):
         if start not in self.scales:
             raise ValueError(f"scale={scale} is not one of the scales {self.scales}")
         self.sample_fn = sample_fn
-        self.cache: dict[float, torch.Tensor] = {}
+        self.cache: dict[float, torch.Tensor] = {float(w): images.detach().cpu().float()
+                                                 for w, images in (cache or {}).items()}
         self.status = widgets.Label()
         self.slider = widgets.SelectionSlider(options=[(f"{s:g}", s) for s in self.scales], value=start,
                                               description="scale w", continuous_update=False,
@@ -325,6 +329,34 @@ def guidance_explorer(sample_fn: Callable[[float], torch.Tensor], scales: Sequen
     See :class:`GuidanceExplorer` for the controls and ``state``.
     """
     return GuidanceExplorer(sample_fn, scales, titles=titles, scale=scale, precompute=precompute)
+
+
+def pipeline_guidance_explorer(pipeline, prompts: Sequence[str], x_T: torch.Tensor, *, num_steps: int,
+                               scales: Sequence[float] = (0, 1, 2, 3, 5, 7, 10), scale: float | None = 3.0,
+                               sampled: Mapping[float, torch.Tensor] | None = None) -> GuidanceExplorer:
+    """The guidance slider over a ``course_lib.generation.Pipeline``: at each scale w,
+    ``pipeline.generate(prompts, scale=w, num_steps=num_steps, x_T=x_T)`` (the same noise every time).
+
+    ``x_T`` [len(prompts), *sample_shape]: pixels for chapter 3, latents for chapter 4 (the pipeline
+    decodes them). ``sampled``: {w: images} already drawn from the same prompts, noise and steps, e.g.
+    a grid shown above; the first len(prompts) images of each are put in the cache, so those scales
+    are not sampled again. The titles are the prompts.
+    """
+    prompts = list(prompts)
+    if len(x_T) != len(prompts):
+        raise ValueError(f"x_T holds {len(x_T)} starting points for {len(prompts)} prompts; give one per prompt, "
+                         "e.g. x_T[:len(prompts)]")
+
+    def sample_fn(w: float) -> torch.Tensor:
+        return pipeline.generate(prompts, scale=w, num_steps=num_steps, x_T=x_T).cpu()
+
+    cache = {}
+    for w, images in (sampled or {}).items():
+        if len(images) < len(prompts):
+            raise ValueError(f"sampled[{w:g}] has {len(images)} images for {len(prompts)} prompts; pass the "
+                             "images drawn from these prompts and this noise")
+        cache[float(w)] = images[:len(prompts)]
+    return GuidanceExplorer(sample_fn, scales, titles=prompts, scale=scale, cache=cache)
 
 
 # --------------------------------------------------------------------------- chapter 3: attention-map explorer

@@ -17,6 +17,7 @@ from course_lib.viz import (
     moving_average,
     overlay,
     plot_losses,
+    show_guidance_rows,
     show_images,
     token_heatmap,
     upsample_heatmap,
@@ -65,6 +66,18 @@ def test_grid_layout_is_make_grid_s_and_errors_name_the_fix():
 
 
 # --------------------------------------------------------------------------- loss curves and cards
+
+
+def test_guidance_rows_draw_one_labelled_row_per_scale():
+    rows = {0.0: -torch.ones(4, 3, 8, 8), 3.0: torch.ones(4, 3, 8, 8)}
+    fig = show_guidance_rows(rows, title="same noise")
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["w = 0", "w = 3"]
+    centre = (2 + 4, 2 + 4)  # padding 2, then the middle of the first 8x8 image
+    assert fig.axes[0].images[0].get_array()[centre].max() == 0  # -1: black
+    assert fig.axes[1].images[0].get_array()[centre].min() == 255  # +1: white
+    assert fig._suptitle.get_text() == "same noise"
+    with pytest.raises(ValueError, match="at least one guidance scale"):
+        show_guidance_rows({})
 
 
 def test_plot_losses_draws_the_centred_moving_average():

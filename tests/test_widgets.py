@@ -90,7 +90,7 @@ from course_lib.samplers import ddim_sample, ddim_timesteps  # noqa: E402
 from course_lib.text import TextEncoder, TextEncoderConfig, Tokenizer, encode_prompts  # noqa: E402
 from course_lib.unet import UNet, UNetConfig  # noqa: E402
 from course_lib.viz import token_heatmap  # noqa: E402
-from course_lib.widgets import attention_explorer, guidance_explorer  # noqa: E402
+from course_lib.widgets import attention_explorer, guidance_explorer, pipeline_guidance_explorer  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a dog"]
 STEPS = 4
@@ -196,6 +196,36 @@ def test_guidance_precompute_and_scale_one_is_the_conditional_model(text2image):
     conditional = ddim_sample(lambda x, t: unet(x, t, cond.tokens, cond.mask), text2image["schedule"],
                               x_T=text2image["x_T"], num_steps=STEPS, progress=False)
     assert torch.allclose(explorer.cache[1.0], conditional, atol=1e-5)
+
+
+class _RecordingPipeline:
+    """Stands in for course_lib.generation.Pipeline: records each generate() call, returns images made from x_T."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, *, scale, num_steps, x_T):
+        self.calls.append((list(prompts), scale, num_steps, x_T.clone()))
+        return torch.tanh(x_T[:, :3] * (1 + scale))  # [B, 3, H, W], different for every scale
+
+
+def test_pipeline_guidance_explorer_reuses_sampled_scales_and_fixed_noise():
+    pipeline, x_T = _RecordingPipeline(), torch.randn(2, 4, 8, 8)
+    grid = {3.0: torch.zeros(5, 3, 8, 8), 7.0: torch.ones(5, 3, 8, 8)}  # a grid of 5 prompts drawn earlier
+    explorer = pipeline_guidance_explorer(pipeline, PROMPTS, x_T, num_steps=6, scales=[0, 3, 7], sampled=grid)
+    assert pipeline.calls == [] and explorer.state["scale"] == 3.0  # starts at w = 3, taken from the grid
+    assert torch.equal(explorer.state["images"], grid[3.0][:2]) and "cache" in explorer.status.value
+    assert explorer.titles == PROMPTS
+    explorer.slider.value = 0.0
+    (prompts, scale, steps, noise), = pipeline.calls
+    assert prompts == PROMPTS and scale == 0.0 and steps == 6 and torch.equal(noise, x_T)
+    assert torch.equal(explorer.state["images"], torch.tanh(x_T[:, :3]))
+    explorer.slider.value = 7.0
+    assert len(pipeline.calls) == 1 and torch.equal(explorer.state["images"], grid[7.0][:2])
+    with pytest.raises(ValueError, match="one per prompt"):
+        pipeline_guidance_explorer(pipeline, PROMPTS, x_T[:1], num_steps=6)
+    with pytest.raises(ValueError, match=r"sampled\[3\] has 1 images for 2 prompts"):
+        pipeline_guidance_explorer(pipeline, PROMPTS, x_T, num_steps=6, sampled={3.0: torch.zeros(1, 3, 8, 8)})
 
 
 def test_guidance_bad_inputs_are_explained():
