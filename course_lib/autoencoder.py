@@ -426,11 +426,13 @@ def autoencoder_loss(model: AutoencoderKL, images: torch.Tensor, kl_weight: floa
 
     Why kl_weight = 1e-3 (LDM: 1e-6, next to losses that are larger per image): at a reconstruction
     error of ~0.01 per number (26 dB), ||x - x_hat||^2 ~ 30 per image. Trading KL nats for error at
-    a rate of 1e-3, the encoder still keeps every latent number precise enough that the posterior
-    noise costs well under 0.1 dB, but (i) the posterior variance cannot collapse to ~0: the decoder
-    learns to ignore small moves of the latent, which a diffusion model's imperfect samples need; (ii)
-    the mean is pulled towards 0, so no latent channel drifts to a huge scale or offset. Larger weights
-    (1e-2 .. 1e-1) make latents smoother and blurrier; 1e-6 gives a nearly deterministic autoencoder.
+    a rate of 1e-3, (i) the -log sigma^2 term of the KL keeps the posterior from becoming a point, so
+    the decoder is trained on slightly noisy latents; but reconstruction wins by far at this weight,
+    and the posterior ends up narrow: the shipped vae-small has a mean posterior std of 0.020 against
+    a std of 1.24 for z (2,000 test images; chapter 4 prints it), about 1,200 nats of KL per image;
+    (ii) the mean is pulled towards 0, so no latent channel drifts to a huge scale or offset. Larger
+    weights (1e-2 .. 1) give noisier posteriors, latents closer to N(0, I) and blurrier reconstructions
+    (chapter 4, section 7, measures it); 1e-6 gives a nearly deterministic autoencoder.
 
     Returns the scalar loss, or ``(loss, {"reconstruction": mse, "kl": mean KL per image})`` with
     ``return_terms``.

@@ -610,3 +610,129 @@ def test_online_softmax_check_names_the_mistake(fn, words, capsys):
 
     ok, out = verdict(check_online_softmax_attention, fn, capsys)
     assert not ok and out.startswith("Not yet:") and words in out, out
+
+
+# --------------------------------------------------------------------------- chapter 4: reparameterisation and KL
+
+
+def reparameterize(mean, logvar, eps):
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def gaussian_kl(mean, logvar):
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3))
+
+
+def test_gaussian_kl_check_accepts_right_answers_however_written(capsys):
+    from course_lib.exercises import check_gaussian_kl
+
+    ok, out = verdict(lambda f: check_gaussian_kl(*f), (reparameterize, gaussian_kl), capsys)
+    assert ok and out.startswith("Correct!") and "gradients flow" in out
+    # the same functions written another way: sqrt of the variance, torch.distributions' closed form
+    sqrt_form = lambda m, lv, e: m + lv.exp().sqrt() * e  # noqa: E731
+
+    def distributions_form(m, lv):
+        q = torch.distributions.Normal(m, torch.exp(0.5 * lv))
+        p = torch.distributions.Normal(torch.zeros_like(m), torch.ones_like(m))
+        return torch.distributions.kl_divergence(q, p).sum(dim=(1, 2, 3))
+
+    assert check_gaussian_kl(sqrt_form, distributions_form)
+
+
+def test_gaussian_kl_check_agrees_with_the_autoencoder():
+    """The solution is what AutoencoderKL's posterior does: the same z for the same eps, and the same KL."""
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    with torch.no_grad():
+        posterior = model.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        z = posterior.sample(torch.Generator().manual_seed(3))
+        eps = torch.randn(posterior.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(reparameterize(posterior.mean, posterior.logvar, eps), z, atol=1e-6)
+    assert torch.allclose(gaussian_kl(posterior.mean, posterior.logvar), posterior.kl(), rtol=1e-5)
+
+
+def _detached_z(mean, logvar, eps):
+    return reparameterize(mean, logvar, eps).detach()
+
+
+def _detached_std(mean, logvar, eps):
+    return mean + torch.exp(0.5 * logvar).detach() * eps
+
+
+def _fresh_noise(mean, logvar, eps):
+    return reparameterize(mean, logvar, torch.randn_like(eps))
+
+
+def _via_math(mean, logvar, eps):
+    return mean + math.exp(0.5 * logvar) * eps
+
+
+def _via_numpy(mean, logvar, eps):  # right numbers, but not through autograd
+    return torch.from_numpy(reparameterize(mean, logvar, eps).numpy())
+
+
+@pytest.mark.parametrize("rep, words", [
+    (lambda m, lv, e: m + lv.exp() * e, "you used the variance"),
+    (lambda m, lv, e: m + lv * e, "not logvar itself"),
+    (lambda m, lv, e: m + torch.exp(-0.5 * lv) * e, "1 / std"),
+    (lambda m, lv, e: m.clone(), "mode()"),
+    (lambda m, lv, e: torch.exp(0.5 * lv) * e, "the mean is missing"),
+    (lambda m, lv, e: torch.exp(0.5 * lv) + m * e, "mean and std are swapped"),
+    (lambda m, lv, e: lv + torch.exp(0.5 * m) * e, "mean and logvar are swapped"),
+    (lambda m, lv, e: (m + torch.exp(0.5 * lv)) * e, "(mean + std) * eps"),
+    (lambda m, lv, e: m - torch.exp(0.5 * lv) * e, "add the noise"),
+    (_fresh_noise, "draws random numbers"),
+    (_via_math, "torch.exp"),
+    (lambda m, lv, e: reparameterize(m, lv, e).mean(dim=1), "shape"),
+    (lambda m, lv, e: e.mul_(torch.exp(0.5 * lv)).add_(m), "in place"),
+    (_detached_z, "no gradient"),
+    (_detached_std, "dz/dlogvar"),
+    (_via_numpy, "require gradients"),
+])
+def test_gaussian_kl_check_names_the_reparameterisation_mistake(rep, words, capsys):
+    from course_lib.exercises import check_gaussian_kl
+
+    ok = check_gaussian_kl(rep, gaussian_kl)
+    out = capsys.readouterr().out
+    assert not ok and out.startswith("Not yet:") and words in out, out
+
+
+def _kl_terms(make):
+    return lambda m, lv: make(m, lv, lv.exp()).sum(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("kl, words", [
+    (_kl_terms(lambda m, lv, v: m ** 2 + v - 1 - lv), "factor 1/2 is missing"),
+    (lambda m, lv: 0.5 * (m ** 2 + lv.exp() - 1 - lv).mean(dim=(1, 2, 3)), "*sum* of their KLs"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (m ** 2 + v - 1 + lv)), "log-variance is subtracted"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (m ** 2 + v - lv)), "the -1 is missing"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (v - 1 - lv)), "mean^2 term is missing"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (m + v - 1 - lv)), "must be squared"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (m ** 2 + v.sqrt() - 1 - lv)), "not the standard deviation"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (m ** 2 + v ** 2 - 1 - 2 * lv)), "not log(sigma)"),
+    (_kl_terms(lambda m, lv, v: 0.5 * (lv + (1 + m ** 2) / v - 1)), "the other direction"),
+    (lambda m, lv: gaussian_kl(m, lv).sum(), "one number per image"),
+    (lambda m, lv: 0.5 * (m ** 2 + lv.exp() - 1 - lv).sum(dim=(2, 3)), "one number per image"),
+    (lambda m, lv: gaussian_kl(m, lv).detach(), "no gradient back"),
+])
+def test_gaussian_kl_check_names_the_kl_mistake(kl, words, capsys):
+    from course_lib.exercises import check_gaussian_kl
+
+    ok = check_gaussian_kl(reparameterize, kl)
+    out = capsys.readouterr().out
+    assert not ok and out.startswith("Not yet:") and words in out, out
+
+
+def test_gaussian_kl_check_not_written_and_not_functions(capsys):
+    from course_lib.exercises import check_gaussian_kl
+
+    def not_yet(mean, logvar, eps):
+        raise NotImplementedError
+
+    assert not check_gaussian_kl(not_yet, gaussian_kl)
+    assert "not written yet" in capsys.readouterr().out
+    assert not check_gaussian_kl(reparameterize(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1),
+                                                torch.zeros(1, 1, 1, 1)), gaussian_kl)
+    assert "takes two functions" in capsys.readouterr().out
