@@ -15,10 +15,12 @@ Infrastructure
 - ``exercises``: checks that tell a learner whether their implementation is right
 
 Process (how data becomes noise, and back)
-- ``processes``: the ``Process`` interface (corrupt, target, loss, sample) and ``DDPMProcess``
+- ``processes``: the ``Process`` interface (corrupt, target, loss, sample), ``DDPMProcess`` and
+  ``RectifiedFlowProcess`` (chapter 5)
 - ``schedules``: noise schedules (linear, cosine), alpha_bar, SNR, q_sample, the posterior
 - ``parameterization``: epsilon / x0 / v, their conversions, the simple diffusion loss
 - ``samplers``: ancestral DDPM and DDIM, trajectories on a continuous time axis
+- ``flow``: Euler and Heun for velocity models; straightness and path/chord ratio of trajectories
 
 Blocks
 - ``conditioning``: timestep embedding (with a time scale), ``modulate`` (scale and shift), zero init;

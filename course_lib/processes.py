@@ -5,14 +5,14 @@ Every model of the course is trained and sampled through one interface, :class:`
     t     = process.sample_time(B)                 # the training distribution of times
     x_t   = process.corrupt(x_0, t, noise)         # the forward process, noise ~ N(0, I)
     y     = process.target(x_0, noise, t)          # what the network regresses on
-    loss  = mean || model(x_t, t) - y ||^2         # process.loss(model, x_0): the steps above, in this order
+    loss  = mean || model(x_t, process.model_time(t)) - y ||^2   # process.loss(model, x_0), in this order
     x_0   = process.sample(model, shape, ...)      # from noise to data with one of process.samplers
 
 Chapters 1-4 use :class:`DDPMProcess`: integer timesteps t = 0..T-1 of a discrete noise schedule
 (``course_lib.schedules``), data at t = 0 and noise at t = T-1, x_t = sqrt(alpha_bar_t) x_0 +
 sqrt(1 - alpha_bar_t) eps, an eps / x0 / v target (``course_lib.parameterization``), and the DDPM
-or DDIM sampler (``course_lib.samplers``). Chapter 5's rectified flow is the next implementation:
-continuous t in [0, 1] with data at 0 and noise at 1, a velocity target, Euler / Heun samplers.
+or DDIM sampler (``course_lib.samplers``). Chapter 5 adds :class:`RectifiedFlowProcess`: continuous
+t in [0, 1] with data at 0 and noise at 1, a velocity target, Euler / Heun samplers (``course_lib.flow``).
 
 Trajectories of every process carry *continuous* times in [0, 1] (``SamplerOutput.times``, noise at
 1, data at 0), so that a DDIM trajectory and a flow trajectory can be drawn on the same axis. For
@@ -36,11 +36,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .flow import SOLVERS, flow_sample
 from .parameterization import check_parameterization, target_for
 from .samplers import SamplerOutput, ddim_sample, ddpm_sample
 from .schedules import SCHEDULES, NoiseSchedule, gather, make_schedule
 
-__all__ = ["Process", "DDPMProcess", "PROCESSES", "register_process", "process_from_dict", "process_from_card",
+__all__ = ["Process", "DDPMProcess", "RectifiedFlowProcess", "PROCESSES", "register_process", "process_from_dict", "process_from_card",
            "NoProcessError"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,6 +79,10 @@ class Process(ABC):
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network's regression target at (x0, noise, t), like x0."""
 
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network's time embedding is given for the process's time ``t`` (DDPM: t itself)."""
+        return t
+
     def loss(self, model: ModelFn, x0: torch.Tensor, t: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> torch.Tensor:
         """The process's training loss, mean || model(x_t, t) - target ||^2 (a scalar float32 tensor).
@@ -93,7 +98,7 @@ class Process(ABC):
             noise = torch.randn_like(x0)  # [B, C, H, W]
         x_t = self.corrupt(x0, t, noise)
         target = self.target(x0, noise, t)
-        prediction = model(x_t, t)
+        prediction = model(x_t, self.model_time(t))
         if prediction.shape != target.shape:
             raise ValueError(f"model output has shape {tuple(prediction.shape)}, expected {tuple(target.shape)} "
                              "(the shape of the data)")
@@ -245,3 +250,66 @@ class DDPMProcess(Process):
             raise ValueError(f"sampler='ddpm' runs all T={self.T} steps; leave num_steps=None, or use "
                              f"sampler='ddim' (eta=1 is stochastic like DDPM) for {num_steps} steps")
         return ddpm_sample(model, self.noise_schedule, shape, **common)
+
+
+# --------------------------------------------------------------------------- rectified flow
+
+
+@register_process
+@dataclass(frozen=True)
+class RectifiedFlowProcess(Process):
+    """Rectified flow (Liu, Gong & Liu 2022) with SD3's conventions (Esser et al. 2024): continuous
+    t in [0, 1], **data at t = 0, noise at t = 1**, straight paths and a velocity target,
+
+        x_t = (1 - t) x_0 + t eps,     target v = eps - x_0,     loss = mean || v_theta(x_t, t) - v ||^2.
+
+    t is drawn ``"uniform"`` on [0, 1] (Liu et al.) or ``"logit_normal"``: t = sigmoid(n), n ~ N(logit_mean,
+    logit_std^2), which puts more training at middle times (SD3's default, m = 0, s = 1; Esser et al. Sec. 3.1).
+    The network's time embedding is given ``time_scale * t`` (1000: the range of the course's DDPM
+    timesteps, and what diffusers' SD3 scheduler passes). Samplers: "euler" and "heun" (``course_lib.flow``),
+    ``num_steps`` default 50; options: ``times`` (a custom grid from 1 to 0).
+    """
+
+    name: ClassVar[str] = "rectified_flow"
+    samplers: ClassVar[tuple[str, ...]] = ("euler", "heun")
+
+    time_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    time_scale: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
+        if self.logit_std <= 0 or self.time_scale <= 0:
+            raise ValueError(f"logit_std and time_scale must be positive, got {self.logit_std}, {self.time_scale}")
+
+    def time(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Continuous time in [0, 1]: the process's own."""
+        return torch.as_tensor(t, dtype=torch.float64)
+
+    def sample_time(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+        if self.time_sampling == "logit_normal":
+            return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch, device=device))  # [B]
+        return torch.rand(batch, device=device)  # [B]
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        t = t.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))  # [B, 1, 1, 1]
+        return (1 - t) * x0 + t * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        return self.time_scale * t
+
+    def sample(self, model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torch.Tensor | None = None,
+               sampler: str | None = None, num_steps: int | None = None,
+               generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
+               device: torch.device | str | None = None, **options) -> torch.Tensor | SamplerOutput:
+        solver = self.check_sampler(sampler)
+        assert solver in SOLVERS
+        return flow_sample(model, None if x_T is not None else shape, x_T=x_T, solver=solver,
+                           num_steps=50 if num_steps is None else num_steps, time_scale=self.time_scale,
+                           generator=generator, return_trajectory=return_trajectory, progress=progress,
+                           device=device, **options)

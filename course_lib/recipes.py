@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, export_inference, load_checkpoint, read
 from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss, confusion_matrix,
                          per_class_accuracy, recalibrate_batchnorm)
 from .data import CIFAR10Split, StepBatches, fixed_shuffle, load_cifar10
-from .processes import DDPMProcess, Process
+from .processes import DDPMProcess, Process, RectifiedFlowProcess
 from .text2image import Text2ImageConfig, TextToImageUNet, text2image_loss
 from .trainer import TrainConfig
 from .unet import UNet, UNetConfig
@@ -318,6 +318,18 @@ RECIPES: dict[str, Recipe] = {
             # float32: for this model bf16 autocast was slower than float32 on one AMX thread (measured 122 vs 129 img/s)
             lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
                                 ema_decay=0.9995, checkpoint_minutes=10)),
+        LatentText2ImageRecipe(
+            "rf-tiny", "chapter 5: ldm-tiny trained as a rectified flow (velocity target, logit-normal t), for tests",
+            Text2ImageConfig.latent_tiny,
+            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99),
+            process=RectifiedFlowProcess(time_sampling="logit_normal")),
+        LatentText2ImageRecipe(
+            "rf-small", "chapter 5: ldm-small's model and latents trained as a rectified flow (SD3's objective: "
+            "velocity target, logit-normal t)",
+            Text2ImageConfig.latent_small,
+            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
+                                ema_decay=0.9995, checkpoint_minutes=10),
+            process=RectifiedFlowProcess(time_sampling="logit_normal")),
         AutoencoderRecipe(
             "vae-tiny", "chapter 4: the tiny KL autoencoder (0.24M), 32x32 -> 4x8x8, for fast mode and tests",
             AutoencoderConfig.tiny,

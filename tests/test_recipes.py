@@ -173,7 +173,7 @@ def test_every_recipe_builds_the_model_its_config_names(isolated_data):
 
     expected = {"ddpm-tiny": UNet, "ddpm-small": UNet, "ddpm-paper": UNet, "cifar-classifier": CIFARClassifier,
                 "cond-tiny": TextToImageUNet, "cond-small": TextToImageUNet, "ldm-tiny": TextToImageUNet,
-                "ldm-small": TextToImageUNet}
+                "ldm-small": TextToImageUNet, "rf-tiny": TextToImageUNet, "rf-small": TextToImageUNet}
     for name, model_class in expected.items():
         recipe = recipes.RECIPES[name]
         model = recipe.build_model()
@@ -219,3 +219,31 @@ def test_latent_recipe_trains_on_cached_latents_and_generates_through_the_decode
     ae_path.unlink()
     with pytest.raises(FileNotFoundError, match="latent model"):
         Pipeline.from_checkpoint(export)
+
+
+def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, isolated_data, monkeypatch):
+    """rf-tiny: ldm-tiny's model and latents with RectifiedFlowProcess; the card names the process, so the
+    pipeline samples with Euler / Heun, guidance and the decoder through the one generation path."""
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from course_lib.generation import Pipeline
+    from course_lib.processes import RectifiedFlowProcess
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    recipe = recipes.RECIPES["rf-tiny"]
+    assert recipe.model_config() == recipes.RECIPES["ldm-tiny"].model_config()  # only the process differs
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    autoencoder.set_scaling_factor(0.5)
+    save_checkpoint(checkpoints / recipe.autoencoder, autoencoder, kind="inference")
+    export = tmp_path / "rf-tiny.safetensors"
+    assert train.main(["rf-tiny", "--steps", "2", "--state", str(tmp_path / "state.safetensors"),
+                       "--export", str(export), "--device", "cpu"]) == 0
+    assert read_card(export)["training"]["process"] == RectifiedFlowProcess(time_sampling="logit_normal").to_dict()
+    pipe = Pipeline.from_checkpoint(export)
+    assert isinstance(pipe.process, RectifiedFlowProcess)
+    for sampler in ("euler", "heun"):
+        out = pipe.generate(["a photo of a cat", "a ship"], scale=3.0, num_steps=2, sampler=sampler,
+                            return_trajectory=True)
+        assert out.sample.shape == (2, 3, 32, 32) and out.sample.min() >= -1 and out.sample.max() <= 1
+        assert out.trajectory.shape == (3, 2, 4, 8, 8) and out.times.tolist() == [1.0, 0.5, 0.0]

@@ -1,0 +1,136 @@
+"""Rectified flow: ODE samplers for velocity models, and how straight their paths are.
+
+Rectified flow (Liu, Gong & Liu 2022, "Flow Straight and Fast"; the same objective is flow matching
+with the linear path, Lipman et al. 2023, and Stable Diffusion 3's, Esser et al. 2024) joins data x_0
+and noise eps by straight lines and learns the velocity along them. **Direction: data at t = 0, noise
+at t = 1**, as in SD3 and as on every trajectory axis of this course (Liu et al. put noise at 0):
+
+    x_t = (1 - t) x_0 + t eps,        v = dx_t / dt = eps - x_0.
+
+Sampling integrates the ODE dx/dt = v_theta(x, t) backwards, from noise at t = 1 to data at t = 0,
+on a grid 1 = t_0 > t_1 > ... > t_N = 0 (steps h_i = t_{i+1} - t_i < 0):
+
+    Euler:  x_{i+1} = x_i + h_i v(x_i, t_i)                                           (1 evaluation)
+    Heun:   x' = x_i + h_i v(x_i, t_i);  x_{i+1} = x_i + h_i (v(x_i, t_i) + v(x', t_{i+1})) / 2   (2)
+
+Euler is first order (error ~ 1/N), Heun second order (~ 1/N^2; Karras et al. 2022 use it for
+diffusion ODEs). A path that is exactly straight is integrated exactly by one Euler step: that is why
+straight paths make few-step sampling possible.
+
+Straightness (Liu et al. 2022, eq. 5, in this direction): S = int_0^1 E || (X_1 - X_0) - v(X_t, t) ||^2 dt,
+0 for straight paths. :func:`straightness` estimates it on a sampler's grid, divided by E || X_1 - X_0 ||^2
+so that runs on different data compare; :func:`path_chord_ratio` is path length over chord length (1
+for a straight path).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .samplers import SamplerOutput, _start, _warn_if_training
+
+__all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "SOLVERS"]
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: the ODE solvers, with the model evaluations each step costs
+SOLVERS = {"euler": 1, "heun": 2}
+
+
+def flow_time_grid(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """The sampling grid 1 = t_0 > ... > t_N = 0: [N + 1] float64.
+
+    ``shift`` > 1 spends more steps at high noise: t -> shift t / (1 + (shift - 1) t), the timestep
+    shift of SD3 (Esser et al. 2024, eq. 23); 1 is the uniform grid.
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if shift <= 0:
+        raise ValueError(f"shift must be positive, got {shift}")
+    t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@torch.no_grad()
+def flow_sample(model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torch.Tensor | None = None,
+                num_steps: int = 50, solver: str = "euler", times: Sequence[float] | torch.Tensor | None = None,
+                time_scale: float = 1.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
+                progress: bool = False, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor | SamplerOutput:
+    """Integrate dx/dt = v(x, t) from noise at t = 1 to data at t = 0 with Euler or Heun.
+
+    model(x, time_scale * t) -> v [B, ...]; ``time_scale`` maps t in [0, 1] onto what the network's time
+    embedding was trained with (1000 for the course's UNets, as diffusers' SD3 scheduler does).
+    ``times``: a decreasing grid from 1 to 0 (default :func:`flow_time_grid` with ``num_steps``).
+    Returns the samples [B, ...], or a :class:`~course_lib.samplers.SamplerOutput` with the trajectory
+    [N + 1, B, ...] (x at every grid time), ``x0_preds`` [N, B, ...] = x - t v (the straight-line guess of the
+    data at each step), ``timesteps`` [N] (the network's times) and ``times`` [N + 1] (the grid).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    grid = flow_time_grid(num_steps) if times is None else torch.as_tensor(times, dtype=torch.float64).flatten()
+    if len(grid) < 2 or grid[0] != 1.0 or grid[-1] != 0.0 or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError("times must decrease from 1 (noise) to 0 (data), e.g. flow_time_grid(8); got "
+                         f"{grid.tolist()}")
+    _warn_if_training(model)
+    x = _start(shape, x_T, generator, device, dtype)  # [B, ...] at t = 1: pure noise
+
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        t_batch = torch.full((x.shape[0],), t * time_scale, device=x.device, dtype=torch.float32)  # [B]
+        return model(x, t_batch).to(x.dtype)
+
+    trajectory, x0_preds = [x.cpu()], []
+    for i in tqdm(range(len(grid) - 1), desc=f"{solver} ({len(grid) - 1} steps)", disable=not progress,
+                  leave=False):
+        t, t_next = float(grid[i]), float(grid[i + 1])
+        h = t_next - t  # < 0: towards the data
+        v = velocity(x, t)
+        if return_trajectory:
+            x0_preds.append((x - t * v).cpu())
+        if solver == "heun":
+            x_euler = x + h * v
+            x = x + h * 0.5 * (v + velocity(x_euler, t_next))
+        else:
+            x = x + h * v
+        if return_trajectory:
+            trajectory.append(x.cpu())
+    if not return_trajectory:
+        return x
+    return SamplerOutput(sample=x, trajectory=torch.stack(trajectory), x0_preds=torch.stack(x0_preds),
+                         timesteps=(grid[:-1] * time_scale).float(), times=grid)
+
+
+def straightness(trajectory: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Normalised straightness of sampled paths (Liu et al. 2022, eq. 5) on their grid: a scalar >= 0.
+
+        S = sum_i |t_{i+1} - t_i| E || (x(1) - x(0)) - v_i ||^2  /  E || x(1) - x(0) ||^2,
+        v_i = (x_{i+1} - x_i) / (t_{i+1} - t_i)   (the velocity the solver moved with on step i)
+
+    trajectory [N + 1, B, ...] from t = 1 (noise) to t = 0 (data), times [N + 1]. 0 for straight paths
+    travelled at constant speed; measured in units of the chord's own mean squared length, so that runs on
+    different data and scales compare.
+    """
+    times = torch.as_tensor(times, dtype=torch.float64)
+    if trajectory.shape[0] != len(times) or len(times) < 2:
+        raise ValueError(f"trajectory has {trajectory.shape[0]} states for {len(times)} times; give the "
+                         "SamplerOutput's trajectory and times")
+    x = trajectory.double().flatten(2)  # [N + 1, B, D]
+    chord = x[0] - x[-1]  # [B, D]: x(1) - x(0), the straight path's constant velocity
+    dt = (times[1:] - times[:-1]).reshape(-1, 1, 1)  # [N, 1, 1], negative
+    v = (x[1:] - x[:-1]) / dt  # [N, B, D]
+    deviation = (chord - v).pow(2).sum(-1).mean(-1)  # [N]: E || chord - v_i ||^2
+    return (dt.abs().flatten() * deviation).sum() / chord.pow(2).sum(-1).mean()
+
+
+def path_chord_ratio(trajectory: torch.Tensor) -> torch.Tensor:
+    """Path length over chord length, averaged over the batch: 1 for straight paths, more when they bend.
+
+    trajectory [N + 1, B, ...]; the path is the polyline through the states.
+    """
+    x = trajectory.double().flatten(2)  # [N + 1, B, D]
+    path = (x[1:] - x[:-1]).norm(dim=-1).sum(0)  # [B]
+    chord = (x[-1] - x[0]).norm(dim=-1)  # [B]
+    return (path / chord.clamp_min(1e-12)).mean()
