@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .samplers import SamplerOutput, _start, _warn_if_training
+from .schedules import NoiseSchedule
 
-__all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "SOLVERS"]
+__all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "ddpm_path_as_flow", "SOLVERS"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -109,7 +110,8 @@ def straightness(trajectory: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         S = sum_i |t_{i+1} - t_i| E || (x(1) - x(0)) - v_i ||^2  /  E || x(1) - x(0) ||^2,
         v_i = (x_{i+1} - x_i) / (t_{i+1} - t_i)   (the velocity the solver moved with on step i)
 
-    trajectory [N + 1, B, ...] from t = 1 (noise) to t = 0 (data), times [N + 1]. 0 for straight paths
+    trajectory [N + 1, B, ...] from t = 1 (noise) to t = 0 (data), times [N + 1] (a grid over a shorter span
+    [t_N, t_0] is treated the same way: chord velocity over the span, deviations averaged over it). 0 for straight paths
     travelled at constant speed; measured in units of the chord's own mean squared length, so that runs on
     different data and scales compare.
     """
@@ -118,11 +120,12 @@ def straightness(trajectory: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"trajectory has {trajectory.shape[0]} states for {len(times)} times; give the "
                          "SamplerOutput's trajectory and times")
     x = trajectory.double().flatten(2)  # [N + 1, B, D]
-    chord = x[0] - x[-1]  # [B, D]: x(1) - x(0), the straight path's constant velocity
+    span = times[0] - times[-1]  # 1 for a flow's grid; a DDPM path mapped by ddpm_path_as_flow starts just below 1
+    chord = (x[0] - x[-1]) / span  # [B, D]: the straight path's constant velocity, x(1) - x(0) on a full grid
     dt = (times[1:] - times[:-1]).reshape(-1, 1, 1)  # [N, 1, 1], negative
     v = (x[1:] - x[:-1]) / dt  # [N, B, D]
     deviation = (chord - v).pow(2).sum(-1).mean(-1)  # [N]: E || chord - v_i ||^2
-    return (dt.abs().flatten() * deviation).sum() / chord.pow(2).sum(-1).mean()
+    return (dt.abs().flatten() * deviation).sum() / (span * chord.pow(2).sum(-1).mean())
 
 
 def path_chord_ratio(trajectory: torch.Tensor) -> torch.Tensor:
@@ -134,3 +137,24 @@ def path_chord_ratio(trajectory: torch.Tensor) -> torch.Tensor:
     path = (x[1:] - x[:-1]).norm(dim=-1).sum(0)  # [B]
     chord = (x[-1] - x[0]).norm(dim=-1)  # [B]
     return (path / chord.clamp_min(1e-12)).mean()
+
+
+def ddpm_path_as_flow(out: SamplerOutput, schedule: NoiseSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DDPM / DDIM trajectory in rectified-flow coordinates, so both can be drawn and measured together.
+
+    DDPM's x_t = alpha x_0 + sigma eps (alpha = sqrt(alpha_bar_t), sigma = sqrt(1 - alpha_bar_t)) divided by
+    alpha + sigma is exactly a point of the straight path:
+
+        x_t / (alpha + sigma) = (1 - s) x_0 + s eps,     s = sigma / (alpha + sigma)   (the same signal-to-noise ratio).
+
+    So the probability-flow ODE of a DDPM model is an ODE on the rectified-flow time axis s in [0, 1], and
+    DDIM with eta = 0, which is Euler's method for that ODE in the variables (x / alpha, sigma / alpha)
+    (Song et al. 2021, eq. 14), moves along it. ``out``: a DDPM process's ``SamplerOutput`` (``timesteps`` [S]
+    the integer step of each state but the last, which is the sample at alpha_bar = 1). Returns
+    (trajectory [S + 1, B, ...] rescaled, times s [S + 1] from about 1 down to 0).
+    """
+    alpha_bar = torch.cat([schedule.alpha_bar.double().cpu()[out.timesteps.long().cpu()],
+                           torch.ones(1, dtype=torch.float64)])  # [S + 1]
+    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    scale = (alpha + sigma).reshape(-1, *([1] * (out.trajectory.ndim - 1)))  # [S + 1, 1, ...]
+    return out.trajectory.double() / scale, sigma / (alpha + sigma)

@@ -110,3 +110,28 @@ def test_straightness_of_a_quarter_circle_matches_the_closed_form():
     assert float(path_chord_ratio(trajectory)) == pytest.approx(math.pi / 2 / math.sqrt(2), rel=1e-5)
     with pytest.raises(ValueError, match="states for"):
         straightness(trajectory[:-1], times)
+
+
+def test_ddim_paths_in_flow_coordinates_are_straight_for_one_data_point():
+    """With data a single point x*, the exact eps is (x - alpha x*) / sigma and DDIM stays on the line from x* to the
+    starting noise; mapped to flow coordinates, that line is the straight path (1 - s) x* + s eps."""
+    from course_lib.processes import DDPMProcess
+    from course_lib.flow import ddpm_path_as_flow
+
+    process = DDPMProcess("linear", 1000)
+    alpha_bar = process.noise_schedule.alpha_bar
+    target = torch.tensor([[1.5, -0.5]])
+
+    def exact_eps(x, t):
+        a = alpha_bar[t.long()].reshape(-1, 1)
+        return (x - a.sqrt() * target) / (1 - a).sqrt()
+
+    noise = torch.randn(6, 2)
+    out = process.sample(exact_eps, x_T=noise, num_steps=20, return_trajectory=True, clip_x0=False)
+    path, s = ddpm_path_as_flow(out, process.noise_schedule)
+    assert s[0] > 0.99 and s[-1] == 0 and bool((s[1:] < s[:-1]).all())
+    torch.testing.assert_close(path[-1].float(), target.expand(6, 2), atol=1e-4, rtol=1e-4)
+    assert float(straightness(path, s)) < 1e-8
+    eps_0 = (path[0] - (1 - s[0]) * target.double()) / s[0]  # the noise of the straight line through x_T
+    for x, si in zip(path, s):
+        torch.testing.assert_close(x, (1 - si) * target.double() + si * eps_0, atol=1e-5, rtol=1e-5)  # float32 sampling
