@@ -21,7 +21,8 @@ Process (how data becomes noise, and back)
 - ``parameterization``: epsilon / x0 / v, their conversions, the simple diffusion loss
 - ``samplers``: ancestral DDPM and DDIM, trajectories on a continuous time axis
 - ``flow``: Euler and Heun for velocity models; straightness and path/chord ratio of trajectories
-- ``reflow``: a trained flow's (sample, noise) pairs and the loss that straightens it (k-rectified flow)
+- ``reflow``: a trained flow's (sample, noise) pairs and the loss that straightens it (k-rectified flow);
+  for images, resumable cached pairs (``python -m course_lib.reflow CHECKPOINT --pairs N``)
 - ``toy2d``: 2-D data sets, a small MLP denoiser, the exact rectified-flow velocity of Gaussian mixtures
 
 Blocks

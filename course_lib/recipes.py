@@ -209,6 +209,65 @@ class LatentText2ImageRecipe(Text2ImageRecipe):
 
 
 @dataclass
+class ReflowRecipe(LatentText2ImageRecipe):
+    """Train a (k+1)-rectified flow on the pairs a k-rectified flow made (Liu et al. 2022, Sec. 2.2; ``course_lib.reflow``):
+    :class:`LatentText2ImageRecipe`'s model and objective with each latent z_0 tied to the noise z_1 it came from,
+
+        z_t = (1 - t) z_0 + t z_1,   loss = || v(z_t, t, tau(y)) - (z_1 - z_0) ||^2,   y a random caption of the pair's label.
+
+    ``teacher`` names the k-flow's checkpoint (in the checkpoint directory); the pairs are read from the cache
+    that ``python -m course_lib.reflow`` fills (``num_pairs``, ``pair_guidance``, ``pair_steps``, ``pair_solver``
+    and ``pair_seed`` pick the file).
+    """
+
+    teacher: str = "rf-small.safetensors"
+    num_pairs: int = 50_000
+    pair_guidance: float = 3.0
+    pair_steps: int = 25
+    pair_solver: str = "euler"
+    pair_seed: int = 0
+
+    def pairs_path(self) -> Path:
+        from .reflow import reflow_pairs_path
+
+        teacher = config.checkpoint_dir() / self.teacher
+        if not teacher.is_file():
+            raise FileNotFoundError(f"{self.name} learns the reflow pairs of {teacher}, which does not exist; train "
+                                    f"it first (python -m course_lib.train {Path(self.teacher).stem})")
+        return reflow_pairs_path(read_card(teacher)["sha256"], self.num_pairs, self.pair_guidance, self.pair_steps,
+                                 self.pair_solver, self.pair_seed)
+
+    def data(self):
+        from .reflow import load_reflow_pairs
+
+        path = self.pairs_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.name} needs the reflow pairs {path}; make them with python -m course_lib.reflow "
+                f"{config.portable_path(config.checkpoint_dir() / self.teacher)} --pairs {self.num_pairs} "
+                f"--guidance {self.pair_guidance:g} --steps {self.pair_steps} --solver {self.pair_solver} "
+                f"--seed {self.pair_seed} (hours on a CPU; resumable)")
+        return load_reflow_pairs(path)
+
+    def loss_fn(self) -> Callable:
+        process = self.process
+
+        def loss(model, batch):
+            z0, z1, labels = batch
+            return text2image_loss(model, process, z0, labels, model.config.p_uncond, noise=z1)
+
+        return loss
+
+    def card_info(self) -> dict:
+        from .reflow import load_reflow_pairs
+
+        info = super().card_info()
+        info["augmentation"] = {"hflip": "none: each latent is tied to its noise"}
+        info["reflow"] = {"teacher": self.teacher, "pairs": load_reflow_pairs(self.pairs_path()).card}
+        return info
+
+
+@dataclass
 class AutoencoderRecipe(Recipe):
     """Train chapter 4's KL autoencoder (:class:`~course_lib.autoencoder.AutoencoderKL`; Rombach et al. 2022)
     on flipped CIFAR-10 images with :func:`~course_lib.autoencoder.autoencoder_loss`: squared reconstruction
@@ -330,6 +389,17 @@ RECIPES: dict[str, Recipe] = {
             lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
                                 ema_decay=0.9995, checkpoint_minutes=10),
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
+        ReflowRecipe(
+            "rf2-tiny", "chapter 5: reflow of rf-tiny on its own pairs, for tests",
+            Text2ImageConfig.latent_tiny,
+            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99),
+            process=RectifiedFlowProcess(), teacher="rf-tiny.safetensors", num_pairs=64, pair_steps=4),
+        ReflowRecipe(
+            "rf2-small", "chapter 5: 2-rectified flow: rf-small's model trained on 50,000 of its own guided pairs (uniform t)",
+            Text2ImageConfig.latent_small,
+            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
+                                ema_decay=0.9995, checkpoint_minutes=10),
+            process=RectifiedFlowProcess()),
         AutoencoderRecipe(
             "vae-tiny", "chapter 4: the tiny KL autoencoder (0.24M), 32x32 -> 4x8x8, for fast mode and tests",
             AutoencoderConfig.tiny,

@@ -12,18 +12,33 @@ so fewer steps suffice:
     train:  x_t = (1 - t) x_0 + t x_1,  loss = || v_{k+1}(x_t, t) - (x_1 - x_0) ||^2   (:func:`reflow_loss`)
 
 Same objective as before, only the coupling changed: ``RectifiedFlowProcess.loss(model, x_0, noise=x_1)``.
+
+For chapter 5's images the pairs live in the latent space of chapter 4 and carry the class label of the
+prompt they were made with: :func:`make_reflow_pairs` (resumable, cached under ``data/cache/reflow/``;
+``python -m course_lib.reflow CHECKPOINT --pairs N``) and :func:`load_reflow_pairs`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
+from . import config
 from .data import TensorSplit
 from .processes import RectifiedFlowProcess
 
-__all__ = ["reflow_pairs", "reflow_loss"]
+__all__ = ["reflow_pairs", "reflow_loss", "text_reflow_pairs", "make_reflow_pairs", "load_reflow_pairs",
+           "reflow_pairs_path"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,3 +66,141 @@ def reflow_loss(model: ModelFn, process: RectifiedFlowProcess, x0: torch.Tensor,
     if x0.shape != x1.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must be pairs of the same shape")
     return process.loss(model, x0, noise=x1)
+
+
+# --------------------------------------------------------------------------- image reflow (chapter 5, latent space)
+
+
+@torch.no_grad()
+def text_reflow_pairs(pipeline, labels: torch.Tensor, noise: torch.Tensor, *, scale: float = 3.0,
+                      num_steps: int = 25, solver: str = "euler", batch_size: int = 250) -> TensorSplit:
+    """Reflow pairs of a text-to-image rectified flow in its own (latent) space: ``TensorSplit(z_0, z_1, labels)``.
+
+    For each label y and starting noise z_1 [N, *sample_shape], z_0 is the flow's guided sample for the class
+    prompt "a photo of a <y>" at guidance ``scale`` (the prompt is the one the pairs are made with; the
+    (k+1)-flow is then trained with the usual random captions of y). Nothing is decoded: the pairs stay in
+    the denoiser's space (scaled latents for chapter 4's autoencoder).
+    """
+    from .captions import class_prompt
+    from .processes import RectifiedFlowProcess
+
+    if not isinstance(pipeline.process, RectifiedFlowProcess):
+        raise TypeError(f"reflow needs a rectified flow; this pipeline samples a {type(pipeline.process).__name__}")
+    if len(labels) != len(noise):
+        raise ValueError(f"{len(labels)} labels for {len(noise)} noise tensors; give one label per pair")
+    was_training = pipeline.denoiser.training
+    pipeline.denoiser.eval()
+    samples = []
+    try:
+        for y, z1 in zip(labels.split(batch_size), noise.split(batch_size)):
+            model = pipeline.guided([class_prompt(int(c)) for c in y], scale)
+            samples.append(pipeline.process.sample(model, x_T=z1.to(pipeline.device), sampler=solver,
+                                                   num_steps=num_steps).float().cpu())
+    finally:
+        pipeline.denoiser.train(was_training)
+    return TensorSplit(torch.cat(samples), noise.float().cpu(), labels.long().cpu(),
+                       source=f"reflow pairs: {solver} {num_steps} steps at guidance {scale:g}")
+
+
+def reflow_pairs_path(teacher_sha256: str, num_pairs: int, scale: float, num_steps: int, solver: str,
+                      seed: int) -> Path:
+    """``data/cache/reflow/<teacher hash prefix>-n<N>-w<scale>-<solver><steps>-seed<seed>.safetensors``."""
+    name = f"{teacher_sha256[:12]}-n{num_pairs}-w{scale:g}-{solver}{num_steps}-seed{seed}"
+    return config.cache_dir() / "reflow" / f"{name}.safetensors"
+
+
+def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 3.0, num_steps: int = 25,
+                      solver: str = "euler", seed: int = 0, chunk: int = 500, device: str | None = None,
+                      progress: bool = True) -> Path:
+    """Generate ``num_pairs`` reflow pairs of a shipped rectified flow (balanced over the ten classes) into one
+    safetensors file with a card; returns its path (already there: returned at once).
+
+    Hours of work on a CPU, so it is resumable: every ``chunk`` pairs are saved atomically in a folder beside
+    the file (``<name>.parts/``), a restart skips the chunks that exist, and the chunks are joined at the end.
+    The noise of pair i depends only on (seed, i), so the chunks of an interrupted run match a fresh one's.
+    """
+    from .checkpoint import read_card
+    from .generation import Pipeline
+    from .trainer import hardware_description
+
+    card = read_card(checkpoint)
+    path = reflow_pairs_path(card["sha256"], num_pairs, scale, num_steps, solver, seed)
+    if path.is_file():
+        return path
+    parts = path.with_suffix(".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline.from_checkpoint(checkpoint, device=device or config.get_device())
+    shape = tuple(pipeline.denoiser.sample_shape)
+    starts = list(range(0, num_pairs, chunk))
+    for start in tqdm(starts, desc=f"reflow pairs ({chunk} per chunk)", disable=not progress):
+        part = parts / f"{start:08d}.safetensors"
+        if part.is_file():
+            continue
+        n = min(chunk, num_pairs - start)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                             for i in range(start, start + n)])  # [n, *shape]: pair i's noise from (seed, i)
+        labels = torch.arange(start, start + n) % 10
+        began = time.perf_counter()
+        pairs = text_reflow_pairs(pipeline, labels, noise, scale=scale, num_steps=num_steps, solver=solver)
+        x0, x1, y = pairs.tensors
+        tmp = part.with_name(part.name + ".tmp")
+        save_file({"x0": x0.contiguous(), "x1": x1.contiguous(), "labels": y.contiguous()}, str(tmp),
+                  metadata={"seconds": f"{time.perf_counter() - began:.2f}"})
+        os.replace(tmp, part)
+    tensors: dict[str, list[torch.Tensor]] = {"x0": [], "x1": [], "labels": []}
+    seconds = 0.0
+    for start in starts:
+        with safe_open(str(parts / f"{start:08d}.safetensors"), framework="pt") as f:
+            seconds += float(f.metadata()["seconds"])
+            for k in tensors:
+                tensors[k].append(f.get_tensor(k))
+    info = {"teacher": config.portable_path(checkpoint), "teacher_sha256": card["sha256"],
+            "teacher_step": card.get("step"), "pairs": num_pairs, "guidance": scale, "steps": num_steps,
+            "solver": solver, "seed": seed, "prompts": "course_lib.captions.class_prompt(label), labels i % 10",
+            "generation_seconds": round(seconds, 1), "hardware": hardware_description(pipeline.device),
+            "what": f"{num_pairs} reflow pairs (z_0 = flow sample, z_1 = its noise) of "
+                    f"{config.portable_path(checkpoint)}: {solver} {num_steps} steps at guidance {scale:g}"}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: torch.cat(v).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"card": json.dumps(info)})
+    os.replace(tmp, path)
+    shutil.rmtree(parts)
+    return path
+
+
+def load_reflow_pairs(path: str | Path) -> TensorSplit:
+    """The pairs of :func:`make_reflow_pairs`: ``TensorSplit(x0, x1, labels)`` with the file's card as ``.card``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reflow pairs at {path}; make them with python -m course_lib.reflow CHECKPOINT "
+                                "--pairs N (hours on a CPU; resumable)")
+    with safe_open(str(path), framework="pt") as f:
+        card = json.loads(f.metadata()["card"])
+        split = TensorSplit(f.get_tensor("x0"), f.get_tensor("x1"), f.get_tensor("labels"), source=card["what"])
+    split.card = card
+    return split
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.reflow",
+                                     description="Generate the reflow pairs of a text-to-image rectified flow.")
+    parser.add_argument("checkpoint", help="a rectified-flow checkpoint, e.g. data/checkpoints/rf-small.safetensors")
+    parser.add_argument("--pairs", type=int, required=True, help="how many (sample, noise) pairs")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--solver", choices=["euler", "heun"], default="euler")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=500, help="pairs per saved chunk (the unit of resumption)")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    path = make_reflow_pairs(args.checkpoint, args.pairs, scale=args.guidance, num_steps=args.steps,
+                             solver=args.solver, seed=args.seed, chunk=args.chunk)
+    print(f"{load_reflow_pairs(path).card['what']}\nin {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

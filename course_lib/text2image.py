@@ -343,7 +343,7 @@ class TextToImageUNet(nn.Module):
 
 
 def text2image_loss(model: TextToImageUNet, process: Process, images: torch.Tensor, labels: torch.Tensor,
-                    p_uncond: float) -> torch.Tensor:
+                    p_uncond: float, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The conditional LDM objective (Rombach et al. 2022, eq. 2 with the condition of eq. 3) with
     classifier-free-guidance caption dropout (Ho & Salimans 2022), for any process:
 
@@ -353,10 +353,11 @@ def text2image_loss(model: TextToImageUNet, process: Process, images: torch.Tens
 
     images [B, 3, H, W] in [-1, 1], labels [B] class indices. Captions, dropout, t and eps all come
     from torch's global RNG in that order, so ``fit`` (which seeds it every step) repeats a step exactly.
-    Gradients reach the small text encoder through tau(y). Returns a scalar float32 tensor.
+    Gradients reach the small text encoder through tau(y). ``noise``: a given partner for each image instead of
+    fresh noise (reflow's fixed pairs, ``course_lib.reflow``). Returns a scalar float32 tensor.
     """
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
     captions = cfg_dropout(random_captions(labels), p_uncond)  # B strings, "" where dropped
     context = model.encode(captions)  # tokens [B, L, D], mask [B, L]
-    return process.loss(lambda x_t, t: model(x_t, t, context.tokens, context.mask), images)
+    return process.loss(lambda x_t, t: model(x_t, t, context.tokens, context.mask), images, noise=noise)

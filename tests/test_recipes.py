@@ -247,3 +247,54 @@ def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, iso
                             return_trajectory=True)
         assert out.sample.shape == (2, 3, 32, 32) and out.sample.min() >= -1 and out.sample.max() <= 1
         assert out.trajectory.shape == (3, 2, 4, 8, 8) and out.times.tolist() == [1.0, 0.5, 0.0]
+
+
+def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data, monkeypatch):
+    """rf-tiny -> its reflow pairs (python -m course_lib.reflow, chunked and resumable) -> rf2-tiny trained on them."""
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from course_lib.generation import Pipeline
+    from course_lib.reflow import load_reflow_pairs, main as reflow_main, make_reflow_pairs
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    recipe = recipes.RECIPES["rf2-tiny"]
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        recipe.data()
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    autoencoder.set_scaling_factor(0.5)
+    save_checkpoint(checkpoints / "vae-small.safetensors", autoencoder, kind="inference")
+    teacher = checkpoints / "rf-tiny.safetensors"
+    assert train.main(["rf-tiny", "--steps", "2", "--state", str(tmp_path / "rf.safetensors"), "--export",
+                       str(teacher), "--device", "cpu"]) == 0
+    with pytest.raises(FileNotFoundError, match="python -m course_lib.reflow .*rf-tiny.safetensors --pairs 64"):
+        recipe.data()
+
+    path = recipe.pairs_path()
+    first = make_reflow_pairs(teacher, 64, scale=3.0, num_steps=4, seed=1, chunk=32, device="cpu", progress=False)
+    assert first != path  # another seed, another file
+    interrupted = path.with_suffix(".parts")  # a run stopped after its first chunk: only chunk 2 is made now
+    interrupted.mkdir(parents=True)
+    reference = load_reflow_pairs(first)  # seed 1's pairs 0..31 stand in for seed 0's first chunk
+    from safetensors.torch import save_file
+    save_file({"x0": reference.tensors[0][:32].contiguous(), "x1": reference.tensors[1][:32].contiguous(),
+               "labels": reference.tensors[2][:32].contiguous()}, str(interrupted / "00000000.safetensors"),
+              metadata={"seconds": "1.0"})
+    assert reflow_main([str(teacher), "--pairs", "64", "--steps", "4", "--chunk", "32"]) == 0
+    pairs = load_reflow_pairs(path)
+    x0, x1, labels = pairs.tensors
+    assert x0.shape == x1.shape == (64, 4, 8, 8) and labels.tolist() == [i % 10 for i in range(64)]
+    assert torch.equal(x0[:32], reference.tensors[0][:32])  # the existing chunk was kept, not redone
+    assert not interrupted.exists() and pairs.card["pairs"] == 64 and pairs.card["steps"] == 4
+    pipe = Pipeline.from_checkpoint(teacher)  # chunk 2 is the teacher's guided Euler sample from its noise
+    from course_lib.captions import class_prompt
+    expected = pipe.process.sample(pipe.guided([class_prompt(int(y)) for y in labels[32:]], 3.0), x_T=x1[32:],
+                                   sampler="euler", num_steps=4)
+    torch.testing.assert_close(x0[32:], expected)
+
+    export = tmp_path / "rf2-tiny.safetensors"
+    assert train.main(["rf2-tiny", "--steps", "2", "--state", str(tmp_path / "rf2.safetensors"), "--export",
+                       str(export), "--device", "cpu"]) == 0
+    card = read_card(export)
+    assert card["training"]["reflow"]["pairs"]["teacher_sha256"] == read_card(teacher)["sha256"]
+    assert card["training"]["data_images"] == 64
