@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from .samplers import SamplerOutput, _start, _warn_if_training
 from .schedules import NoiseSchedule
 
-__all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "ddpm_path_as_flow", "SOLVERS"]
+__all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "ddpm_path_as_flow",
+           "ddpm_flow_velocity", "SOLVERS"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -158,3 +159,41 @@ def ddpm_path_as_flow(out: SamplerOutput, schedule: NoiseSchedule) -> tuple[torc
     alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     scale = (alpha + sigma).reshape(-1, *([1] * (out.trajectory.ndim - 1)))  # [S + 1, 1, ...]
     return out.trajectory.double() / scale, sigma / (alpha + sigma)
+
+
+def ddpm_flow_velocity(eps_model: ModelFn, schedule: NoiseSchedule) -> ModelFn:
+    """A DDPM epsilon model's probability-flow ODE as a velocity field on the rectified-flow axis.
+
+    At flow time s (see :func:`ddpm_path_as_flow`) the DDPM state is x = (alpha + sigma) y with
+    sigma / alpha = s / (1 - s), i.e. alpha_bar = 1 / (1 + (s / (1 - s))^2); the DDPM step t with that
+    alpha_bar is found by interpolating the schedule (a fractional t: the time embedding takes any real).
+    Then, with eps_hat = eps_model(x, t) and x0_hat = (x - sigma eps_hat) / alpha,
+
+        v(y, s) = eps_hat - x0_hat,
+
+    the velocity of the straight line through (x0_hat, eps_hat) that y lies on. Euler's method on this field
+    takes the same step as DDIM (eta = 0) between the same noise levels: both move y along that line. The
+    returned ``v(y, t)`` takes t = s in [0, 1] (clamped to the schedule's last noise level), like a flow model
+    with ``time_scale`` 1.
+    """
+    alpha_bar = schedule.alpha_bar.double()  # [T], decreasing
+    steps = torch.arange(len(alpha_bar), dtype=torch.float64)
+
+    def velocity(y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(s, dtype=torch.float64).reshape(-1).expand(len(y)).cpu()  # [B]
+        ratio = (s / (1 - s).clamp_min(1e-12)).clamp(max=float(((1 - alpha_bar[-1]) / alpha_bar[-1]).sqrt()))
+        target = 1 / (1 + ratio ** 2)  # [B] alpha_bar at flow time s
+        # alpha_bar falls with t: interpolate t(alpha_bar) on the reversed (increasing) table
+        idx = torch.searchsorted(alpha_bar.flip(0), target).clamp(1, len(alpha_bar) - 1)
+        lo, hi = alpha_bar.flip(0)[idx - 1], alpha_bar.flip(0)[idx]
+        frac = ((target - lo) / (hi - lo)).clamp(0, 1)
+        t = (len(alpha_bar) - 1) - (idx - 1 + frac)  # [B] fractional DDPM step
+        a, sig = target.sqrt(), (1 - target).sqrt()  # [B]
+        shape = (-1,) + (1,) * (y.ndim - 1)
+        a_, sig_ = a.reshape(shape).to(y), sig.reshape(shape).to(y)
+        x = (a_ + sig_) * y
+        eps = eps_model(x, t.float().to(y.device))
+        x0 = (x - sig_ * eps) / a_
+        return eps - x0
+
+    return velocity

@@ -135,3 +135,27 @@ def test_ddim_paths_in_flow_coordinates_are_straight_for_one_data_point():
     eps_0 = (path[0] - (1 - s[0]) * target.double()) / s[0]  # the noise of the straight line through x_T
     for x, si in zip(path, s):
         torch.testing.assert_close(x, (1 - si) * target.double() + si * eps_0, atol=1e-5, rtol=1e-5)  # float32 sampling
+
+
+def test_ddpm_flow_velocity_of_an_exact_eps_model_is_the_straight_line():
+    """For data a single point x*, the exact eps makes every flow path straight towards x*: v(y, s) = (y - x*) / s,
+    and Euler in one step from pure noise lands on x*."""
+    from course_lib.processes import DDPMProcess
+    from course_lib.flow import ddpm_flow_velocity
+
+    process = DDPMProcess("linear", 1000)
+    alpha_bar = process.noise_schedule.alpha_bar.double()
+    target = torch.tensor([[1.5, -0.5]])
+
+    def exact_eps(x, t):  # fractional t: interpolate alpha_bar like the velocity does
+        lo = t.double().floor().long().clamp(0, 998)
+        frac = (t.double() - lo).reshape(-1, 1)
+        a = (alpha_bar[lo] * (1 - frac[:, 0]) + alpha_bar[lo + 1] * frac[:, 0]).reshape(-1, 1)
+        return ((x.double() - a.sqrt() * target) / (1 - a).sqrt()).float()
+
+    v = ddpm_flow_velocity(exact_eps, process.noise_schedule)
+    y = torch.randn(5, 2)
+    for s in (0.2, 0.5, 0.9):
+        torch.testing.assert_close(v(y, torch.tensor(s)), (y - target) / s, atol=2e-3, rtol=2e-3)
+    out = flow_sample(v, x_T=torch.randn(5, 2), num_steps=3)
+    torch.testing.assert_close(out, target.expand(5, 2), atol=2e-3, rtol=2e-3)

@@ -346,3 +346,75 @@ def test_attention_explorer_bad_inputs_are_explained(text2image):
 
     with pytest.raises(ValueError, match="no cross-attention"):
         attention_explorer(no_cross, PROMPTS)
+
+
+# --------------------------------------------------------------------------- chapter 5: trajectory explorer
+
+from course_lib.processes import DDPMProcess, RectifiedFlowProcess  # noqa: E402
+from course_lib.widgets import toy_velocity, trajectory_explorer  # noqa: E402
+
+
+def _toy_velocities():
+    """Closed-form fields on the flow axis: straight paths to the origin, and a field that curls."""
+    def straight(y, t):  # data = the origin: v = (y - 0) / t
+        return y / torch.as_tensor(t, dtype=y.dtype).reshape(-1, 1).clamp_min(1e-3)
+
+    def curl(y, t):
+        return straight(y, t) + torch.stack([-y[:, 1], y[:, 0]], 1)
+
+    return {"straight": straight, "curl": curl}
+
+
+def test_trajectory_explorer_state_follows_every_control():
+    data = 0.05 * torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    images = []
+
+    def image_fn(method, solver, steps, seed):
+        images.append((method, solver, steps, seed))
+        return torch.zeros(3, 8, 8), torch.randn(steps + 1, 2)
+
+    explorer = trajectory_explorer(_toy_velocities(), data, num_points=50, steps=[1, 4, 16], seeds=[0, 1],
+                                   image_fn=image_fn)
+    assert isinstance(explorer, FigureExplorer) and explorer.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    first = dict(explorer.state)
+    assert first["method"] == "straight" and first["steps"] == 16 and first["straightness"] < 1e-9
+    assert first["path_chord"] == pytest.approx(1.0) and first["w2"] < 0.1  # straight paths land on the data
+    torch.testing.assert_close(first["positions"], first["samples"] + 0.5 * (explorer.paths("straight", "euler", 16, 0)
+                                                                              ["trajectory"][0] - first["samples"]))
+    explorer.method.value = "curl"
+    assert explorer.state["method"] == "curl" and explorer.state["straightness"] > 0.01
+    explorer.steps.value = 1
+    assert explorer.state["steps"] == 1 and explorer.state["straightness"] < 1e-9  # one step is always a chord
+    explorer.solver.value = "heun"
+    assert explorer.state["solver"] == "heun"
+    before = explorer.state["positions"]
+    explorer.time.value = 0.9
+    assert explorer.state["t"] == 0.9 and not torch.equal(before, explorer.state["positions"])
+    explorer.seed.value = 1
+    assert explorer.state["seed"] == 1 and not torch.equal(explorer.state["samples"], first["samples"])
+    assert images[-1] == ("curl", "heun", 1, 1) and "straightness" in explorer.readout.value
+    n_cached = len(explorer._paths)
+    explorer.seed.value = 0  # back to a setting seen before: from the cache
+    assert len(explorer._paths) == n_cached
+
+
+def test_trajectory_explorer_precomputes_and_explains_bad_input():
+    data = torch.randn(100, 2)
+    explorer = trajectory_explorer(_toy_velocities(), data, num_points=20, steps=[1, 2], seeds=[0], precompute=True)
+    assert len(explorer._paths) == 2 * 2 * 2  # methods x solvers x steps
+    with pytest.raises(ValueError, match="at least one method"):
+        trajectory_explorer({}, data)
+    with pytest.raises(ValueError, match=r"\[M, 2\]"):
+        trajectory_explorer(_toy_velocities(), torch.randn(10, 3))
+
+
+def test_toy_velocity_wraps_flows_and_ddpm_models():
+    seen = []
+    model = lambda x, t: (seen.append(t), torch.zeros_like(x))[1]  # noqa: E731
+    v = toy_velocity(model, RectifiedFlowProcess(time_scale=1000.0))
+    assert v(torch.zeros(3, 2), torch.tensor(0.25)).shape == (3, 2) and seen[-1].tolist() == [250.0] * 3
+    ddpm = toy_velocity(model, DDPMProcess("linear", 1000))
+    y = torch.randn(4, 2)
+    torch.testing.assert_close(ddpm(y, torch.tensor(0.5)), -y / 0.5)  # eps = 0: x0 = x / alpha, v = -x0 = -y / (1 - s)
+    with pytest.raises(ValueError, match="epsilon model"):
+        toy_velocity(model, DDPMProcess("linear", 1000, "v"))
