@@ -736,3 +736,67 @@ def test_gaussian_kl_check_not_written_and_not_functions(capsys):
     assert not check_gaussian_kl(reparameterize(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1),
                                                 torch.zeros(1, 1, 1, 1)), gaussian_kl)
     assert "takes two functions" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- chapter 5: rectified flow
+
+
+def rf_loss(model, x0, noise, t):
+    tb = t.reshape(-1, 1, 1, 1)
+    return ((noise - x0) - model((1 - tb) * x0 + tb * noise, t)).square().mean()
+
+
+def euler_step(v, x, t, t_next):
+    return x + (t_next - t) * v(x, t)
+
+
+def test_rf_loss_check_accepts_the_solution_and_agrees_with_the_process(capsys):
+    from course_lib.exercises import ProbeDenoiser, check_rf_loss
+    from course_lib.processes import RectifiedFlowProcess
+
+    ok, out = verdict(check_rf_loss, rf_loss, capsys)
+    assert ok and out.startswith("Correct!")
+    model, x0, noise, t = ProbeDenoiser(), torch.rand(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(rf_loss(model, x0, noise, t), RectifiedFlowProcess(time_scale=1.0).loss(model, x0, t, noise))
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda m, x0, e, t: ((x0 - e) - m((1 - t.reshape(-1, 1, 1, 1)) * x0 + t.reshape(-1, 1, 1, 1) * e, t)).square().mean(),
+     "wrong way"),
+    (lambda m, x0, e, t: (e - m((1 - t.reshape(-1, 1, 1, 1)) * x0 + t.reshape(-1, 1, 1, 1) * e, t)).square().mean(),
+     "DDPM's target"),
+    (lambda m, x0, e, t: ((x0 - e) - m(t.reshape(-1, 1, 1, 1) * x0 + (1 - t.reshape(-1, 1, 1, 1)) * e, t)).square()
+     .mean(), "Liu et al.'s convention"),
+    (lambda m, x0, e, t: ((e - x0) - m((1 - t.reshape(-1, 1, 1, 1)) * x0 + t.reshape(-1, 1, 1, 1) * e, 1 - t)).square()
+     .mean(), "time 1 - t"),
+])
+def test_rf_loss_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_rf_loss
+
+    ok, out = verdict(check_rf_loss, wrong, capsys)
+    assert not ok and words in out
+
+
+def test_euler_check_accepts_the_solution_and_agrees_with_flow_sample(capsys):
+    from course_lib.exercises import check_euler_step
+    from course_lib.flow import flow_sample
+
+    ok, out = verdict(check_euler_step, euler_step, capsys)
+    assert ok and out.startswith("Correct!")
+    field = lambda x, t: torch.sin(x) + float(t[0] if isinstance(t, torch.Tensor) else t)  # noqa: E731
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(flow_sample(field, x_T=x, times=[1.0, 0.6, 0.0]),
+                               euler_step(field, euler_step(field, x, 1.0, 0.6), 0.6, 0.0))
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda v, x, t, tn: x + (t - tn) * v(x, t), "wrong way"),
+    (lambda v, x, t, tn: x + (tn - t) * v(x, tn), "where you are"),
+    (lambda v, x, t, tn: x + v(x, t), "full unit step"),
+    (lambda v, x, t, tn: x - t * v(x, t), "x0_hat"),
+])
+def test_euler_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_euler_step
+
+    ok, out = verdict(check_euler_step, wrong, capsys)
+    assert not ok and words in out
