@@ -1,0 +1,466 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (diffusion course)
+#     language: python
+#     name: course-diffusion
+# ---
+
+# %% [markdown]
+# # 5 · Rectified flow: curved against straight paths, reflow, few-step sampling
+#
+# A diffusion model samples by integrating an ODE from noise to data (chapter 1's DDIM is one way to do
+# it), and its paths are curved: a solver needs many small steps to follow them. **Rectified flow** (Liu,
+# Gong & Liu 2022; the same objective is flow matching with straight paths, Lipman et al. 2023, and it is
+# what Stable Diffusion 3 and Flux train) asks the network for the velocity along *straight* lines from
+# data to noise. The paths it learns are straighter, though not straight; **reflow** makes them straighter
+# still, until one Euler step from noise lands on the data.
+#
+# In this chapter you will
+#
+# * train a diffusion model and a rectified flow on the same 2-D data and draw their paths from the same noise;
+# * see why the flow's paths still bend (crossing pairs), separate that from an imperfect network with the
+#   *exact* velocity of a Gaussian mixture, and measure straightness;
+# * write the rectified-flow loss and an Euler step yourself;
+# * measure quality against the number of steps (Wasserstein-2 distance to the data), then reflow one, two,
+#   three times;
+# * explore all of it with the **trajectory explorer**;
+# * go to images: chapter 4's latent model trained as a rectified flow, sampled in 1 to 50 steps beside the
+#   latent diffusion model's DDIM from the same noise, with FD_clf against steps.
+#
+# **Direction of time.** Here, as in SD3 and everywhere in this course, the data sit at $t = 0$ and the
+# noise at $t = 1$; Liu et al. write it the other way round. The code is in `course_lib.processes`
+# (`RectifiedFlowProcess`), `course_lib.flow`, `course_lib.reflow`, `course_lib.toy2d` and `course_lib.widgets`.
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import display
+
+from course_lib import config
+from course_lib.exercises import check_euler_step, check_rf_loss
+from course_lib.flow import ddpm_path_as_flow, flow_sample, path_chord_ratio, straightness
+from course_lib.metrics import wasserstein2
+from course_lib.processes import DDPMProcess, RectifiedFlowProcess
+from course_lib.reflow import reflow_loss, reflow_pairs
+from course_lib.toy2d import GaussianMixture2D, ToyMLP, exact_velocity, toy_batches
+from course_lib.trainer import TrainConfig, fit
+from course_lib.widgets import toy_velocity, trajectory_explorer
+
+config.setup_cpu_speedups()
+config.seed_everything(0)
+device = config.get_device()
+FAST = config.fast_mode()
+print(f"device: {device} · fast mode: {FAST}")
+
+# %% [markdown]
+# ## 1. Two models, one data set
+#
+# The data: eight Gaussians on a circle; the source: standard normal noise. Two small MLPs learn them.
+#
+# * **DDPM** (chapter 1): $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon$, the network
+#   predicts $\epsilon$.
+# * **Rectified flow**: the straight line $x_t = (1 - t)\,x_0 + t\,\epsilon$, $t \sim U[0, 1]$, and the network
+#   predicts its velocity,
+#
+# $$L_\text{RF} = \mathbb E_{x_0, \epsilon, t}\,\big\| v_\theta(x_t, t) - (\epsilon - x_0) \big\|^2 .$$
+#
+# Both go through the course's one training loop (`fit`), the process deciding what is regressed.
+
+# %%
+data = GaussianMixture2D.eight_gaussians()
+noise_source = GaussianMixture2D.standard_normal()
+ddpm, rf = DDPMProcess("linear", 1000), RectifiedFlowProcess()
+toy_cfg = TrainConfig(max_steps=config.pick(1000, 3000), batch_size=256, lr=2e-3, warmup_steps=50, ema_decay=0.99,
+                      checkpoint_minutes=None, progress=False)
+batches = toy_batches(lambda n, g: data.sample(n, g), toy_cfg.batch_size)
+
+
+def train_toy(loss_fn, batches=batches):
+    """A fresh ToyMLP trained with ``loss_fn(model, batch)``; returns its EMA copy and the run's seconds."""
+    config.seed_everything(0)
+    run = fit(ToyMLP(), loss_fn, batches, toy_cfg, device="cpu")
+    return run.ema.eval(), run.seconds
+
+
+start = time.perf_counter()
+eps_model, ddpm_seconds = train_toy(lambda m, b: ddpm.loss(m, b[0]))
+flow_1, rf_seconds = train_toy(lambda m, b: rf.loss(m, b[0]))
+print(f"{toy_cfg.max_steps} steps of {toy_cfg.batch_size} points each: DDPM {ddpm_seconds:.0f} s, rectified flow "
+      f"{rf_seconds:.0f} s")
+velocity = {"DDPM (probability-flow ODE)": toy_velocity(eps_model, ddpm), "1-rectified flow": toy_velocity(flow_1, rf)}
+
+# %% [markdown]
+# **The same axis for both.** DDPM's $x_t = \alpha\,x_0 + \sigma\,\epsilon$ divided by $\alpha + \sigma$ is a
+# point of the straight line, $(1 - s)\,x_0 + s\,\epsilon$ with $s = \sigma / (\alpha + \sigma)$
+# (`ddpm_path_as_flow`), so DDIM's paths can be drawn in the flow's coordinates. And the DDPM model's
+# probability-flow ODE is then a velocity field on the same axis, $v = \hat\epsilon - \hat x_0$
+# (`ddpm_flow_velocity`): Euler's method on it takes exactly DDIM's steps. Paths from the same noise:
+
+# %%
+test_points = data.sample(config.pick(1000, 2000), seed=5)  # the reference for every W2 below
+z = torch.randn(config.pick(300, 500), 2, generator=torch.Generator().manual_seed(1))  # shared starting noise
+n_steps = 64
+paths = {name: flow_sample(v, x_T=z, num_steps=n_steps, return_trajectory=True) for name, v in velocity.items()}
+ddim = ddpm.sample(eps_model, x_T=z, num_steps=n_steps, return_trajectory=True, clip_x0=False)
+ddim_path, ddim_s = ddpm_path_as_flow(ddim, ddpm.noise_schedule)
+
+
+def draw_paths(ax, trajectory, title, lines=80):
+    """Paths [S + 1, B, 2] from noise (light) to data (dark) over the data (grey)."""
+    ax.scatter(test_points[:, 0], test_points[:, 1], s=2, color="0.82", zorder=0)
+    for b in range(min(lines, trajectory.shape[1])):
+        ax.plot(trajectory[:, b, 0], trajectory[:, b, 1], lw=0.7, color=plt.cm.viridis(b / lines), alpha=0.8)
+    ax.scatter(trajectory[-1, :lines, 0], trajectory[-1, :lines, 1], s=5, color="black", zorder=3)
+    ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", xticks=[], yticks=[], title=title)
+
+
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), layout="constrained")
+draw_paths(axes[0], ddim_path.float(), f"DDIM ({n_steps} steps), in flow coordinates")
+draw_paths(axes[1], paths["DDPM (probability-flow ODE)"].trajectory, f"DDPM's ODE, Euler {n_steps} steps")
+draw_paths(axes[2], paths["1-rectified flow"].trajectory, f"1-rectified flow, Euler {n_steps} steps")
+fig.suptitle("the same 80 starting points (black dots: where they end)", fontsize=10)
+plt.show()
+gap = float((ddim_path[-1].float() - paths["DDPM (probability-flow ODE)"].sample).norm(dim=1).mean())
+print(f"DDIM's samples and Euler's on DDPM's ODE differ by {gap:.3f} on average (DDIM steps on integer timesteps, "
+      "Euler on a uniform grid in s)")
+
+# %% [markdown]
+# Both bend: DDPM's paths first head for the centre of the data (at high noise the best guess of $x_0$ is
+# the mean), then turn towards a mode. The flow's paths bend less but do bend. Why, if it was trained on
+# straight lines?
+#
+# ## 2. Why straight lines make curved paths
+#
+# The training pairs $(x_0, \epsilon)$ are drawn **independently**. Their lines cross: through one point
+# $x_t$ pass lines to several modes, and the network can only learn their average direction,
+#
+# $$v^*(x, t) = \mathbb E\,[\,\epsilon - x_0 \mid x_t = x\,],$$
+#
+# which turns as $t$ moves. For Gaussian-mixture data this average has a closed form
+# (`toy2d.exact_velocity`), so we can draw the paths a *perfect* network would follow and tell "curved
+# because of the coupling" from "curved because the network is imperfect":
+
+# %%
+pairs_x0, pairs_eps = data.sample(40, seed=2), torch.randn(40, 2, generator=torch.Generator().manual_seed(3))
+exact = lambda y, t: exact_velocity(data, noise_source, y, t)  # noqa: E731
+exact_paths = flow_sample(exact, x_T=z, num_steps=n_steps, return_trajectory=True)
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.2), layout="constrained")
+ax = axes[0]
+ax.scatter(test_points[:, 0], test_points[:, 1], s=2, color="0.82")
+for a, b in zip(pairs_x0, pairs_eps):
+    ax.plot([a[0], b[0]], [a[1], b[1]], lw=0.8, color="tab:blue", alpha=0.7)
+ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", xticks=[], yticks=[],
+       title="training pairs: independent, so their lines cross")
+draw_paths(axes[1], exact_paths.trajectory, "the exact flow v* (a perfect network)")
+draw_paths(axes[2], paths["1-rectified flow"].trajectory, "the learned 1-rectified flow")
+plt.show()
+
+measures = {"DDIM (DDPM, in flow coordinates)": (ddim_path, ddim_s),
+            **{name: (p.trajectory, p.times) for name, p in paths.items()},
+            "exact 1-rectified flow v*": (exact_paths.trajectory, exact_paths.times)}
+print(f"{'':36s} {'straightness':>12s} {'path/chord':>11s}   ({n_steps} steps, {len(z)} paths)")
+for name, (traj, times) in measures.items():
+    print(f"{name:36s} {float(straightness(traj, times)):12.4f} {float(path_chord_ratio(traj)):11.3f}")
+
+# %% [markdown]
+# **Straightness** (Liu et al. 2022, eq. 5, normalised here by the squared chord),
+# $S = \int_0^1 \mathbb E\,\|(X_1 - X_0) - v(X_t, t)\|^2 dt \,/\, \mathbb E\|X_1 - X_0\|^2$, is 0 exactly when
+# every path is a straight line travelled at constant speed; the path/chord ratio is 1 then. The exact flow
+# is not straight either: its curvature is the coupling's. The learned flow is close to it, so most of its
+# curvature is not the network's fault. To straighten the paths, change the coupling.
+#
+# ### Exercise: the loss and one step
+#
+# Write the rectified-flow loss for given $t$ and noise, and one Euler step of the sampling ODE
+# $dx/dt = v(x, t)$ from $t$ to $t_\text{next} < t$:
+#
+# $$x_{t} = (1 - t)\,x_0 + t\,\epsilon, \qquad L = \operatorname{mean}\big(\epsilon - x_0 - v_\theta(x_t, t)\big)^2,
+#   \qquad x_\text{next} = x + (t_\text{next} - t)\, v(x, t).$$
+#
+# `t` is a tensor `[B]` in the loss (one time per example) and a float in the step.
+
+# %%
+def rf_loss(model, x0, noise, t):
+    """The rectified-flow loss: a 0-d tensor."""
+    raise NotImplementedError  # your code here
+
+
+def euler_step(v, x, t, t_next):
+    """x + (t_next - t) v(x, t)."""
+    raise NotImplementedError  # your code here
+
+
+check_rf_loss(rf_loss)
+check_euler_step(euler_step);
+
+
+# %% [markdown]
+# A solution (collapsed; expand it once you have tried):
+
+# %% jupyter={"source_hidden": true}
+def rf_loss(model, x0, noise, t):
+    """The rectified-flow loss: a 0-d tensor."""
+    tb = t.reshape(-1, *([1] * (x0.ndim - 1)))  # [B, 1, 1, 1]: one time per example
+    x_t = (1 - tb) * x0 + tb * noise  # the straight line, data at t = 0
+    return ((noise - x0) - model(x_t, t)).square().mean()
+
+
+def euler_step(v, x, t, t_next):
+    """x + (t_next - t) v(x, t)."""
+    return x + (t_next - t) * v(x, t)  # t_next < t: a negative step, from noise towards data
+
+
+assert check_rf_loss(rf_loss) and check_euler_step(euler_step)
+
+# %% [markdown]
+# ## 3. Reflow: straighten by re-pairing
+#
+# The trained flow's ODE maps every noise point to *one* sample, and its paths never cross. Train a new
+# flow on those pairs $(x_0, x_1) = (\mathrm{ODE}(x_1), x_1)$ instead of independent ones: the lines no
+# longer cross, so there is nothing to average, and the new flow's paths are straighter (Liu et al.,
+# Sec. 2.2 and Theorem 3.6). That is **reflow**; the result is the 2-rectified flow, and the procedure can
+# be repeated. The pairs are simulated accurately (Heun, 64 steps), since the new flow learns them as given.
+
+# %%
+n_pairs = config.pick(8000, 20000)
+flows = {1: flow_1}
+reflow_seconds = {}
+for k in (2, 3):
+    start = time.perf_counter()
+    source = torch.randn(n_pairs, 2, generator=torch.Generator().manual_seed(100 + k))
+    pairs = reflow_pairs(flows[k - 1], rf, source, num_steps=64, solver="heun")
+
+
+    def pair_batches(step, pairs=pairs):
+        index = torch.randint(0, len(pairs), (toy_cfg.batch_size,), generator=torch.Generator().manual_seed(step))
+        return pairs.batch(index)  # (x0, x1)
+
+
+    flows[k], _ = train_toy(lambda m, b: reflow_loss(m, rf, *b), pair_batches)
+    reflow_seconds[k] = time.perf_counter() - start
+    velocity[f"{k}-rectified flow"] = toy_velocity(flows[k], rf)
+print("reflow rounds (pairs + training): " + ", ".join(f"{k}-RF {s:.0f} s" for k, s in reflow_seconds.items()))
+
+# %% [markdown]
+# Quality against the number of steps, for every model: the Wasserstein-2 distance between the samples
+# and held-out data points (exact optimal transport between the two point sets, with POT). Even two sets of
+# real data points are not at distance 0: the grey band is the range over 8 draws of real points, as many as
+# the samples. It is wide because W2 is sensitive to how many points each mode gets (moving a point to
+# another mode costs far more than moving it within one), and with a few hundred points that count
+# fluctuates; below the band, differences mean little.
+
+# %%
+step_counts = [1, 2, 4, 8, 16, 32, 64, 100]
+w2 = {name: [wasserstein2(flow_sample(v, x_T=z, num_steps=n), test_points) for n in step_counts]
+      for name, v in velocity.items()}
+w2["DDIM"] = [wasserstein2(ddpm.sample(eps_model, x_T=z, num_steps=n, clip_x0=False), test_points)
+              for n in step_counts]
+floors = [wasserstein2(data.sample(len(z), seed=11 + k), test_points) for k in range(8)]  # real against real
+straight = {}
+for name, v in velocity.items():
+    p = flow_sample(v, x_T=z, num_steps=n_steps, return_trajectory=True)
+    straight[name] = float(straightness(p.trajectory, p.times))
+fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+for name, values in w2.items():
+    ax.plot(step_counts, values, "o-", ms=4, label=name + (f"  (S = {straight[name]:.3f})" if name in straight else ""))
+ax.axhspan(min(floors), max(floors), color="0.85", label="real data against real data (8 draws)")
+ax.set(xscale="log", yscale="log", xlabel="sampling steps (Euler; DDIM for DDIM)", ylabel="W2 to the data",
+       title=f"{len(z)} samples against {len(test_points)} data points")
+ax.set_xticks(step_counts)
+ax.set_xticklabels([str(s) for s in step_counts])
+ax.legend(fontsize=8)
+plt.show()
+print(f"{'':30s} {'S':>7s}   W2 at " + "  ".join(f"{n:>5d}" for n in (1, 4, 16)) + " steps")
+for name in w2:
+    cols = [w2[name][step_counts.index(n)] for n in (1, 4, 16)]
+    print(f"{name:30s} {straight.get(name, float('nan')):7.4f}         " + "  ".join(f"{c:5.2f}" for c in cols))
+
+# %% [markdown]
+# Reading the plot: at many steps every model reaches the band; at **one step** DDPM's ODE (and DDIM) land
+# far from the data, the 1-rectified flow much closer, and the reflowed flows on it. Each reflow round cuts
+# the straightness $S$, the 2-rectified flow by far the most; a third round adds little. Reflow is not free:
+# each round simulates the previous flow for every pair and trains a new network, and its samples are only as
+# good as the previous flow's (it copies them, errors included).
+#
+# ## 4. The trajectory explorer
+#
+# Every method, solver and step count, from the same noise: move the controls. The time slider shows
+# where the points are at time $t$ and the velocity field there (the arrows point the way the points move,
+# towards the data); the right panel is the quality-against-steps curve with the current setting circled.
+
+# %%
+explorer = trajectory_explorer(velocity, test_points, num_points=config.pick(150, 300),
+                               seeds=(0, 1, 2), precompute=FAST)
+display(explorer)
+
+# %% [markdown]
+# The widget is code too; a few settings, driven from here:
+
+# %%
+for method, steps in [("1-rectified flow", 1), ("2-rectified flow", 1), ("DDPM (probability-flow ODE)", 8)]:
+    explorer.method.value, explorer.steps.value = method, steps
+    s = explorer.state
+    print(f"{method:28s} {s['solver']}, {steps:2d} step(s): straightness {s['straightness']:.4f}, "
+          f"path/chord {s['path_chord']:.3f}, W2 {s['w2']:.3f}")
+explorer.time.value = 0.9
+assert explorer.state["t"] == 0.9
+
+# %% [markdown]
+# ## 5. Images: a rectified flow in chapter 4's latent space
+#
+# `rf-small` is `ldm-small` with one change: the objective. Same network, text encoder, captions, guidance
+# dropout and cached 4x8x8 latents of `vae-small`, trained with the rectified-flow loss and SD3's
+# logit-normal times, $t = \operatorname{sigmoid}(n)$, $n \sim \mathcal N(0, 1)$, which spend more training
+# on the middle of the path, where the velocity is hardest to predict (Esser et al. 2024, Sec. 3.1). The
+# network's time embedding sees $1000\,t$, the range of its DDPM timesteps. A short run first:
+
+# %%
+from course_lib.checkpoint import read_card
+from course_lib.data import CIFAR10_CLASSES
+from course_lib.generation import Pipeline
+from course_lib.latents import cached_latents
+from course_lib.recipes import RECIPES
+from course_lib.viz import describe_card, plot_losses, show_images
+
+ae_checkpoint = config.checkpoint_dir() / "vae-small.safetensors"
+rf_recipe = RECIPES["rf-tiny" if FAST else "rf-small"]
+if ae_checkpoint.exists():
+    latents = cached_latents(ae_checkpoint, "train", limit=config.pick(500, 5000), progress=False)
+    rf_short = TrainConfig(max_steps=config.pick(30, 60), batch_size=config.pick(16, 32), lr=2e-4, warmup_steps=10,
+                           ema_decay=0.99, checkpoint_minutes=None)
+    config.seed_everything(0)
+    rf_run = fit(rf_recipe.build_model(), rf_recipe.loss_fn(), rf_recipe.batches(latents, rf_short), rf_short,
+                 device=device)
+    fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+    plot_losses(rf_run.losses, window=config.pick(5, 10), ax=ax, title=f"a short run of {rf_recipe.name} "
+                "(velocity loss: starts near E||eps - z_0||^2 = 2)")
+    plt.show()
+else:
+    print(f"{ae_checkpoint} not found: chapter 4's autoencoder is needed for the latent models")
+
+# %% [markdown]
+# The trained models: `rf-small` (this chapter) and `ldm-small` (chapter 4), their cards say how long each
+# trained and on what.
+
+# %%
+ckpt_paths = {"ldm-small": config.checkpoint_dir() / "ldm-small.safetensors",
+              "rf-small": config.checkpoint_dir() / "rf-small.safetensors"}
+pipes = {name: Pipeline.from_checkpoint(path, device=device) for name, path in ckpt_paths.items() if path.exists()}
+for name, pipe in pipes.items():
+    print(describe_card(pipe.card).split("\n")[0])
+missing = [name for name in ckpt_paths if name not in pipes]
+if missing:
+    print(f"not found: {', '.join(missing)} (python -m course_lib.train {missing[0]}); the image sections below "
+          "skip what needs them")
+
+# %% [markdown]
+# From the same latent noise and prompts, DDIM on the diffusion model and Euler on the flow, at 1 to 50
+# steps (guidance $w = 3$ for both):
+
+# %%
+step_list = [1, 2, 4, 8, 16, 50]
+prompts = [f"a photo of a {c}" for c in CIFAR10_CLASSES[:config.pick(6, 10)]]
+z_img = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
+if len(pipes) == 2:
+    grid = {name: torch.cat([pipe.generate(prompts, scale=3.0, num_steps=n, x_T=z_img.to(device)).cpu()
+                             for n in step_list]) for name, pipe in pipes.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(2 * 0.75 * len(prompts) + 2.5, 0.75 * len(step_list) + 1.2),
+                             layout="constrained")
+    for ax, (name, images) in zip(axes, grid.items()):
+        show_images(images, nrow=len(prompts), ax=ax, row_labels=[f"{n} steps" for n in step_list])
+        ax.set_title(f"{name}: {'DDIM' if name == 'ldm-small' else 'Euler'}", fontsize=10)
+    fig.suptitle("columns: " + " · ".join(CIFAR10_CLASSES[:len(prompts)]) + "  (same noise, w = 3)", fontsize=9)
+    plt.show()
+
+# %% [markdown]
+# Quality against steps, measured: FD_clf (the Fréchet distance in the course classifier's features,
+# chapter 1) of class-prompted samples against the training set, for each number of steps.
+
+# %%
+from course_lib.evaluation import sample_images
+from course_lib.features import ClassifierFeatures, extract_features, reference_statistics
+from course_lib.metrics import FeatureStats, frechet_distance
+
+n_fd = config.pick(40, 150)  # images per point; full mode: about 1.5 minutes on 2 CPU cores
+fd_steps = config.pick([1, 2, 4, 8], step_list)
+fd = {}
+if pipes:
+    clf = ClassifierFeatures(device=device)
+    train_stats = reference_statistics(clf, "train")
+    start = time.perf_counter()
+    for name, pipe in pipes.items():
+        fd[name] = [frechet_distance(FeatureStats.of(extract_features(
+            clf, sample_images(pipe, n_fd, num_steps=n, guidance=3.0, seed=2, progress=False), progress=False)),
+            train_stats) for n in fd_steps]
+    print(f"{len(pipes)} models x {len(fd_steps)} step counts x {n_fd} images in {time.perf_counter() - start:.0f} s")
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    for name, values in fd.items():
+        ax.plot(fd_steps, values, "o-", label=f"{name} ({'DDIM' if name == 'ldm-small' else 'Euler'})")
+    ax.set(xscale="log", xlabel="sampling steps", ylabel="FD_clf (lower is better)",
+           title=f"{n_fd} samples per point, w = 3, against the training set")
+    ax.set_xticks(fd_steps)
+    ax.set_xticklabels([str(n) for n in fd_steps])
+    ax.legend(fontsize=8)
+    plt.show()
+
+# %% [markdown]
+# **Image trajectories, projected.** A latent path is a curve in 256 dimensions. Project all the points of
+# both models' paths (the diffusion model's mapped onto the flow axis, as in section 1) onto their first two
+# principal components and draw them:
+
+# %%
+if len(pipes) == 2:
+    out = {}
+    for name, pipe in pipes.items():
+        o = pipe.generate(prompts[:4], scale=3.0, num_steps=50, x_T=z_img[:4].to(device), return_trajectory=True)
+        out[name] = ddpm_path_as_flow(o, pipe.process.noise_schedule) if name == "ldm-small" else (o.trajectory,
+                                                                                                  o.times)
+    points = torch.cat([traj.double().flatten(2).flatten(0, 1) for traj, _ in out.values()])  # [all states, 256]
+    mean = points.mean(0)
+    _, _, V = torch.linalg.svd(points - mean, full_matrices=False)
+    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
+    for (name, (traj, times)), style in zip(out.items(), ["-", "--"]):
+        xy = (traj.double().flatten(2) - mean) @ V[:2].T  # [S + 1, B, 2]
+        for b in range(xy.shape[1]):
+            ax.plot(xy[:, b, 0], xy[:, b, 1], style, color=f"C{b}", lw=1.2,
+                    label=prompts[b] if name == "ldm-small" else None)
+            ax.plot(xy[0, b, 0], xy[0, b, 1], "o", color=f"C{b}", ms=4)
+        print(f"{name:10s} straightness of the 4 image paths (50 steps): {float(straightness(traj, times)):.3f}, "
+              f"path/chord {float(path_chord_ratio(traj)):.3f}")
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="latent paths from noise (dots) to samples: solid ldm-small (DDIM), "
+           "dashed rf-small", xticks=[], yticks=[])
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+    plt.show()
+
+# %% [markdown]
+# What to look for (the numbers depend on how long `rf-small` has trained; its card says). In the grid,
+# DDIM at 1 and 2 steps shows saturated blotches: its first step divides by $\sqrt{\bar\alpha_T} \approx 0.006$
+# to predict $\hat x_0$ from pure noise, and in latent space nothing clips the result (chapter 4); with 2 steps
+# the second step starts at $t = 0$ and changes almost nothing. The flow's one-step sample is
+# $\hat x_0 = x_1 - v(x_1, 1)$, the *average* latent for the prompt: a blurred but plausible picture. From 4
+# steps on both models give similar images from the same noise. In 256 dimensions the two models' paths are
+# nearly straight already (path/chord close to 1) and about equally so: a 1-rectified flow is not much
+# straighter than the diffusion model's ODE here. Reflow (section 3) is what straightens paths; on images it
+# needs tens of thousands of simulated pairs (`python -m course_lib.reflow`), the subject of `rf2-small`.
+
+# %% [markdown]
+# ## Summary
+#
+# * Rectified flow regresses the velocity $\epsilon - x_0$ of straight lines between data ($t = 0$) and noise
+#   ($t = 1$); sampling integrates $dx/dt = v$ backwards with Euler or Heun.
+# * With independent pairs the lines cross, and the learned (and even the exact) velocity bends; straightness
+#   measures how much. DDPM's probability-flow ODE, drawn on the same axis, bends more.
+# * **Reflow** trains on the flow's own pairs, which do not cross: straighter paths, good samples in one step.
+#
+# Next: the same on images, in chapter 4's latent space (`rf-small`, `rf2-small`), then chapter 6 replaces
+# the UNet with the transformer of SD3 and Flux.
