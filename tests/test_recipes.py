@@ -180,6 +180,16 @@ def test_every_recipe_builds_the_model_its_config_names(isolated_data):
         assert type(model) is model_class and model.config == recipe.model_config(), name
 
 
+def _stand_in_vae_small(checkpoints):
+    """A tiny autoencoder (4x8x8 latents, as vae-small's, scaling factor 0.5) saved as checkpoints/vae-small."""
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+
+    torch.manual_seed(0)
+    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    autoencoder.set_scaling_factor(0.5)
+    return autoencoder, save_checkpoint(checkpoints / "vae-small.safetensors", autoencoder, kind="inference")
+
+
 def test_latent_recipe_trains_on_cached_latents_and_generates_through_the_decoder_it_names(
         tmp_path, isolated_data, monkeypatch):
     from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
@@ -191,10 +201,8 @@ def test_latent_recipe_trains_on_cached_latents_and_generates_through_the_decode
     recipe = recipes.RECIPES["ldm-tiny"]
     with pytest.raises(FileNotFoundError, match="train it first"):
         recipe.data()
-    torch.manual_seed(0)
-    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()  # 4x8x8 latents, as vae-small's
-    autoencoder.set_scaling_factor(0.5)
-    ae_path = save_checkpoint(checkpoints / recipe.autoencoder, autoencoder, kind="inference")
+    assert recipe.autoencoder == "vae-small.safetensors"
+    autoencoder, ae_path = _stand_in_vae_small(checkpoints)
 
     export = tmp_path / "ldm-tiny.safetensors"
     assert train.main(["ldm-tiny", "--steps", "2", "--state", str(tmp_path / "state.safetensors"),
@@ -224,7 +232,6 @@ def test_latent_recipe_trains_on_cached_latents_and_generates_through_the_decode
 def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, isolated_data, monkeypatch):
     """rf-tiny: ldm-tiny's model and latents with RectifiedFlowProcess; the card names the process, so the
     pipeline samples with Euler / Heun, guidance and the decoder through the one generation path."""
-    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
     from course_lib.generation import Pipeline
     from course_lib.processes import RectifiedFlowProcess
 
@@ -232,10 +239,7 @@ def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, iso
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
     recipe = recipes.RECIPES["rf-tiny"]
     assert recipe.model_config() == recipes.RECIPES["ldm-tiny"].model_config()  # only the process differs
-    torch.manual_seed(0)
-    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
-    autoencoder.set_scaling_factor(0.5)
-    save_checkpoint(checkpoints / recipe.autoencoder, autoencoder, kind="inference")
+    _stand_in_vae_small(checkpoints)
     export = tmp_path / "rf-tiny.safetensors"
     assert train.main(["rf-tiny", "--steps", "2", "--state", str(tmp_path / "state.safetensors"),
                        "--export", str(export), "--device", "cpu"]) == 0
@@ -251,7 +255,6 @@ def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, iso
 
 def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data, monkeypatch):
     """rf-tiny -> its reflow pairs (python -m course_lib.reflow, chunked and resumable) -> rf2-tiny trained on them."""
-    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
     from course_lib.generation import Pipeline
     from course_lib.reflow import load_reflow_pairs, main as reflow_main, make_reflow_pairs
 
@@ -260,10 +263,7 @@ def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data,
     recipe = recipes.RECIPES["rf2-tiny"]
     with pytest.raises(FileNotFoundError, match="train it first"):
         recipe.data()
-    torch.manual_seed(0)
-    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
-    autoencoder.set_scaling_factor(0.5)
-    save_checkpoint(checkpoints / "vae-small.safetensors", autoencoder, kind="inference")
+    _stand_in_vae_small(checkpoints)
     teacher = checkpoints / "rf-tiny.safetensors"
     assert train.main(["rf-tiny", "--steps", "2", "--state", str(tmp_path / "rf.safetensors"), "--export",
                        str(teacher), "--device", "cpu"]) == 0
