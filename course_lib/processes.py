@@ -36,13 +36,13 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .flow import SOLVERS, flow_sample
+from .flow import flow_sample
 from .parameterization import check_parameterization, target_for
 from .samplers import SamplerOutput, ddim_sample, ddpm_sample
 from .schedules import SCHEDULES, NoiseSchedule, gather, make_schedule
 
-__all__ = ["Process", "DDPMProcess", "RectifiedFlowProcess", "PROCESSES", "register_process", "process_from_dict", "process_from_card",
-           "NoProcessError"]
+__all__ = ["Process", "DDPMProcess", "RectifiedFlowProcess", "PROCESSES", "register_process", "process_from_dict",
+           "process_from_card", "NoProcessError"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -308,7 +308,6 @@ class RectifiedFlowProcess(Process):
                generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
                device: torch.device | str | None = None, **options) -> torch.Tensor | SamplerOutput:
         solver = self.check_sampler(sampler)
-        assert solver in SOLVERS
         return flow_sample(model, None if x_T is not None else shape, x_T=x_T, solver=solver,
                            num_steps=50 if num_steps is None else num_steps, time_scale=self.time_scale,
                            generator=generator, return_trajectory=return_trajectory, progress=progress,
