@@ -660,7 +660,8 @@ class TrajectoryExplorer(FigureExplorer):
     integrating again, and moving the time slider integrates nothing; ``precompute=True`` integrates every
     setting up front (seconds for 2-D toys), so that no control waits. ``image_fn(method, solver, steps, seed)
     -> (image [3, H, W], path [S + 1, 2])``, optional, adds the decoded image sample for the same setting and
-    its trajectory projected to 2-D (e.g. on the first two principal components of trajectory points).
+    its trajectory projected to 2-D (e.g. on the first two principal components of trajectory points); it
+    returns None for a method without an image model, and the panel says so.
 
     ``state`` after each redraw: method, solver, steps, seed, t, straightness, path_chord, w2, positions
     [num_points, 2] at time t, samples [num_points, 2] (and image when ``image_fn`` is given).
@@ -785,17 +786,26 @@ class TrajectoryExplorer(FigureExplorer):
             key = (method, solver, steps, seed)
             if key not in self._images:
                 self._images[key] = self.image_fn(method, solver, steps, seed)
-            image, path = self._images[key]
             ax_i, ax_p = self._axes[2], self._axes[3]
             ax_i.clear()
-            ax_i.imshow(_rgb(image).numpy(), interpolation="nearest")
-            ax_i.set(xticks=[], yticks=[], title="the image sample (decoded)")
             ax_p.clear()
-            path = torch.as_tensor(path, dtype=torch.float32)
-            ax_p.plot(path[:, 0], path[:, 1], "-o", ms=2, lw=1)
-            ax_p.plot([path[0, 0], path[-1, 0]], [path[0, 1], path[-1, 1]], ":", color="0.45")
-            ax_p.set(title="its latent trajectory, projected", xticks=[], yticks=[])
-            self.state["image"] = image
+            if self._images[key] is None:  # no image model for this method
+                ax_i.text(0.5, 0.5, f"no image model\nfor {method}", ha="center", va="center", fontsize=9,
+                          transform=ax_i.transAxes)
+                ax_i.set(xticks=[], yticks=[])
+                ax_p.set_axis_off()
+                self.state["image"] = None
+            else:
+                image, path = self._images[key]
+                ax_p.set_axis_on()
+                ax_i.imshow(_rgb(image).numpy(), interpolation="nearest")
+                ax_i.set(xticks=[], yticks=[], title="the image sample (decoded)")
+                path = torch.as_tensor(path, dtype=torch.float32)
+                ax_p.plot(path[:, 0], path[:, 1], "-o", ms=2, lw=1)
+                ax_p.plot([path[0, 0], path[-1, 0]], [path[0, 1], path[-1, 1]], ":", color="0.45")
+                ax_p.set(title="its latent trajectory, projected", xticks=[], yticks=[])
+                ax_p.set_aspect("equal", adjustable="datalim")  # equal axes: a straight path looks straight
+                self.state["image"] = image
         self.readout.value = (f"straightness {run['straightness']:.4f} (0 = straight)  ·  path/chord "
                               f"{run['path_chord']:.3f}  ·  W2 to the data {run['w2']:.3f}")
 

@@ -503,6 +503,48 @@ if len(pipes) == 2:
 # needs tens of thousands of simulated pairs (`python -m course_lib.reflow`), the subject of `rf2-small`.
 
 # %% [markdown]
+# **The explorer with images.** The same controls, now with a fourth panel pair: for the chosen method,
+# solver, steps and seed, the image model draws "a photo of a horse" from its own latent noise, and its 256-D
+# latent trajectory is projected onto its first two principal components. The DDPM rows use `ldm-small`'s
+# probability-flow ODE on the flow axis (`ddpm_flow_velocity`, with guidance), the 1-rectified flow uses
+# `rf-small`; the reflowed image model is not trained yet, and the panel says so.
+
+# %%
+from course_lib.flow import ddpm_flow_velocity
+
+image_prompt = class_prompt(7)
+
+
+def image_fn(method, solver, steps, seed):
+    """The image sample and its projected latent path for one explorer setting (None: no image model)."""
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed)).to(device)
+    if method.startswith("DDPM") and "ldm-small" in pipes:
+        pipe = pipes["ldm-small"]
+        v = ddpm_flow_velocity(pipe.guided([image_prompt], 3.0), pipe.process.noise_schedule)
+        out = flow_sample(v, x_T=z, num_steps=steps, solver=solver, return_trajectory=True)
+        image = pipe.decode(out.sample)[0].cpu()  # at s = 0 the flow coordinates are the latent itself
+    elif method == "1-rectified flow" and "rf-small" in pipes:
+        out = pipes["rf-small"].generate([image_prompt], scale=3.0, sampler=solver, num_steps=steps, x_T=z,
+                                         return_trajectory=True)
+        image = out.sample[0].cpu()  # generate decodes the sample
+    else:
+        return None
+    points = out.trajectory[:, 0].flatten(1).double()  # [S + 1, 256]
+    centred = points - points.mean(0)
+    _, _, V = torch.linalg.svd(centred, full_matrices=False)
+    return image, centred @ V[:2].T  # [3, 32, 32], [S + 1, 2]
+
+
+if pipes:
+    image_explorer = trajectory_explorer(velocity, test_points, num_points=config.pick(150, 300),
+                                         steps=config.pick((1, 2, 4, 8, 16), (1, 2, 4, 8, 16, 32, 64)),
+                                         seeds=(0, 1, 2), image_fn=image_fn, precompute=FAST)
+    display(image_explorer)
+    image_explorer.method.value = "1-rectified flow"
+    assert image_explorer.state["image"] is not None or "rf-small" not in pipes
+    print(image_explorer.readout.value)
+
+# %% [markdown]
 # ## Summary
 #
 # * Rectified flow regresses the velocity $\epsilon - x_0$ of straight lines between data ($t = 0$) and noise

@@ -371,6 +371,8 @@ def test_trajectory_explorer_state_follows_every_control():
 
     def image_fn(method, solver, steps, seed):
         images.append((method, solver, steps, seed))
+        if method == "straight" and steps == 4:
+            return None  # no image model for this setting: the panel says so
         return torch.zeros(3, 8, 8), torch.randn(steps + 1, 2)
 
     explorer = trajectory_explorer(_toy_velocities(), data, num_points=50, steps=[1, 4, 16], seeds=[0, 1],
@@ -396,6 +398,8 @@ def test_trajectory_explorer_state_follows_every_control():
     n_cached = len(explorer._paths)
     explorer.seed.value = 0  # back to a setting seen before: from the cache
     assert len(explorer._paths) == n_cached
+    explorer.method.value, explorer.steps.value = "straight", 4
+    assert explorer.state["image"] is None and "no image model" in explorer._axes[2].texts[0].get_text()
 
 
 def test_trajectory_explorer_precomputes_and_explains_bad_input():
