@@ -5,8 +5,8 @@ A 1-rectified flow is trained on *independent* pairs (x_0 from the data, x_1 fro
 straight lines cross, so the learned velocity field, an average over crossing lines, bends. Its ODE,
 however, defines a *deterministic* coupling: every x_1 goes to one x_0 = ODE(x_1), and those paths do
 not cross. Training on the pairs (ODE(x_1), x_1) gives a (k+1)-rectified flow, whose paths are
-straighter (Liu et al., Theorem 3.6: the transport cost does not increase, and straightness improves),
-so fewer steps suffice:
+straighter (Liu et al., Sec. 3: rectification does not increase any convex transport cost, and repeated
+reflow drives the straightness towards 0), so fewer steps suffice:
 
     pairs:  x_1 ~ source,  x_0 = Solve_{1 -> 0}(v_k; x_1)           (:func:`reflow_pairs`, stored as a TensorSplit)
     train:  x_t = (1 - t) x_0 + t x_1,  loss = || v_{k+1}(x_t, t) - (x_1 - x_0) ||^2   (:func:`reflow_loss`)

@@ -18,8 +18,8 @@
 # it), and its paths are curved: a solver needs many small steps to follow them. **Rectified flow** (Liu,
 # Gong & Liu 2022; the same objective is flow matching with straight paths, Lipman et al. 2023, and it is
 # what Stable Diffusion 3 and Flux train) asks the network for the velocity along *straight* lines from
-# data to noise. The paths it learns are straighter, though not straight; **reflow** makes them straighter
-# still, until one Euler step from noise lands on the data.
+# data to noise. The paths it learns are not straight either (section 2 shows why); **reflow** makes them
+# straight, until one Euler step from noise lands on the data.
 #
 # In this chapter you will
 #
@@ -233,8 +233,9 @@ assert check_rf_loss(rf_loss) and check_euler_step(euler_step)
 # The trained flow's ODE maps every noise point to *one* sample, and its paths never cross. Train a new
 # flow on those pairs $(x_0, x_1) = (\mathrm{ODE}(x_1), x_1)$ instead of independent ones: the lines no
 # longer cross, so there is nothing to average, and the new flow's paths are straighter (Liu et al.,
-# Sec. 2.2 and Theorem 3.6). That is **reflow**; the result is the 2-rectified flow, and the procedure can
-# be repeated. The pairs are simulated accurately (Heun, 64 steps), since the new flow learns them as given.
+# Sec. 2.2; their Sec. 3 shows that rectifying never increases a convex transport cost and that repeated
+# reflow drives the straightness towards 0). That is **reflow**; the result is the 2-rectified flow, and the
+# procedure can be repeated. The pairs are simulated accurately (Heun, 64 steps), since the new flow learns them as given.
 
 # %%
 n_pairs = config.pick(8000, 20000)
