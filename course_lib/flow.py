@@ -111,10 +111,10 @@ def straightness(trajectory: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         S = sum_i |t_{i+1} - t_i| E || (x(1) - x(0)) - v_i ||^2  /  E || x(1) - x(0) ||^2,
         v_i = (x_{i+1} - x_i) / (t_{i+1} - t_i)   (the velocity the solver moved with on step i)
 
-    trajectory [N + 1, B, ...] from t = 1 (noise) to t = 0 (data), times [N + 1] (a grid over a shorter span
-    [t_N, t_0] is treated the same way: chord velocity over the span, deviations averaged over it). 0 for straight paths
-    travelled at constant speed; measured in units of the chord's own mean squared length, so that runs on
-    different data and scales compare.
+    trajectory [N + 1, B, ...] from t = 1 (noise) to t = 0 (data), times [N + 1] (a grid over a shorter
+    span [t_N, t_0] is treated the same way: chord velocity over the span, deviations averaged over it).
+    0 for straight paths travelled at constant speed; measured in units of the chord's own mean squared
+    length, so that runs on different data and scales compare.
     """
     times = torch.as_tensor(times, dtype=torch.float64)
     if trajectory.shape[0] != len(times) or len(times) < 2:
