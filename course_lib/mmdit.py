@@ -1,0 +1,295 @@
+"""The MM-DiT of Stable Diffusion 3 and Flux, block by block (chapter 6), small enough for a CPU.
+
+A diffusion transformer works on tokens, not feature maps: the 4x8x8 latent is cut into patches
+(:func:`patchify`), each patch a token; the caption's encoder states are a second token sequence. SD3's
+**MM-DiT** block (Esser et al. 2024, "Scaling Rectified Flow Transformers", Sec. 4 and Fig. 2) keeps
+separate weights for the two streams but lets them attend to each other in **one joint attention** over
+[text, image]; Flux (Black Forest Labs 2024) follows a few such :class:`DoubleStreamBlock` with
+:class:`SingleStreamBlock` layers, one stream over the concatenated sequence with the attention and the MLP
+computed in parallel (Dehghani et al. 2023). Conditioning on time (and on a pooled text vector) enters
+through adaptive LayerNorm: every block's :class:`Modulation` makes a (shift, scale, gate) triple,
+
+    h = LN(x);  h = h (1 + scale) + shift   (course_lib.conditioning.modulate);  x = x + gate * f(h),
+
+initialised to zero ("adaLN-Zero", Peebles & Xie 2023), so that every block starts as the identity.
+
+Module names follow BFL's flux ``src/flux/modules/layers.py`` (``img_mod``/``txt_mod``, ``img_attn``/``txt_attn``
+with ``qkv``, ``norm``, ``proj``, ``img_mlp``/``txt_mlp``, ``linear1``/``linear2``, ``LastLayer``); diffusers
+names them differently (its ``FluxTransformerBlock``: ``norm1``/``norm1_context`` for ``img_mod``/``txt_mod``,
+``attn.to_q``/``to_k``/``to_v`` for ``img_attn.qkv``, ``attn.add_q_proj``... for ``txt_attn.qkv``,
+``attn.norm_q``/``norm_k`` for ``img_attn.norm``, ``attn.to_out``/``to_add_out`` for the two ``proj``, ``ff``/
+``ff_context`` for ``img_mlp``/``txt_mlp``; its ``FluxSingleTransformerBlock``: ``proj_mlp`` and the attention's
+q/k/v projections together are ``linear1``, ``proj_out`` is ``linear2``; SD3's ``JointTransformerBlock`` is
+the double block).
+
+Positions: 2-D rotary embeddings (RoPE, Su et al. 2021) on every token, as Flux does: each token has
+three position ids (an index axis, the patch row, the patch column), image tokens (0, row, col) and text
+tokens (0, 0, 0); the head dimension is split into three parts of ``rope_axes`` sizes, each rotated by its
+own axis's position, pairs of *adjacent* dimensions (2i, 2i + 1) rotated together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .attention import HookableAttention, merge_heads, split_heads
+from .conditioning import modulate
+
+__all__ = ["patchify", "unpatchify", "RMSNorm", "QKNorm", "rope_angles", "apply_rope", "image_positions",
+           "Modulation", "ModulationOut", "SelfAttention", "JointAttention", "DoubleStreamBlock",
+           "SingleStreamBlock", "LastLayer"]
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut latents into non-overlapping p x p patches, one token each, rows first:
+    [B, C, H, W] -> [B, (H/p)(W/p), C p p] (Flux's ``"b c (h ph) (w pw) -> b (h w) (c ph pw)"``)."""
+    B, C, H, W = x.shape
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"a {H}x{W} latent cannot be cut into {patch_size}x{patch_size} patches; use a patch size "
+                         "that divides both sides")
+    return rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=patch_size, pw=patch_size)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`patchify`: [B, (H/p)(W/p), C p p] -> [B, C, H, W]."""
+    return rearrange(tokens, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=height // patch_size,
+                     w=width // patch_size, ph=patch_size, pw=patch_size)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale over the last dimension (Zhang & Sennrich 2019), in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rrms = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x.float() * rrms).to(x.dtype) * self.scale
+
+
+class QKNorm(nn.Module):
+    """RMSNorm of queries and keys over the head dimension (Esser et al. 2024 use it to keep attention logits
+    from growing in large-scale training; Flux has it in every block); values are not normalised."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.query_norm = RMSNorm(head_dim)
+        self.key_norm = RMSNorm(head_dim)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.query_norm(q), self.key_norm(k)
+
+
+# --------------------------------------------------------------------------- rotary positions
+
+
+def image_positions(height: int, width: int) -> torch.Tensor:
+    """Position ids (index, row, column) of an h x w grid of image tokens, rows first: [h w, 3]."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
+
+
+def rope_angles(positions: torch.Tensor, axes_dim: tuple[int, ...], theta: float = 10_000.0) -> torch.Tensor:
+    """Rotation angles of every token and dimension pair: positions [L, n_axes] -> [L, head_dim / 2].
+
+    Axis a gets ``axes_dim[a]`` dimensions (even), i.e. axes_dim[a] / 2 pairs with frequencies
+    omega_j = theta^(-2j / axes_dim[a]); the angle of pair j for a token at position p is p * omega_j.
+    """
+    if positions.shape[-1] != len(axes_dim) or any(d % 2 for d in axes_dim):
+        raise ValueError(f"positions [L, {positions.shape[-1]}] need one even dimension count per axis, got "
+                         f"axes_dim={axes_dim}")
+    angles = []
+    for a, dim in enumerate(axes_dim):
+        omega = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # [dim / 2]
+        angles.append(positions[:, a, None].double() * omega)  # [L, dim / 2]
+    return torch.cat(angles, dim=-1).float()  # [L, head_dim / 2]
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x_2j, x_2j+1) of every token by its angle: x [B, heads, L, d], angles [L, d / 2].
+
+        (x_2j, x_2j+1) -> (x_2j cos a - x_2j+1 sin a,  x_2j sin a + x_2j+1 cos a)
+
+    A rotation keeps norms; and q_m . k_n then depends on the positions only through m - n.
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, heads, L, d / 2, 2]
+    cos, sin = angles.cos(), angles.sin()  # [L, d / 2]
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)  # [B, heads, L, d]
+
+
+# --------------------------------------------------------------------------- modulation
+
+
+@dataclass
+class ModulationOut:
+    shift: torch.Tensor  # [B, 1, D]
+    scale: torch.Tensor  # [B, 1, D]
+    gate: torch.Tensor  # [B, 1, D]
+
+
+class Modulation(nn.Module):
+    """(shift, scale, gate) triples from the conditioning vector: lin(SiLU(vec)), one triple per sub-layer
+    (two for a double-stream block: attention and MLP; one for a single-stream block). Zero-initialised
+    (adaLN-Zero): at the start every gate is 0 and the block is the identity."""
+
+    def __init__(self, dim: int, double: bool):
+        super().__init__()
+        self.is_double = double
+        self.multiplier = 6 if double else 3
+        self.lin = nn.Linear(dim, self.multiplier * dim, bias=True)
+        nn.init.zeros_(self.lin.weight)
+        nn.init.zeros_(self.lin.bias)
+
+    def forward(self, vec: torch.Tensor) -> tuple[ModulationOut, ModulationOut | None]:
+        out = self.lin(F.silu(vec))[:, None, :].chunk(self.multiplier, dim=-1)  # each [B, 1, D]
+        return ModulationOut(*out[:3]), (ModulationOut(*out[3:]) if self.is_double else None)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+class JointAttention(HookableAttention):
+    """Attention over one sequence with rotary positions, through the course's hookable attention path
+    (``course_lib.capture`` can record it): q, k get RoPE, then softmax(q k^T / sqrt(d)) v.
+    No parameters: the blocks make q, k, v (and project the output) with their own layers."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, angles: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k = apply_rope(q, angles), apply_rope(k, angles)
+        return self.attend(q, k, v, mask)  # [B, heads, L, d]
+
+
+class SelfAttention(nn.Module):
+    """One stream's attention layers: ``qkv`` (one Linear for q, k and v), ``norm`` (QK-norm), ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.norm = QKNorm(dim // num_heads)
+        self.proj = nn.Linear(dim, dim)
+
+    def split_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h [B, L, D] -> q, k, v [B, heads, L, d], q and k RMS-normalised."""
+        q, k, v = rearrange(self.qkv(h), "b l (k h d) -> k b h l d", k=3, h=self.num_heads)
+        q, k = self.norm(q, k)
+        return q, k, v
+
+
+def _mlp(dim: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class DoubleStreamBlock(nn.Module):
+    """SD3's MM-DiT block: separate weights for text and image, one joint attention over [text, image].
+
+        m_img, m_txt = img_mod(vec), txt_mod(vec)                        (two triples each)
+        q, k, v      = concat over tokens of txt_attn.qkv(mod(LN(txt)))  and  img_attn.qkv(mod(LN(img)))
+        a_txt, a_img = split(Attention(q, k, v))                           # [B, L_txt + L_img, D] split back
+        img = img + gate1 * img_attn.proj(a_img);  img = img + gate2 * img_mlp(mod(LN(img)))
+        txt = txt + gate1 * txt_attn.proj(a_txt);  txt = txt + gate2 * txt_mlp(mod(LN(txt)))
+
+    img [B, N, D], txt [B, L, D], vec [B, D], angles [L + N, d / 2], mask [B, 1, 1, L + N] or None.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+        super().__init__()
+        hidden = int(hidden_size * mlp_ratio)
+        self.num_heads = num_heads
+        self.img_mod = Modulation(hidden_size, double=True)
+        self.img_norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.img_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.img_norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.img_mlp = _mlp(hidden_size, hidden)
+        self.txt_mod = Modulation(hidden_size, double=True)
+        self.txt_norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.txt_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.txt_norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.txt_mlp = _mlp(hidden_size, hidden)
+        self.attn = JointAttention()
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        img_mod1, img_mod2 = self.img_mod(vec)
+        txt_mod1, txt_mod2 = self.txt_mod(vec)
+        img_q, img_k, img_v = self.img_attn.split_qkv(modulate(self.img_norm1(img), img_mod1.shift, img_mod1.scale))
+        txt_q, txt_k, txt_v = self.txt_attn.split_qkv(modulate(self.txt_norm1(txt), txt_mod1.shift, txt_mod1.scale))
+        q, k, v = (torch.cat(pair, dim=2) for pair in ((txt_q, img_q), (txt_k, img_k), (txt_v, img_v)))  # [B, h, L+N, d]
+        out = merge_heads(self.attn(q, k, v, angles, mask))  # [B, L + N, D]
+        txt_out, img_out = out[:, :txt.shape[1]], out[:, txt.shape[1]:]
+        img = img + img_mod1.gate * self.img_attn.proj(img_out)
+        img = img + img_mod2.gate * self.img_mlp(modulate(self.img_norm2(img), img_mod2.shift, img_mod2.scale))
+        txt = txt + txt_mod1.gate * self.txt_attn.proj(txt_out)
+        txt = txt + txt_mod2.gate * self.txt_mlp(modulate(self.txt_norm2(txt), txt_mod2.shift, txt_mod2.scale))
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """Flux's single-stream block: one stream over x = [text, image], attention and MLP side by side.
+
+        m = modulation(vec)                                          (one triple)
+        h = mod(LN(x));  [qkv, u] = linear1(h)                      (q, k, v and the MLP input at once)
+        x = x + gate * linear2(concat(Attention(q, k, v), GELU(u)))  (the attention output and the MLP
+                                                                      hidden layer projected together)
+
+    x [B, L + N, D], vec [B, D], angles [L + N, d / 2].
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.mlp_hidden_dim = int(hidden_size * mlp_ratio)
+        self.linear1 = nn.Linear(hidden_size, 3 * hidden_size + self.mlp_hidden_dim)
+        self.linear2 = nn.Linear(hidden_size + self.mlp_hidden_dim, hidden_size)
+        self.norm = QKNorm(hidden_size // num_heads)
+        self.pre_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp_act = nn.GELU(approximate="tanh")
+        self.modulation = Modulation(hidden_size, double=False)
+        self.attn = JointAttention()
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        mod, _ = self.modulation(vec)
+        h = modulate(self.pre_norm(x), mod.shift, mod.scale)
+        qkv, mlp = torch.split(self.linear1(h), [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
+        q, k, v = rearrange(qkv, "b l (k h d) -> k b h l d", k=3, h=self.num_heads)
+        q, k = self.norm(q, k)
+        out = merge_heads(self.attn(q, k, v, angles, mask))  # [B, L + N, D]
+        return x + mod.gate * self.linear2(torch.cat([out, self.mlp_act(mlp)], dim=-1))
+
+
+class LastLayer(nn.Module):
+    """Final adaptive LayerNorm and the projection of each token back to a patch: [B, N, D] -> [B, N, p p C].
+    Both the modulation and the projection start at zero, so the untrained model predicts 0 everywhere."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        for layer in (self.linear, self.adaLN_modulation[1]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)  # [B, 1, D] each
+        return self.linear(modulate(self.norm_final(x), shift, scale))

@@ -1,0 +1,126 @@
+"""Chapter 6's MM-DiT blocks: patches, RoPE, QK-norm, identity at initialisation, joint and fused attention."""
+
+import math
+
+import pytest
+import torch
+
+from course_lib.attention import attention, merge_heads
+from course_lib.mmdit import (DoubleStreamBlock, LastLayer, QKNorm, SingleStreamBlock, apply_rope, image_positions,
+                              patchify, rope_angles, unpatchify)
+from conftest import randomize_zero_init
+
+D, HEADS, AXES = 32, 2, (4, 6, 6)  # head_dim 16 = 4 + 6 + 6
+
+
+def _inputs(B=2, L=5, N=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img, txt, vec = torch.randn(B, N, D, generator=g), torch.randn(B, L, D, generator=g), torch.randn(B, D, generator=g)
+    positions = torch.cat([torch.zeros(L, 3), image_positions(4, 4)])  # text at (0, 0, 0), image (0, row, col)
+    return img, txt, vec, rope_angles(positions, AXES)
+
+
+@pytest.mark.parametrize("p", [1, 2, 4])
+def test_patchify_round_trip_and_layout(p):
+    x = torch.randn(3, 4, 8, 8)
+    tokens = patchify(x, p)
+    assert tokens.shape == (3, (8 // p) ** 2, 4 * p * p)
+    assert torch.equal(unpatchify(tokens, p, 8, 8), x)
+    torch.testing.assert_close(tokens[:, 1].reshape(3, 4, p, p), x[:, :, :p, p:2 * p])  # token 1: row 0, column 1
+    with pytest.raises(ValueError, match="cannot be cut"):
+        patchify(torch.randn(1, 4, 8, 8), 3)
+
+
+def test_rope_keeps_norms_and_scores_depend_only_on_the_offset():
+    angles = rope_angles(torch.arange(12).float()[:, None], (16,))  # one axis: positions 0..11
+    q, k = torch.randn(1, 1, 12, 16), torch.randn(1, 1, 12, 16)
+    same_q, same_k = q[:, :, :1].expand(1, 1, 12, 16), k[:, :, :1].expand(1, 1, 12, 16)  # one vector at every position
+    rq, rk = apply_rope(same_q, angles), apply_rope(same_k, angles)
+    torch.testing.assert_close(rq.norm(dim=-1), same_q.norm(dim=-1))
+    scores = (rq @ rk.transpose(-1, -2))[0, 0]  # [12, 12]
+    for offset in (0, 1, 3, 7):  # every (m, m - offset) pair has the same score
+        diagonal = torch.diagonal(scores, offset=-offset)
+        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(torch.diagonal(scores, 0)[:1], torch.diagonal(scores, -3)[:1])  # offsets do matter
+    # adjacent pairs rotate together: position 1 turns pair 0 by omega_0 = 1 radian
+    x = torch.tensor([1.0, 0.0] + [0.0] * 14).reshape(1, 1, 1, 16)
+    out = apply_rope(x, rope_angles(torch.ones(1, 1), (16,)))
+    torch.testing.assert_close(out[0, 0, 0, :2], torch.tensor([math.cos(1.0), math.sin(1.0)]))
+
+
+def test_rope_axes_split_the_head_dimension():
+    angles = rope_angles(image_positions(2, 3), AXES)  # [6, 8]
+    assert angles.shape == (6, sum(AXES) // 2)
+    assert torch.all(angles[:, :2] == 0)  # the index axis is 0 for every image token
+    torch.testing.assert_close(angles[4, 2], torch.tensor(1.0))  # token 4 = row 1: the row axis' first pair, omega 1
+    torch.testing.assert_close(angles[4, 5], torch.tensor(1.0))  # ... and column 1: the column axis' first pair
+    with pytest.raises(ValueError, match="even"):
+        rope_angles(image_positions(2, 2), (3, 6, 7))
+
+
+def test_qk_norm_gives_unit_rms_before_its_scale():
+    norm = QKNorm(16)
+    q, k = 5 * torch.randn(2, 2, 7, 16) + 3, 0.1 * torch.randn(2, 2, 7, 16)  # large and small: both come out at RMS 1
+    nq, nk = norm(q, k)
+    torch.testing.assert_close(nq.pow(2).mean(-1), torch.ones(2, 2, 7), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(nk.pow(2).mean(-1), torch.ones(2, 2, 7), atol=1e-3, rtol=1e-3)  # eps 1e-6 against 0.01
+
+
+def test_every_block_is_the_identity_at_initialisation():
+    img, txt, vec, angles = _inputs()
+    double = DoubleStreamBlock(D, HEADS)
+    out_img, out_txt = double(img, txt, vec, angles)
+    assert torch.equal(out_img, img) and torch.equal(out_txt, txt)
+    single = SingleStreamBlock(D, HEADS)
+    x = torch.cat([txt, img], dim=1)
+    assert torch.equal(single(x, vec, angles), x)
+    assert torch.equal(LastLayer(D, 2, 4)(img, vec), torch.zeros(2, 16, 16))
+    randomize_zero_init(double)  # once trained, the gates open and the block changes its inputs
+    assert not torch.allclose(double(img, txt, vec, angles)[0], img)
+
+
+def test_joint_attention_is_attention_over_the_concatenated_sequence():
+    img, txt, vec, angles = _inputs()
+    block = randomize_zero_init(DoubleStreamBlock(D, HEADS), std=0.2)
+    mask = torch.ones(2, 1, 1, 5 + 16, dtype=torch.bool)
+    mask[1, ..., 3:5] = False  # the second caption has two padding tokens
+    out_img, out_txt = block(img, txt, vec, angles, mask)
+
+    # by hand: both streams' q, k, v in one sequence [text, image], one attention, split back
+    m_img1, m_img2 = block.img_mod(vec)
+    m_txt1, m_txt2 = block.txt_mod(vec)
+    def stream(attn, norm, x, m):
+        return attn.split_qkv(norm(x) * (1 + m.scale) + m.shift)
+    qi, ki, vi = stream(block.img_attn, block.img_norm1, img, m_img1)
+    qt, kt, vt = stream(block.txt_attn, block.txt_norm1, txt, m_txt1)
+    q, k, v = torch.cat([qt, qi], 2), torch.cat([kt, ki], 2), torch.cat([vt, vi], 2)
+    joint = merge_heads(attention(apply_rope(q, angles), apply_rope(k, angles), v, mask, impl="einsum"))
+    expected_img = img + m_img1.gate * block.img_attn.proj(joint[:, 5:])
+    expected_img = expected_img + m_img2.gate * block.img_mlp(block.img_norm2(expected_img) * (1 + m_img2.scale)
+                                                              + m_img2.shift)
+    torch.testing.assert_close(out_img, expected_img, atol=1e-5, rtol=1e-5)
+    expected_txt = txt + m_txt1.gate * block.txt_attn.proj(joint[:, :5])
+    expected_txt = expected_txt + m_txt2.gate * block.txt_mlp(block.txt_norm2(expected_txt) * (1 + m_txt2.scale)
+                                                              + m_txt2.shift)
+    torch.testing.assert_close(out_txt, expected_txt, atol=1e-5, rtol=1e-5)
+    # the image reads the text: another caption changes the image stream
+    assert not torch.allclose(block(img, txt.flip(1), vec, angles, mask)[0], out_img)
+
+
+def test_fused_linear1_equals_separate_qkv_and_mlp_projections():
+    _, txt, vec, angles = _inputs(N=0)
+    angles = angles[:5]
+    block = randomize_zero_init(SingleStreamBlock(D, HEADS, mlp_ratio=2.0), std=0.2)
+    W, b = block.linear1.weight, block.linear1.bias
+    to_qkv, to_mlp = torch.nn.Linear(D, 3 * D), torch.nn.Linear(D, 2 * D)  # the same weights, in two layers
+    with torch.no_grad():
+        to_qkv.weight.copy_(W[:3 * D]), to_qkv.bias.copy_(b[:3 * D])
+        to_mlp.weight.copy_(W[3 * D:]), to_mlp.bias.copy_(b[3 * D:])
+    mod, _ = block.modulation(vec)
+    h = block.pre_norm(txt) * (1 + mod.scale) + mod.shift
+    q, k, v = to_qkv(h).reshape(2, 5, 3, HEADS, D // HEADS).permute(2, 0, 3, 1, 4)
+    q, k = block.norm(q, k)
+    out = merge_heads(attention(apply_rope(q, angles), apply_rope(k, angles), v, impl="einsum"))
+    l2 = block.linear2  # linear2 = the attention's output projection and the MLP's second layer, side by side
+    separate = out @ l2.weight[:, :D].T + torch.nn.functional.gelu(to_mlp(h), approximate="tanh") @ l2.weight[:, D:].T
+    torch.testing.assert_close(block(txt, vec, angles), txt + mod.gate * (separate + l2.bias), atol=1e-5, rtol=1e-5)
