@@ -35,8 +35,8 @@ Blocks
 Models
 - ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock; SpatialTransformers for text)
 - ``text2image``: the text-to-image denoiser (text encoder + conditional UNet) and its loss
-- ``mmdit``: the blocks of SD3's and Flux's transformer (patches, RoPE, QK-norm, adaLN-Zero modulation,
-  double- and single-stream blocks; chapter 6, the model around them still to come)
+- ``mmdit``: SD3's and Flux's transformer (patches, RoPE, QK-norm, adaLN-Zero modulation, double- and
+  single-stream blocks, the MMDiT with the UNet's interface; chapter 6, its text-to-image recipe to come)
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
 - ``autoencoder``: the KL autoencoder of latent diffusion (images <-> 4x8x8 latents; chapter 4)
 - ``latents``: a data set's latents encoded once and cached (keyed by the autoencoder's hash), sampled per batch

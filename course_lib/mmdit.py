@@ -42,7 +42,7 @@ from .conditioning import modulate
 
 __all__ = ["patchify", "unpatchify", "RMSNorm", "QKNorm", "rope_angles", "apply_rope", "image_positions",
            "Modulation", "ModulationOut", "SelfAttention", "JointAttention", "DoubleStreamBlock",
-           "SingleStreamBlock", "LastLayer"]
+           "SingleStreamBlock", "LastLayer", "MMDiTConfig", "MMDiT"]
 
 
 # --------------------------------------------------------------------------- patches
@@ -293,3 +293,118 @@ class LastLayer(nn.Module):
     def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)  # [B, 1, D] each
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class MMDiTConfig:
+    """Hyper-parameters of :class:`MMDiT` (JSON-serialisable with ``dataclasses.asdict``).
+
+    in_channels, image_size: the latents (chapter 4: 4 x 8 x 8). patch_size: 1 keeps all 64 positions of an
+    8x8 latent as tokens (patch 2, SD3's and Flux's choice on 64x64 latents, would leave 16 tokens of 16
+    numbers: too coarse a grid here; 64 image + 16 text tokens make attention cheap either way).
+    hidden_size, num_heads: the transformer width and heads; rope_axes: how the head dimension splits over
+    the (index, row, column) position axes (even sizes summing to hidden_size / num_heads).
+    depth_double, depth_single: how many DoubleStreamBlocks, then SingleStreamBlocks (Flux-dev: 19 and 38).
+    context_dim: the text encoder's width; the time embedding gets ``time_dim`` sinusoids of the process's
+    model time (1000 t for rectified flow, as the UNet).
+    """
+
+    in_channels: int = 4
+    image_size: int = 8
+    patch_size: int = 1
+    hidden_size: int = 256
+    num_heads: int = 4
+    rope_axes: tuple[int, int, int] = (16, 24, 24)
+    depth_double: int = 2
+    depth_single: int = 4
+    mlp_ratio: float = 4.0
+    context_dim: int = 128
+    time_dim: int = 256
+    theta: float = 10_000.0
+    qkv_bias: bool = True
+
+    def __post_init__(self) -> None:
+        self.rope_axes = tuple(self.rope_axes)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+        head_dim = self.hidden_size // self.num_heads
+        if sum(self.rope_axes) != head_dim or any(a % 2 for a in self.rope_axes) or len(self.rope_axes) != 3:
+            raise ValueError(f"rope_axes={self.rope_axes} must be three even sizes summing to the head dimension "
+                             f"{head_dim}, e.g. ({head_dim - 2 * (head_dim * 3 // 8 // 2 * 2)}, "
+                             f"{head_dim * 3 // 8 // 2 * 2}, {head_dim * 3 // 8 // 2 * 2})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
+
+    @classmethod
+    def tiny(cls, **overrides) -> "MMDiTConfig":
+        """For tests and fast mode: 64 wide, 2 heads, one block of each kind."""
+        return cls(**{"hidden_size": 64, "num_heads": 2, "rope_axes": (8, 12, 12), "depth_double": 1,
+                      "depth_single": 1, "context_dim": 32, "time_dim": 64, **overrides})
+
+
+class MMDiT(nn.Module):
+    """A rectified-flow MM-DiT on latents (Esser et al. 2024; Flux's layout):
+
+        img = img_in(patchify(x))                 [B, N, D]      N = (H / p)(W / p) patch tokens
+        txt = txt_in(context)                     [B, L, D]      the text encoder's states, projected
+        vec = time_in(emb(t)) + vector_in(pool)   [B, D]         pool: the mean of the real text tokens
+        img, txt = DoubleStreamBlock(img, txt, vec) x depth_double
+        x = [txt, img];  x = SingleStreamBlock(x, vec) x depth_single;  img = x[:, L:]
+        out = unpatchify(final_layer(img, vec))   [B, C, H, W]
+
+    forward(x [B, C, H, W], t [B], context [B or 1, L, context_dim], context_mask [B or 1, L] bool or None)
+    has the UNet's signature, so it can stand where chapter 4's UNet stood. ``vector_in`` plays the part of
+    SD3's pooled CLIP vector (Flux: CLIP's pooled output, ``vector_in``) with the course's encoder.
+    """
+
+    def __init__(self, config: MMDiTConfig):
+        super().__init__()
+        c = self.config = config
+        patch_dim = c.in_channels * c.patch_size ** 2
+        self.img_in = nn.Linear(patch_dim, c.hidden_size)
+        self.txt_in = nn.Linear(c.context_dim, c.hidden_size)
+        self.time_in = nn.Sequential(nn.Linear(c.time_dim, c.hidden_size), nn.SiLU(),
+                                     nn.Linear(c.hidden_size, c.hidden_size))
+        self.vector_in = nn.Sequential(nn.Linear(c.context_dim, c.hidden_size), nn.SiLU(),
+                                       nn.Linear(c.hidden_size, c.hidden_size))
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias)
+                                           for _ in range(c.depth_double))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio)
+                                           for _ in range(c.depth_single))
+        self.final_layer = LastLayer(c.hidden_size, c.patch_size, c.in_channels)
+        side = c.image_size // c.patch_size
+        self.register_buffer("img_positions", image_positions(side, side), persistent=False)  # [N, 3]
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return (self.config.in_channels, self.config.image_size, self.config.image_size)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        from .conditioning import timestep_embedding
+
+        c = self.config
+        B, _, H, W = x.shape
+        if context.shape[0] == 1 and B > 1:
+            context = context.expand(B, -1, -1)
+            context_mask = None if context_mask is None else context_mask.expand(B, -1)
+        L = context.shape[1]
+        mask = torch.ones(B, L, dtype=torch.bool, device=x.device) if context_mask is None else context_mask.bool()
+        img = self.img_in(patchify(x, c.patch_size))  # [B, N, D]
+        txt = self.txt_in(context)  # [B, L, D]
+        pooled = (context * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # [B, context_dim]
+        vec = self.time_in(timestep_embedding(t, c.time_dim).to(x.dtype)) + self.vector_in(pooled)  # [B, D]
+        positions = torch.cat([torch.zeros(L, 3, device=x.device), self.img_positions])  # text at 0, [L + N, 3]
+        angles = rope_angles(positions, c.rope_axes, c.theta)  # [L + N, head_dim / 2]
+        keys = torch.cat([mask, torch.ones(B, img.shape[1], dtype=torch.bool, device=x.device)], dim=1)
+        attn_mask = keys[:, None, None, :]  # [B, 1, 1, L + N]: no query reads the caption's padding
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, angles, attn_mask)
+        h = torch.cat([txt, img], dim=1)  # [B, L + N, D]
+        for block in self.single_blocks:
+            h = block(h, vec, angles, attn_mask)
+        out = self.final_layer(h[:, L:], vec)  # [B, N, p p C]
+        return unpatchify(out, c.patch_size, H, W)  # [B, C, H, W]
