@@ -169,3 +169,24 @@ def test_a_tiny_mmdit_learns_a_rectified_flow():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.8 * first, (first, last)  # measured here: 1.67 -> 0.57
+
+
+def test_joint_attention_can_be_captured_without_changing_a_bit():
+    from course_lib.capture import capture_attention
+    from course_lib.mmdit import MMDiT, MMDiTConfig
+
+    torch.manual_seed(0)
+    model = randomize_zero_init(MMDiT(MMDiTConfig.tiny()), std=0.1).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100.0, 900.0])
+    context, mask = torch.randn(2, 6, 32), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    before = model(x, t, context, mask)
+    with capture_attention(model, kinds="self") as record:  # joint attention is attention of the sequence to itself
+        during = model(x, t, context, mask)
+    assert torch.equal(before, during)
+    assert record.layers == ["double_blocks.0.attn", "single_blocks.0.attn"]
+    for layer in record.layers:
+        probs = record.select(layer)[0].probs  # [B, heads, L + N, L + N]
+        assert probs.shape == (2, 2, 6 + 64, 6 + 64)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 70))
+        assert torch.all(probs[1, :, :, 4:6] == 0)  # nobody reads the second caption's padding
