@@ -6,7 +6,8 @@ in float32: ``load_checkpoint`` copies the float16 values into the float32 model
 ``stored_dtype``). Rounding to float16 changes each weight by at most 2^-11 of its size; this script
 measures what that does to the outputs before it replaces the file:
 
-* a denoiser (``Pipeline``-able checkpoint): the same DDIM samples from the same noise (class prompts
+* a denoiser (``Pipeline``-able checkpoint): the same samples from the same noise, with its process's
+  default sampler (DDIM for DDPM models, Euler for rectified flows) (class prompts
   for a text-to-image model, guidance 3), with the float32 and the float16-rounded weights; the mean
   and max absolute difference of the decoded images in [-1, 1] must stay below ``--tolerance``
   (default 2/255 mean: under one grey level of a uint8 image on average);
