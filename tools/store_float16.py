@@ -61,7 +61,7 @@ def main() -> int:
                 p.copy_(p.half().float())
     after = sample()
     diff = (after - before).abs()
-    print(f"{args.checkpoint}: float16-rounded weights change {args.images} samples (DDIM {args.steps}) by "
+    print(f"{args.checkpoint}: float16-rounded weights change {args.images} samples ({args.steps} steps of the default sampler) by "
           f"mean {diff.mean():.2e}, max {diff.max():.2e} (images in [-1, 1]; tolerance mean {args.tolerance:.2e})")
     if diff.mean() > args.tolerance:
         print("above the tolerance: the file is left as it is")
