@@ -38,7 +38,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import HookableAttention, merge_heads, split_heads
-from .conditioning import modulate
+from .conditioning import modulate, timestep_embedding
 
 __all__ = ["patchify", "unpatchify", "RMSNorm", "QKNorm", "rope_angles", "apply_rope", "image_positions",
            "Modulation", "ModulationOut", "SelfAttention", "JointAttention", "DoubleStreamBlock",
@@ -333,8 +333,7 @@ class MMDiTConfig:
         head_dim = self.hidden_size // self.num_heads
         if sum(self.rope_axes) != head_dim or any(a % 2 for a in self.rope_axes) or len(self.rope_axes) != 3:
             raise ValueError(f"rope_axes={self.rope_axes} must be three even sizes summing to the head dimension "
-                             f"{head_dim}, e.g. ({head_dim - 2 * (head_dim * 3 // 8 // 2 * 2)}, "
-                             f"{head_dim * 3 // 8 // 2 * 2}, {head_dim * 3 // 8 // 2 * 2})")
+                             f"{head_dim} (index, row, column), e.g. (16, 24, 24) for a head dimension of 64")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size={self.patch_size} must divide image_size={self.image_size}")
 
@@ -384,8 +383,6 @@ class MMDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        from .conditioning import timestep_embedding
-
         c = self.config
         B, _, H, W = x.shape
         if context.shape[0] == 1 and B > 1:
