@@ -111,14 +111,19 @@ def reflow_pairs_path(teacher_sha256: str, num_pairs: int, scale: float, num_ste
 
 def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 3.0, num_steps: int = 25,
                       solver: str = "euler", seed: int = 0, chunk: int = 500, device: str | None = None,
-                      progress: bool = True) -> Path:
+                      shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path | None:
     """Generate ``num_pairs`` reflow pairs of a shipped rectified flow (balanced over the ten classes) into one
     safetensors file with a card; returns its path (already there: returned at once).
 
     Hours of work on a CPU, so it is resumable: every ``chunk`` pairs are saved atomically in a folder beside
     the file (``<name>.parts/``), a restart skips the chunks that exist, and the chunks are joined at the end.
     The noise of pair i depends only on (seed, i), so the chunks of an interrupted run match a fresh one's.
+    ``shard=(i, k)`` makes only every k-th chunk from the i-th, so k processes (one thread each) share the work;
+    the chunks are joined by whichever call finds them all, else ``None`` is returned.
     """
+    index, shards = shard
+    if not 0 <= index < shards:
+        raise ValueError(f"shard {index}/{shards} does not exist: use 0/{shards} to {shards - 1}/{shards}")
     from .checkpoint import read_card
     from .generation import Pipeline
     from .trainer import hardware_description
@@ -132,7 +137,7 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
     pipeline = Pipeline.from_checkpoint(checkpoint, device=device or config.get_device())
     shape = tuple(pipeline.denoiser.sample_shape)
     starts = list(range(0, num_pairs, chunk))
-    for start in tqdm(starts, desc=f"reflow pairs ({chunk} per chunk)", disable=not progress):
+    for start in tqdm(starts[index::shards], desc=f"reflow pairs ({chunk} per chunk)", disable=not progress):
         part = parts / f"{start:08d}.safetensors"
         if part.is_file():
             continue
@@ -147,6 +152,8 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
         save_file({"x0": x0.contiguous(), "x1": x1.contiguous(), "labels": y.contiguous()}, str(tmp),
                   metadata={"seconds": f"{time.perf_counter() - began:.2f}"})
         os.replace(tmp, part)
+    if not all((parts / f"{start:08d}.safetensors").is_file() for start in starts):
+        return None  # other shards still at work
     tensors: dict[str, list[torch.Tensor]] = {"x0": [], "x1": [], "labels": []}
     seconds = 0.0
     for start in starts:
@@ -160,10 +167,10 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
             "generation_seconds": round(seconds, 1), "hardware": hardware_description(pipeline.device),
             "what": f"{num_pairs} reflow pairs (z_0 = flow sample, z_1 = its noise) of "
                     f"{config.portable_path(checkpoint)}: {solver} {num_steps} steps at guidance {scale:g}"}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file({k: torch.cat(v).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"card": json.dumps(info)})
     os.replace(tmp, path)
-    shutil.rmtree(parts)
+    shutil.rmtree(parts, ignore_errors=True)
     return path
 
 
@@ -190,14 +197,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solver", choices=["euler", "heun"], default="euler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=500, help="pairs per saved chunk (the unit of resumption)")
+    parser.add_argument("--shard", default="0/1", metavar="I/K",
+                        help="make only every K-th chunk from the I-th: run K processes (0/K ... K-1/K) side by side")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
+    try:
+        shard = tuple(int(v) for v in args.shard.split("/"))
+        assert len(shard) == 2 and 0 <= shard[0] < shard[1]
+    except (ValueError, AssertionError):
+        parser.error(f"--shard takes I/K with 0 <= I < K, e.g. 0/2 and 1/2; got {args.shard!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
     path = make_reflow_pairs(args.checkpoint, args.pairs, scale=args.guidance, num_steps=args.steps,
-                             solver=args.solver, seed=args.seed, chunk=args.chunk)
+                             solver=args.solver, seed=args.seed, chunk=args.chunk, shard=shard)
+    if path is None:
+        print(f"shard {args.shard} done; the other shards' chunks are still missing (run again when they finish "
+              "to join them)")
+        return 0
     print(f"{load_reflow_pairs(path).card['what']}\nin {path}")
     return 0
 

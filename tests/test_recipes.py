@@ -273,6 +273,19 @@ def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data,
     path = recipe.pairs_path()
     first = make_reflow_pairs(teacher, 64, scale=3.0, num_steps=4, seed=1, chunk=32, device="cpu", progress=False)
     assert first != path  # another seed, another file
+    # two processes share the chunks (--shard 0/2 and 1/2); the one that finds them all joins them
+    kw = dict(scale=3.0, num_steps=4, seed=2, chunk=16, device="cpu", progress=False)
+    assert make_reflow_pairs(teacher, 64, shard=(1, 2), **kw) is None  # chunks 1 and 3 made, 0 and 2 missing
+    sharded = load_reflow_pairs(make_reflow_pairs(teacher, 64, shard=(0, 2), **kw))
+    for i in (5, 20, 63):  # pair i's noise comes from (seed, i) whichever shard made it
+        shape = tuple(sharded.tensors[1].shape[1:])
+        torch.testing.assert_close(sharded.tensors[1][i], torch.randn(shape, generator=torch.Generator().manual_seed(
+            2 * 1_000_003 + i)))
+    assert sharded.tensors[2].tolist() == [i % 10 for i in range(64)]
+    with pytest.raises(ValueError, match="shard 2/2 does not exist"):
+        make_reflow_pairs(teacher, 64, shard=(2, 2), **kw)
+    with pytest.raises(SystemExit):
+        reflow_main([str(teacher), "--pairs", "64", "--shard", "1of2"])
     interrupted = path.with_suffix(".parts")  # a run stopped after its first chunk: only chunk 2 is made now
     interrupted.mkdir(parents=True)
     reference = load_reflow_pairs(first)  # seed 1's pairs 0..31 stand in for seed 0's first chunk
