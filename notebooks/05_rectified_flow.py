@@ -402,9 +402,10 @@ else:
 # trained and on what.
 
 # %%
-ckpt_paths = {"ldm-small": config.checkpoint_dir() / "ldm-small.safetensors",
-              "rf-small": config.checkpoint_dir() / "rf-small.safetensors"}
+ckpt_paths = {name: config.checkpoint_dir() / f"{name}.safetensors" for name in ("ldm-small", "rf-small", "rf2-small")}
 pipes = {name: Pipeline.from_checkpoint(path, device=device) for name, path in ckpt_paths.items() if path.exists()}
+SAMPLER = {"ldm-small": "DDIM", "rf-small": "Euler", "rf2-small": "Euler"}
+GUIDANCE = {"ldm-small": 3.0, "rf-small": 3.0, "rf2-small": RF2_GUIDANCE}
 for name, pipe in pipes.items():
     print(describe_card(pipe.card).split("\n")[0])
 missing = [name for name in ckpt_paths if name not in pipes]
@@ -420,15 +421,16 @@ if missing:
 step_list = [1, 2, 4, 8, 16, 50]
 prompts = [class_prompt(c) for c in range(config.pick(6, 10))]
 z_img = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
-if len(pipes) == 2:
-    grid = {name: torch.cat([pipe.generate(prompts, scale=3.0, num_steps=n, x_T=z_img.to(device)).cpu()
+if len(pipes) >= 2:
+    grid = {name: torch.cat([pipe.generate(prompts, scale=GUIDANCE[name], num_steps=n, x_T=z_img.to(device)).cpu()
                              for n in step_list]) for name, pipe in pipes.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(2 * 0.75 * len(prompts) + 2.5, 0.75 * len(step_list) + 1.2),
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(grid), figsize=(len(grid) * 0.75 * len(prompts) + 2.5,
+                                                     0.75 * len(step_list) + 1.2), layout="constrained")
     for ax, (name, images) in zip(axes, grid.items()):
         show_images(images, nrow=len(prompts), ax=ax, row_labels=[f"{n} steps" for n in step_list])
-        ax.set_title(f"{name}: {'DDIM' if name == 'ldm-small' else 'Euler'}", fontsize=10)
-    fig.suptitle("columns: " + " · ".join(CIFAR10_CLASSES[:len(prompts)]) + "  (same noise, w = 3)", fontsize=9)
+        ax.set_title(f"{name}: {SAMPLER[name]}, w = {GUIDANCE[name]:g}", fontsize=10)
+    fig.suptitle("columns: " + " · ".join(CIFAR10_CLASSES[:len(prompts)]) + "  (the same noise for every model)",
+                 fontsize=9)
     plt.show()
 
 # %% [markdown]
@@ -449,18 +451,76 @@ if pipes:
     start = time.perf_counter()
     for name, pipe in pipes.items():
         fd[name] = [frechet_distance(FeatureStats.of(extract_features(
-            clf, sample_images(pipe, n_fd, num_steps=n, guidance=3.0, seed=2, progress=False), progress=False)),
-            train_stats) for n in fd_steps]
+            clf, sample_images(pipe, n_fd, num_steps=n, guidance=GUIDANCE[name], seed=2, progress=False),
+            progress=False)), train_stats) for n in fd_steps]
     print(f"{len(pipes)} models x {len(fd_steps)} step counts x {n_fd} images in {time.perf_counter() - start:.0f} s")
     fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
     for name, values in fd.items():
-        ax.plot(fd_steps, values, "o-", label=f"{name} ({'DDIM' if name == 'ldm-small' else 'Euler'})")
+        ax.plot(fd_steps, values, "o-", label=f"{name} ({SAMPLER[name]}, w = {GUIDANCE[name]:g})")
     ax.set(xscale="log", xlabel="sampling steps", ylabel="FD_clf (lower is better)",
-           title=f"{n_fd} samples per point, w = 3, against the training set")
+           title=f"{n_fd} samples per point, against the training set")
     ax.set_xticks(fd_steps)
     ax.set_xticklabels([str(n) for n in fd_steps])
     ax.legend(fontsize=8)
     plt.show()
+
+# %% [markdown]
+# Forty or 150 samples per point give a rough curve. The same curves measured with 2,000 samples per point,
+# FID-2k in Inception features (against all 50,000 training images) and FD_clf, come from the course's
+# evaluation runs in `data/results.jsonl` (`python -m course_lib.evaluation CHECKPOINT --num-samples 2000
+# --steps S --guidance W`); beside them what each model cost, from the cards. The 2-rectified flow's cost
+# includes its teacher's training and the simulation of its pairs.
+
+# %%
+from pathlib import Path
+
+from course_lib.checkpoint import read_card
+from course_lib.evaluation import fid_label, results_path
+from course_lib.results import read_results
+
+results = read_results(results_path()) if results_path().is_file() else []
+
+
+def measured(name, metric):
+    """(steps, value) of one model's 2,000-sample runs at its guidance and sampler, from results.jsonl."""
+    found = {r["settings"]["steps"]: r["metrics"].get(metric) for r in results
+             if r.get("model") == name and r["settings"].get("num_samples") == 2000
+             and r["settings"].get("guidance") == GUIDANCE[name] and r["settings"].get("sampler") == SAMPLER[name].lower()}
+    return sorted((steps, value) for steps, value in found.items() if value is not None)
+
+
+costs = {}
+for name, pipe in pipes.items():
+    training = pipe.card["training"]
+    minutes = training["wall_seconds_total"] / 60
+    line = f"{name:9s} trained {minutes:5.0f} min ({pipe.card['step']:,} steps) on {training['hardware']}"
+    if "reflow" in training:
+        pairs = training["reflow"]["pairs"]
+        teacher = config.checkpoint_dir() / Path(pairs["teacher"]).name
+        teacher_minutes = read_card(teacher)["training"]["wall_seconds_total"] / 60 if teacher.exists() else 0
+        line += (f";\n{'':9s} + its {pairs['pairs']:,} pairs: {pairs['generation_seconds'] / 60:.0f} thread-minutes "
+                 f"({pairs['solver']} {pairs['steps']} steps, w = {pairs['guidance']:g}) + its teacher's "
+                 f"{teacher_minutes:.0f} min")
+        minutes += pairs["generation_seconds"] / 60 + teacher_minutes
+    costs[name] = minutes
+    print(line)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+for ax, (metric, label) in zip(axes, [("fid", fid_label(2000)), ("fd_clf", "FD_clf")]):
+    for name in ckpt_paths:
+        points = measured(name, metric)
+        if points:
+            ax.plot(*zip(*points), "o-", label=f"{name} ({SAMPLER[name]}, w = {GUIDANCE[name]:g}; "
+                                              f"{costs.get(name, float('nan')):.0f} CPU-min in all)")
+    ax.set(xscale="log", xlabel="sampling steps", ylabel=f"{label} (lower is better)",
+           title=f"{label}, 2,000 samples per point")
+    ax.set_xticks(step_list)
+    ax.set_xticklabels([str(n) for n in step_list])
+    ax.legend(fontsize=7)
+plt.show()
+for name in ckpt_paths:
+    fids, fds = dict(measured(name, "fid")), dict(measured(name, "fd_clf"))
+    print(f"{name:9s} " + "  ".join(f"{n:2d}: {fids.get(n, float('nan')):5.1f} / {fds.get(n, float('nan')):5.2f}"
+                                    for n in step_list) + f"   ({fid_label(2000)} / FD_clf at each step count)")
 
 # %% [markdown]
 # **Image trajectories, projected.** A latent path is a curve in 256 dimensions. Project all the points of
@@ -468,17 +528,17 @@ if pipes:
 # principal components and draw them:
 
 # %%
-if len(pipes) == 2:
+if len(pipes) >= 2:
     out = {}
     for name, pipe in pipes.items():
-        o = pipe.generate(prompts[:4], scale=3.0, num_steps=50, x_T=z_img[:4].to(device), return_trajectory=True)
+        o = pipe.generate(prompts[:4], scale=GUIDANCE[name], num_steps=50, x_T=z_img[:4].to(device), return_trajectory=True)
         out[name] = ddpm_path_as_flow(o, pipe.process.noise_schedule) if name == "ldm-small" else (o.trajectory,
                                                                                                   o.times)
     points = torch.cat([traj.double().flatten(2).flatten(0, 1) for traj, _ in out.values()])  # [all states, 256]
     mean = points.mean(0)
     _, _, V = torch.linalg.svd(points - mean, full_matrices=False)
     fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
-    for (name, (traj, times)), style in zip(out.items(), ["-", "--"]):
+    for (name, (traj, times)), style in zip(out.items(), ["-", "--", ":"]):
         xy = (traj.double().flatten(2) - mean) @ V[:2].T  # [S + 1, B, 2]
         for b in range(xy.shape[1]):
             ax.plot(xy[:, b, 0], xy[:, b, 1], style, color=f"C{b}", lw=1.2,
@@ -486,8 +546,9 @@ if len(pipes) == 2:
             ax.plot(xy[0, b, 0], xy[0, b, 1], "o", color=f"C{b}", ms=4)
         print(f"{name:10s} straightness of the 4 image paths (50 steps): {float(straightness(traj, times)):.3f}, "
               f"path/chord {float(path_chord_ratio(traj)):.3f}")
-    ax.set(xlabel="PC 1", ylabel="PC 2", title="latent paths from noise (dots) to samples: solid ldm-small (DDIM), "
-           "dashed rf-small", xticks=[], yticks=[])
+    ax.set(xlabel="PC 1", ylabel="PC 2", title="latent paths from noise (dots) to samples: "
+           + ", ".join(f"{style} {name}" for name, style in zip(out, ["solid", "dashed", "dotted"])),
+           xticks=[], yticks=[])
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     plt.show()
@@ -514,6 +575,7 @@ if len(pipes) == 2:
 from course_lib.flow import ddpm_flow_velocity
 
 image_prompt = class_prompt(7)
+IMAGE_FLOWS = {"1-rectified flow": "rf-small", "2-rectified flow": "rf2-small"}  # the 3-RF row has no image model
 
 
 def image_fn(method, solver, steps, seed):
@@ -524,9 +586,10 @@ def image_fn(method, solver, steps, seed):
         v = ddpm_flow_velocity(pipe.guided([image_prompt], 3.0), pipe.process.noise_schedule)
         out = flow_sample(v, x_T=z, num_steps=steps, solver=solver, return_trajectory=True)
         image = pipe.decode(out.sample)[0].cpu()  # at s = 0 the flow coordinates are the latent itself
-    elif method == "1-rectified flow" and "rf-small" in pipes:
-        out = pipes["rf-small"].generate([image_prompt], scale=3.0, sampler=solver, num_steps=steps, x_T=z,
-                                         return_trajectory=True)
+    elif method in IMAGE_FLOWS and IMAGE_FLOWS[method] in pipes:
+        name = IMAGE_FLOWS[method]
+        out = pipes[name].generate([image_prompt], scale=GUIDANCE[name], sampler=solver, num_steps=steps, x_T=z,
+                                   return_trajectory=True)
         image = out.sample[0].cpu()  # generate decodes the sample
     else:
         return None

@@ -1,5 +1,7 @@
 """Widgets update when their controls change (no browser: set the control, check what was drawn)."""
 
+import time
+
 import ipywidgets as widgets
 import pytest
 import torch
@@ -422,3 +424,73 @@ def test_toy_velocity_wraps_flows_and_ddpm_models():
     torch.testing.assert_close(ddpm(y, torch.tensor(0.5)), -y / 0.5)  # eps = 0: x0 = x / alpha, v = -x0 = -y / (1 - s)
     with pytest.raises(ValueError, match="epsilon model"):
         toy_velocity(model, DDPMProcess("linear", 1000, "v"))
+
+
+# --------------------------------------------------------------------------- chapter 6: joint-attention explorer
+
+from course_lib.widgets import joint_attention_explorer, quadrant_mass  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mmdit_pipeline():
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from course_lib.generation import Pipeline
+    from course_lib.text2image import Text2ImageConfig, TextToImageMMDiT
+
+    torch.manual_seed(0)
+    model = TextToImageMMDiT(Text2ImageConfig.latent_mmdit_tiny()).eval()
+    randomize_zero_init(model.mmdit, std=0.1)
+    autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    return Pipeline(model, RectifiedFlowProcess(), autoencoder=autoencoder)
+
+
+def test_quadrant_mass_splits_each_query_row():
+    p = torch.softmax(torch.randn(2, 3, 10, 10), dim=-1)  # [B, heads, n, n]
+    q = quadrant_mass(p, num_text=4)
+    assert q["text→text"] + q["text→image"] == pytest.approx(1.0)
+    assert q["image→text"] + q["image→image"] == pytest.approx(1.0)
+    mean = p.mean((0, 1)).double()
+    assert q["image→text"] == pytest.approx(float(mean[4:, :4].sum(-1).mean()))
+    with pytest.raises(ValueError, match="num_text=10"):
+        quadrant_mass(p, num_text=10)
+
+
+def test_joint_attention_explorer_state_follows_every_control(mmdit_pipeline):
+    prompts = ["a photo of a cat", "a ship"]
+    explorer = joint_attention_explorer(mmdit_pipeline, prompts, num_steps=3, scale=3.0)
+    assert isinstance(explorer, widgets.VBox) and explorer.image.value[:4] == b"\x89PNG"
+    s = explorer.state
+    tokens = mmdit_pipeline.denoiser.prompt_tokens("a photo of a cat")
+    T = len(tokens)
+    assert s["token_text"] == tokens[-1] and s["matrix"].shape == (T + 64, T + 64)
+    torch.testing.assert_close(s["matrix"].sum(-1), torch.ones(T + 64))  # padding dropped, rows still sum to 1
+    assert [b for b in explorer.run(prompts[0])["blocks"]] == ["double_blocks.0.attn", "single_blocks.0.attn"]
+    assert len(explorer.run(prompts[0])["steps"]) == 3 and len(s["time"]["image→text"]) == 3
+    torch.testing.assert_close(s["token_map"].flatten(), s["matrix"][T:, T - 1])
+    assert s["quadrants"]["image→text"] + s["quadrants"]["image→image"] == pytest.approx(1.0)
+    seen = [dict(s)]
+    for control, value in [(explorer.block, "double_blocks.0.attn"), (explorer.head, 1),
+                           (explorer.step, explorer.step.options[2][1]), (explorer.token, 1),
+                           (explorer.patch, 0), (explorer.prompt, "a ship")]:
+        before = explorer.image.value
+        start = time.perf_counter()
+        control.value = value
+        assert time.perf_counter() - start < 5.0  # drawing only (the prompt's run: a few tiny steps)
+        assert explorer.image.value != before
+        seen.append(dict(explorer.state))
+    assert seen[1]["block"] == "double_blocks.0.attn" and seen[2]["head"] == 1 and seen[3]["step"] != "all"
+    assert seen[4]["token"] == 1 and seen[5]["patch"] == (0, 0)
+    assert not torch.equal(seen[4]["token_map"], seen[3]["token_map"])
+    assert not torch.equal(seen[5]["patch_map"], seen[4]["patch_map"])
+    assert seen[6]["prompt"] == "a ship" and seen[6]["matrix"].shape[0] == len(
+        mmdit_pipeline.denoiser.prompt_tokens("a ship")) + 64
+    assert set(explorer.cache) == set(prompts)
+
+
+def test_joint_attention_explorer_refuses_a_unet_pipeline():
+    from course_lib.generation import Pipeline
+    from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+
+    unet_model = TextToImageUNet(Text2ImageConfig.latent_tiny())
+    with pytest.raises(TypeError, match="needs an MM-DiT"):
+        joint_attention_explorer(Pipeline(unet_model, RectifiedFlowProcess()), ["a cat"])
