@@ -404,6 +404,12 @@ RECIPES: dict[str, Recipe] = {
                                 ema_decay=0.9995, checkpoint_minutes=10),
             process=RectifiedFlowProcess()),
         LatentText2ImageRecipe(
+            "rf-small-minilm", "chapter 6's UNet baseline: rf-small reading the frozen MiniLM, as mmdit-small does",
+            Text2ImageConfig.latent_small_minilm,
+            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
+                                ema_decay=0.9995, checkpoint_minutes=10),
+            process=RectifiedFlowProcess(time_sampling="logit_normal")),
+        LatentText2ImageRecipe(
             "mmdit-tiny", "chapter 6: a tiny MM-DiT as a rectified flow on latents, for tests and fast mode",
             Text2ImageConfig.latent_mmdit_tiny,
             lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99),

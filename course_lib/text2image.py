@@ -188,6 +188,14 @@ class Text2ImageConfig:
         return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
+    def latent_small_minilm(cls, **overrides) -> "Text2ImageConfig":
+        """``latent_small()``'s UNet reading the frozen all-MiniLM-L6-v2: chapter 6's UNet baseline, with the text
+        encoder of the MM-DiT it is compared with."""
+        unet = cls.latent_small().unet
+        unet.context_dim = MINILM_DIM
+        return cls(**{**dict(unet=unet, text_encoder="minilm", text=None), **overrides})
+
+    @classmethod
     def latent_mmdit_small(cls, **overrides) -> "Text2ImageConfig":
         """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 1: 64 image tokens), 256 wide, 4 heads of 64,
         2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3 and Flux read

@@ -177,7 +177,7 @@ def test_every_recipe_builds_the_model_its_config_names(isolated_data):
                 "ldm-small": TextToImageUNet, "rf-tiny": TextToImageUNet, "rf-small": TextToImageUNet,
                 "rf2-small": TextToImageUNet, "mmdit-tiny": TextToImageMMDiT}
     if pretrained_text_encoder_available():
-        expected["mmdit-small"] = TextToImageMMDiT
+        expected["mmdit-small"], expected["rf-small-minilm"] = TextToImageMMDiT, TextToImageUNet
     for name, model_class in expected.items():
         recipe = recipes.RECIPES[name]
         model = recipe.build_model()
