@@ -800,3 +800,88 @@ def test_euler_check_names_the_mistake(wrong, words, capsys):
 
     ok, out = verdict(check_euler_step, wrong, capsys)
     assert not ok and words in out
+
+
+# --------------------------------------------------------------------------- chapter 6: the MM-DiT block
+
+import torch.nn.functional as F  # noqa: E402
+
+
+def gated_residual(x, f, shift, scale, gate):
+    return x + gate * f(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift)
+
+
+def joint_attention(txt_q, txt_k, txt_v, img_q, img_k, img_v):
+    q, k, v = (torch.cat(p, dim=2) for p in ((txt_q, img_q), (txt_k, img_k), (txt_v, img_v)))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out[:, :, :txt_q.shape[2]], out[:, :, txt_q.shape[2]:]
+
+
+def test_gated_residual_check_accepts_the_solution_and_agrees_with_the_block(capsys):
+    from course_lib.exercises import check_gated_residual
+    from course_lib.mmdit import SingleStreamBlock
+
+    ok, out = verdict(check_gated_residual, gated_residual, capsys)
+    assert ok and out.startswith("Correct!")
+    torch.manual_seed(0)
+    block = SingleStreamBlock(16, 2)
+    torch.nn.init.normal_(block.modulation.lin.weight, std=0.3)
+    x, vec, angles = torch.randn(2, 5, 16), torch.randn(2, 16), torch.zeros(5, 4)
+    mod, _ = block.modulation(vec)
+
+    def sublayer(h):  # the block's attention and MLP branch, given the modulated input
+        qkv, mlp = torch.split(block.linear1(h), [48, block.mlp_hidden_dim], dim=-1)
+        q, k, v = qkv.unflatten(-1, (3, 2, 8)).permute(2, 0, 3, 1, 4)
+        q, k = block.norm(q, k)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return block.linear2(torch.cat([attn, block.mlp_act(mlp)], dim=-1))
+
+    torch.testing.assert_close(gated_residual(x, sublayer, mod.shift, mod.scale, mod.gate), block(x, vec, angles))
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda x, f, sh, sc, g: x + g * f(F.layer_norm(x, x.shape[-1:], eps=1e-6) * sc + sh), "(1 + scale)"),
+    (lambda x, f, sh, sc, g: x + f(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + sc) + sh), "gate is missing"),
+    (lambda x, f, sh, sc, g: g * f(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + sc) + sh), "residual is missing"),
+    (lambda x, f, sh, sc, g: x + g * f(F.layer_norm(x * (1 + sc) + sh, x.shape[-1:], eps=1e-6)), "normalise first"),
+    (lambda x, f, sh, sc, g: x + g * f(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + sh) + sc), "swapped"),
+])
+def test_gated_residual_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_gated_residual
+
+    ok, out = verdict(check_gated_residual, wrong, capsys)
+    assert not ok and words in out
+
+
+def test_joint_attention_check_accepts_the_solution_and_agrees_with_the_block(capsys):
+    from course_lib.exercises import check_joint_attention
+    from course_lib.mmdit import JointAttention
+
+    ok, out = verdict(check_joint_attention, joint_attention, capsys)
+    assert ok and out.startswith("Correct!")
+    q, k, v = (torch.randn(2, 2, 3 + 8, 4) for _ in range(3))
+    txt_out, img_out = joint_attention(q[:, :, :3], k[:, :, :3], v[:, :, :3], q[:, :, 3:], k[:, :, 3:], v[:, :, 3:])
+    no_rotation = torch.zeros(11, 2)  # angle 0: RoPE off
+    torch.testing.assert_close(torch.cat([txt_out, img_out], dim=2), JointAttention()(q, k, v, no_rotation))
+
+
+def _separate(tq, tk, tv, iq, ik, iv):
+    return F.scaled_dot_product_attention(tq, tk, tv), F.scaled_dot_product_attention(iq, ik, iv)
+
+
+def _cross(tq, tk, tv, iq, ik, iv):
+    return F.scaled_dot_product_attention(tq, ik, iv), F.scaled_dot_product_attention(iq, tk, tv)
+
+
+def _joined_whole(tq, tk, tv, iq, ik, iv):
+    q, k, v = torch.cat([tq, iq], 2), torch.cat([tk, ik], 2), torch.cat([tv, iv], 2)
+    return F.scaled_dot_product_attention(q, k, v)  # not split back
+
+
+@pytest.mark.parametrize("wrong, words", [(_separate, "only to itself"), (_cross, "only to the other"),
+                                          (_joined_whole, "return two tensors")])
+def test_joint_attention_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_joint_attention
+
+    ok, out = verdict(check_joint_attention, wrong, capsys)
+    assert not ok and words in out
