@@ -339,6 +339,44 @@ print(f"{'total':48s} {count_parameters(model) / 1e6:6.2f}M")
 assert out.shape == x.shape and out.abs().max() == 0
 
 # %% [markdown]
+# ## 6. Training: the same loss, the same latents
+#
+# `TextToImageMMDiT` wraps the MM-DiT exactly as `TextToImageUNet` wraps the UNet: the same text encoders
+# (`mmdit-small` reads the frozen all-MiniLM-L6-v2, as SD3 and Flux read frozen T5 and CLIP encoders), the
+# same caption dropout for guidance, the same `text2image_loss` and chapter 5's rectified-flow process with
+# SD3's logit-normal times, on chapter 4's cached latents of `vae-small`. A short run (fast mode: the tiny
+# model; full mode: `mmdit-small` itself, about a minute):
+
+# %%
+from course_lib.latents import cached_latents
+from course_lib.recipes import RECIPES
+from course_lib.trainer import TrainConfig, fit
+from course_lib.viz import plot_losses
+
+ae_checkpoint = config.checkpoint_dir() / "vae-small.safetensors"
+recipe = RECIPES["mmdit-tiny" if FAST else "mmdit-small"]
+text_model = recipe.build_model()
+print(f"{recipe.name}: {type(text_model).__name__}, {text_model.parameter_counts()}")
+if ae_checkpoint.exists():
+    latents = cached_latents(ae_checkpoint, "train", limit=config.pick(500, 5000), progress=False)
+    short = TrainConfig(max_steps=config.pick(40, 60), batch_size=config.pick(16, 32), lr=3e-4, warmup_steps=10,
+                        ema_decay=0.99, checkpoint_minutes=None)
+    config.seed_everything(0)
+    start = time.perf_counter()
+    run = fit(text_model, recipe.loss_fn(), recipe.batches(latents, short), short, device=device)
+    seconds = time.perf_counter() - start
+    z0 = latents.batch(torch.arange(min(len(latents), 1000)), generator=torch.Generator().manual_seed(0))[0]
+    zero_model = 1 + float(z0.square().mean())  # E||eps - z_0||^2 per number: what predicting v = 0 scores
+    fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+    plot_losses(run.losses, window=config.pick(5, 10), ax=ax,
+                title=f"a short run of {recipe.name}: {short.max_steps} steps of {short.batch_size} in {seconds:.0f} s")
+    ax.axhline(zero_model, color="grey", ls=":", label=f"predicting v = 0: 1 + E[z_0^2] = {zero_model:.2f}")
+    ax.legend(fontsize=8)
+    plt.show()
+else:
+    print(f"{ae_checkpoint} not found: chapter 4's autoencoder is needed for the latents")
+
+# %% [markdown]
 # ## Summary
 #
 # * A diffusion transformer works on tokens: patches of the latent (here $1 \times 1$: 64 tokens) and the
