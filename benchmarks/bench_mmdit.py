@@ -35,8 +35,10 @@ from course_lib.generation import Pipeline  # noqa: E402
 from course_lib.mmdit import MMDiTConfig  # noqa: E402
 from course_lib.processes import RectifiedFlowProcess  # noqa: E402
 from course_lib.profiling import count_parameters, time_per_call  # noqa: E402
-from course_lib.text2image import MINILM_DIM, Text2ImageConfig, TextToImageMMDiT, TextToImageUNet, text2image_loss  # noqa: E402,E501
+from course_lib.text2image import MINILM_DIM, Text2ImageConfig, TextToImageMMDiT, TextToImageUNet  # noqa: E402
 from course_lib.trainer import hardware_description  # noqa: E402
+
+from bench_latent import training_step  # noqa: E402  (this folder: the same timed step as chapter 4's benchmark)
 
 
 def mmdit_variant(name: str) -> MMDiTConfig:
@@ -48,22 +50,6 @@ def mmdit_variant(name: str) -> MMDiTConfig:
         raise SystemExit(f"variant {name}: the width must be a multiple of 64 (heads of 64)")
     return MMDiTConfig(hidden_size=width, num_heads=width // 64, rope_axes=(16, 24, 24), patch_size=patch,
                        depth_double=double, depth_single=single, context_dim=MINILM_DIM)
-
-
-def training_step(model, process, batch_size: int, bf16: bool):
-    """One AdamW step of the conditional loss on a fixed random batch (what ``fit`` does per step)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, *model.sample_shape, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(batch_size) % 10
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = text2image_loss(model, process, x, labels, 0.1)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main() -> None:
