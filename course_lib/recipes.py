@@ -72,6 +72,10 @@ class Recipe:
         """Write the inference checkpoint (the EMA weights and the card) from a training state."""
         return export_inference(state, path)
 
+    def initial_weights(self) -> Path | None:
+        """A checkpoint whose matching tensors a fresh run starts from (None: random initialisation)."""
+        return None
+
 
 @dataclass
 class DenoiserRecipe(Recipe):
@@ -218,7 +222,8 @@ class ReflowRecipe(LatentText2ImageRecipe):
 
         z_t = (1 - t) z_0 + t z_1,   loss = || v(z_t, t, tau(y)) - (z_1 - z_0) ||^2,   y a random caption of the pair's label.
 
-    ``teacher`` names the k-flow's checkpoint (in the checkpoint directory); the pairs are read from the cache
+    ``teacher`` names the k-flow's checkpoint (in the checkpoint directory), whose weights a fresh run starts
+    from (:meth:`initial_weights`); the pairs are read from the cache
     that ``python -m course_lib.reflow`` fills (``num_pairs``, ``pair_guidance``, ``pair_steps``, ``pair_solver``
     and ``pair_seed`` pick the file).
     """
@@ -229,6 +234,10 @@ class ReflowRecipe(LatentText2ImageRecipe):
     pair_steps: int = 25
     pair_solver: str = "euler"
     pair_seed: int = 0
+
+    def initial_weights(self) -> Path | None:
+        """The teacher's weights: Liu et al. (2022) initialise the (k+1)-rectified flow from the k-rectified flow."""
+        return config.checkpoint_dir() / self.teacher
 
     def pairs_path(self) -> Path:
         from .reflow import reflow_pairs_path

@@ -122,6 +122,11 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(f"{recipe.name}: {count_parameters(model) / 1e6:.2f}M parameters on {device}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
     transplant_from = args.transplant_from if not state.exists() else None
+    if transplant_from is None and init_from is None and not state.exists():
+        transplant_from = recipe.initial_weights()  # e.g. a reflow starts from its teacher's weights
+        if transplant_from is not None:
+            print(f"no training state: {recipe.name} starts from {transplant_from}'s weights at step 0 (the recipe's "
+                  "initialisation; --transplant-from picks another)")
     if init_from is not None:
         print(f"no training state: warm start from {init_from} (step {read_card(init_from)['step']}; "
               "fresh optimizer, the learning rate warms up again; --fresh starts at step 0)")

@@ -402,8 +402,14 @@ else:
     print(f"{ae_checkpoint} not found: chapter 4's autoencoder is needed for the latent models")
 
 # %% [markdown]
-# The trained models: `rf-small` (this chapter) and `ldm-small` (chapter 4), their cards say how long each
-# trained and on what.
+# The trained models: `ldm-small` (chapter 4), `rf-small` (this chapter) and its reflow, `rf2-small`.
+# Reflow on images is section 3's recipe at scale: `python -m course_lib.reflow
+# data/checkpoints/rf-small.safetensors --pairs 50000` draws 50,000 latent noises $z_1$, 5,000 per class,
+# and integrates `rf-small`'s guided ODE ($w = 3$, 25 Euler steps) from each to its sample $z_0$; `rf2-small`
+# starts from `rf-small`'s weights and learns the straight lines between those fixed pairs (uniform $t$, the
+# prompt a random caption of the pair's class, dropped 10 % of the time as before). The pairs already hold the
+# guidance, so `rf2-small` is sampled with guidance weight RF2_W_TEXT. The cards say how long each step took
+# and on what.
 
 # %%
 ckpt_paths = {name: config.checkpoint_dir() / f"{name}.safetensors" for name in ("ldm-small", "rf-small", "rf2-small")}

@@ -335,3 +335,4 @@ def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data,
     card = read_card(export)
     assert card["training"]["reflow"]["pairs"]["teacher_sha256"] == read_card(teacher)["sha256"]
     assert card["training"]["data_images"] == 64
+    assert card["training"]["transplant"]["from"].endswith("rf-tiny.safetensors")  # the reflow starts from its teacher
