@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier", help="default: <checkpoint dir>/cifar-classifier.safetensors")
     parser.add_argument("--scales", default="0,1,3", help="comma-separated guidance scales (default 0,1,3)")
     parser.add_argument("--per-class", type=int, default=10, help="images per class and scale (default 10)")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps of the process's default sampler "
+                        "(DDIM for DDPM, Euler for a flow; default 25)")
     parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
                         help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
     parser.add_argument("--samples", type=int, default=100,
@@ -531,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return _score_unconditional(pipeline, classifier, args)
     card = pipeline.card
     print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} training "
-          f"minutes; DDIM {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
+          f"minutes; {pipeline.process.samplers[0]} {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
           f"prompts like {PROMPTS[args.prompts](3)!r}")
     model = pipeline.denoiser
     if model.config.text_encoder == "small":  # say once which words it reads as <unk>, not in every batch
