@@ -30,6 +30,7 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter
 
 from .capture import AttentionRecord
 from .schedules import NoiseSchedule
@@ -784,6 +785,7 @@ class TrajectoryExplorer(FigureExplorer):
         ax_q.set(xscale="log", yscale="log", xlabel=f"steps ({solver})", ylabel="W2 to the data",
                  title="sample quality against steps", xticks=list(self.steps.options))
         ax_q.set_xticklabels([str(s) for s in self.steps.options])
+        ax_q.xaxis.set_minor_formatter(NullFormatter())  # only the step counts are labelled
         ax_q.legend(fontsize=7)
         self.state = {"method": method, "solver": solver, "steps": steps, "seed": seed, "t": t,
                       "straightness": run["straightness"], "path_chord": run["path_chord"], "w2": run["w2"],
