@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import HookableAttention, merge_heads, split_heads
+from .attention import HookableAttention, merge_heads
 from .conditioning import modulate, timestep_embedding
 
 __all__ = ["patchify", "unpatchify", "RMSNorm", "QKNorm", "rope_angles", "apply_rope", "image_positions",
@@ -375,7 +375,9 @@ class MMDiT(nn.Module):
                                            for _ in range(c.depth_single))
         self.final_layer = LastLayer(c.hidden_size, c.patch_size, c.in_channels)
         side = c.image_size // c.patch_size
-        self.register_buffer("img_positions", image_positions(side, side), persistent=False)  # [N, 3]
+        # the image tokens' rotation angles never change: computed once ([N, head_dim / 2])
+        self.register_buffer("img_angles", rope_angles(image_positions(side, side), c.rope_axes, c.theta),
+                             persistent=False)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -394,8 +396,9 @@ class MMDiT(nn.Module):
         txt = self.txt_in(context)  # [B, L, D]
         pooled = (context * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # [B, context_dim]
         vec = self.time_in(timestep_embedding(t, c.time_dim).to(x.dtype)) + self.vector_in(pooled)  # [B, D]
-        positions = torch.cat([torch.zeros(L, 3, device=x.device), self.img_positions])  # text at 0, [L + N, 3]
-        angles = rope_angles(positions, c.rope_axes, c.theta)  # [L + N, head_dim / 2]
+        img_angles = self.img_angles.float()  # float32 even in a .half() model, as rope_angles makes them
+        text_angles = img_angles.new_zeros(L, img_angles.shape[1])  # text at position (0, 0, 0): angle 0
+        angles = torch.cat([text_angles, img_angles])  # [L + N, head_dim / 2]
         keys = torch.cat([mask, torch.ones(B, img.shape[1], dtype=torch.bool, device=x.device)], dim=1)
         attn_mask = keys[:, None, None, :]  # [B, 1, 1, L + N]: no query reads the caption's padding
         for block in self.double_blocks:

@@ -38,7 +38,6 @@
 # (`RectifiedFlowProcess`), `course_lib.flow`, `course_lib.reflow`, `course_lib.toy2d` and `course_lib.widgets`.
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt

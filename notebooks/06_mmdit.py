@@ -36,7 +36,6 @@
 # `course_lib.text2image` (`TextToImageMMDiT`: the same text encoders, loss and generation path as the UNet).
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import config
-from course_lib.conditioning import modulate, timestep_embedding
+from course_lib.conditioning import modulate
 from course_lib.exercises import check_gated_residual, check_joint_attention
 from course_lib.mmdit import (MMDiT, MMDiTConfig, DoubleStreamBlock, SingleStreamBlock, apply_rope, image_positions,
                               patchify, rope_angles, unpatchify)

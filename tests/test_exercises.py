@@ -804,8 +804,6 @@ def test_euler_check_names_the_mistake(wrong, words, capsys):
 
 # --------------------------------------------------------------------------- chapter 6: the MM-DiT block
 
-import torch.nn.functional as F  # noqa: E402
-
 
 def gated_residual(x, f, shift, scale, gate):
     return x + gate * f(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift)
