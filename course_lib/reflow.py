@@ -137,8 +137,12 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
     pipeline = Pipeline.from_checkpoint(checkpoint, device=device or config.get_device())
     shape = tuple(pipeline.denoiser.sample_shape)
     starts = list(range(0, num_pairs, chunk))
+
+    def part_path(start: int) -> Path:
+        return parts / f"{start:08d}.safetensors"
+
     for start in tqdm(starts[index::shards], desc=f"reflow pairs ({chunk} per chunk)", disable=not progress):
-        part = parts / f"{start:08d}.safetensors"
+        part = part_path(start)
         if part.is_file():
             continue
         n = min(chunk, num_pairs - start)
@@ -152,12 +156,12 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
         save_file({"x0": x0.contiguous(), "x1": x1.contiguous(), "labels": y.contiguous()}, str(tmp),
                   metadata={"seconds": f"{time.perf_counter() - began:.2f}"})
         os.replace(tmp, part)
-    if not all((parts / f"{start:08d}.safetensors").is_file() for start in starts):
+    if not all(part_path(start).is_file() for start in starts):
         return None  # other shards still at work
     tensors: dict[str, list[torch.Tensor]] = {"x0": [], "x1": [], "labels": []}
     seconds = 0.0
     for start in starts:
-        with safe_open(str(parts / f"{start:08d}.safetensors"), framework="pt") as f:
+        with safe_open(str(part_path(start)), framework="pt") as f:
             seconds += float(f.metadata()["seconds"])
             for k in tensors:
                 tensors[k].append(f.get_tensor(k))
@@ -201,11 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="make only every K-th chunk from the I-th: run K processes (0/K ... K-1/K) side by side")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    try:
-        shard = tuple(int(v) for v in args.shard.split("/"))
-        assert len(shard) == 2 and 0 <= shard[0] < shard[1]
-    except (ValueError, AssertionError):
+    index, _, shards = args.shard.partition("/")
+    if not (index.isdigit() and shards.isdigit() and int(index) < int(shards)):
         parser.error(f"--shard takes I/K with 0 <= I < K, e.g. 0/2 and 1/2; got {args.shard!r}")
+    shard = (int(index), int(shards))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.pairs < 1:
