@@ -20,6 +20,7 @@ particular model class, so any text-conditional model can be explored.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import textwrap
@@ -84,6 +85,30 @@ class FigureExplorer(widgets.VBox):
     def update(self) -> None:  # pragma: no cover - abstract
         """Change the figure's artists to match the controls and fill ``self.state``."""
         raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """The widget, and beside it a static picture of what it shows now.
+
+        A notebook saved without widget state (GitHub's viewer, nbconvert HTML, a PDF, a kernel without
+        the widget frontend) cannot draw the widget; it falls back to the ``image/png`` of the current
+        figure and a ``text/plain`` that names the explorer and its settings, instead of a bare
+        ``VBox(...)`` placeholder. JupyterLab with the widget manager still draws the live widget."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if self.image.value:
+            bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        bundle["text/plain"] = self.describe()
+        return bundle
+
+    def describe(self) -> str:
+        """One line: the explorer's class and each control's setting, e.g. ``ScheduleExplorer (t = 500, ...)``."""
+        def controls(box):
+            for child in box.children:
+                yield from controls(child) if isinstance(child, widgets.Box) else [child]
+
+        settings = [f"{control.description or type(control).__name__} = {getattr(control, 'label', None) or control.value}"
+                    for control in controls(self.children[0]) if isinstance(control, widgets.ValueWidget)]
+        return f"{type(self).__name__} ({', '.join(settings)}): a static picture of its figure; run the notebook " \
+               "to move the controls"
 
     def redraw(self) -> None:
         """``update()``, then render the figure into ``self.image``."""

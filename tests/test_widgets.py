@@ -46,6 +46,26 @@ def test_moving_the_slider_redraws(images, schedules):
         assert after["alpha_bar"][name] < before["alpha_bar"][name]  # later t, more noise
 
 
+def display_data(widget) -> dict:
+    """What a kernel puts in a notebook's display data for ``widget`` (IPython's own formatter)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    data, _ = DisplayFormatter().format(widget)
+    return data
+
+
+def test_display_data_has_a_static_picture_of_the_current_figure(images, schedules):
+    import base64
+
+    explorer = schedule_explorer(images, schedules, t=20)
+    explorer.slider.value = 150
+    data = display_data(explorer)
+    assert "application/vnd.jupyter.widget-view+json" in data  # JupyterLab still draws the live widget
+    assert base64.b64decode(data["image/png"]) == explorer.image.value  # the figure as it is now
+    assert data["text/plain"].startswith("ScheduleExplorer (") and "150" in data["text/plain"]
+    assert "VBox" not in data["text/plain"]
+
+
 def test_the_same_noise_is_used_for_every_t(images, schedules):
     """x_t - sqrt(alpha_bar) x_0 divided by sqrt(1 - alpha_bar) gives back one fixed eps at any t."""
     explorer = schedule_explorer(images, schedules, t=10)
@@ -485,6 +505,8 @@ def test_joint_attention_explorer_state_follows_every_control(mmdit_pipeline):
     assert seen[6]["prompt"] == "a ship" and seen[6]["matrix"].shape[0] == len(
         mmdit_pipeline.denoiser.prompt_tokens("a ship")) + 64
     assert set(explorer.cache) == set(prompts)
+    text = display_data(explorer)["text/plain"]
+    assert "prompt = a ship" in text and "block = " in text and "image/png" in display_data(explorer)
 
 
 def test_joint_attention_explorer_refuses_a_unet_pipeline():
