@@ -197,10 +197,11 @@ class Text2ImageConfig:
 
     @classmethod
     def latent_mmdit_small(cls, **overrides) -> "Text2ImageConfig":
-        """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 1: 64 image tokens), 256 wide, 4 heads of 64,
-        2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3 and Flux read
-        frozen text encoders (their T5 and CLIP)."""
-        mmdit = MMDiTConfig(context_dim=MINILM_DIM)
+        """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 2, as SD3 and Flux: 16 image tokens), 256 wide,
+        4 heads of 64, 2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3
+        and Flux read frozen text encoders (their T5 and CLIP). Patch 2 rather than 1: at equal training
+        minutes it reached a lower loss (pilot in ``MMDiTConfig``'s docstring)."""
+        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2)
         return cls(**{**dict(mmdit=mmdit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
