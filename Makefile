@@ -16,7 +16,7 @@ EXTRAS ?= dev,text,eval
 # JupyterLab refuses to run as root unless told; containers often run as root
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test notebooks kernel bench clean-venv
+.PHONY: setup lab student solutions test notebooks kernel bench clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version.split()[0]'
@@ -33,6 +33,15 @@ kernel: $(STAMP)
 lab: setup
 	$(BIN)/python tools/sync_notebooks.py
 	$(BIN)/jupyter lab $(LAB_ARGS) notebooks/
+
+# a learner's copies: work/NN_name.ipynb without the solutions (kept when they exist: your work), then the lab
+student: setup
+	$(BIN)/python -m course_lib.classroom student
+	$(BIN)/jupyter lab $(LAB_ARGS) work/
+
+# every chapter with its solutions shown, in solutions/ (rebuilt each time)
+solutions: $(STAMP)
+	$(BIN)/python -m course_lib.classroom solutions --force
 
 test: $(STAMP)
 	COURSE_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \

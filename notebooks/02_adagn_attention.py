@@ -575,7 +575,7 @@ print(f"at N = {lengths[big]}: SDPA takes {cost['sdpa']['time'][big] / cost['ein
 # `einsum_attention`. (Reading `_attend_by_key_chunks` in `course_lib/attention.py` gives the answer
 # away: try first.)
 
-# %%
+# %% tags=["exercise"]
 def online_softmax_attention(q, k, v, mask, chunk_size):
     """softmax(q k^T / sqrt(d)) v over key chunks;  q [B, h, Nq, d], k [B, h, Nk, d], v [B, h, Nk, d_v]."""
     raise NotImplementedError  # your code here
@@ -584,10 +584,10 @@ def online_softmax_attention(q, k, v, mask, chunk_size):
 check_online_softmax_attention(online_softmax_attention);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def online_softmax_attention(q, k, v, mask, chunk_size):
     """softmax(q k^T / sqrt(d)) v over key chunks;  q [B, h, Nq, d], k [B, h, Nk, d], v [B, h, Nk, d_v]."""
     q = q * q.shape[-1] ** -0.5  # scale once, not every chunk
@@ -623,7 +623,7 @@ assert check_online_softmax_attention(online_softmax_attention)
 #
 # Return $\mathrm{GN}(h) \odot (1 + s) + m$, with $s$ and $m$ acting on every pixel of their channel.
 
-# %%
+# %% tags=["exercise"]
 def adagn_modulation(h, emb_out, norm):
     """GN(h) * (1 + scale) + shift;  h: [B, C, H, W], emb_out: [B, 2C] = [scale, shift]."""
     raise NotImplementedError  # your code here
@@ -632,10 +632,10 @@ def adagn_modulation(h, emb_out, norm):
 check_adagn_modulation(adagn_modulation);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def adagn_modulation(h, emb_out, norm):
     """GN(h) * (1 + scale) + shift;  h: [B, C, H, W], emb_out: [B, 2C] = [scale, shift]."""
     scale, shift = emb_out.chunk(2, dim=1)  # [B, C] each

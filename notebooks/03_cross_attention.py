@@ -141,7 +141,7 @@ print(f"in {tuple(feature_map.shape)} -> out {tuple(out.shape)}; changing the pa
 # `mask` `[B, M]` (True = real token), weights `w_q` `[D_x, d]`, `w_k` and `w_v` `[D_c, d]`. Return
 # `[B, N, d]`. Fill the padded scores with `-inf` before the softmax.
 
-# %%
+# %% tags=["exercise"]
 def cross_attention(x, context, mask, w_q, w_k, w_v):
     """softmax(Q K^T / sqrt(d), padding masked) V with Q from x and K, V from context."""
     raise NotImplementedError  # your code here
@@ -150,10 +150,10 @@ def cross_attention(x, context, mask, w_q, w_k, w_v):
 check_cross_attention(cross_attention);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def cross_attention(x, context, mask, w_q, w_k, w_v):
     """softmax(Q K^T / sqrt(d), padding masked) V with Q from x and K, V from context."""
     q, k, v = x @ w_q, context @ w_k, context @ w_v  # [B, N, d], [B, M, d], [B, M, d]
@@ -305,7 +305,7 @@ print(f"scale {guidance.state['scale']:g}: mean |change| of the images from w = 
 # `uncond` are `[B, M, D]` each (the library also passes the captions' padding masks; here there are
 # none). The check counts the model's calls: exactly one, on $2B$ images.
 
-# %%
+# %% tags=["exercise"]
 def guided_prediction(model, x, t, cond, uncond, w):
     """eps_uncond + w (eps_cond - eps_uncond) from ONE call of model on [x; x];  x [B, C, H, W], cond/uncond [B, M, D]."""
     raise NotImplementedError  # your code here
@@ -314,10 +314,10 @@ def guided_prediction(model, x, t, cond, uncond, w):
 check_classifier_free_guidance(guided_prediction);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def guided_prediction(model, x, t, cond, uncond, w):
     """eps_uncond + w (eps_cond - eps_uncond) from ONE call of model on [x; x];  x [B, C, H, W], cond/uncond [B, M, D]."""
     out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))  # [2B, C, H, W]

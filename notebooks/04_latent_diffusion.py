@@ -56,7 +56,7 @@ from course_lib.captions import class_prompt
 from course_lib.checkpoint import load_checkpoint, read_card
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
 from course_lib.evaluation import fid_label, prompt_accuracy, results_path
-from course_lib.exercises import check_gaussian_kl
+from course_lib.exercises import check_gaussian_kl, solved
 from course_lib.generation import Pipeline
 from course_lib.latents import LatentSplit, cached_latents, encode_moments
 from course_lib.processes import DDPMProcess
@@ -247,7 +247,7 @@ print(f"mean PSNR over {len(probe)} test images: {test_psnr.mean():.2f} dB (± {
 # `mean`, `logvar` and `eps` are `[B, C, h, w]`; the KL is `[B]`, one number per image. Use the `eps` you
 # are given. The check also makes sure that gradients reach `mean` and `logvar`: that is what the trick is for.
 
-# %%
+# %% tags=["exercise"]
 def reparameterize(mean, logvar, eps):
     """z = mean + exp(logvar / 2) * eps: [B, C, h, w]."""
     raise NotImplementedError  # your code here
@@ -261,10 +261,10 @@ def gaussian_kl(mean, logvar):
 check_gaussian_kl(reparameterize, gaussian_kl);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def reparameterize(mean, logvar, eps):
     """z = mean + exp(logvar / 2) * eps: [B, C, h, w]."""
     return mean + torch.exp(0.5 * logvar) * eps  # std = exp(logvar / 2): a log-variance, halved, exponentiated
@@ -286,12 +286,16 @@ assert check_gaussian_kl(reparameterize, gaussian_kl)
 with torch.no_grad():
     posterior = ae.encode(shown.to(device))
     eps = torch.randn(posterior.shape, generator=torch.Generator(device).manual_seed(0), device=device)
-    z_mine = reparameterize(posterior.mean, posterior.logvar, eps)
     z_library = posterior.sample(torch.Generator(device).manual_seed(0))
 print(f"posterior of {len(shown)} test images: {posterior}")
-print(f"z: largest difference from posterior.sample() {float((z_mine - z_library).abs().max()):.1e}")
-print(f"KL per image (nats): {gaussian_kl(posterior.mean, posterior.logvar).cpu().numpy().round(1)}")
-print(f"                     {posterior.kl().cpu().numpy().round(1)}  (posterior.kl())")
+if solved(check_gaussian_kl, reparameterize, gaussian_kl):
+    z_mine = reparameterize(posterior.mean, posterior.logvar, eps)
+    print(f"z: largest difference from posterior.sample() {float((z_mine - z_library).abs().max()):.1e}")
+    print(f"KL per image (nats): {gaussian_kl(posterior.mean, posterior.logvar).cpu().numpy().round(1)}")
+    print(f"                     {posterior.kl().cpu().numpy().round(1)}  (posterior.kl())")
+else:
+    print("reparameterize / gaussian_kl are not solved yet (exercise above); the library's KL per image (nats): "
+          f"{posterior.kl().cpu().numpy().round(1)}")
 
 # %% [markdown]
 # ## 3. The latent space

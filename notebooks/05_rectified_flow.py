@@ -193,7 +193,7 @@ for name, (traj, times) in measures.items():
 #
 # `t` is a tensor `[B]` in the loss (one time per example) and a float in the step.
 
-# %%
+# %% tags=["exercise"]
 def rf_loss(model, x0, noise, t):
     """The rectified-flow loss: a 0-d tensor."""
     raise NotImplementedError  # your code here
@@ -208,10 +208,10 @@ check_rf_loss(rf_loss)
 check_euler_step(euler_step);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def rf_loss(model, x0, noise, t):
     """The rectified-flow loss: a 0-d tensor."""
     tb = t.reshape(-1, *([1] * (x0.ndim - 1)))  # [B, 1, 1, 1]: one time per example
