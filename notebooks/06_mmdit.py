@@ -62,8 +62,14 @@ print(f"device: {device}, fast mode: {FAST}")
 # $p \times p$ patches, row by row, each flattened to a vector of $C p^2$ numbers:
 # $[B, C, H, W] \to [B, (H/p)(W/p), C p^2]$; a linear layer (`img_in`) then lifts each one to the model width
 # $D$. SD3 and Flux use $p = 2$ on latents of 64x64 and more (thousands of tokens). Our latents are 8x8:
-# with $p = 2$ only 16 tokens of 16 numbers would remain, a 4x4 grid too coarse to place an object, so the
-# course uses $p = 1$: 64 image tokens, each the 4 channels of one latent position.
+# $p = 1$ gives 64 tokens, each the 4 channels of one latent position; $p = 2$ gives a 4x4 grid of 16 tokens
+# of 16 numbers. Which is better? Finer tokens see more detail, but a transformer applies *all* its weights
+# to *every* token: with the caption's 16 tokens that is 80 against 32, and on one CPU thread $p = 1$
+# trains 47 images/s against 105 (bf16; `benchmarks/bench_mmdit.py`). In a 15-minute pilot of the same
+# model, $p = 1$ trained 671 steps to a loss of 0.934 and $p = 2$ 1,687 steps to 0.876. Per step $p = 1$
+# learns a little more (0.936 against 0.966 at step 650); per minute $p = 2$ wins clearly, so `mmdit-small`
+# uses $p = 2$, as SD3 and Flux do. (A UNet meets this trade-off differently: it keeps most of its weights
+# at its coarse 4x4 and 2x2 levels.)
 
 # %%
 z = torch.randn(2, 4, 8, 8)  # two latents of vae-small's shape
@@ -100,7 +106,7 @@ print("token 9 with p = 1 is position (row 1, column 1):", torch.equal(patchify(
 # **Exercise 1.** Write the modulated, gated sub-layer. `x` is $[B, N, D]$, `shift`, `scale`, `gate` are
 # $[B, 1, D]$ (one triple per example, shared by its tokens), `f` is the sub-layer.
 
-# %%
+# %% tags=["exercise"]
 def gated_residual(x, f, shift, scale, gate):
     """x + gate * f(LN(x) * (1 + scale) + shift), LN without affine parameters (eps 1e-6)."""
     raise NotImplementedError  # your code here: F.layer_norm(x, x.shape[-1:], eps=1e-6) is LN
@@ -109,10 +115,10 @@ def gated_residual(x, f, shift, scale, gate):
 check_gated_residual(gated_residual);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution (collapsed; expand it once you have tried):
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def gated_residual(x, f, shift, scale, gate):
     """x + gate * f(LN(x) * (1 + scale) + shift), LN without affine parameters (eps 1e-6)."""
     h = modulate(F.layer_norm(x, x.shape[-1:], eps=1e-6), shift, scale)  # the same modulate as AdaGN
@@ -169,7 +175,7 @@ print(f"after random modulation weights: mean |change| of the image tokens {floa
 # **Exercise 2.** Write the joint attention: concatenate, attend once, split back. Each input is
 # $[B, \text{heads}, L \text{ or } N, d]$; return `(txt_out, img_out)` with the shapes of the queries.
 
-# %%
+# %% tags=["exercise"]
 def joint_attention(txt_q, txt_k, txt_v, img_q, img_k, img_v):
     """One attention over [text, image]; returns (txt_out [B, h, L, d], img_out [B, h, N, d])."""
     raise NotImplementedError  # your code here
@@ -178,10 +184,10 @@ def joint_attention(txt_q, txt_k, txt_v, img_q, img_k, img_v):
 check_joint_attention(joint_attention);
 
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # A solution:
 
-# %% jupyter={"source_hidden": true}
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def joint_attention(txt_q, txt_k, txt_v, img_q, img_k, img_v):
     """One attention over [text, image]; returns (txt_out [B, h, L, d], img_out [B, h, N, d])."""
     q, k, v = (torch.cat(pair, dim=2) for pair in ((txt_q, img_q), (txt_k, img_k), (txt_v, img_v)))  # [B, h, L+N, d]
@@ -298,17 +304,17 @@ plt.show()
 #
 # | stage | what | shape |
 # | --- | --- | --- |
-# | `img_in` | patch tokens, projected | $[B, 64, D]$ |
+# | `img_in` | patch tokens ($2 \times 2 \times 4 = 16$ numbers each), projected | $[B, 16, D]$ |
 # | `txt_in` | the text encoder's states, projected ("context embedder") | $[B, L, D]$ |
 # | `time_in` + `vector_in` | the conditioning vector $\mathbf{c}$ | $[B, D]$ |
-# | `double_blocks` | two streams, joint attention | $[B, 64, D]$, $[B, L, D]$ |
-# | `single_blocks` | one stream over $[\text{text}, \text{image}]$ | $[B, L + 64, D]$ |
-# | `final_layer` | adaptive LayerNorm, each image token back to a patch | $[B, 64, 4] \to [B, 4, 8, 8]$ |
+# | `double_blocks` | two streams, joint attention | $[B, 16, D]$, $[B, L, D]$ |
+# | `single_blocks` | one stream over $[\text{text}, \text{image}]$ | $[B, L + 16, D]$ |
+# | `final_layer` | adaptive LayerNorm, each image token back to a patch | $[B, 16, 16] \to [B, 4, 8, 8]$ |
 #
 # Traced on a fresh `mmdit-small`-sized model:
 
 # %%
-cfg = MMDiTConfig(context_dim=384)  # mmdit-small's MM-DiT (it reads the 384-wide MiniLM)
+cfg = MMDiTConfig(context_dim=384, patch_size=2)  # mmdit-small's MM-DiT (it reads the 384-wide MiniLM)
 model = MMDiT(cfg).eval()
 x, t = torch.randn(2, 4, 8, 8), torch.tensor([250.0, 750.0])
 context, mask = torch.randn(2, 16, 384), torch.ones(2, 16, dtype=torch.bool)
@@ -376,15 +382,171 @@ else:
     print(f"{ae_checkpoint} not found: chapter 4's autoencoder is needed for the latents")
 
 # %% [markdown]
+# ## 7. The trained model: samples in a few steps
+#
+# `mmdit-small` was trained by the course's command, `python -m course_lib.train mmdit-small --minutes 100
+# --threads 1`, and beside it, for the same minutes on the same machine, its baseline `rf-small-minilm`:
+# chapter 5's latent UNet (`rf-small`) reading the same frozen MiniLM, with the same latents, captions,
+# caption dropout, rectified-flow loss and logit-normal times. The two differ in the network only. Their cards:
+
+# %%
+from course_lib.captions import class_prompt, unseen_prompt
+from course_lib.data import CIFAR10_CLASSES
+from course_lib.generation import Pipeline
+from course_lib.viz import describe_card, show_images
+
+MODELS = {"mmdit-small": "MM-DiT", "rf-small-minilm": "UNet"}
+ckpt_paths = {name: config.checkpoint_dir() / f"{name}.safetensors" for name in MODELS}
+pipes = {name: Pipeline.from_checkpoint(path, device=device) for name, path in ckpt_paths.items() if path.exists()}
+for name, pipe in pipes.items():
+    print(describe_card(pipe.card), "\n")
+missing = [name for name in MODELS if name not in pipes]
+if missing:
+    print(f"not found: {', '.join(missing)} (python -m course_lib.train {missing[0]}); the sections below skip "
+          "what needs them")
+
+# %% [markdown]
+# From the same latent noise, the ten class prompts with guidance $w = 3$ (chapter 3) and 1 to 25 Euler steps
+# (chapter 5):
+
+# %%
+step_list = [1, 2, 4, 8, 25]
+prompts = [class_prompt(c) for c in range(10)]
+z_img = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
+if pipes:
+    grid = {name: torch.cat([pipe.generate(prompts, scale=3.0, num_steps=n, x_T=z_img.to(device)).cpu()
+                             for n in step_list]) for name, pipe in pipes.items()}
+    fig, axes = plt.subplots(1, len(grid), figsize=(7.2 * len(grid), 0.72 * len(step_list) + 1.0),
+                             layout="constrained", squeeze=False)
+    for ax, (name, images) in zip(axes[0], grid.items()):
+        show_images(images, nrow=len(prompts), ax=ax, row_labels=[f"{n} steps" for n in step_list])
+        ax.set_title(f"{name} ({MODELS[name]}): Euler, w = 3", fontsize=10)
+    fig.suptitle("columns: " + " · ".join(CIFAR10_CLASSES) + "  (the same noise for both models)", fontsize=9)
+    plt.show()
+
+# %% [markdown]
+# ## 8. MM-DiT against UNet, measured at equal compute
+#
+# Equal training CPU-minutes, on one thread of the same machine, for both. What each network costs, from
+# the cards (the training loop's own measurement, averaged over the whole run), and what it gives: FID-2k
+# and FD_clf of 2,000 samples (four Euler steps and 25; `python -m course_lib.evaluation CHECKPOINT
+# --num-samples 2000 --steps S --guidance 3`, in `data/results.jsonl`) and prompt accuracy at $w = 3$,
+# measured now: the course's classifier names the class of each image drawn from a class's prompt, once
+# with the training captions' words ("a photo of a cat") and once with words no caption has ("a photo of a
+# kitten"; chapter 4, section 6), where only a text encoder that knew language before training can help.
+
+# %%
+import math
+
+from course_lib.evaluation import fid_label, prompt_accuracy, results_path
+from course_lib.recipes import model_from_checkpoint
+from course_lib.results import read_results
+
+results = read_results(results_path()) if results_path().is_file() else []
+EVAL_STEPS = (4, 25)
+
+
+def measured(name, metric, steps):
+    """The latest 2,000-sample run of one model at w = 3 with Euler and ``steps`` steps, from results.jsonl."""
+    found = [r["metrics"].get(metric) for r in results if r.get("model") == name and r["settings"].get("steps") == steps
+             and r["settings"].get("num_samples") == 2000 and r["settings"].get("guidance") == 3.0
+             and r["settings"].get("sampler") == "euler"]
+    return found[-1] if found else float("nan")
+
+
+print(f"{'model':16s} {'params':>7s} {'minutes':>7s} {'steps':>6s} {'img/s':>6s}  "
+      + "  ".join(f"{fid_label(2000)}/FD_clf @{n}" for n in EVAL_STEPS))
+for name, pipe in pipes.items():
+    card, training = pipe.card, pipe.card["training"]
+    minutes = training["wall_seconds_total"] / 60
+    img_s = card["step"] * training["train_config"]["batch_size"] / training["wall_seconds_total"]
+    print(f"{name:16s} {card['parameters'] / 1e6:6.2f}M {minutes:7.0f} {card['step']:6,d} {img_s:6.1f}  "
+          + "  ".join(f"{measured(name, 'fid', n):9.1f} / {measured(name, 'fd_clf', n):5.2f}" for n in EVAL_STEPS))
+
+# %%
+classifier_path = config.checkpoint_dir() / "cifar-classifier.safetensors"
+per_class, acc_steps = config.pick(2, 10), config.pick(8, 25)  # full mode: about a minute on 2 CPU cores
+accuracy = {}
+if pipes and classifier_path.exists():
+    classifier, _ = model_from_checkpoint(classifier_path, device=device)
+    start = time.perf_counter()
+    for name, pipe in pipes.items():
+        for words, prompt in (("training words", class_prompt), ("unseen words", unseen_prompt)):
+            accuracy[name, words] = prompt_accuracy(pipe, classifier, scales=(3.0,), per_class=per_class,
+                                                    num_steps=acc_steps, prompt=prompt)[3.0]
+            print(f"{name:16s} {words:15s} {accuracy[name, words]}")
+    print(f"({10 * per_class} images per bar, {acc_steps} Euler steps, w = 3; {time.perf_counter() - start:.0f} s)")
+
+if pipes:
+    names = list(pipes)
+    colors = [f"C{i}" for i in range(len(names))]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.3), layout="constrained")
+    cards = {name: pipes[name].card for name in names}
+    axes[0].bar(names, [c["step"] * c["training"]["train_config"]["batch_size"] / c["training"]["wall_seconds_total"]
+                        for c in cards.values()], color=colors)
+    axes[0].set(title="training images / s (1 thread)", ylabel="images / s")
+    for ax, metric, label in ((axes[1], "fid", fid_label(2000)), (axes[2], "fd_clf", "FD_clf")):
+        for name, color in zip(names, colors):
+            ax.plot(EVAL_STEPS, [measured(name, metric, n) for n in EVAL_STEPS], "o-", color=color, label=name)
+        if all(math.isnan(measured(name, metric, n)) for name in names for n in EVAL_STEPS):
+            ax.text(0.5, 0.5, "not measured yet\n(python -m course_lib.evaluation)", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set(xscale="log", xlabel="Euler steps", title=f"{label}, 2,000 samples, w = 3\n(lower is better)")
+        ax.set_xticks(EVAL_STEPS, [str(n) for n in EVAL_STEPS])
+        ax.minorticks_off()
+        ax.legend(fontsize=7)
+    if accuracy:
+        for j, words in enumerate(("training words", "unseen words")):
+            ax = axes[3]
+            ax.bar([i + (j - 0.5) * 0.4 for i in range(len(names))], [accuracy[n, words].accuracy for n in names], 0.4,
+                   yerr=[accuracy[n, words].stderr for n in names], capsize=3, color=colors, alpha=1.0 - 0.45 * j,
+                   hatch=None if j == 0 else "//", label=words)
+        axes[3].axhline(0.1, color="grey", ls=":", lw=1)
+        axes[3].set_xticks(range(len(names)), names)
+        axes[3].set(title=f"prompt accuracy, w = 3 (± 1 s.e.,\n{10 * per_class} images per bar)", ylim=(0, 1))
+        axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    plt.show()
+
+# %% [markdown]
+# ## 9. Inside the joint attention: the explorer
+#
+# Where does the trained model look? The explorer samples each prompt once (8 Euler steps, $w = 3$, the same
+# noise for every prompt) and records every joint attention of the conditional half of the batch (the
+# course's attention capture, chapter 3, on the MM-DiT's attention path). Choose a block, a head, a step and
+# a token:
+#
+# * the full $(L + N) \times (L + N)$ matrix with its four quadrants marked (text→text, text→image,
+#   image→text, image→image);
+# * for a chosen **word**, how much attention each image patch pays it (image→text), over the sample;
+# * for a chosen **patch**, the words it reads and the patches it reads (image→image);
+# * the **quadrant mass** across blocks and sampling steps: what share of the attention goes where.
+
+# %%
+from course_lib.widgets import joint_attention_explorer
+
+if "mmdit-small" in pipes:
+    explorer_prompts = [class_prompt(c) for c in (7, 3, 8, 1)] + [unseen_prompt(5), "a red car on a road"]
+    explorer = joint_attention_explorer(pipes["mmdit-small"], explorer_prompts, num_steps=8, scale=3.0, seed=0)
+    display(explorer)
+    state = explorer.state
+    print(f"{state['prompt']!r}, all steps, mean of the heads: share of the attention in each quadrant, block by block")
+    for quadrant, values in state["depth"].items():
+        print(f"  {quadrant:13s} " + "  ".join(f"{v:.2f}" for v in values))
+    print(f"the patches that read {state['token_text']!r} most in {state['block']}: "
+          f"{(state['token_map'] / state['token_map'].max()).numpy().round(2).tolist()}")
+
+
+# %% [markdown]
 # ## Summary
 #
-# * A diffusion transformer works on tokens: patches of the latent (here $1 \times 1$: 64 tokens) and the
-#   caption's encoder states.
+# * A diffusion transformer works on tokens: patches of the latent (here $2 \times 2$: 16 tokens, as in SD3
+#   and Flux, chosen by a measured pilot) and the caption's encoder states.
 # * Time and the pooled caption make one conditioning vector; each sub-layer is modulated (shift, scale) and
 #   gated, all three from a zero-initialised layer, so every block starts as the identity.
 # * SD3's double-stream block keeps separate weights per stream but one joint attention; Flux follows it with
 #   single-stream blocks (attention and MLP in parallel, fused projections). RoPE gives the image tokens their
 #   2-D positions; the text sits at position 0.
-#
-# Training `mmdit-small` on chapter 4's latents and comparing it with the latent UNet at equal compute, and
-# the joint-attention explorer, are the next part of this chapter (`python -m course_lib.train mmdit-small`).
+# * Trained with chapter 5's rectified-flow loss on chapter 4's latents, the MM-DiT is compared with the latent
+#   UNet at equal CPU-minutes, with the same text encoder, data and objective (section 8).
