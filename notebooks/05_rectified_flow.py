@@ -407,8 +407,9 @@ else:
 # and integrates `rf-small`'s guided ODE ($w = 3$, 25 Euler steps) from each to its sample $z_0$; `rf2-small`
 # starts from `rf-small`'s weights and learns the straight lines between those fixed pairs (uniform $t$, the
 # prompt a random caption of the pair's class, dropped 10 % of the time as before). The pairs already hold the
-# guidance, so `rf2-small` is sampled with $w = 1$, the conditional velocity alone (extrapolating again made it
-# worse: FD_clf of 2,000 one-step samples 6.0 / 5.5 / 6.3 / 8.6 at $w$ = 1 / 1.5 / 2 / 3, in `data/results.jsonl`).
+# guidance, so `rf2-small` is sampled with $w = 1$, the conditional velocity alone. Guiding it again helps
+# little and soon hurts: FD_clf of 2,000 one-step samples 6.0 / 5.5 / 6.3 / 8.6 at $w$ = 1 / 1.5 / 2 / 3 (in
+# `data/results.jsonl`; $w = 1.5$ is marginally better in FD_clf, with lower recall, 0.11 against 0.16).
 # The cards say how long each step took and on what.
 
 # %%
@@ -476,7 +477,7 @@ if pipes:
     plt.show()
 
 # %% [markdown]
-# Forty or 150 samples per point give a rough curve. The same curves measured with 2,000 samples per point,
+# Forty or 100 samples per point give a rough curve. The same curves measured with 2,000 samples per point,
 # FID-2k in Inception features (against all 50,000 training images) and FD_clf, come from the course's
 # evaluation runs in `data/results.jsonl` (`python -m course_lib.evaluation CHECKPOINT --num-samples 2000
 # --steps S --guidance W`); beside them what each model cost, from the cards. The 2-rectified flow's cost

@@ -524,6 +524,8 @@ if pipes:
 # * the **quadrant mass** across blocks and sampling steps: what share of the attention goes where.
 
 # %%
+from IPython.display import display
+
 from course_lib.widgets import joint_attention_explorer
 
 if "mmdit-small" in pipes:
