@@ -43,8 +43,11 @@ student: setup
 solutions: $(STAMP)
 	$(BIN)/python -m course_lib.classroom solutions --force
 
+# nbval executes what a learner runs: the student build of every notebook (solutions removed; the
+# solutions themselves are run against their checks by tests/test_classroom.py)
 test: $(STAMP)
-	COURSE_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	$(BIN)/python -m course_lib.classroom student --force --out build/student > /dev/null
+	COURSE_FAST=1 $(BIN)/python -m pytest tests build/student --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # regenerate the committed .ipynb files from their .py sources, without outputs

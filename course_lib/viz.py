@@ -182,6 +182,9 @@ def plot_losses(losses: Sequence[float] | torch.Tensor, *, window: int | None = 
     ax.set(xlabel="training step", ylabel="loss")
     if log and bool((y > 0).all()):
         ax.set_yscale("log")
+        if float(y.max() / y.min()) < 10:  # less than a decade: plain numbers (2.4, not 2.4 x 10^0)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
@@ -231,6 +234,9 @@ def describe_card(card: Mapping) -> str:
     where = ", ".join(str(training[k]) for k in ("hardware", "precision") if k in training)
     if where:
         run.append(f"    on {where}")
+    for earlier in training.get("earlier_runs", []):  # a state resumed from a run under another name
+        run.append(f"    resumed after {earlier.get('command', '?')} ({_value(earlier.get('steps', '?'))} steps, "
+                   f"{_value(earlier.get('minutes', '?'))} min{'; ' + earlier['note'] if earlier.get('note') else ''})")
     for warm in training.get("warm_starts", []):  # runs that began from an exported checkpoint
         run.append(f"    continued from the step-{_value(warm.get('step', '?'))} export "
                    f"{Path(str(warm.get('from', '?'))).name} ({warm.get('weights', '?')} weights)")

@@ -870,6 +870,9 @@ def quadrant_mass(probs: torch.Tensor, num_text: int) -> dict[str, float]:
             "image→text": float(p[image, text].sum(-1).mean()), "image→image": float(p[image, image].sum(-1).mean())}
 
 
+_MARKER_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "<start>", "<pad>")  # sequence markers, not words of the prompt
+
+
 def _block_label(name: str) -> str:
     """"double_blocks.1.attn" -> "double 1"; "single_blocks.0.attn" -> "single 0"."""
     kind, _, rest = name.partition("_blocks.")
@@ -979,7 +982,8 @@ class JointAttentionExplorer(FigureExplorer):
         self.step.value = step if step in run["steps"] else "all"
         tokens = run["tokens"]
         self.token.options = [(f"{i}: {tok}", i) for i, tok in enumerate(tokens)]
-        self.token.value = token if 0 < token < len(tokens) else len(tokens) - 1  # default: the last word
+        words = [i for i, tok in enumerate(tokens) if tok not in _MARKER_TOKENS]
+        self.token.value = token if 0 < token < len(tokens) else (words or [len(tokens) - 1])[-1]  # the last word
 
     def _on_prompt(self, _change) -> None:
         self._holding += 1

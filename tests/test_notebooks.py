@@ -1,7 +1,8 @@
 """The notebook pipeline: each notebooks/NN_name.py is the source of a committed NN_name.ipynb.
 
 The .ipynb must hold the same cells as its .py (regenerate with `make notebooks`) and no outputs.
-nbval executes the .ipynb files themselves (see the Makefile's test target).
+nbval executes the student build of each .ipynb (``course_lib.classroom``: the solution cells removed; see
+the Makefile's test target); tests/test_classroom.py runs the solutions against their checks.
 """
 
 from pathlib import Path
@@ -14,8 +15,9 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 
-def cells(nb) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+def cells(nb) -> list[tuple[str, str, list]]:
+    """Each cell's type, source and tags (the classroom builds read the exercise / solution tags)."""
+    return [(c.cell_type, c.source.strip(), c.metadata.get("tags", [])) for c in nb.cells]
 
 
 def test_there_are_notebooks():

@@ -109,6 +109,9 @@ def test_describe_card_of_a_shipped_checkpoint():
     new = describe_card({"training": {"process": {"name": "ddpm", "schedule": "cosine", "T": 500,
                                                   "parameterization": "v"}}})
     assert "process: name ddpm, schedule cosine, T 500, parameterization v" in new
+    resumed = describe_card({"training": {"command": "python -m course_lib.train b --minutes 85", "earlier_runs": [
+        {"command": "python pilot.py --minutes 15", "steps": 1687, "minutes": 15, "note": "the pilot"}]}})
+    assert "resumed after python pilot.py --minutes 15 (1,687 steps, 15 min; the pilot)" in resumed
     assert describe_card({}) == "model"
     assert describe_card({"model_class": "UNet", "step": 3, "metrics": {"loss_last_100": 0.5}}) == (
         "UNet: 3 steps\nloss (last 100 steps): 0.5000")

@@ -509,6 +509,20 @@ def test_joint_attention_explorer_state_follows_every_control(mmdit_pipeline):
     assert "prompt = a ship" in text and "block = " in text and "image/png" in display_data(explorer)
 
 
+def test_joint_attention_explorer_starts_at_the_last_word_not_a_marker(mmdit_pipeline):
+    """MiniLM's tokens end with [SEP]: the explorer's first token is the prompt's last word."""
+    from course_lib.widgets import JointAttentionExplorer
+
+    inner = joint_attention_explorer(mmdit_pipeline, ["a photo of a cat"], num_steps=2).run_fn
+
+    def run_fn(prompt):
+        image, record, tokens = inner(prompt)
+        return image, record, tokens[:-1] + ["[SEP]"]  # the same number of keys, the last one a marker
+
+    explorer = JointAttentionExplorer(run_fn, ["a photo of a cat"], grid=(8, 8))
+    assert explorer.state["token_text"] == "a" and explorer.state["token"] == 4  # <start> a photo of a [SEP]
+
+
 def test_joint_attention_explorer_refuses_a_unet_pipeline():
     from course_lib.generation import Pipeline
     from course_lib.text2image import Text2ImageConfig, TextToImageUNet

@@ -15,8 +15,8 @@ import nbformat
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def cells(nb) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+def cells(nb) -> list[tuple[str, str, list]]:
+    return [(c.cell_type, c.source.strip(), c.metadata.get("tags", [])) for c in nb.cells]
 
 
 def main() -> None:
