@@ -16,7 +16,7 @@ EXTRAS ?= dev,text,eval
 # JupyterLab refuses to run as root unless told; containers often run as root
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab student solutions test notebooks kernel bench clean-venv
+.PHONY: setup lab student solutions site test notebooks kernel bench clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version.split()[0]'
@@ -43,12 +43,18 @@ student: setup
 solutions: $(STAMP)
 	$(BIN)/python -m course_lib.classroom solutions --force
 
+# the course site: every notebook run top to bottom (fast mode; `make site MODE=full` for the real runs) and
+# rendered with its outputs to site/index.html and one page per chapter (tools/build_site.py)
+MODE ?= fast
+site: setup
+	$(BIN)/python tools/build_site.py --mode $(MODE)
+
 # nbval executes what a learner runs: the student build of every notebook (solutions removed; the
 # solutions themselves are run against their checks by tests/test_classroom.py)
 test: $(STAMP)
 	$(BIN)/python -m course_lib.classroom student --force --out build/student > /dev/null
 	COURSE_FAST=1 $(BIN)/python -m pytest tests build/student --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -rs $(PYTEST_ARGS)
 
 # regenerate the committed .ipynb files from their .py sources, without outputs
 notebooks: $(STAMP)

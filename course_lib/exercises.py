@@ -21,6 +21,11 @@ Chapter 5: :func:`check_rf_loss` (the rectified-flow loss), :func:`check_euler_s
 Chapter 6: :func:`check_gated_residual` (adaLN-Zero's modulate and gate), :func:`check_joint_attention`
 (one attention over [text, image], split back).
 
+**Stuck?** Every check has hints, each saying a little more than the one before, and a worked solution:
+``check_q_sample.hint()``, ``check_q_sample.hint(2)``, ..., then ``check_q_sample.solution()`` (read from the
+cell tagged ``solution`` in the chapter's notebook, the one source of the solutions). A "Not yet" verdict
+ends by saying so.
+
 Checks of code that calls a network pass it a fixed stand-in (:class:`ProbeDenoiser`,
 :class:`ProbeConditionalDenoiser`): no training needed, and it records how it was called.
 """
@@ -28,10 +33,12 @@ Checks of code that calls a network pass it a fixed stand-in (:class:`ProbeDenoi
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from dataclasses import dataclass, field
 from typing import Callable
 
+import nbformat
 import torch
 from einops import rearrange
 from torch import nn
@@ -47,7 +54,7 @@ __all__ = ["check_q_sample", "check_eps_to_x0", "check_simple_loss", "check_ddpm
            "check_adagn_modulation", "check_online_softmax_attention", "check_cross_attention",
            "check_classifier_free_guidance", "check_gaussian_kl", "check_rf_loss", "check_euler_step",
            "check_gated_residual", "check_joint_attention",
-           "solved", "ProbeDenoiser", "ProbeConditionalDenoiser"]
+           "solved", "hint", "solution", "ProbeDenoiser", "ProbeConditionalDenoiser"]
 
 
 @dataclass
@@ -93,6 +100,64 @@ def solved(check: Callable[..., bool], *functions: Callable) -> bool:
     is solved, so a notebook with its exercises still open (the student build) runs from top to bottom."""
     with contextlib.redirect_stdout(io.StringIO()):
         return bool(check(*functions))
+
+
+def hint(check: Callable, level: int = 1) -> None:
+    """Print hint number ``level`` (1, 2, ...) of an exercise, e.g. ``hint(check_q_sample)``, also
+    written ``check_q_sample.hint()``. Each hint says a little more than the one before; after the last one,
+    :func:`solution` shows a worked solution."""
+    name, hints = getattr(check, "exercise", None), getattr(check, "hints", ())
+    if name is None:
+        raise ValueError(f"{getattr(check, '__name__', check)!r} is not one of the course's checks: pass the check, "
+                         "e.g. hint(check_q_sample)")
+    if not isinstance(level, int) or not 1 <= level <= len(hints):
+        raise ValueError(f"{check.__name__} has hints 1 to {len(hints)}, not {level!r}")
+    text = f"Hint {level} of {len(hints)} ({name}): {hints[level - 1]}"
+    if level < len(hints):
+        text += f"\n(More: {check.__name__}.hint({level + 1}).)"
+    else:
+        text += f"\n(That was the last hint; {check.__name__}.solution() shows a worked solution.)"
+    print(text)
+
+
+def solution(check: Callable) -> None:
+    """Print the worked solution of an exercise (also ``check_q_sample.solution()``): the code cell
+    tagged ``solution`` in the chapter's notebook that runs this check. Try the hints first: typing the
+    answer yourself is how it sticks."""
+    from .classroom import SOLUTION, sources  # the notebooks are the one source of the solutions
+
+    name = getattr(check, "__name__", str(check))
+    call = f"{name}("
+    notebooks = sources()
+    for path in notebooks:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and SOLUTION in cell.metadata.get("tags", []) and call in cell.source:
+                print(f"A solution, from {path.parent.name}/{path.name}:\n\n{cell.source.strip()}")
+                return
+    if not notebooks:
+        raise LookupError("the solutions are read from the course's notebooks/ folder, and this installation has "
+                          "none: work in a clone of the course's repository")
+    raise LookupError(f"no cell tagged {SOLUTION!r} calls {call}...) in {notebooks[0].parent}")
+
+
+def _exercise(*hints: str) -> Callable:
+    """Give a check its hints and its solution, ``check_q_sample.hint(level)`` and ``check_q_sample.solution()``,
+    and make a "Not yet" verdict end by saying so."""
+    def attach(check: Callable[..., bool]) -> Callable[..., bool]:
+        @functools.wraps(check)
+        def checked(*args, **kwargs) -> bool:
+            ok = check(*args, **kwargs)
+            if not ok:
+                print(f"Stuck? {check.__name__}.hint() gives a hint ({len(hints)} in all, one at a time), "
+                      f"{check.__name__}.solution() a worked solution.")
+            return ok
+
+        checked.exercise = check.__name__.removeprefix("check_")
+        checked.hints = hints
+        checked.hint = functools.partial(hint, checked)
+        checked.solution = functools.partial(solution, checked)
+        return checked
+    return attach
 
 
 def _verdict(ok: bool, message: str) -> bool:
@@ -203,6 +268,15 @@ def _q_sample_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "x_t mixes the clean images and the noise with two numbers per example, sqrt(alpha_bar_t) and sqrt(1 "
+    "- alpha_bar_t). `schedule.alpha_bar` holds alpha_bar for every timestep (shape [T]); index it with "
+    "the batch's t.",
+    "`schedule.alpha_bar[t]` has shape [B] and the images [B, C, H, W]: reshape it to [B, 1, 1, 1] "
+    "(`.view(-1, 1, 1, 1)`) so that each image gets its own coefficient.",
+    "Both coefficients are square roots (standard deviations, not variances): sqrt of alpha_bar times x0, "
+    "plus sqrt of (1 - alpha_bar) times eps. Use the eps you are given; do not draw new noise.",
+)
 def check_q_sample(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(schedule, x0, t, eps) -> x_t`` against ``schedule.q_sample`` (Ho et al. 2020, eq. 4):
 
@@ -253,6 +327,12 @@ def _eps_to_x0_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "Solve x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps for x0: move the noise term to the other "
+    "side, then divide.",
+    "alpha_bar is already [B, 1, 1, 1] and broadcasts; `alpha_bar.sqrt()` and `(1 - alpha_bar).sqrt()` "
+    "are the two coefficients. Put brackets around the difference before dividing.",
+)
 def check_eps_to_x0(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(eps, x_t, alpha_bar) -> x0`` against ``parameterization.eps_to_x0``:
 
@@ -309,6 +389,12 @@ def _ddim_step_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "DDIM (eta = 0) first estimates the clean image from the predicted noise, x0_hat = (x_t - sqrt(1 - "
+    "alpha_bar_t) eps_hat) / sqrt(alpha_bar_t): your my_eps_to_x0.",
+    "Then it puts x0_hat back at the noise level alpha_bar_prev with the same predicted noise and no new "
+    "noise: sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev) eps_hat.",
+)
 def check_ddim_step(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(x_t, eps_hat, alpha_bar_t, alpha_bar_prev) -> x_prev``, one DDIM step with eta = 0
     (Song et al. 2021, eq. 12), against the library's ``ddim_sample``:
@@ -372,6 +458,14 @@ def _adagn_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "emb_out holds the scale and the shift side by side: `emb_out.chunk(2, dim=1)` splits it into two [B, "
+    "C] tensors, the scale first.",
+    "Normalise first, `norm(h)`; each [B, C] tensor then needs two trailing axes to broadcast over [B, C, "
+    "H, W]: `scale[:, :, None, None]`.",
+    "Multiply by (1 + scale), not by scale: a zero scale (the start of training) must leave the "
+    "normalised features unchanged.",
+)
 def check_adagn_modulation(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(h, emb_out, norm) -> h_mod``, the AdaGN modulation of ``unet.AdaGNResBlock``
     (Nichol & Dhariwal 2021, "use_scale_shift_norm"):
@@ -438,6 +532,13 @@ def _cross_attention_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "The queries come from the image tokens, the keys and values from the text: q = x @ w_q, k = context "
+    "@ w_k, v = context @ w_v.",
+    "scores = q @ k^T / sqrt(d) is [B, N, M]. mask [B, M] is True for real tokens: set the padded columns "
+    "to -inf (`masked_fill(~mask[:, None, :], float('-inf'))`) before the softmax over the last axis, "
+    "then multiply by v.",
+)
 def check_cross_attention(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(x, context, mask, w_q, w_k, w_v) -> out``, single-head cross-attention (the image asks,
     the text answers; Rombach et al. 2022, Sec. 3.3):
@@ -530,6 +631,13 @@ def _simple_loss_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "Ho et al.'s Algorithm 1: noise x0 to x_t with the noise you are given (your my_q_sample of exercise "
+    "1 does it), ask the model for its prediction `model(x_t, t)`, and compare the prediction with that "
+    "noise.",
+    "The loss is the mean squared error over every number (batch, channels, pixels): the mean of (noise - "
+    "prediction) ** 2, a 0-d tensor.",
+)
 def check_simple_loss(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(model, schedule, x0, t, noise) -> loss``, the simple loss of DDPM training
     (Ho et al. 2020, Algorithm 1 and eq. 14), against ``parameterization.diffusion_loss`` with the same
@@ -615,6 +723,14 @@ def _ddpm_step_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "Read the schedule at this step: `schedule.alphas[t]`, `schedule.alpha_bar[t]` and "
+    "`schedule.betas[t]` (t is one integer here, so these are single numbers that broadcast over the "
+    "batch).",
+    "The mean is (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat) / sqrt(alpha_t); the noise's standard "
+    "deviation is sigma_t = sqrt(schedule.posterior_variance[t]), times the z you are given.",
+    "The last step (t = 0) adds no noise: return the mean alone there.",
+)
 def check_ddpm_step(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(schedule, x_t, eps_hat, t, z) -> x_{t-1}``, one step of ancestral sampling
     (Ho et al. 2020, Algorithm 2, with eq. 11's mean), against the library's ``ddpm_sample``
@@ -705,6 +821,12 @@ def _cfg_hint(err: Exception) -> str:
     return ""
 
 
+@_exercise(
+    "One call on 2B images: `torch.cat([x, x])`, the timesteps twice, and the two contexts stacked in the "
+    "same order, `torch.cat([cond, uncond])`.",
+    "Split the output with `.chunk(2)`: the first half belongs to cond, the second to uncond. Then "
+    "eps_uncond + w (eps_cond - eps_uncond).",
+)
 def check_classifier_free_guidance(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(model, x, t, cond, uncond, w) -> eps_guided``, classifier-free guidance with ONE
     batched forward pass (Ho & Salimans 2022, eq. 6, in the course's and Stable Diffusion's convention),
@@ -800,6 +922,14 @@ def _online_softmax_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "Scale q by 1/sqrt(d) once. Keep three running quantities per query while you visit the keys chunk by "
+    "chunk: m, the largest score so far; l, the sum of exp(score - m); o, the sum of exp(score - m) v.",
+    "When a chunk raises the maximum from m to m_new, the old sums were taken relative to m: multiply l "
+    "and o by exp(m - m_new) before adding the chunk's exp(s - m_new) terms. The answer is o / l.",
+    "Masked keys get the score -inf. A query that has so far seen only masked keys has m = -inf: shift by "
+    "0 instead (exp(-inf) = 0, no NaN), and return 0 for a query whose l stays 0.",
+)
 def check_online_softmax_attention(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(q, k, v, mask, chunk_size) -> out``, attention computed over key chunks with the online
     softmax (Milakov & Gimelshein 2018; the inner loop of FlashAttention, Dao et al. 2022), against
@@ -904,6 +1034,13 @@ def _gaussian_kl_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "reparameterize: the standard deviation is exp(logvar / 2); z = mean + std * eps, with torch "
+    "operations so that gradients reach mean and logvar.",
+    "For one number, KL(N(mu, sigma^2) || N(0, 1)) = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2), with sigma^2 "
+    "= exp(logvar). The numbers of a latent are independent, so their KLs add: sum over dims (1, 2, 3) "
+    "for one value per image.",
+)
 def check_gaussian_kl(reparameterize: Callable, gaussian_kl: Callable, seed: int = 0) -> bool:
     """Check the two halves of the KL autoencoder's posterior q(z|x) = N(mean, diag(exp(logvar))) against
     ``autoencoder.DiagonalGaussianDistribution`` (Kingma & Welling 2014, Sec. 2.4 and App. B):
@@ -996,6 +1133,12 @@ def _rf_loss_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "The straight line with the data at t = 0 and the noise at t = 1: x_t = (1 - t) x0 + t noise. t is "
+    "[B]; reshape it to [B, 1, 1, 1].",
+    "Along that line the velocity dx_t/dt is noise - x0, whatever t is: the loss is the mean of (noise - "
+    "x0 - model(x_t, t)) ** 2.",
+)
 def check_rf_loss(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(model, x0, noise, t) -> loss``, the rectified-flow loss (Liu et al. 2022; SD3's direction):
 
@@ -1039,6 +1182,12 @@ def _euler_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "Euler's method follows the slope for one step: x_next = x + (t_next - t) v(x, t); v is a function, "
+    "call it.",
+    "Sampling runs from noise (t = 1) to data (t = 0), so t_next < t and the step t_next - t is negative; "
+    "keep its sign.",
+)
 def check_euler_step(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(v, x, t, t_next) -> x_next``, one Euler step of the sampling ODE dx/dt = v(x, t):
 
@@ -1090,6 +1239,12 @@ def _gated_residual_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "LayerNorm without learned parameters is `F.layer_norm(x, x.shape[-1:], eps=1e-6)`; modulate it: "
+    "LN(x) * (1 + scale) + shift.",
+    "Run f on the modulated features, multiply by gate, and add the result to x: x + gate * f(h). With a "
+    "zero gate the block is the identity (adaLN-Zero).",
+)
 def check_gated_residual(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(x, f, shift, scale, gate) -> x_new``, one modulated, gated sub-layer of a DiT / MM-DiT block
     (Peebles & Xie 2023, adaLN-Zero; ``course_lib.mmdit.DoubleStreamBlock``):
@@ -1135,6 +1290,12 @@ def _joint_attention_cases(seed: int) -> list[Case]:
     return cases
 
 
+@_exercise(
+    "Concatenate text and image along the token axis (dim 2 of [B, h, tokens, d]), text first, for q, k "
+    "and v alike.",
+    "One attention over all L + N tokens (`F.scaled_dot_product_attention(q, k, v)`), then split the "
+    "output back at L = the number of text tokens: [:, :, :L] is the text's, [:, :, L:] the image's.",
+)
 def check_joint_attention(fn: Callable, seed: int = 0) -> bool:
     """Check ``fn(txt_q, txt_k, txt_v, img_q, img_k, img_v) -> (txt_out, img_out)``, the joint attention of SD3's
     MM-DiT block (Esser et al. 2024, Fig. 2; ``course_lib.mmdit.DoubleStreamBlock``):

@@ -7,6 +7,7 @@ re-rendered into the image. Because the picture lives in a widget trait (not in 
 area), the explorers work the same in JupyterLab, Voila and a plain Python process, where a
 test can set ``slider.value`` and check ``.state`` and ``.image.value`` at once.
 
+Chapter 0: :func:`class_explorer` (a menu of classes above their images: does the widget frontend work?).
 Chapter 1: :func:`schedule_explorer` (the noise-schedule explorer).
 Chapter 3: :func:`guidance_explorer` (a slider over the classifier-free guidance scale, same noise;
 :func:`pipeline_guidance_explorer` builds it for a ``Pipeline``, pixel or latent)
@@ -40,6 +41,8 @@ from .viz import _rgb, image_grid, overlay, token_heatmap
 
 __all__ = [
     "FigureExplorer",
+    "ClassExplorer",
+    "class_explorer",
     "ScheduleExplorer",
     "schedule_explorer",
     "GuidanceExplorer",
@@ -77,6 +80,8 @@ class FigureExplorer(widgets.VBox):
         self.state: dict = {}
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
         self.children = [widgets.HBox(controls), self.image]
+        self.add_class("course-explorer")  # CSS classes, for a page's style and the browser tests
+        self.add_class(f"course-{type(self).__name__}")
 
     def watch(self, *controls: widgets.Widget) -> None:
         """Redraw whenever one of ``controls`` changes its value."""
@@ -117,6 +122,52 @@ class FigureExplorer(widgets.VBox):
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=self.dpi)
         self.image.value = buffer.getvalue()
+
+
+class ClassExplorer(FigureExplorer):
+    """A menu of class names above a grid of the first images of the chosen class (the welcome chapter's
+    check that widgets respond: changing the menu redraws the grid).
+
+    Controls: ``menu`` (a ``Dropdown`` of the class names). ``state`` after each redraw:
+    ``{"class": name, "images": [n, C, H, W] tensor}``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                 value: str | None = None, per_class: int = 16, nrow: int = 8, dpi: int = 100):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("images must be a tensor [N, C, H, W] in [-1, 1] with one label per image, got "
+                             f"{tuple(getattr(images, 'shape', ()))} images and {len(labels)} labels")
+        value = class_names[0] if value is None else value
+        if value not in class_names:
+            raise ValueError(f"value {value!r} is not one of the classes {list(class_names)}")
+        self.images, self.labels, self.class_names = images.detach().cpu(), torch.as_tensor(labels), list(class_names)
+        self.per_class, self.nrow = per_class, nrow
+        self.menu = widgets.Dropdown(options=self.class_names, value=value, description="class")
+        figure = Figure(figsize=(nrow * 0.9, math.ceil(per_class / nrow) * 0.9 + 0.4), layout="constrained")
+        self._ax = figure.subplots()
+        self._ax.set_axis_off()
+        super().__init__([self.menu], figure, dpi)
+        self.watch(self.menu)
+        self.redraw()
+
+    def update(self) -> None:
+        name = self.menu.value
+        chosen = self.images[self.labels == self.class_names.index(name)][: self.per_class]  # [n, C, H, W]
+        self._ax.clear()
+        self._ax.set_axis_off()
+        if len(chosen):
+            self._ax.imshow(image_grid(chosen, nrow=self.nrow).numpy(), interpolation="nearest")
+            self._ax.set_title(f"{name}: the first {len(chosen)} images", fontsize=10)
+        else:
+            self._ax.text(0.5, 0.5, f"no images of {name!r} in this data", ha="center", va="center")
+        self.state = {"class": name, "images": chosen}
+
+
+def class_explorer(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                   value: str | None = None, per_class: int = 16) -> ClassExplorer:
+    """A menu of ``class_names`` above the first ``per_class`` of ``images`` [N, C, H, W] whose ``labels`` [N]
+    is that class; see :class:`ClassExplorer`."""
+    return ClassExplorer(images, labels, class_names, value=value, per_class=per_class)
 
 
 class ScheduleExplorer(FigureExplorer):

@@ -35,6 +35,47 @@
 # Everything the notebook calls lives in `course_lib` (`schedules`, `parameterization`, `unet`,
 # `train`, `samplers`); open those modules to read the full implementations.
 
+# %% [markdown] tags=["objectives"]
+# **After this chapter you can**
+#
+# 1. compute $x_t$ from $x_0$ with `q_sample` in one jump, and say what $\bar\alpha_t$ is (the share of the
+#    signal's variance left at $t$, $\prod_{s \le t}(1 - \beta_s)$) and how it gives the SNR;
+# 2. convert between the $\epsilon$, $x_0$ and $v$ predictions, and explain why $x_0$ from $\epsilon$
+#    amplifies an error by $1/\sqrt{\mathrm{SNR}}$;
+# 3. write the simple training loss of Ho et al.'s Algorithm 1 and say how it differs from the ELBO's
+#    weighting;
+# 4. write one ancestral (DDPM) step and one deterministic DDIM step, and say which of the two samplers is
+#    deterministic and why few DDIM steps give samples that are too narrow;
+# 5. read a sample grid with the classifier score and FD_clf, beside the same numbers for real images.
+#
+# **Before it you need**
+#
+# * PyTorch basics: tensors and broadcasting, `nn.Module`, one optimizer step.
+# * Gaussian noise: mean, variance, and that $a\,\epsilon$ with $\epsilon \sim \mathcal N(0, I)$ has variance $a^2$.
+# * Chapter 0 (the data, in $[-1, 1]$).
+
+# %% [markdown] tags=["section-times"]
+# **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
+# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
+# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+#
+# | section | fast mode (`COURSE_FAST=1`) | full mode |
+# | --- | --- | --- |
+# | setup (imports, data) | 4 s | 3 s |
+# | 1. The forward process | < 1 s | < 1 s |
+# | 2. Noise schedules and the signal-to-noise ratio | < 1 s | < 1 s |
+# | 3. Explore the schedules | < 1 s | < 1 s |
+# | 4. What the network predicts: $\epsilon$, $x_0$ or $v$ | < 1 s | < 1 s |
+# | 5. The classic UNet | < 1 s | < 1 s |
+# | 6. Training: predict the noise | 8 s | 20 s |
+# | 7. A trained model | < 1 s | < 1 s |
+# | 8. Ancestral sampling (DDPM) | 4 s | 80 s |
+# | 9. DDIM: the same model, fewer steps | 13 s | 2 min 10 s |
+# | 10. Watching the model denoise | 1 s | 2 s |
+# | **the whole notebook** | **32 s** | **3 min 57 s** |
+#
+# The longest cell in full mode takes 1 min 51 s.
+
 # %%
 import contextlib
 import dataclasses

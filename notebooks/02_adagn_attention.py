@@ -36,6 +36,40 @@
 # (`modulate`, the scale-and-shift step), `course_lib.attention`, `course_lib.diagnostics` and
 # `course_lib.profiling`.
 
+# %% [markdown] tags=["objectives"]
+# **After this chapter you can**
+#
+# 1. explain, with the plot of section 1, why a per-channel bias added before GroupNorm is partly removed
+#    and cannot set one channel's gain, and write AdaGN's $\mathrm{GN}(h)\odot(1+s)+m$;
+# 2. describe what makes the additive-vs-AdaGN experiment a paired comparison, and read its result
+#    (AdaGN's held-out loss about 1.5 % lower);
+# 3. say what zero-initialising a residual branch buys (an exact identity start) and what it does not
+#    (it was not faster at first here);
+# 4. explain the $1/\sqrt d$ in attention, and compare einsum, SDPA and chunked attention in time and
+#    memory;
+# 5. (stretch) write attention over key chunks with the online softmax.
+#
+# **Before it you need**
+#
+# * Chapter 1: the UNet's ResBlocks and the timestep embedding.
+# * GroupNorm, matrix products and the softmax.
+
+# %% [markdown] tags=["section-times"]
+# **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
+# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
+# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+#
+# | section | fast mode (`COURSE_FAST=1`) | full mode |
+# | --- | --- | --- |
+# | setup (imports, data) | 4 s | 4 s |
+# | 1. Two ways to tell a ResBlock the timestep | 3 s | 11 s |
+# | 2. A controlled experiment: additive vs AdaGN | 19 s | 15 s |
+# | 3. Attention three ways | 1 s | 37 s |
+# | 4. Exercise: the AdaGN modulation | < 1 s | < 1 s |
+# | **the whole notebook** | **27 s** | **66 s** |
+#
+# The longest cell in full mode takes 36 s.
+
 # %%
 import dataclasses
 import statistics

@@ -31,6 +31,41 @@
 # The code is in `course_lib.captions`, `course_lib.text`, `course_lib.spatial_transformer`,
 # `course_lib.guidance`, `course_lib.capture`, `course_lib.text2image` and `course_lib.classifier`.
 
+# %% [markdown] tags=["objectives"]
+# **After this chapter you can**
+#
+# 1. tokenize a caption and say what the padding mask and the empty caption are for;
+# 2. write single-head cross-attention with a padding mask, saying where $Q$, $K$ and $V$ come from;
+# 3. write classifier-free guidance as one batched pass, and say what $w = 0$, $w = 1$ and $w > 1$ do (and
+#    convert Ho & Salimans' $w'$: $w = 1 + w'$);
+# 4. measure prompt accuracy with the course's classifier and read it against chance (10 %);
+# 5. read an attention map and its distance from uniform, and say what the shipped model's maps do and do
+#    not show.
+#
+# **Before it you need**
+#
+# * Chapters 1 and 2: $\epsilon$-prediction, DDIM sampling, AdaGN and self-attention.
+# * Tokens and embeddings, the idea (the chapter builds both).
+
+# %% [markdown] tags=["section-times"]
+# **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
+# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
+# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+#
+# | section | fast mode (`COURSE_FAST=1`) | full mode |
+# | --- | --- | --- |
+# | setup (imports, data) | 4 s | 4 s |
+# | 1. Captions and tokens | < 1 s | < 1 s |
+# | 2. Cross-attention: the image asks, the text answers | < 1 s | < 1 s |
+# | 3. The text-to-image model | 5 s | 47 s |
+# | 4. Classifier-free guidance | 5 s | 33 s |
+# | 5. Does the prompt work? Ask a classifier | 22 s | 2 min 21 s |
+# | 6. Where does each word look? | 2 s | 2 s |
+# | 7. Words it never saw: a frozen pretrained text encoder | 6 s | 86 s |
+# | **the whole notebook** | **44 s** | **5 min 12 s** |
+#
+# The longest cell in full mode takes 1 min 34 s.
+
 # %%
 import dataclasses
 import functools

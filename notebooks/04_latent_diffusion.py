@@ -39,6 +39,42 @@
 # The code is in `course_lib.autoencoder`, `course_lib.latents`, `course_lib.text2image` and
 # `course_lib.generation`.
 
+# %% [markdown] tags=["objectives"]
+# **After this chapter you can**
+#
+# 1. say how many numbers and positions an image and its latent have (3,072 at 1,024 positions against 256
+#    at 64) and what that saves in convolution and attention;
+# 2. write the reparameterisation $z = \mu + e^{\frac12 \log\sigma^2}\epsilon$ and the KL of a diagonal
+#    Gaussian to $\mathcal N(0, I)$, and say why gradients must reach $\mu$ and $\log\sigma^2$;
+# 3. explain the scaling factor $f = 1/\operatorname{std}(z)$ and why latent samplers do not clip $\hat x_0$;
+# 4. sample the latent text-to-image model from prompts with guidance, and read the pixel-vs-latent
+#    comparison (cost, FID-2k, prompt accuracy) with its caveats, the decoder's ceiling among them;
+# 5. say what the KL weight trades: sharp reconstructions against regular, forgiving latents.
+#
+# **Before it you need**
+#
+# * Chapter 3: the text-to-image UNet, classifier-free guidance and prompt accuracy.
+# * An autoencoder, the idea; the KL divergence helps but the chapter derives what it needs.
+
+# %% [markdown] tags=["section-times"]
+# **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
+# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
+# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+#
+# | section | fast mode (`COURSE_FAST=1`) | full mode |
+# | --- | --- | --- |
+# | setup (imports, data) | 4 s | 4 s |
+# | 1. Why latents | < 1 s | < 1 s |
+# | 2. The KL autoencoder | 5 s | 13 s |
+# | 3. The latent space | 1 s | 1 s |
+# | 4. The latent diffusion model | 2 s | 15 s |
+# | 5. Samples from prompts | 2 s | 9 s |
+# | 6. Pixels against latents, measured | 8 s | 45 s |
+# | 7. The KL weight: good reconstructions or easy latents? | 10 s | 82 s |
+# | **the whole notebook** | **32 s** | **2 min 48 s** |
+#
+# The longest cell in full mode takes 81 s.
+
 # %%
 import dataclasses
 import math

@@ -37,6 +37,40 @@
 # noise at $t = 1$; Liu et al. write it the other way round. The code is in `course_lib.processes`
 # (`RectifiedFlowProcess`), `course_lib.flow`, `course_lib.reflow`, `course_lib.toy2d` and `course_lib.widgets`.
 
+# %% [markdown] tags=["objectives"]
+# **After this chapter you can**
+#
+# 1. write the rectified-flow interpolation $x_t = (1 - t)\,x_0 + t\,\epsilon$, its velocity
+#    $v = \epsilon - x_0$ and the loss, and take an Euler step from $t$ to $t_\text{next} < t$;
+# 2. explain why a flow trained on straight lines still has curved paths (independent pairs cross), and
+#    use the exact mixture velocity to separate the coupling's curvature from the network's;
+# 3. define straightness and read W2 against the number of steps, against the real-vs-real band;
+# 4. describe reflow, what it costs, and why `rf2-small` is sampled at $w = 1$;
+# 5. compare DDIM, the 1-rectified flow and the 2-rectified flow at 1 to 50 steps on images, from the
+#    measured FID-2k and FD_clf.
+#
+# **Before it you need**
+#
+# * Chapter 1's DDIM (an ODE sampler) and chapter 4's latent model (`vae-small`, `ldm-small`).
+# * Euler's method for an ODE, the idea: follow the slope for a short step.
+
+# %% [markdown] tags=["section-times"]
+# **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
+# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
+# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+#
+# | section | fast mode (`COURSE_FAST=1`) | full mode |
+# | --- | --- | --- |
+# | setup (imports, data) | 4 s | 4 s |
+# | 1. Two models, one data set | 5 s | 15 s |
+# | 2. Why straight lines make curved paths | < 1 s | < 1 s |
+# | 3. Reflow: straighten by re-pairing | 16 s | 41 s |
+# | 4. The trajectory explorer | 6 s | 4 s |
+# | 5. Images: a rectified flow in chapter 4's latent space | 21 s | 89 s |
+# | **the whole notebook** | **52 s** | **2 min 33 s** |
+#
+# The longest cell in full mode takes 57 s.
+
 # %%
 import time
 

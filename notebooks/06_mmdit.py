@@ -35,6 +35,48 @@
 # The code is in `course_lib.mmdit` (the blocks, with the module names of BFL's `flux` repository) and
 # `course_lib.text2image` (`TextToImageMMDiT`: the same text encoders, loss and generation path as the UNet).
 
+# %% [markdown] tags=["objectives"]
+# **After this chapter you can**
+#
+# 1. patchify a $[B, 4, 8, 8]$ latent into tokens and back for $p = 1$ and $p = 2$, and give the token counts
+#    (64 and 16);
+# 2. write the modulated, gated sub-layer
+#    $x + \text{gate}\odot f(\mathrm{LN}(x)(1 + \text{scale}) + \text{shift})$ and explain why a fresh block is the identity (adaLN-Zero);
+# 3. write joint attention over the concatenated [text, image] tokens, name its four quadrants, and say
+#    which two a UNet with cross-attention lacks;
+# 4. show with RoPE that a query-key score depends only on the offset of their positions, and say where
+#    text tokens sit (position (0, 0, 0));
+# 5. trace the whole model's shapes and tell the double-stream block from the single-stream block.
+# 6. read the comparison with the latent UNet at equal CPU-minutes (FID-2k, FD_clf, prompt accuracy), and
+#    say what SD3's paper reports instead of a better score (best of the transformer designs it compared, a
+#    validation loss that falls predictably as the model grows).
+#
+# **Before it you need**
+#
+# * Chapter 2 (AdaGN's scale and shift; attention), chapter 3 (text encoders, guidance), chapter 4 (latents) and chapter 5 (the rectified-flow loss and Euler sampling).
+# * A transformer block: LayerNorm, multi-head attention, an MLP, residual connections.
+
+# %% [markdown] tags=["section-times"]
+# **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
+# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
+# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+#
+# | section | fast mode (`COURSE_FAST=1`) | full mode |
+# | --- | --- | --- |
+# | setup (imports, data) | 3 s | 3 s |
+# | 1. From feature maps to tokens | < 1 s | < 1 s |
+# | 2. Conditioning: time, the pooled caption, and the modulation | < 1 s | < 1 s |
+# | 3. Joint attention: the double-stream block | < 1 s | < 1 s |
+# | 4. Where is each token? Rotary position embeddings | < 1 s | < 1 s |
+# | 5. The single-stream block and the whole model | < 1 s | < 1 s |
+# | 6. Training: the same loss, the same latents | 2 s | 19 s |
+# | 7. The trained model: samples in a few steps | 5 s | 4 s |
+# | 8. MM-DiT against UNet, measured at equal compute | 3 s | 36 s |
+# | 9. Inside the joint attention: the explorer | < 1 s | < 1 s |
+# | **the whole notebook** | **14 s** | **63 s** |
+#
+# The longest cell in full mode takes 36 s.
+
 # %%
 import time
 

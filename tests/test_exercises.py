@@ -883,3 +883,50 @@ def test_joint_attention_check_names_the_mistake(wrong, words, capsys):
 
     ok, out = verdict(check_joint_attention, wrong, capsys)
     assert not ok and words in out
+
+
+# --------------------------------------------------------------------------- hints and solutions
+
+from course_lib import exercises  # noqa: E402
+
+CHECKS = [getattr(exercises, name) for name in exercises.__all__ if name.startswith("check_")]
+
+
+def test_every_check_has_hints_and_a_solution_in_the_notebooks(capsys):
+    assert len(CHECKS) == 14
+    for check in CHECKS:
+        assert len(check.hints) >= 2 and check.exercise == check.__name__.removeprefix("check_")
+        check.solution()
+        out = capsys.readouterr().out
+        assert out.startswith("A solution, from notebooks/0") and f"{check.__name__}(" in out
+        assert "NotImplementedError" not in out  # the worked answer, not the stub
+
+
+def test_hints_come_one_at_a_time_then_the_solution(capsys):
+    check_q_sample.hint()
+    first = capsys.readouterr().out
+    assert first.startswith("Hint 1 of 3 (q_sample)") and "check_q_sample.hint(2)" in first
+    check_q_sample.hint(3)
+    last = capsys.readouterr().out
+    assert "[B, 1, 1, 1]" not in last and "last hint" in last and "check_q_sample.solution()" in last
+    assert check_q_sample.hint(2) is None and "[B, 1, 1, 1]" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="hints 1 to 3, not 4"):
+        check_q_sample.hint(4)
+    with pytest.raises(ValueError, match="not one of the course's checks"):
+        exercises.hint(print)
+
+
+def test_a_wrong_answer_points_to_the_hints_a_right_one_does_not(capsys):
+    ok, out = verdict(check_q_sample, lambda schedule, x0, t, eps: x0, capsys)
+    assert not ok and "Stuck? check_q_sample.hint()" in out
+    ok, out = verdict(check_q_sample, q_sample_view, capsys)
+    assert ok and "Stuck" not in out
+
+
+def test_solution_names_the_missing_notebooks(monkeypatch, tmp_path):
+    from course_lib import classroom
+
+    monkeypatch.setattr(classroom, "SOURCES", tmp_path)
+    monkeypatch.setattr(classroom.sources, "__defaults__", (tmp_path,))
+    with pytest.raises(LookupError, match="this installation has none"):
+        check_q_sample.solution()

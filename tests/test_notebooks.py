@@ -5,6 +5,7 @@ nbval executes the student build of each .ipynb (``course_lib.classroom``: the s
 the Makefile's test target); tests/test_classroom.py runs the solutions against their checks.
 """
 
+import re
 from pathlib import Path
 
 import jupytext
@@ -48,3 +49,38 @@ def test_every_notebook_source_is_valid_python(source):
     """A percent-format source is a Python file: a markdown line that lost its "# " breaks it (and jupytext
     then reads the rest of the cell as code)."""
     compile(source.read_text(), str(source), "exec")
+
+
+def _tagged(source: Path, tag: str) -> list[str]:
+    return [c.source for c in jupytext.read(source).cells if tag in c.metadata.get("tags", [])]
+
+
+def _items(markdown: str) -> list[str]:
+    """The items of a markdown list (numbered or bulleted), each joined onto one line."""
+    items: list[str] = []
+    for line in markdown.splitlines():
+        if re.match(r"^(\d+\.|\*) ", line):
+            items.append(line.split(" ", 1)[1].strip())
+        elif items and line.startswith("  ") and line.strip():
+            items[-1] += " " + line.strip()
+    return items
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[s.stem for s in SOURCES])
+def test_every_notebook_opens_with_objectives_prerequisites_and_measured_times(source):
+    """After the title: what the learner can do afterwards (the same list as the instructor guide's), what the
+    chapter assumes, and a table of the seconds each section ran in fast and in full mode."""
+    (objectives,) = _tagged(source, "objectives")
+    assert objectives.startswith("**After this chapter you can**") and "**Before it you need**" in objectives
+    ours = _items(objectives.split("**Before it you need**")[0])
+    guide = (NOTEBOOKS.parent / "docs" / "instructor_guide.md").read_text()
+    chapter = guide.split(f"(`{source.stem}`)", 1)[1]
+    theirs = _items(chapter.split("**Objectives.** Learners can", 1)[1].split("**Prepare.**", 1)[0])
+    assert ours and ours == theirs, "the notebook's objectives and the instructor guide's must be the same list"
+    (times,) = _tagged(source, "section-times")
+    assert "| section | fast mode (`COURSE_FAST=1`) | full mode |" in times and "**the whole notebook**" in times
+    headings = re.findall(r"^## (.+)$", "\n".join(c.source for c in jupytext.read(source).cells
+                                                   if c.cell_type == "markdown"), re.M)
+    for heading in headings:
+        if not heading.lower().startswith(("summary", "what next")):
+            assert f"| {heading} |" in times, f"no time measured for section {heading!r}: rerun the site builds"

@@ -530,3 +530,60 @@ def test_joint_attention_explorer_refuses_a_unet_pipeline():
     unet_model = TextToImageUNet(Text2ImageConfig.latent_tiny())
     with pytest.raises(TypeError, match="needs an MM-DiT"):
         joint_attention_explorer(Pipeline(unet_model, RectifiedFlowProcess()), ["a cat"])
+
+
+# --------------------------------------------------------------------------- chapter 0, and every explorer's picture
+
+from course_lib import widgets as explorers  # noqa: E402
+from course_lib.widgets import class_explorer  # noqa: E402
+
+
+def test_class_explorer_redraws_the_chosen_class():
+    images = torch.rand(30, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.arange(30) % 3  # classes 0, 1, 2: ten images each
+    explorer = class_explorer(images, labels, ["cat", "dog", "ship"], value="dog", per_class=4)
+    assert explorer.state["class"] == "dog" and torch.equal(explorer.state["images"], images[labels == 1][:4])
+    png = explorer.image.value
+    explorer.menu.value = "ship"
+    assert torch.equal(explorer.state["images"], images[labels == 2][:4]) and explorer.image.value != png
+    assert "class = ship" in display_data(explorer)["text/plain"]
+    with pytest.raises(ValueError, match="'horse' is not one of the classes"):
+        class_explorer(images, labels, ["cat", "dog", "ship"], value="horse")
+    with pytest.raises(ValueError, match="one label per image"):
+        class_explorer(images, labels[:5], ["cat", "dog", "ship"])
+
+
+# every explorer in course_lib.widgets, built small: a new explorer without an entry here fails the test below
+EXPLORER_BUILDERS = {
+    "ClassExplorer": lambda request: class_explorer(torch.zeros(4, 3, 8, 8), torch.tensor([0, 0, 1, 1]), ["a", "b"]),
+    "ScheduleExplorer": lambda request: schedule_explorer(torch.zeros(2, 3, 8, 8), {"linear": NoiseSchedule.linear(T)}),
+    "GuidanceExplorer": lambda request: guidance_explorer(request.getfixturevalue("text2image")["sample_fn"], [0, 3],
+                                                          titles=PROMPTS),
+    "AttentionExplorer": lambda request: attention_explorer(request.getfixturevalue("text2image")["run_fn"], PROMPTS),
+    "TrajectoryExplorer": lambda request: trajectory_explorer(_toy_velocities(), 0.05 * torch.randn(50, 2),
+                                                              num_points=20, steps=[1, 4], seeds=[0]),
+    "JointAttentionExplorer": lambda request: joint_attention_explorer(request.getfixturevalue("mmdit_pipeline"),
+                                                                       ["a ship"], num_steps=2),
+}
+
+
+def test_every_explorer_has_a_builder_here():
+    classes = {name for name in explorers.__all__
+               if isinstance(getattr(explorers, name), type) and issubclass(getattr(explorers, name), FigureExplorer)
+               and getattr(explorers, name) is not FigureExplorer}
+    assert classes == set(EXPLORER_BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPLORER_BUILDERS))
+def test_every_explorers_display_data_has_its_picture(name, request):
+    """What a notebook saves for an explorer: the live widget, a PNG of its current figure (what GitHub's viewer,
+    nbconvert and the course site show) and a text/plain that names it, not 'VBox(...)'."""
+    import base64
+
+    explorer = EXPLORER_BUILDERS[name](request)
+    assert type(explorer).__name__ == name
+    data = display_data(explorer)
+    assert "application/vnd.jupyter.widget-view+json" in data
+    png = base64.b64decode(data["image/png"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == explorer.image.value
+    assert data["text/plain"].startswith(f"{name} (") and "VBox" not in data["text/plain"]
