@@ -1,0 +1,375 @@
+"""The explorers in a real browser: JupyterLab and headless Chromium, driven by Playwright.
+
+The other widget tests set a control in Python and check what was drawn; they would pass with a broken
+widget frontend (a missing JupyterLab extension, an ipywidgets/JupyterLab mismatch). Here a JupyterLab
+server from this environment opens notebooks in Chromium, runs them (fast mode), and the page is checked
+as a learner would look at it: no cell error, every explorer drawn as a live widget (not "Error displaying
+widget", not the static picture or the text that stand in for it where widgets cannot run), and moving
+a slider or choosing a menu entry changes the picture (its pixels, before and after).
+
+Covered: a learner's copy of the welcome notebook (``course_lib.classroom``'s student build: its class
+menu; saved from the browser, it writes no paired ``.py`` and leaves the tracked sources alone), and one
+explorer of each family built small in a generated notebook (schedule slider, guidance slider,
+attention-map menu, trajectory slider, joint-attention menu). A last test starts JupyterLab with the widget
+manager extension disabled and checks that the same checks then fail. The notebooks and a screenshot of
+each explorer before and after its control moved go to ``build/browser/`` (git-ignored).
+
+The browser is Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it when it is
+missing) or the one ``COURSE_CHROMIUM`` names; Playwright's own browser download is not used. Without a
+browser or Playwright the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from course_lib.classroom import build
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "build" / "browser"
+DONE = "ALL CELLS RAN"  # printed by the last cell of every notebook the tests open
+WIDGET_MANAGER = "@jupyter-widgets/jupyterlab-manager"
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium() -> str | None:
+    named = os.environ.get("COURSE_CHROMIUM", "").strip()
+    if named:
+        return named if Path(named).exists() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _skip_reason() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "Playwright is not installed: pip install -e '.[dev]' (make setup does)"
+    if _chromium() is None:
+        return ("no Chromium found: install Debian's package (sudo apt-get install -y chromium; .ci/run does) or set "
+                "COURSE_CHROMIUM to a Chromium executable")
+    return None
+
+
+if _skip_reason():
+    pytest.skip(f"browser tests skipped: {_skip_reason()}", allow_module_level=True)
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+
+# --------------------------------------------------------------------------- the notebooks the browser runs
+
+EXPLORER_CELLS = [
+    # the imports and tiny stand-ins: a closed-form sampler and velocity fields, a tiny UNet and MM-DiT
+    """\
+import torch
+from IPython.display import display
+from course_lib.schedules import NoiseSchedule
+from course_lib import widgets as W
+g = torch.Generator().manual_seed(0)
+images = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1""",
+    """\
+explorer = W.schedule_explorer(images, {"linear": NoiseSchedule.linear(200), "cosine": NoiseSchedule.cosine(200)}, t=20)
+display(explorer)""",
+    """\
+def sample_fn(scale):  # a stand-in sampler: the picture depends on the scale
+    return (images[:2] * (1 + scale)).clamp(-1, 1)
+display(W.guidance_explorer(sample_fn, [0, 1, 3, 7], titles=["first", "second"]))""",
+    """\
+from course_lib.capture import capture_attention
+from course_lib.samplers import ddim_sample
+from course_lib.text import TextEncoder, TextEncoderConfig, Tokenizer, encode_prompts
+from course_lib.unet import UNet, UNetConfig
+torch.manual_seed(0)
+tokenizer = Tokenizer.for_cifar10()
+encoder = TextEncoder(TextEncoderConfig.for_tokenizer(tokenizer, dim=32, depth=1)).eval()
+unet = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, 8),
+                       image_size=16, num_groups=4, num_heads=2, dropout=0.0, context_dim=32)).eval()
+for name, p in unet.named_parameters():  # wake the zero-initialised output layers: maps that differ by word
+    if "proj_out" in name or "out." in name:
+        torch.nn.init.normal_(p, std=0.2)
+schedule = NoiseSchedule.linear(200)
+
+def run(prompt):
+    context = encode_prompts([prompt], tokenizer, encoder)
+    batch = tokenizer.encode([prompt])
+    with torch.no_grad(), capture_attention(unet) as record:
+        image = ddim_sample(lambda x, t: unet(x, t, context.tokens, context.mask), schedule,
+                            x_T=torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
+                            num_steps=3, progress=False)[0]
+    return image, record, [tokenizer.vocab[i] for i in batch.ids[0][batch.mask[0]].tolist()]
+
+display(W.attention_explorer(run, ["a photo of a cat", "a ship"]))""",
+    """\
+def straight(y, t):
+    return y / torch.as_tensor(t, dtype=y.dtype).reshape(-1, 1).clamp_min(1e-3)
+def curl(y, t):
+    return straight(y, t) + torch.stack([-y[:, 1], y[:, 0]], 1)
+display(W.trajectory_explorer({"straight": straight, "curl": curl}, 0.05 * torch.randn(200, 2, generator=g),
+                              num_points=60, steps=[1, 4, 16], seeds=[0]))""",
+    """\
+from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+from course_lib.generation import Pipeline
+from course_lib.processes import RectifiedFlowProcess
+from course_lib.text2image import Text2ImageConfig, TextToImageMMDiT
+torch.manual_seed(0)
+mmdit = TextToImageMMDiT(Text2ImageConfig.latent_mmdit_tiny()).eval()
+pipe = Pipeline(mmdit, RectifiedFlowProcess(), autoencoder=AutoencoderKL(AutoencoderConfig.tiny()).eval())
+display(W.joint_attention_explorer(pipe, ["a photo of a cat", "a ship"], num_steps=2))""",
+]
+
+# (explorer class, how to move it): ("slider", None) presses End on the slider's handle (then ArrowLeft
+# if End moved nothing); ("menu", label) chooses that entry of the first menu whose options include it
+INTERACTIONS = {
+    "00_welcome": [("ClassExplorer", ("menu", "horse"))],
+    "explorers": [("ScheduleExplorer", ("slider", None)), ("GuidanceExplorer", ("slider", None)),
+                  ("AttentionExplorer", ("menu", "a ship")), ("TrajectoryExplorer", ("slider", None)),
+                  ("JointAttentionExplorer", ("menu", "a ship"))],
+}
+
+
+def _python3(nb):
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(new_code_cell(f"print({DONE!r})"))
+    return nb
+
+
+def write_notebooks(folder: Path) -> None:
+    """In ``folder``: the learner's copy of chapter 0 (``course_lib.classroom``'s student build, with the
+    build's jupytext.toml) and explorers.ipynb."""
+    build("student", folder, notebooks=[ROOT / "notebooks" / "00_welcome.ipynb"])
+    welcome = folder / "00_welcome.ipynb"
+    nbformat.write(_python3(nbformat.read(welcome, as_version=4)), welcome)
+    cells = [new_markdown_cell("# Every explorer, built small")] + [new_code_cell(src) for src in EXPLORER_CELLS]
+    nbformat.write(_python3(new_notebook(cells=cells)), folder / "explorers.ipynb")
+
+
+def lab_folder(name: str) -> Path:
+    """A fresh folder under build/browser/ (inside the repository, so that its jupytext.toml applies as the
+    repository's own does: what a learner's work/ folder gets)."""
+    folder = SHOTS / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+# --------------------------------------------------------------------------- a JupyterLab server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Lab:
+    """``jupyter lab`` from this environment on a free localhost port, in ``root``, fast mode, with its own
+    settings (a notebook starts its kernel without asking) and config folder (``disable`` lists extensions
+    to switch off, as `jupyter labextension disable` would)."""
+
+    def __init__(self, root: Path, disable: tuple[str, ...] = ()):
+        self.root, self.port, self.token = root, _free_port(), secrets.token_hex(16)
+        settings = root / ".settings" / "@jupyterlab" / "notebook-extension"
+        settings.mkdir(parents=True)
+        (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"autoStartDefaultKernel": True}))
+        news = root / ".settings" / "@jupyterlab" / "apputils-extension"  # no "get notified about news?" toast
+        news.mkdir(parents=True)
+        (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
+                                                                             "checkForUpdates": False}))
+        config = root / ".config"
+        (config / "labconfig").mkdir(parents=True)
+        (config / "labconfig" / "page_config.json").write_text(
+            json.dumps({"disabledExtensions": {name: True for name in disable}}))
+        env = {**os.environ, "COURSE_FAST": "1", "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+               "JUPYTER_CONFIG_DIR": str(config), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+        self.log = open(root / ".lab.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={self.port}", "--ServerApp.ip=127.0.0.1",
+             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True",
+             "--ServerApp.port_retries=0"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited: {(root / '.lab.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.close()
+        raise RuntimeError("jupyter lab did not answer within 90 s")
+
+    def wait_for_kernel(self, name: str, timeout: float = 60) -> None:
+        """Until the server has a session for notebook ``name`` whose kernel is started and idle."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.url}/api/sessions?token={self.token}", timeout=5) as answer:
+                sessions = json.load(answer)
+            if any(s.get("path") == name and (s.get("kernel") or {}).get("execution_state") == "idle" for s in sessions):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"no idle kernel for {name} within {timeout:.0f} s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- what a learner would look at
+
+
+def run_notebook(browser, lab: Lab, name: str, timeout: float = 240) -> tuple:
+    """Open ``name`` in JupyterLab, run all cells, wait for the last one; return (page, problems)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")  # reset: only this notebook open
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    lab.wait_for_kernel(name)  # the toolbar says idle before the kernel exists; the server knows
+    started = ".jp-InputPrompt:text-matches('\\[(\\*|\\d+)\\]')"  # a cell queued or run: [*] or [1]
+    for _ in range(2):  # a click before the page is connected to the kernel can be lost: once more
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click("li[data-command='runmenu:run-all']")  # Run > Run All Cells
+        try:
+            page.wait_for_selector(started, timeout=30_000)
+            break
+        except Exception:  # noqa: BLE001 - nothing started: try again, then let the wait below report it
+            continue
+    problems = []
+    try:
+        page.wait_for_selector(f".jp-OutputArea-output:has-text({DONE!r})", timeout=timeout * 1000)
+    except Exception:  # noqa: BLE001 - a run that never ends is reported with what the page shows
+        problems.append(f"{name}: the last cell did not run within {timeout:.0f} s")
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')")
+    errors = errors.all_inner_texts() + page.locator(".jp-OutputArea-output:has-text('Error displaying widget')"
+                                                    ).all_inner_texts()
+    problems += [f"{name}: an error in the page: {text.strip()[:300]}" for text in errors]
+    return page, problems
+
+
+def _moved(page, explorer, how) -> None:
+    kind, value = how
+    if kind == "menu":
+        for select in explorer.locator("select").all():
+            labels = [text.replace("\xa0", " ").strip() for text in select.locator("option").all_text_contents()]
+            if value in labels:  # ipywidgets writes the labels with non-breaking spaces
+                select.select_option(index=labels.index(value))
+                return
+        menus = [select.locator("option").all_text_contents() for select in explorer.locator("select").all()]
+        raise AssertionError(f"no menu with the entry {value!r}; the menus: {menus}")
+    handle = explorer.locator(".noUi-handle, .slider-handle, [role='slider']").first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    before = handle.get_attribute("aria-valuenow")
+    handle.press("End")
+    if handle.get_attribute("aria-valuenow") == before:
+        handle.press("ArrowLeft")
+
+
+def check_explorers(page, name: str, interactions, shots: Path) -> list[str]:
+    """Each explorer drawn live, and its picture changed by moving one control; screenshots in ``shots``."""
+    problems = []
+    fallback = page.locator(".jp-OutputArea-output:has-text('a static picture of its figure')")
+    if fallback.count():
+        problems.append(f"{name}: {fallback.count()} explorer(s) shown as the static fallback, not as live widgets")
+    for cls, how in interactions:
+        explorer = page.locator(f".course-{cls}")
+        if explorer.count() != 1:
+            problems.append(f"{name}: {cls} was not drawn as a widget ({explorer.count()} found)")
+            continue
+        image = explorer.locator("img").first
+        try:
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                                   timeout=30_000)
+        except Exception:  # noqa: BLE001
+            problems.append(f"{name}: {cls}'s picture did not load")
+            continue
+        explorer.scroll_into_view_if_needed()
+        before = image.screenshot()
+        explorer.screenshot(path=str(shots / f"{name}-{cls}-before.png"))
+        _moved(page, explorer, how)
+        deadline, after = time.monotonic() + 60, before
+        while after == before and time.monotonic() < deadline:
+            page.wait_for_timeout(300)
+            after = image.screenshot()
+        explorer.screenshot(path=str(shots / f"{name}-{cls}-after.png"))
+        if after == before:
+            problems.append(f"{name}: moving {cls}'s {how[0]} did not change its picture")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    root = lab_folder("lab")
+    write_notebooks(root)
+    server = Lab(root)
+    yield server
+    server.close()
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", list(INTERACTIONS))
+def test_explorers_render_and_respond_in_jupyterlab(browser, lab, name):
+    shots = SHOTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    sources = _digest(ROOT / "notebooks")
+    page, problems = run_notebook(browser, lab, f"{name}.ipynb")
+    problems += check_explorers(page, name, INTERACTIONS[name], shots)
+    page.screenshot(path=str(shots / f"{name}-page.png"))
+    page.keyboard.press("Control+s")  # a learner saves: the copy alone is written, never a paired .py
+    deadline = time.monotonic() + 30
+    while DONE not in (lab.root / f"{name}.ipynb").read_text() and time.monotonic() < deadline:
+        page.wait_for_timeout(300)
+    page.close()
+    assert problems == []
+    assert DONE in (lab.root / f"{name}.ipynb").read_text(), "the notebook was not saved with its outputs"
+    assert not list(lab.root.glob("*.py")) and _digest(ROOT / "notebooks") == sources
+
+
+def test_the_checks_fail_when_the_widget_frontend_is_missing(browser):
+    """JupyterLab without the widget manager extension: the welcome notebook runs, but its explorer cannot be
+    drawn live; the checks of the test above must say so (else they would not catch a broken frontend)."""
+    root = lab_folder("lab-without-widgets")
+    write_notebooks(root)
+    server = Lab(root, disable=(WIDGET_MANAGER,))
+    shots = SHOTS / "screenshots-without-widgets"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        page, problems = run_notebook(browser, server, "00_welcome.ipynb")
+        problems += check_explorers(page, "00_welcome", INTERACTIONS["00_welcome"], shots)
+        page.screenshot(path=str(shots / "00_welcome-page.png"))
+        page.close()
+    finally:
+        server.close()
+    # the notebook itself ran (no error; the page shows the explorer's static picture instead, the graceful
+    # fallback), and the one problem found is the one a learner would see: no menu to choose from
+    assert problems == ["00_welcome: ClassExplorer was not drawn as a widget (0 found)"]
