@@ -9,10 +9,12 @@ Infrastructure
   pairs); step-indexed batches with exact resume
 - ``checkpoint``: safetensors checkpoints with a JSON card, written atomically
 - ``trainer``: the one training loop (``fit``: AdamW, warm-up / cool-down, EMA, clipping, budgets, resume)
-- ``train``: the command line ``python -m course_lib.train RECIPE``
+- ``train``: the command line ``python -m course_lib.train RECIPE`` (``torchrun ... -m course_lib.train``: data parallel)
+- ``distributed``: torchrun's process group, each rank's device, shard and seed (DistributedDataParallel)
 - ``recipes``: what the command line trains (model config + process + data + optimiser); models by card
 - ``profiling``: parameter counts, peak tensor memory and interleaved timings
-- ``exercises``: checks that tell a learner whether their implementation is right
+- ``exercises``: checks that tell a learner whether their implementation is right, with hints and solutions
+- ``classroom``: the student and solution builds of the notebooks, and resetting an exercise
 
 Process (how data becomes noise, and back)
 - ``processes``: the ``Process`` interface (corrupt, target, loss, sample), ``DDPMProcess`` and
@@ -36,7 +38,7 @@ Models
 - ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock; SpatialTransformers for text)
 - ``text2image``: the text-to-image denoiser (text encoder + conditional UNet) and its loss
 - ``mmdit``: SD3's and Flux's transformer (patches, RoPE, QK-norm, adaLN-Zero modulation, double- and
-  single-stream blocks, the MMDiT with the UNet's interface; chapter 6, its text-to-image recipe to come)
+  single-stream blocks, the MMDiT with the UNet's interface; chapter 6, trained as ``mmdit-small``)
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
 - ``autoencoder``: the KL autoencoder of latent diffusion (images <-> 4x8x8 latents; chapter 4)
 - ``latents``: a data set's latents encoded once and cached (keyed by the autoencoder's hash), sampled per batch

@@ -177,7 +177,6 @@ def ddpm_flow_velocity(eps_model: ModelFn, schedule: NoiseSchedule) -> ModelFn:
     with ``time_scale`` 1.
     """
     alpha_bar = schedule.alpha_bar.double()  # [T], decreasing
-    steps = torch.arange(len(alpha_bar), dtype=torch.float64)
 
     def velocity(y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         s = torch.as_tensor(s, dtype=torch.float64).reshape(-1).expand(len(y)).cpu()  # [B]

@@ -11,38 +11,55 @@ as an inference checkpoint with its card.
     cp -r data/runs/ddpm-small data/runs/ddpm-small-cooldown
     python -m course_lib.train ddpm-small --state data/runs/ddpm-small-cooldown/state.safetensors \\
         --steps 21000 --cooldown 1500
+    # data parallel: 2 processes (GPUs, or shares of a CPU), the same global batch (course_lib.distributed)
+    torchrun --nproc-per-node 2 -m course_lib.train rf-small --minutes 60
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
 
 import torch
 
-from . import config, recipes
+from . import config, distributed, recipes
 from .checkpoint import read_card
 from .profiling import count_parameters
-from .trainer import fit, mean_tail
+from .trainer import DistributedRunError, fit, mean_tail
 
 # ----------------------------------------------------------------------------- command line
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
-def _stop_gracefully_on_signals() -> dict:
-    """Make Ctrl-C (SIGINT) and ``kill`` (SIGTERM) stop training the way Ctrl-C does: save, then export.
+class StopRequest:
+    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) ask training to stop after the step it is in: ``fit`` asks
+    before every step, stops there (every rank of a torchrun at the same step), saves, and the command
+    exports. A second signal stops at once (KeyboardInterrupt: ``fit`` still saves).
 
     A job started in the background by a non-interactive shell (``nohup ... &``) inherits SIGINT as
-    *ignored*, and Python then never raises KeyboardInterrupt; SIGTERM would kill it without saving.
-    Returns the handlers it replaced.
+    *ignored*, and SIGTERM would kill it without saving: both get this handler.
     """
-    return {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-            signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}, again")
+        self.requested = True
+        print(f"signal {signal.Signals(signum).name}: stopping after this step (send it again to stop at once)",
+              file=sys.stderr)
+
+    def install(self) -> dict:
+        """Handle SIGINT and SIGTERM; return the handlers replaced."""
+        return {signal.SIGINT: signal.signal(signal.SIGINT, self.handle),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, self.handle)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,16 +102,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cooldown N decays the learning rate to 0 at --steps: give --steps too")
     if args.cooldown is not None and args.cooldown <= 0:
         parser.error(f"--cooldown must be a positive number of steps, got {args.cooldown}")
-    previous = _stop_gracefully_on_signals()
+    stop = StopRequest()
+    previous = stop.install()
+    dist_info, device = distributed.init_from_env(args.device)  # one process, or this rank of torchrun's
     try:
-        return _train(args, argv)
+        return _train(args, argv, dist_info, device, stop)
+    except DistributedRunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:  # give the caller (a test, a notebook) its own handlers back
+        distributed.close(dist_info)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """The body of :func:`main` once the arguments are known: train the recipe, then export."""
+def _train(args: argparse.Namespace, argv: list[str] | None, dist_info: distributed.DistInfo,
+           device: torch.device, stop: StopRequest) -> int:
+    """The body of :func:`main` once the arguments are known: train the recipe, then export (rank 0)."""
+    print = builtins.print if dist_info.is_main else (lambda *a, **k: None)  # noqa: A001 - rank 0 speaks
     if args.threads:
         torch.set_num_threads(args.threads)
     config.setup_cpu_speedups()
@@ -103,10 +128,15 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     cfg = dataclasses.replace(cfg, max_steps=args.steps if args.steps is not None else (
         None if args.minutes is not None else cfg.max_steps), max_minutes=args.minutes,
         cooldown_steps=args.cooldown or cfg.cooldown_steps)
+    if cfg.batch_size % dist_info.world_size:
+        raise SystemExit(f"error: {recipe.name}'s global batch of {cfg.batch_size} does not split into "
+                         f"{dist_info.world_size} equal shards: start a number of processes that divides it")
     state = args.state or config.data_dir() / "runs" / recipe.name / "state.safetensors"
     export = args.export or config.checkpoint_dir() / f"{recipe.name}.safetensors"
-    if args.fresh and state.exists():
+    if args.fresh and state.exists() and dist_info.is_main:
         state.unlink()
+    if dist_info.distributed:  # every rank sees the same files before deciding how to start
+        torch.distributed.barrier()
     # Without a state, continue from the exported weights rather than train from zero and then
     # overwrite a better export (the shipped checkpoint) with the result.
     init_from = None if args.fresh or state.exists() or args.transplant_from else (
@@ -118,8 +148,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     data = recipe.data()
     torch.manual_seed(cfg.seed)  # the same initial weights on every fresh run of a recipe
     model = recipe.build_model()
-    device = config.get_device(args.device)
-    print(f"{recipe.name}: {count_parameters(model) / 1e6:.2f}M parameters on {device}, "
+    ranks = f" x {dist_info.world_size} processes ({dist_info.backend})" if dist_info.distributed else ""
+    print(f"{recipe.name}: {count_parameters(model) / 1e6:.2f}M parameters on {device}{ranks}, "
           f"data: {data.source} ({len(data)} images), state: {state}")
     transplant_from = args.transplant_from if not state.exists() else None
     if transplant_from is None and init_from is None and not state.exists():
@@ -130,15 +160,18 @@ def _train(args: argparse.Namespace, argv: list[str] | None) -> int:
     if init_from is not None:
         print(f"no training state: warm start from {init_from} (step {read_card(init_from)['step']}; "
               "fresh optimizer, the learning rate warms up again; --fresh starts at step 0)")
-    command = config.portable_command("python -m course_lib.train", sys.argv[1:] if argv is None else argv)
+    launcher = (f"torchrun --nproc-per-node {os.environ.get('LOCAL_WORLD_SIZE', dist_info.world_size)} -m"
+                if dist_info.distributed else "python -m")
+    command = config.portable_command(f"{launcher} course_lib.train", sys.argv[1:] if argv is None else argv)
     result = fit(model, recipe.loss_fn(), recipe.batches(data, cfg), cfg, checkpoint_path=state, device=device,
                  init_from=init_from, transplant_from=transplant_from,
                  training_info={**recipe.card_info(), "data_source": data.source, "data_images": len(data),
-                                "command": command})
+                                "command": command}, dist_info=dist_info, stop_requested=stop)
     print(f"stopped by {result.stopped_by} at step {result.step} after {result.seconds / 60:.1f} min "
           f"({result.images_per_second:.1f} img/s); loss (last 100 steps) {mean_tail(result.losses, 100):.4f}")
-    recipe.export(state, export)
-    print(f"wrote {export} (EMA weights) and {export.with_suffix('.json')}")
+    if dist_info.is_main:
+        recipe.export(state, export)
+        print(f"wrote {export} (EMA weights) and {export.with_suffix('.json')}")
     return 0
 
 

@@ -18,6 +18,12 @@ warms up again over ``warmup_steps``. The card lists every warm start (``trainin
 
 A loss that becomes NaN or infinite stops training with :class:`NonFiniteLossError`, before the
 bad step touches the weights and without overwriting the last good checkpoint.
+
+Under ``torchrun`` (``dist_info`` from :func:`course_lib.distributed.init_from_env`) the same loop is data
+parallel: every rank trains a replica wrapped in ``DistributedDataParallel`` on its shard of each step's
+global batch, seeds its RNG with (seed, step, rank), and records the global batch's loss; rank 0 alone
+writes checkpoints; a rank that fails stops the run (:class:`DistributedRunError`) and the last good
+checkpoint stays as it was (see :mod:`course_lib.distributed`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +44,7 @@ from tqdm.auto import tqdm
 
 from . import config
 from .checkpoint import load_checkpoint, read_card, save_checkpoint, transplant_weights
+from .distributed import SINGLE, DistInfo, any_rank, mean_over_ranks, rank_seed, shard
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 Batches = Callable[[int], Any]
@@ -44,6 +52,25 @@ Batches = Callable[[int], Any]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the step was applied."""
+
+
+class DistributedRunError(RuntimeError):
+    """A rank of a data-parallel run failed (or lost a peer that failed); the whole run stops."""
+
+
+class _Replica:
+    """The model as a loss function sees it in a data-parallel run: calling it goes through
+    ``DistributedDataParallel`` (which averages the gradients in the backward pass); its attributes
+    (``config``, ``encode``, ...) are the wrapped module's."""
+
+    def __init__(self, ddp: torch.nn.Module):
+        self._ddp = ddp
+
+    def __call__(self, *args, **kwargs):
+        return self._ddp(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._ddp.module, name)
 
 
 @dataclass
@@ -171,7 +198,8 @@ def hardware_description(device: torch.device) -> str:
 def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
         checkpoint_path: str | Path | None = None, resume: bool = True,
         device: torch.device | str | None = None, training_info: dict | None = None,
-        init_from: str | Path | None = None, transplant_from: str | Path | None = None) -> TrainResult:
+        init_from: str | Path | None = None, transplant_from: str | Path | None = None,
+        dist_info: DistInfo = SINGLE, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batches(step))``.
 
     Args:
@@ -192,6 +220,11 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
             is no training state: every tensor whose name and shape match is copied (see
             :func:`~course_lib.checkpoint.transplant_weights`), the rest keeps its initialisation.
             The card records it as ``training.transplant``; later resumes and warm starts carry it on.
+        dist_info: this process's place in a data-parallel run (:mod:`course_lib.distributed`); the default
+            is one process. Every rank calls ``fit`` with the same arguments; ``cfg.batch_size`` and
+            ``batches`` describe the global batch, and each rank trains on its shard of it.
+        stop_requested: asked before every step; True stops the run there, on every rank, as an interrupt
+            (saved). The command line sets it from SIGINT / SIGTERM, so that a stop never lands mid-step.
     """
     if init_from is not None and transplant_from is not None:
         raise ValueError("init_from continues a checkpoint of this model and transplant_from starts a new run "
@@ -236,9 +269,23 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                                 "weights": ckpt.card.get("exported_weights", "model")})
     first_step = step
     warmup_from = warm_starts[-1]["step"] if warm_starts else 0
+    replica, parallel = model, {}
+    if dist_info.distributed:  # after loading: every rank holds the same weights (DDP checks by broadcasting them)
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # channels_last convolutions hand DDP gradients in another memory layout than its buckets: a copy,
+        # harmless, and reported once per process at length
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        replica = _Replica(ddp)
+        devices = [None] * dist_info.world_size
+        torch.distributed.all_gather_object(devices, hardware_description(device))
+        parallel = {"world_size": dist_info.world_size, "backend": dist_info.backend,
+                    "batch_per_rank": cfg.batch_size // dist_info.world_size, "devices": devices,
+                    "seeds": "rank r seeds its RNG from (seed, step, r): course_lib.distributed.rank_seed"}
 
     def save(reason: str) -> None:
-        if path is None:
+        if path is None or not dist_info.is_main:  # rank 0 alone writes
             return
         info = {**(training_info or {}),
                 "train_config": dataclasses.asdict(cfg),
@@ -247,6 +294,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 "device": str(device),
                 "precision": "bf16 autocast" if bf16 else "float32",
                 "saved_because": reason,
+                **({"distributed": parallel} if parallel else {}),
                 **({"transplant": transplant} if transplant else {}),
                 **({"warm_starts": warm_starts} if warm_starts else {})}
         save_checkpoint(path, model, step=step, ema=ema, optimizer=optimizer,
@@ -257,27 +305,32 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
     last_save_time, images = t0, 0
     deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
     total = cfg.max_steps - step if cfg.max_steps is not None else None
-    bar = tqdm(total=total, disable=not cfg.progress, desc="training", unit="step", mininterval=0.5)
+    bar = tqdm(total=total, disable=not (cfg.progress and dist_info.is_main), desc="training", unit="step",
+               mininterval=0.5)
     stopped_by = "steps"
     model.train()
     try:
         while cfg.max_steps is None or step < cfg.max_steps:
-            if time.perf_counter() >= deadline:
-                stopped_by = "time"
+            time_up, stop = any_rank([time.perf_counter() >= deadline, bool(stop_requested and stop_requested())],
+                                     dist_info, device)  # every rank stops at the same step
+            if time_up or stop:
+                stopped_by = "interrupt" if stop else "time"
+                if stop:
+                    print(f"stopped on request at step {step}" + (f"; saving {path}" if path and dist_info.is_main
+                                                                    else ""), file=sys.stderr)
                 break
-            torch.manual_seed(step_seed(cfg.seed, step))
-            batch = _to_device(batches(step), device, cfg.channels_last)
+            torch.manual_seed(rank_seed(step_seed(cfg.seed, step), dist_info))
+            batch = _to_device(shard(batches(step), dist_info), device, cfg.channels_last)  # [B / world, ...]
             lr = learning_rate(cfg, step, warmup_from)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                where = (f"the last good checkpoint {path} (step {read_card(path)['step']}) was kept"
-                         if path is not None and path.exists() else "no checkpoint was written")
+                loss = loss_fn(replica, batch)
+            global_loss = mean_over_ranks(loss, dist_info)  # the loss of the whole batch, on every rank
+            if not torch.isfinite(global_loss):
                 raise NonFiniteLossError(
-                    f"loss became {loss.item()} at step {step}; training stopped before applying it and "
-                    f"{where}. Lower the learning rate (now {lr:g}), check the data for NaNs, "
+                    f"loss became {global_loss.item()} at step {step}; training stopped before applying it and "
+                    f"{_kept(path)}. Lower the learning rate (now {lr:g}), check the data for NaNs, "
                     "or turn gradient clipping on.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -285,9 +338,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             update_ema(ema, model, ema_decay_at(cfg.ema_decay, step))
-            losses.append(loss.item())
+            losses.append(global_loss.item())
             step += 1
-            images += _batch_size(batch)
+            images += _batch_size(batch) * dist_info.world_size
             bar.update(1)
             if bar.n % 10 == 0 or step == cfg.max_steps:
                 elapsed = time.perf_counter() - t0
@@ -300,7 +353,18 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
                 last_save_time = now
     except KeyboardInterrupt:
         stopped_by = "interrupt"
-        print(f"interrupted at step {step}" + (f"; saving {path}" if path else ""), file=sys.stderr)
+        print(f"interrupted at step {step}" + (f"; saving {path}" if path and dist_info.is_main else ""),
+              file=sys.stderr)
+    except NonFiniteLossError:
+        raise
+    except Exception as err:
+        if not dist_info.distributed:
+            raise
+        raise DistributedRunError(
+            f"rank {dist_info.rank} of {dist_info.world_size} stopped at step {step}: {type(err).__name__}: {err}. "
+            "When another rank failed first, this is its echo (a collective operation lost its peer): look for "
+            f"the first rank's error. The run stops on every rank; {_kept(path)}, and the same command resumes "
+            "from it.") from err
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -310,6 +374,13 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
     return TrainResult(losses=losses, step=step, seconds=seconds, stopped_by=stopped_by, ema=ema,
                        first_step=first_step,
                        images_per_second=images / seconds if seconds > 0 else float("nan"))
+
+
+def _kept(path: Path | None) -> str:
+    """What is left on disk after a failed step: the last good checkpoint, unchanged."""
+    if path is not None and path.exists():
+        return f"the last good checkpoint {path} (step {read_card(path)['step']}) was kept"
+    return "no checkpoint was written"
 
 
 def mean_tail(values: list[float], n: int) -> float:
