@@ -274,7 +274,9 @@ print({name: f"alpha_bar {after['alpha_bar'][name]:.3f}, SNR {after['snr'][name]
 #   channels and pixels.
 #
 # Replace the `raise` line and run the cell; the check compares your function with
-# `schedule.q_sample` and tells you what is wrong if it differs.
+# `schedule.q_sample` and tells you what is wrong if it differs. Stuck? `check_q_sample.hint()` gives a
+# hint, `check_q_sample.hint(2)` the next one, and `check_q_sample.solution()` a worked solution; every
+# exercise's check in the course has the same three.
 
 # %% tags=["exercise"]
 def my_q_sample(schedule, x0, t, eps):

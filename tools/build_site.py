@@ -95,16 +95,13 @@ def execute(source: Path, mode: str, timeout: int) -> nbformat.NotebookNode:
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_FAST", "COURSE_LONG")}
     if mode == "fast":
         env["COURSE_FAST"] = "1"
-    saved, os.environ = os.environ, env  # the kernel inherits this process's environment
     client = NotebookClient(nb, timeout=timeout, kernel_name=nb.metadata.get("kernelspec", {}).get("name", "python3"),
                             resources={"metadata": {"path": str(source.parent)}}, record_timing=True)
     start, error = time.perf_counter(), None
     try:
-        client.execute()
+        client.execute(env=env)  # the kernel's environment (jupyter_client's start_kernel)
     except CellExecutionError as err:
         error = f"{err.ename}: {err.evalue}" if getattr(err, "ename", None) else type(err).__name__
-    finally:
-        os.environ = saved
     nb.metadata["course_run"] = {
         "mode": mode, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - start, 1),
