@@ -39,12 +39,21 @@ EXERCISE, SOLUTION = "exercise", "solution"
 SOURCES = REPO_ROOT / "notebooks"
 FOLDERS = {"student": REPO_ROOT / "work", "solutions": REPO_ROOT / "solutions"}
 
-__all__ = ["EXERCISE", "SOLUTION", "sources", "student_version", "solution_version", "exercises", "build", "reset"]
+__all__ = ["EXERCISE", "SOLUTION", "sources", "select", "student_version", "solution_version", "exercises", "build", "reset"]
 
 
 def sources(folder: Path = SOURCES) -> list[Path]:
     """The chapters' paired notebooks, in order: ``notebooks/NN_name.ipynb``."""
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select(chapters: list[str]) -> list[Path]:
+    """The chapters' sources named by number or name (``01``, ``01_ddpm_unet``); all of them for none.
+    An unknown name raises a ValueError that lists the chapters."""
+    chosen = [s for s in sources() if not chapters or any(s.stem == c or s.stem.startswith(f"{c}_") for c in chapters)]
+    if not chosen:
+        raise ValueError(f"no chapter matches {chapters}; chapters: {', '.join(s.stem for s in sources())}")
+    return chosen
 
 
 def _tags(cell) -> list[str]:
@@ -173,11 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command in FOLDERS:
-        chosen = sources()
-        if args.chapters:
-            chosen = [s for s in chosen if any(s.stem == c or s.stem.startswith(f"{c}_") for c in args.chapters)]
-            if not chosen:
-                parser.error(f"no chapter matches {args.chapters}; chapters: {', '.join(s.stem for s in sources())}")
+        try:
+            chosen = select(args.chapters)
+        except ValueError as err:
+            parser.error(str(err))
         done = build(args.command, args.out, force=args.force, notebooks=chosen)
         for path in done["written"]:
             print(f"wrote {path}")

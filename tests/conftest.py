@@ -41,6 +41,15 @@ def tiny_net():
     return TinyNet()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a JupyterLab server or a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def isolated_data(tmp_path, monkeypatch):
     """No configured CIFAR-10 folder and an empty data root: the bundled sample is what is found."""

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import free_port
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from course_lib.classroom import build
@@ -63,8 +63,9 @@ def _skip_reason() -> str | None:
     return None
 
 
-if _skip_reason():
-    pytest.skip(f"browser tests skipped: {_skip_reason()}", allow_module_level=True)
+SKIP = _skip_reason()
+if SKIP:
+    pytest.skip(f"browser tests skipped: {SKIP}", allow_module_level=True)
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
@@ -168,19 +169,13 @@ def lab_folder(name: str) -> Path:
 # --------------------------------------------------------------------------- a JupyterLab server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Lab:
     """``jupyter lab`` from this environment on a free localhost port, in ``root``, fast mode, with its own
     settings (a notebook starts its kernel without asking) and config folder (``disable`` lists extensions
     to switch off, as `jupyter labextension disable` would)."""
 
     def __init__(self, root: Path, disable: tuple[str, ...] = ()):
-        self.root, self.port, self.token = root, _free_port(), secrets.token_hex(16)
+        self.root, self.port, self.token = root, free_port(), secrets.token_hex(16)
         settings = root / ".settings" / "@jupyterlab" / "notebook-extension"
         settings.mkdir(parents=True)
         (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"autoStartDefaultKernel": True}))

@@ -6,11 +6,11 @@ and MASTER_PORT in the environment) that train a small regression model; rank 0 
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from course_lib import distributed
 from course_lib.checkpoint import load_checkpoint, read_card
@@ -20,12 +20,6 @@ from course_lib.trainer import TrainConfig, fit
 
 pytestmark = pytest.mark.slow
 GLOBAL_BATCH = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_model() -> torch.nn.Module:
@@ -96,7 +90,7 @@ def worker(rank: int, world: int, port: int, folder: str, loss: str, steps: int,
 
 
 def run_two(folder, loss: str, steps: int, checkpoint_every=None) -> None:
-    mp.spawn(worker, args=(2, _free_port(), str(folder), loss, steps, checkpoint_every), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, free_port(), str(folder), loss, steps, checkpoint_every), nprocs=2, join=True)
 
 
 def test_shard_splits_the_global_batch_in_rank_order():
@@ -154,7 +148,7 @@ def test_torchrun_command_trains_and_rank_0_alone_exports(tmp_path, isolated_dat
     state, export = tmp_path / "run" / "state.safetensors", tmp_path / "run" / "export.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          f"--master-port={_free_port()}", "-m", "course_lib.train", "ddpm-tiny", "--steps", "3",
+                          f"--master-port={free_port()}", "-m", "course_lib.train", "ddpm-tiny", "--steps", "3",
                           "--threads", "1", "--state", str(state), "--export", str(export)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -51,8 +51,8 @@ def test_every_notebook_source_is_valid_python(source):
     compile(source.read_text(), str(source), "exec")
 
 
-def _tagged(source: Path, tag: str) -> list[str]:
-    return [c.source for c in jupytext.read(source).cells if tag in c.metadata.get("tags", [])]
+def _tagged(nb, tag: str) -> list[str]:
+    return [c.source for c in nb.cells if tag in c.metadata.get("tags", [])]
 
 
 def _items(markdown: str) -> list[str]:
@@ -70,17 +70,17 @@ def _items(markdown: str) -> list[str]:
 def test_every_notebook_opens_with_objectives_prerequisites_and_measured_times(source):
     """After the title: what the learner can do afterwards (the same list as the instructor guide's), what the
     chapter assumes, and a table of the seconds each section ran in fast and in full mode."""
-    (objectives,) = _tagged(source, "objectives")
+    nb = jupytext.read(source)
+    (objectives,) = _tagged(nb, "objectives")
     assert objectives.startswith("**After this chapter you can**") and "**Before it you need**" in objectives
     ours = _items(objectives.split("**Before it you need**")[0])
     guide = (NOTEBOOKS.parent / "docs" / "instructor_guide.md").read_text()
     chapter = guide.split(f"(`{source.stem}`)", 1)[1]
     theirs = _items(chapter.split("**Objectives.** Learners can", 1)[1].split("**Prepare.**", 1)[0])
     assert ours and ours == theirs, "the notebook's objectives and the instructor guide's must be the same list"
-    (times,) = _tagged(source, "section-times")
+    (times,) = _tagged(nb, "section-times")
     assert "| section | fast mode (`COURSE_FAST=1`) | full mode |" in times and "**the whole notebook**" in times
-    headings = re.findall(r"^## (.+)$", "\n".join(c.source for c in jupytext.read(source).cells
-                                                   if c.cell_type == "markdown"), re.M)
+    headings = re.findall(r"^## (.+)$", "\n".join(c.source for c in nb.cells if c.cell_type == "markdown"), re.M)
     for heading in headings:
         if not heading.lower().startswith(("summary", "what next")):
             assert f"| {heading} |" in times, f"no time measured for section {heading!r}: rerun the site builds"

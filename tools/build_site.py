@@ -43,11 +43,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown_mistune import markdown2html_mistune
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from course_lib.checkpoint import _atomic_write  # noqa: E402 - the repository's package, found via ROOT
-from course_lib.classroom import sources  # noqa: E402
+from course_lib import config  # noqa: E402 - the repository's package, found via ROOT
+from course_lib.checkpoint import _atomic_write  # noqa: E402
+from course_lib.classroom import select  # noqa: E402
+from course_lib.trainer import cpu_name  # noqa: E402
 
 EXECUTED = ROOT / "build" / "executed"
 SITE = ROOT / "site"
@@ -72,17 +75,10 @@ def _shown(path: Path) -> str:
 
 
 def _cpu_name() -> str:
-    """The CPU's model name, with the vector units that decide its speed here (AVX-512, AMX for bf16)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    units = [unit for flag, unit in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
-    units = units or [unit for flag, unit in (("avx2", "AVX2"),) if flag in flags]
-    return f"{name} with {' and '.join(units)}" if units else name
+    """The CPU's model name (``trainer.cpu_name``) with the vector unit and whether bf16 is native: what decides
+    how fast the notebooks run here."""
+    native = ", native bf16" if config.native_bf16("cpu") else ""
+    return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}{native})"
 
 
 # ----------------------------------------------------------------------------- execute
@@ -152,8 +148,8 @@ def _duration(seconds: float) -> str:
 
 def times_markdown(fast, full) -> str:
     """The ``section-times`` cell: a table of each section's seconds in fast and full mode."""
-    fast_t, full_t = dict(section_times(fast)), dict(section_times(full))
-    names = [name for name, _ in section_times(full)] + [n for n, _ in section_times(fast) if n not in full_t]
+    fast_t, full_t = dict(section_times(fast)), dict(section_times(full))  # dicts keep the sections' order
+    names = list(full_t) + [name for name in fast_t if name not in full_t]
     rows = [f"| {name} | {_duration(fast_t.get(name, 0.0))} | {_duration(full_t.get(name, 0.0))} |" for name in names]
     total = f"| **the whole notebook** | **{_duration(sum(fast_t.values()))}** | **{_duration(sum(full_t.values()))}** |"
     slowest = max((c for c in full.cells if c.cell_type == "code"), key=_seconds, default=None)
@@ -276,7 +272,7 @@ def render_chapter(nb, chapters: list[tuple[str, str]], position: int, mathjax: 
     problems = static_outputs(nb)
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(_banner(nb, chapters, position)))
     exporter = HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)], mathjax_url=mathjax)
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb)}})
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb)}, "mathjax_fonts": MATHJAX_FONTS})
     return body, problems
 
 
@@ -378,11 +374,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the section times of the executed copies (both modes) into the sources; no site")
     args = parser.parse_args(argv)
 
-    names = sources()
-    if args.chapters:
-        names = [s for s in names if any(s.stem == c or s.stem.startswith(f"{c}_") for c in args.chapters)]
-        if not names:
-            parser.error(f"no chapter matches {args.chapters}; chapters: {', '.join(s.stem for s in sources())}")
+    try:
+        names = select(args.chapters)
+    except ValueError as err:
+        parser.error(str(err))
     if args.update_times:
         try:
             for py in update_times(names):
