@@ -24,25 +24,22 @@ This is a script, not a test: a few hundred steps show early training, not final
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from course_lib.data import StepBatches, load_cifar10  # noqa: E402
-from course_lib.diagnostics import copy_shared_weights, held_out_loss  # noqa: E402
-from course_lib.parameterization import diffusion_loss  # noqa: E402
-from course_lib.profiling import count_parameters  # noqa: E402
-from course_lib.schedules import NoiseSchedule  # noqa: E402
-from course_lib.trainer import TrainConfig, fit  # noqa: E402
-from course_lib.unet import UNet, UNetConfig  # noqa: E402
+from _common import benchmark_parser, header, setup_torch  # this folder's; puts the checkout on sys.path
+from course_lib.data import StepBatches, load_cifar10
+from course_lib.diagnostics import copy_shared_weights, held_out_loss
+from course_lib.parameterization import diffusion_loss
+from course_lib.profiling import count_parameters
+from course_lib.schedules import NoiseSchedule
+from course_lib.trainer import TrainConfig, fit
+from course_lib.unet import UNet, UNetConfig
 
 VARIANTS = ("additive", "adagn")
 
@@ -75,8 +72,7 @@ def train_pair(args, seed: int, data, schedule: NoiseSchedule, state_dir: Path) 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__, repeats=None)
     p.add_argument("--config", default="tiny", choices=["tiny", "small", "paper"], help="UNetConfig constructor")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
@@ -88,23 +84,20 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=100, help="steps averaged for the final training loss")
     p.add_argument("--eval-images", type=int, default=500, help="test images for the held-out loss")
     p.add_argument("--eval-draws", type=int, default=2, help="(t, noise) draws per test image")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_flush_denormal(True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_torch(args)
     data = load_cifar10("train", hflip=True, verbose=False)
     test = load_cifar10("test", limit=args.eval_images, verbose=False).images
     schedule = NoiseSchedule.linear(1000)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; UNetConfig.{args.config}, "
-          f"{args.steps} steps of batch {args.batch}, lr {args.lr:g} (warm-up {args.warmup}), "
-          f"EMA {args.ema_decay}; train data: {data.source} ({len(data)} images); "
-          f"held-out: {len(test)} test images x {args.eval_draws} (t, noise) draws", flush=True)
+    print(header(f"UNetConfig.{args.config}", f"{args.steps} steps of batch {args.batch}",
+                 f"lr {args.lr:g} (warm-up {args.warmup})", f"EMA {args.ema_decay}",
+                 f"train data: {data.source} ({len(data)} images)",
+                 f"held-out: {len(test)} test images x {args.eval_draws} (t, noise) draws"), flush=True)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

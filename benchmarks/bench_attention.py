@@ -36,17 +36,15 @@ import functools
 import inspect
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from course_lib.attention import ATTENTION_IMPLS, chunked_attention  # noqa: E402
-from course_lib.profiling import peak_memory, time_per_call  # noqa: E402
+from _common import benchmark_parser, header, setup_torch  # this folder's; puts the checkout on sys.path
+from course_lib.attention import ATTENTION_IMPLS, chunked_attention
+from course_lib.profiling import peak_memory, time_per_call
 
 IMPLS = ("einsum", "sdpa", "chunked")
 MB = 2**20
@@ -101,16 +99,14 @@ def rss_growth(impl: str, N: int, args) -> int:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__, repeats=5)
+    p.set_defaults(repeats=None)  # 5, or 3 with --quick, unless given
     p.add_argument("--lengths", default="64,128,256,512,1024,2048,4096", help="comma-separated sequence lengths")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dim", type=int, default=64, help="head dimension d")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved timed runs per variant (default 5; 3 quick)")
     p.add_argument("--min-seconds", type=float, default=0.2, help="each timed run lasts about this long")
     p.add_argument("--backward", action="store_true", help="time and measure forward + backward")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
                    help="RSS cross-check at the largest length in subprocesses (default: on unless --quick)")
     p.add_argument("--quick", action="store_true", help="lengths up to 1024, 3 repeats, no RSS check")
@@ -125,19 +121,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_flush_denormal(True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_torch(args)
     if args.rss_child:
         rss_child(args.rss_child[0], int(args.rss_child[1]), args.batch, args.heads, args.dim, args.backward)
         return
     lengths = [int(n) for n in args.lengths.split(",")]
     what = "forward + backward" if args.backward else "forward under no_grad"
     chunks = {n: p.default for n, p in inspect.signature(chunked_attention).parameters.items() if "chunk" in n}
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads; q, k, v [B={args.batch}, heads={args.heads}, N, d={args.dim}] float32; {what}; "
-          f"chunked: {chunks['chunk_size']} queries x {chunks['key_chunk_size']} keys per block; "
-          f"{args.repeats} interleaved repeats", flush=True)
+    print(header(f"q, k, v [B={args.batch}, heads={args.heads}, N, d={args.dim}] float32", what,
+                 f"chunked: {chunks['chunk_size']} queries x {chunks['key_chunk_size']} keys per block",
+                 f"{args.repeats} interleaved repeats"), flush=True)
 
     calls = {(impl, N): functools.partial(run_once, impl, *make_inputs(N, args.batch, args.heads, args.dim,
                                                                       args.backward), args.backward)

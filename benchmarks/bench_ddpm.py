@@ -28,23 +28,18 @@ This is a script, not a test: numbers depend on the machine and on what else run
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from course_lib.config import native_bf16  # noqa: E402
-from course_lib.parameterization import diffusion_loss  # noqa: E402
-from course_lib.profiling import count_parameters  # noqa: E402
-from course_lib.schedules import NoiseSchedule  # noqa: E402
-from course_lib.trainer import cpu_name  # noqa: E402
-from course_lib.unet import UNet, UNetConfig  # noqa: E402
+from _common import benchmark_parser, header, setup_torch  # this folder's; puts the checkout on sys.path
+from course_lib.config import native_bf16
+from course_lib.parameterization import diffusion_loss
+from course_lib.profiling import count_parameters
+from course_lib.schedules import NoiseSchedule
+from course_lib.unet import UNet, UNetConfig
 
 MODES = ("fp32", "fp32+cl", "bf16+cl")
 DDIM_STEPS = 50
@@ -110,25 +105,19 @@ class Variant:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__, repeats=3, device=True)
     p.add_argument("--configs", default="tiny,small,paper",
                    help="comma-separated UNetConfig constructors (default: tiny,small,paper)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timed runs per variant (default 3)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--min-seconds", type=float, default=1.0,
                    help="each timed run repeats the step until it lasts about this long (default 1.0)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_flush_denormal(True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_torch(args)
     device = torch.device(args.device)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -139,10 +128,9 @@ def main(argv=None) -> None:
         if m not in MODES:
             raise SystemExit(f"unknown mode {m!r}; choose from {MODES}")
 
-    print(f"torch {torch.__version__}, {cpu_name()}, device {device}, "
-          f"{torch.get_num_threads()} threads, flush_denormal on, batch {args.batch}, {args.repeats} repeats, "
-          f"native bf16: {'yes' if native_bf16(device) else 'no (bf16 is emulated)'}",
-          flush=True)
+    emulated = [] if native_bf16(device) else ["bf16 is emulated here (slow)"]
+    print(header(f"device {device}", "flush_denormal on", f"batch {args.batch}", f"{args.repeats} repeats", *emulated,
+                 device=device), flush=True)
     variants = {}
     for c in configs:
         for m in modes:
@@ -162,13 +150,13 @@ def main(argv=None) -> None:
 
     B = args.batch
     print()
-    header = (f"{'config':7s} {'params':>7s} | {'train img/s':>23s} | {'one denoising step img/s':>26s} | "
+    columns = (f"{'config':7s} {'params':>7s} | {'train img/s':>23s} | {'one denoising step img/s':>26s} | "
               f"{'DDIM-50 s/img':>18s}")
     sub = (f"{'':7s} {'':>7s} | " + " ".join(f"{m:>7s}" for m in modes) + f" {'ratio':>7s} | "
            + " ".join(f"{m:>8s}" for m in modes) + f" {'ratio':>8s} | " + " ".join(f"{m:>8s}" for m in modes))
-    print(header)
+    print(columns)
     print(sub)
-    print("-" * len(header))
+    print("-" * len(columns))
     for c in configs:
         train = [B / statistics.median(times[c, m, "train"]) for m in modes]
         sample = [B / statistics.median(times[c, m, "sample"]) for m in modes]

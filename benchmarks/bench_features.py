@@ -20,31 +20,20 @@ This is a script, not a test: times depend on the machine and on what else runs 
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from course_lib import config  # noqa: E402
-from course_lib.features import (ClassifierFeatures, InceptionFeatures, inception_weights_path,  # noqa: E402
-                                 tf_bilinear_resize)
-from course_lib.profiling import time_per_call  # noqa: E402
-from course_lib.trainer import hardware_description  # noqa: E402
+from _common import benchmark_parser, header, setup_torch  # this folder's; puts the checkout on sys.path
+from course_lib.features import ClassifierFeatures, InceptionFeatures, inception_weights_path, tf_bilinear_resize
+from course_lib.profiling import time_per_call
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config.setup_cpu_speedups()
+    setup_torch(args)
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     x = tf_bilinear_resize(images.float()) / 128.0 - 1.0  # [B, 3, 299, 299], Inception's input
@@ -64,8 +53,7 @@ def main() -> None:
                "classifier (FD_clf)": lambda: clf(images)}
         seconds = time_per_call(fns, repeats=args.repeats, min_seconds=0.5)
         resize = time_per_call({"resize": lambda: tf_bilinear_resize(images.float())}, repeats=args.repeats)["resize"]
-    print(f"{hardware_description(torch.device('cpu'))}, torch {torch.__version__}, batch {args.batch_size}, "
-          f"medians of {args.repeats} interleaved runs")
+    print(header(f"batch {args.batch_size}", f"medians of {args.repeats} interleaved runs"))
     base = seconds["inception, as loaded"]
     print(f"{'variant':48s} {'img/s':>9s} {'vs as loaded':>13s}")
     for name, s in seconds.items():

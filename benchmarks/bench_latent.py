@@ -21,24 +21,19 @@ This is a script, not a test: times depend on the machine and on what else runs 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from course_lib import config  # noqa: E402
-from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL  # noqa: E402
-from course_lib.generation import Pipeline  # noqa: E402
-from course_lib.processes import DDPMProcess  # noqa: E402
-from course_lib.profiling import time_per_call  # noqa: E402
-from course_lib.text2image import Text2ImageConfig, TextToImageUNet, text2image_loss  # noqa: E402
-from course_lib.trainer import hardware_description  # noqa: E402
+from _common import benchmark_parser, header, precisions, sample_prompts, setup_torch  # this folder's
+from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+from course_lib.generation import Pipeline
+from course_lib.processes import DDPMProcess, Process
+from course_lib.profiling import time_per_call
+from course_lib.text2image import Text2ImageConfig, TextToImageModel, text2image_loss
 
 
-def training_step(model: TextToImageUNet, process: DDPMProcess, batch_size: int, bf16: bool):
+def training_step(model: TextToImageModel, process: Process, batch_size: int, bf16: bool) -> Callable[[], None]:
     """One AdamW step of the conditional loss on a fixed random batch (what ``fit`` does per step)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch_size, *model.sample_shape, generator=torch.Generator().manual_seed(0))
@@ -55,46 +50,39 @@ def training_step(model: TextToImageUNet, process: DDPMProcess, batch_size: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64, as the recipes)")
     parser.add_argument("--sample-batch", type=int, default=25, help="images per sampling call (default 25)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default 3: two passes per step)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config.setup_cpu_speedups()
+    setup_torch(args)
     torch.manual_seed(0)
     process = DDPMProcess()
-    models = {"pixel": TextToImageUNet(Text2ImageConfig.small()),
-              "latent": TextToImageUNet(Text2ImageConfig.latent_small())}
+    models = {"pixel": TextToImageModel(Text2ImageConfig.small()),
+              "latent": TextToImageModel(Text2ImageConfig.latent_small())}
     autoencoder = AutoencoderKL(AutoencoderConfig.small()).eval()
     pipes = {"pixel": Pipeline(models["pixel"], process),
              "latent": Pipeline(models["latent"], process, autoencoder)}
-    prompts = [f"a photo of a {c}" for c in ("cat", "ship", "horse", "truck", "bird")] * (args.sample_batch // 5 + 1)
-    prompts = prompts[:args.sample_batch]
-    bf16_ok = config.native_bf16("cpu")
+    prompts = sample_prompts(args.sample_batch)
+    trained_in = precisions("cpu")  # float32, and bf16 autocast where the CPU has native bf16
 
     fns = {}
     for name, model in models.items():
-        fns[f"{name}: train float32"] = training_step(model, process, args.batch_size, bf16=False)
-        if bf16_ok:
-            fns[f"{name}: train bf16 autocast"] = training_step(model, process, args.batch_size, bf16=True)
+        for precision in trained_in:
+            fns[f"{name}: train {precision}"] = training_step(model, process, args.batch_size,
+                                                              bf16=precision != "float32")
     for name, pipe in pipes.items():
-        fns[f"{name}: sample"] = (lambda pipe=pipe: pipe.generate(prompts, scale=args.guidance,
+        fns[f"{name}: sample"] = (lambda pipe=pipe: pipe.generate(prompts, guidance=args.guidance,
                                                                  num_steps=args.steps))
     seconds = time_per_call(fns, repeats=args.repeats, min_seconds=1.0)
 
-    print(f"{hardware_description(torch.device('cpu'))}, torch {torch.__version__}, "
-          f"medians of {args.repeats} interleaved runs")
+    print(header(f"medians of {args.repeats} interleaved runs"))
     for name, model in models.items():
         print(f"{name:7s} {tuple(model.sample_shape)}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
               "parameters")
     print(f"{'':34s} {'pixel':>10s} {'latent':>10s} {'latent/pixel':>13s}")
-    precisions = ["float32"] + (["bf16 autocast"] if bf16_ok else [])
-    for precision in precisions:
+    for precision in trained_in:
         rate = {n: args.batch_size / seconds[f"{n}: train {precision}"] for n in models}
         print(f"{'training img/s, ' + precision:34s} {rate['pixel']:10.1f} {rate['latent']:10.1f} "
               f"{rate['latent'] / rate['pixel']:12.2f}x")

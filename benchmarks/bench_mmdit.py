@@ -22,23 +22,15 @@ This is a script, not a test: times depend on the machine and on what else runs 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from course_lib import config  # noqa: E402
-from course_lib.generation import Pipeline  # noqa: E402
-from course_lib.mmdit import MMDiTConfig  # noqa: E402
-from course_lib.processes import RectifiedFlowProcess  # noqa: E402
-from course_lib.profiling import count_parameters, time_per_call  # noqa: E402
-from course_lib.text2image import MINILM_DIM, Text2ImageConfig, TextToImageMMDiT, TextToImageUNet  # noqa: E402
-from course_lib.trainer import hardware_description  # noqa: E402
-
-from bench_latent import training_step  # noqa: E402  (this folder: the same timed step as chapter 4's benchmark)
+from _common import benchmark_parser, header, precisions, sample_prompts, setup_torch  # this folder's
+from bench_latent import training_step  # this folder: the same timed step as chapter 4's benchmark
+from course_lib.generation import Pipeline
+from course_lib.mmdit import MMDiTConfig
+from course_lib.processes import RectifiedFlowProcess
+from course_lib.profiling import count_parameters, time_per_call
+from course_lib.text2image import MINILM_DIM, Text2ImageConfig, TextToImageModel
 
 
 def mmdit_variant(name: str) -> MMDiTConfig:
@@ -53,44 +45,37 @@ def mmdit_variant(name: str) -> MMDiTConfig:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--variants", default="d256-p1,d192-p1,d128-p1-2x6,d256-p2",
                         help="MM-DiT variants: d<width>-p<patch>[-<double>x<single>] (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sample-batch", type=int, default=25)
     parser.add_argument("--steps", type=int, default=8, help="Euler steps for sampling (default 8)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config.setup_cpu_speedups()
+    setup_torch(args)
     torch.manual_seed(0)
     process = RectifiedFlowProcess(time_sampling="logit_normal")
-    models = {"unet": TextToImageUNet(Text2ImageConfig.latent_small_minilm())}
+    models = {"unet": TextToImageModel(Text2ImageConfig.latent_small_minilm())}
     for variant in args.variants.split(","):
-        models[variant] = TextToImageMMDiT(Text2ImageConfig(mmdit=mmdit_variant(variant), text_encoder="minilm"))
-    prompts = [f"a photo of a {c}" for c in ("cat", "ship", "horse", "truck", "bird")] * (args.sample_batch // 5 + 1)
-    prompts = prompts[:args.sample_batch]
-    bf16_ok = config.native_bf16("cpu")
-    precisions = ["float32"] + (["bf16 autocast"] if bf16_ok else [])
+        models[variant] = TextToImageModel(Text2ImageConfig(denoiser=mmdit_variant(variant), text_encoder="minilm"))
+    prompts = sample_prompts(args.sample_batch)
+    trained_in = precisions("cpu")  # float32, and bf16 autocast where the CPU has native bf16
     fns = {}
     for name, model in models.items():
-        for precision in precisions:
+        for precision in trained_in:
             fns[f"{name}: train {precision}"] = training_step(model, process, args.batch_size,
                                                               bf16=precision != "float32")
         pipe = Pipeline(model.eval(), process)
-        fns[f"{name}: sample"] = lambda pipe=pipe: pipe.generate(prompts, scale=3.0, num_steps=args.steps)
+        fns[f"{name}: sample"] = lambda pipe=pipe: pipe.generate(prompts, guidance=3.0, num_steps=args.steps)
         model.train()
     seconds = time_per_call(fns, repeats=args.repeats, min_seconds=1.0)
 
-    print(f"{hardware_description(torch.device('cpu'))}, torch {torch.__version__}, medians of {args.repeats} "
-          f"interleaved runs, batch {args.batch_size}")
-    header = f"{'model':16s} {'params':>8s} " + " ".join(f"{'img/s ' + p:>19s}" for p in precisions)
-    print(header + f" {'ms/image sampling':>18s} {'img/s vs UNet':>14s}")
+    print(header(f"medians of {args.repeats} interleaved runs", f"batch {args.batch_size}"))
+    columns = f"{'model':16s} {'params':>8s} " + " ".join(f"{'img/s ' + p:>19s}" for p in trained_in)
+    print(columns + f" {'ms/image sampling':>18s} {'img/s vs UNet':>14s}")
     base = args.batch_size / seconds["unet: train float32"]
     for name, model in models.items():
-        rates = [args.batch_size / seconds[f"{name}: train {p}"] for p in precisions]
+        rates = [args.batch_size / seconds[f"{name}: train {p}"] for p in trained_in]
         ms = 1000 * seconds[f"{name}: sample"] / args.sample_batch
         print(f"{name:16s} {count_parameters(model) / 1e6:7.2f}M " + " ".join(f"{r:19.1f}" for r in rates)
               + f" {ms:18.1f} {rates[0] / base:13.2f}x")

@@ -4,16 +4,20 @@ One module per idea; the notebooks in ``notebooks/`` explain, call and visualise
 by role (find the code of any idea in one step):
 
 Infrastructure
-- ``config``: fast mode, device, seeding, where data and checkpoints live (the only global switches)
-- ``data``: CIFAR-10 as tensors in [-1, 1]; ``TensorSplit`` for any tensors (cached latents, reflow
-  pairs); step-indexed batches with exact resume
+- ``config``: fast mode, device, seeding, where data and checkpoints live (the only global switches);
+  the hardware description that cards and results record
+- ``data``: CIFAR-10 as tensors in [-1, 1] and where it came from (its source and file tag);
+  ``TensorSplit`` for any tensors (cached latents, reflow pairs); step-indexed batches with exact resume
 - ``checkpoint``: safetensors checkpoints with a JSON card, written atomically
 - ``trainer``: the one training loop (``fit``: AdamW, warm-up / cool-down, EMA, clipping, budgets, resume)
 - ``train``: the command line ``python -m course_lib.train RECIPE`` (``torchrun ... -m course_lib.train``: data parallel)
 - ``distributed``: torchrun's process group, each rank's device, shard and seed (DistributedDataParallel)
-- ``recipes``: what the command line trains (model config + process + data + optimiser); models by card
+- ``recipes``: what the command line trains (model config + process + data + optimiser)
+- ``models``: the model registry: a network from its config, and from a checkpoint's card
+  (``model_from_checkpoint``)
 - ``profiling``: parameter counts, peak tensor memory and interleaved timings
 - ``exercises``: checks that tell a learner whether their implementation is right, with hints and solutions
+  (a package: the harness, then one file per chapter)
 - ``classroom``: the student and solution builds of the notebooks, and resetting an exercise
 
 Process (how data becomes noise, and back)
@@ -24,8 +28,7 @@ Process (how data becomes noise, and back)
 - ``samplers``: ancestral DDPM and DDIM, trajectories on a continuous time axis
 - ``flow``: Euler and Heun for velocity models; straightness and path/chord ratio of trajectories
 - ``reflow``: a trained flow's (sample, noise) pairs and the loss that straightens it (k-rectified flow);
-  for images, resumable cached pairs (``python -m course_lib.reflow CHECKPOINT --pairs N``)
-- ``toy2d``: 2-D data sets, a small MLP denoiser, the exact rectified-flow velocity of Gaussian mixtures
+  for images, resumable cached pairs made from a reflow recipe (``python -m course_lib.reflow rf2-small``)
 
 Blocks
 - ``conditioning``: timestep embedding (with a time scale), ``modulate`` (scale and shift), zero init;
@@ -36,7 +39,7 @@ Blocks
 
 Models
 - ``unet``: the DDPM UNet (additive ResBlock or AdaGNResBlock; SpatialTransformers for text)
-- ``text2image``: the text-to-image denoiser (text encoder + conditional UNet) and its loss
+- ``text2image``: the text-to-image model (text encoder + a registered denoiser: UNet, MM-DiT, ...) and its loss
 - ``mmdit``: SD3's and Flux's transformer (patches, RoPE, QK-norm, adaLN-Zero modulation, double- and
   single-stream blocks, the MMDiT with the UNet's interface; chapter 6, trained as ``mmdit-small``)
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
@@ -48,23 +51,27 @@ Text
 - ``text``: a word tokenizer, a small text encoder, the frozen pretrained MiniLM
 
 Pipeline
-- ``generation``: ``Pipeline``, the one generation path: prompts -> guidance -> sampler -> decoder
+- ``generation``: ``Pipeline``, the one generation path: prompts -> guidance -> sampler -> decoder, and
+  the count of its network evaluations (NFE)
 
 Looking
 - ``viz``: image grids with labels, loss curves, checkpoint cards, attention heatmaps
-- ``capture``: recording attention maps while a model runs, without changing its output
-- ``widgets``: the interactive explorers of the notebooks
+- ``capture``: recording attention maps while a model runs, without changing its output; what they show
+  (the four quadrants of joint attention)
+- ``widgets``: the interactive explorers of the notebooks (a package: the base, then one file per family)
 - ``diagnostics``: held-out loss and how strongly the timestep steers each block (chapter 2)
-- ``toy``: low-dimensional data with exact answers (Gaussian mixtures: scores, eps, velocities)
+- ``toy``: low-dimensional data with exact answers (Gaussian mixtures: scores, eps, velocities), 2-D data
+  sets and a small MLP denoiser
 
 Measuring
 - ``features``: image features for the distances: TF Inception-v3 (FID) and the course classifier (FD_clf);
   reference statistics of CIFAR-10, computed once
 - ``metrics``: Fréchet distance, KID, precision/recall, Wasserstein-2 (POT), energy distance
 - ``evaluation``: samples judged by the course's classifier (prompt accuracy, classifier score) and
-  against real images (``--num-samples``: FID, KID, precision/recall, FD_clf; one line per run in
-  ``data/results.jsonl``)
-- ``results``: the README's results table, generated from ``data/results.jsonl``
+  against real images (``--num-samples``: FID, KID, precision/recall, FD_clf), over ``--seeds K``, with
+  the NFE counted; one line per seed in ``data/results.jsonl``
+- ``results``: ``data/results.jsonl`` read, merged over seeds (mean ± std), and rendered as
+  ``docs/results.md`` and the README's headline table
 """
 
 __version__ = "0.1.0"

@@ -95,6 +95,12 @@ class AutoencoderConfig:
     num_heads:        heads of that attention (1 in LDM)
     attention_impl:   "einsum", "sdpa" or "chunked" (``course_lib.attention``): same function, different speed
     image_size:       the training resolution (the model is convolutional and takes any multiple of the factor)
+    decoder_base_channels:  the decoder's own ``base_channels`` (None: the same as the encoder's)
+    decoder_num_res_blocks: the decoder's own ``num_res_blocks`` (None: the same; it builds one more per level)
+
+    The two decoder fields exist for a decoder trained after the encoder (``course_lib.adversarial``):
+    it reads the same latents, so it may be wider or deeper than the encoder without changing anything
+    downstream. At None (the default) the decoder mirrors the encoder, as in LDM.
     """
 
     in_channels: int = 3
@@ -107,6 +113,8 @@ class AutoencoderConfig:
     num_heads: int = 1
     attention_impl: str = "einsum"
     image_size: int = 32
+    decoder_base_channels: int | None = None
+    decoder_num_res_blocks: int | None = None
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists: turn them back so configs compare equal.
@@ -115,21 +123,37 @@ class AutoencoderConfig:
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if self.decoder_base_channels is not None and self.decoder_base_channels < 1:
+            raise ValueError(f"decoder_base_channels must be >= 1 or None, got {self.decoder_base_channels}")
+        if self.decoder_num_res_blocks is not None and self.decoder_num_res_blocks < 1:
+            raise ValueError(f"decoder_num_res_blocks must be >= 1 or None, got {self.decoder_num_res_blocks}")
         if self.in_channels < 1 or self.latent_channels < 1:
             raise ValueError(f"in_channels and latent_channels must be >= 1, got {self.in_channels} "
                              f"and {self.latent_channels}")
-        for ch in sorted({self.base_channels * m for m in self.channel_mult}):
-            if ch % self.num_groups:
-                raise ValueError(f"num_groups={self.num_groups} must divide every channel count; {ch} is not "
-                                 f"divisible (base_channels={self.base_channels}, channel_mult={self.channel_mult})")
-        if self.mid_attention and (self.base_channels * self.channel_mult[-1]) % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} must divide the middle block's "
-                             f"{self.base_channels * self.channel_mult[-1]} channels")
+        for name, base in (("base_channels", self.base_channels), ("decoder_base_channels", self.decoder_base)):
+            for ch in sorted({base * m for m in self.channel_mult}):
+                if ch % self.num_groups:
+                    raise ValueError(f"num_groups={self.num_groups} must divide every channel count; {ch} is not "
+                                     f"divisible ({name}={base}, channel_mult={self.channel_mult})")
+            if self.mid_attention and (base * self.channel_mult[-1]) % self.num_heads:
+                raise ValueError(f"num_heads={self.num_heads} must divide the middle block's "
+                                 f"{base * self.channel_mult[-1]} channels ({name}={base})")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {sorted(ATTENTION_IMPLS)}, got {self.attention_impl!r}")
         if self.image_size % self.downsample_factor:
             raise ValueError(f"image_size={self.image_size} must be divisible by the downsampling factor "
                              f"{self.downsample_factor} of channel_mult={self.channel_mult}")
+
+    @property
+    def decoder_base(self) -> int:
+        """The decoder's base channels: ``decoder_base_channels``, or the encoder's when None."""
+        return self.base_channels if self.decoder_base_channels is None else self.decoder_base_channels
+
+    @property
+    def decoder_res_blocks(self) -> int:
+        """The decoder's ``num_res_blocks`` (it builds one more per level): ``decoder_num_res_blocks``, or the
+        encoder's when None."""
+        return self.num_res_blocks if self.decoder_num_res_blocks is None else self.decoder_num_res_blocks
 
     @property
     def levels(self) -> int:
@@ -285,20 +309,23 @@ class Decoder(nn.Module):
     ``num_res_blocks + 1`` ResBlocks and (except at the first level) an Upsample; then GroupNorm ->
     SiLU -> conv_out. As in LDM, ``up[i]`` is the level at the encoder's ``down[i]`` resolution, so
     the loop runs over ``reversed(self.up)``. The output is unbounded (clamp it to show it).
+
+    Its width and depth are ``config.decoder_base`` and ``config.decoder_res_blocks``: the encoder's
+    ``base_channels`` and ``num_res_blocks`` unless the config sets decoder-only values.
     """
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
         c = config
-        ch = c.base_channels * c.channel_mult[-1]
+        ch = c.decoder_base * c.channel_mult[-1]
         self.conv_in = nn.Conv2d(c.latent_channels, ch, 3, padding=1)
         self.mid = _middle(c, ch)
         up_levels = []
         for level, mult in reversed(list(enumerate(c.channel_mult))):
-            out_ch = c.base_channels * mult
+            out_ch = c.decoder_base * mult
             up = nn.Module()
             up.block = nn.ModuleList()
-            for _ in range(c.num_res_blocks + 1):
+            for _ in range(c.decoder_res_blocks + 1):
                 up.block.append(ResBlock(ch, out_ch, emb_dim=None, num_groups=c.num_groups))
                 ch = out_ch
             if level != 0:

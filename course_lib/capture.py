@@ -23,6 +23,10 @@ model computes exactly what it computes without the capture, bit for bit. Record
 CPU; ``max_batch`` keeps only the first images of each batch to bound memory (with classifier-
 free guidance the model sees [x; x]: the first B images are the conditional half). Hooks are
 removed when the ``with`` block ends, also when it ends with an exception.
+
+An MM-DiT (chapter 6) has no cross-attention: its joint attention runs over one sequence [text, image],
+recorded with ``kinds="self"``. :func:`quadrant_mass` splits such a matrix into its four quadrants
+(:data:`QUADRANTS`: text→text, text→image, image→text, image→image).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from torch import nn
 
 from .attention import HookableAttention, attention_weights
 
-__all__ = ["AttentionCall", "AttentionRecord", "capture_attention"]
+__all__ = ["AttentionCall", "AttentionRecord", "capture_attention", "QUADRANTS", "quadrant_mass"]
 
 KINDS = ("self", "cross")
 
@@ -263,3 +267,26 @@ def capture_attention(model: nn.Module, kinds: Iterable[str] | str = ("cross",),
     finally:
         for handle in handles:
             handle.remove()
+
+
+# --------------------------------------------------------------------------- joint attention (chapter 6)
+
+#: the four quadrants of a joint-attention matrix over [text, image], as "queries→keys"
+QUADRANTS = ("text→text", "text→image", "image→text", "image→image")
+
+
+def quadrant_mass(probs: torch.Tensor, num_text: int) -> dict[str, float]:
+    """How an MM-DiT's joint attention splits between the two streams.
+
+    ``probs`` [..., n, n] over the sequence [text (num_text real tokens), image] (padding already removed),
+    rows summing to 1. For queries of one kind, the mean over those queries of the attention they give to
+    keys of each kind: ``text→image`` is the share of a text token's attention that goes to image patches
+    (text→text + text→image = 1, image→text + image→image = 1). Returns {quadrant: share} over
+    :data:`QUADRANTS`, the leading dimensions of ``probs`` (batch, heads) averaged first.
+    """
+    p = probs.reshape(-1, *probs.shape[-2:]).double().mean(0)  # [n, n]
+    if not 0 < num_text < p.shape[-1]:
+        raise ValueError(f"num_text={num_text} must leave both text and image tokens in a sequence of {p.shape[-1]}")
+    text, image = slice(0, num_text), slice(num_text, None)
+    return {"text→text": float(p[text, text].sum(-1).mean()), "text→image": float(p[text, image].sum(-1).mean()),
+            "image→text": float(p[image, text].sum(-1).mean()), "image→image": float(p[image, image].sum(-1).mean())}

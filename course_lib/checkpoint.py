@@ -64,14 +64,29 @@ def card_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def model_config_dict(model: torch.nn.Module) -> dict:
-    """The model's config as plain JSON (a dataclass at ``model.config``), or {} when it has none."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return {}
+def config_dict(cfg) -> dict:
+    """A config dataclass as plain JSON (its ``to_dict()`` when it has one, else ``dataclasses.asdict``)."""
     if not dataclasses.is_dataclass(cfg):
-        raise TypeError(f"{type(model).__name__}.config must be a dataclass, got {type(cfg).__name__}")
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as JSON stores them
+        raise TypeError(f"a model's config must be a dataclass, got {type(cfg).__name__}")
+    plain = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+    return json.loads(json.dumps(plain))  # tuples -> lists, as JSON stores them
+
+
+def model_config_dict(model: torch.nn.Module) -> dict:
+    """The model's config (a dataclass at ``model.config``) as plain JSON, or {} when it has none."""
+    cfg = getattr(model, "config", None)
+    return {} if cfg is None else config_dict(cfg)
+
+
+def config_from_dict(config_class: type, d: dict):
+    """A config dataclass from a card's dict: ``config_class.from_dict(d)`` when the class has one (it reads
+    older layouts too), else ``config_class(**d)``; fields missing from ``d`` take their defaults."""
+    return config_class.from_dict(d) if hasattr(config_class, "from_dict") else config_class(**d)
+
+
+def class_names(model_class: type) -> tuple[str, ...]:
+    """The names a card may give ``model_class``: its own and its ``card_aliases`` (names of older versions)."""
+    return (model_class.__name__, *getattr(model_class, "card_aliases", ()))
 
 
 # ----------------------------------------------------------------------------- optimizer state
@@ -111,7 +126,7 @@ def _data_hash(blob: bytes) -> str:
     return hashlib.sha256(memoryview(blob)[8 + header_len:]).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -166,11 +181,11 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, *, step: int = 0,
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
     }
-    return _write(path, tensors, card)
+    return write_checkpoint(path, tensors, card)
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], card: dict) -> Path:
-    """Serialize with the card (and its data hash) in the metadata; replace the file atomically."""
+def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], card: dict) -> Path:
+    """Serialize prefixed tensors with the card (and its data hash) in the metadata; replace the file atomically."""
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint paths end in .safetensors, got {path.name!r}")
     # The data section does not depend on the metadata, so hash it from a first serialization,
@@ -179,8 +194,8 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], card: dict) -> Path:
     blob = _st_save(tensors, metadata={"card": json.dumps(card)})
     assert _data_hash(blob) == card["sha256"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, blob)
-    _atomic_write(card_path(path), (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write(path, blob)
+    atomic_write(card_path(path), (json.dumps(card, indent=2) + "\n").encode())
     return path
 
 
@@ -280,30 +295,25 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None, *,
 
 
 def check_model_matches(card: dict, model: torch.nn.Module, path: Path | str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming every difference between the card and ``model``."""
-    if card["model_class"] != type(model).__name__:
+    """Raise :class:`CheckpointError` naming every difference between the card and ``model``.
+
+    The card's config is read as the model's config class reads it (:func:`config_from_dict`), so a field
+    added to the class after the checkpoint was written takes its default: the checkpoint was made with what
+    the default describes."""
+    if card["model_class"] not in class_names(type(model)):
         raise CheckpointError(f"{path} holds a {card['model_class']}, not a {type(model).__name__}")
-    saved, ours = dict(card["model_config"]), model_config_dict(model)
-    # A field added to the config class after the checkpoint was written is fine when the model
-    # uses that field's default: the checkpoint was made with what the default describes.
-    for name, default in _config_defaults(model).items():
-        if name not in saved and name in ours:
-            saved[name] = default
+    cfg = getattr(model, "config", None)
+    ours = model_config_dict(model)
+    try:
+        saved = ours if cfg is None else config_dict(config_from_dict(type(cfg), card["model_config"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}'s model config does not describe a {type(model).__name__}: {err}") from err
     if saved != ours:
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs model {ours.get(k)!r}"
                  for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
         raise CheckpointError(f"{path} was made for another {card['model_class']} config: "
                               + "; ".join(diffs) + ". Build the model from the checkpoint's config "
-                              "(course_lib.recipes.model_from_checkpoint) or pick the matching checkpoint")
-
-
-def _config_defaults(model: torch.nn.Module) -> dict:
-    """The JSON form of the default value of every field of ``model.config`` that has one."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return {}
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-    return json.loads(json.dumps(defaults))
+                              "(course_lib.models.model_from_checkpoint) or pick the matching checkpoint")
 
 
 def _load_into(ckpt: Checkpoint, model: torch.nn.Module, weights: str) -> None:
@@ -343,7 +353,7 @@ def export_inference(src: str | Path, dst: str | Path, *, weights: str = "ema",
     tensors = {f"model.{k}": v for k, v in sd.items()}
     if "loss_history" in ckpt.train:
         tensors["train.loss_history"] = ckpt.train["loss_history"]
-    return _write(Path(dst), tensors, card)
+    return write_checkpoint(Path(dst), tensors, card)
 
 
 def transplant_weights(path: str | Path, model: torch.nn.Module) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import nbformat
 
-from .checkpoint import _atomic_write
+from .checkpoint import atomic_write
 from .config import REPO_ROOT
 
 EXERCISE, SOLUTION = "exercise", "solution"
@@ -106,9 +106,9 @@ def exercises(nb) -> dict[str, list[str]]:
 
 
 def _write(nb, path: Path) -> None:
-    """Write atomically (``checkpoint._atomic_write``: a temporary file, then a rename), folders made as needed."""
+    """Write atomically (``checkpoint.atomic_write``: a temporary file, then a rename), folders made as needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, nbformat.writes(nb).encode("utf-8"))
+    atomic_write(path, nbformat.writes(nb).encode("utf-8"))
 
 
 def build(kind: str, out: Path | None = None, *, force: bool = False,

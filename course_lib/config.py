@@ -19,6 +19,7 @@ Environment variables
 from __future__ import annotations
 
 import os
+import platform
 import random
 import shlex
 from pathlib import Path
@@ -102,6 +103,27 @@ def native_bf16(device: torch.device | str) -> bool:
         return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
                                                                     "_is_amx_tile_supported"))
     return False
+
+
+def cpu_name() -> str:
+    """The CPU's model name where the system tells it (Linux: /proc/cpuinfo), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and line.partition(":")[2].strip():
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device: torch.device) -> str:
+    """A short description of where training ran, for checkpoint cards: the device, threads, native bf16."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    bf16 = "native bf16" if native_bf16(device) else "no native bf16"
+    threads = torch.get_num_threads()
+    return (f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
+            f"{threads} thread{'' if threads == 1 else 's'}")
 
 
 def setup_cpu_speedups() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -311,6 +312,20 @@ def describe_source(root: str | Path | None = None, download: bool = False) -> s
 def _folder_source(folder: Path, root: str | Path | None) -> str:
     """An image folder in words, without the machine's absolute path (it goes into checkpoint cards)."""
     return f"image folder {config.portable_path(folder)}" + (" (COURSE_CIFAR10_DIR)" if root is None else "")
+
+
+def source_kind(source: str) -> str:
+    """"sample" for the bundled sample, "full" for a complete copy of CIFAR-10."""
+    return "full" if source.startswith(("image folder", "torchvision")) else "sample"
+
+
+def source_tag(source: str) -> str:
+    """A file-name tag for a data source: "sample", "torchvision" or "folder-<name>" (the JPEG re-encodings in
+    one folder and torchvision's original pixels give different statistics, so they get different files)."""
+    if source.startswith("image folder "):
+        name = source[len("image folder "):].split(" (")[0]
+        return "folder-" + re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+    return "torchvision" if source.startswith("torchvision") else "sample"
 
 
 def load_cifar10(split: str = "train", *, root: str | Path | None = None, download: bool = False,

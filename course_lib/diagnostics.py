@@ -38,7 +38,7 @@ from .data import StepBatches
 from .parameterization import diffusion_loss
 from .processes import DDPMProcess
 from .schedules import NoiseSchedule
-from .trainer import TrainConfig, TrainResult, fit, hardware_description
+from .trainer import TrainConfig, TrainResult, fit
 from .unet import EmbedBlock, UNet, UNetConfig
 
 __all__ = ["held_out_loss", "timestep_sensitivity", "copy_shared_weights", "PAIR_KINDS", "PAIR_FILES",
@@ -207,7 +207,7 @@ def save_pair_run(path: str | Path, kind: str, result: TrainResult, cfg: TrainCo
                 "train_config": dataclasses.asdict(cfg), "data_source": data_source, "data_images": data_images,
                 "wall_seconds_total": round(result.seconds, 1),
                 "images_per_second": round(result.images_per_second, 2),
-                "hardware": hardware_description(torch.device(device)), "device": str(device),
+                "hardware": config.hardware_description(torch.device(device)), "device": str(device),
                 "command": command}
     return save_checkpoint(path, ema, step=result.step, train_tensors={"loss_history": losses},
                            metrics={"loss_last_100": float(tail.mean())}, training=training, kind="inference")

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from . import config
+
 __all__ = ["DistInfo", "SINGLE", "init_from_env", "shard", "rank_seed", "mean_over_ranks", "any_rank", "close"]
 
 
@@ -62,8 +64,6 @@ def init_from_env(device_name: str | None = None) -> tuple[DistInfo, torch.devic
     ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and pick this rank's device: ``cuda:LOCAL_RANK``
     with NCCL when CUDA is there (and not overridden by ``device_name``), else the CPU with gloo.
     Without torchrun (no ``WORLD_SIZE``, or 1) nothing is joined: ``(SINGLE, the usual device)``."""
-    from . import config
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return SINGLE, config.get_device(device_name)

@@ -14,9 +14,10 @@ plain conditional model, w > 1 classifier-free guidance (Ho & Salimans 2022). Ev
 the same noise, so the scales differ only in the guidance. The number depends on the classifier as
 much as on the generator: it is a check that conditioning works, not a quality score such as FID.
 
-Command line (the course's classifier checks a text-to-image checkpoint)::
+Command line (the course's classifier checks a text-to-image checkpoint; each guidance weight and seed is
+a line of ``data/results.jsonl``)::
 
-    python -m course_lib.evaluation data/checkpoints/cond-small.safetensors --per-class 30 --scales 0,1,3
+    python -m course_lib.evaluation data/checkpoints/cond-small.safetensors --per-class 30 --guidance 0,1,3
 
 For an unconditional model (chapter 1's UNet) there is no prompt to follow, only the question whether
 a sample shows *some* CIFAR-10 object. The same classifier answers it with its *classifier score*,
@@ -52,12 +53,18 @@ With ``--num-samples`` (or ``--metrics``) the command measures instead how close
 * ``fd_clf``: Fréchet distance in the 128 features of the course's classifier, with its precision and
   recall: always available, fast, comparable only with itself.
 
-Text-to-image models are asked with class prompts, N/10 per class (``--guidance`` sets the scale). The
-checkpoint ``cifar10:test`` scores real test images instead of samples (the sanity row of the README's
-table); an autoencoder checkpoint (``vae-small``) scores its reconstructions decode(mode(q(z|x))) of
-the same first N test images (the *reconstruction FID*: what the decoder loses before any diffusion;
-read it against the ``cifar10:test`` row at the same N). Every run appends one JSON line to ``data/results.jsonl`` (``--results``, or ``--no-record``);
-``python -m course_lib.results`` turns that file into the README's results table.
+Text-to-image models are asked with class prompts, N/10 per class (``--guidance`` sets w). The
+checkpoint ``cifar10:test`` scores real test images instead of samples (the sanity row of the results);
+an autoencoder checkpoint (``vae-small``) scores its reconstructions decode(mode(q(z|x))) of the same
+first N test images (the *reconstruction FID*: what the decoder loses before any diffusion; read it
+against the ``cifar10:test`` row at the same N).
+
+Seeds, settings, cost. ``--seeds K`` measures K sampling seeds (``--seed``, ``--seed`` + 1, ...), each with
+its own noise; ``--decoder PATH`` (repeatable) decodes each seed's latents with every decoder named, so the
+decoders are compared on the same samples. Every (seed, decoder) appends one line to ``data/results.jsonl``
+(``--results``, or ``--no-record``) with every setting that changes the images (``settings``), the NFE
+counted while sampling, the seconds it took and the machine; ``python -m course_lib.results`` merges the
+seeds into mean ± standard deviation and writes ``docs/results.md``.
 
 ``--prompts unseen`` asks with :func:`~course_lib.captions.unseen_prompt` instead ("a photo of a kitten":
 a word no training caption has), which is where a frozen pretrained text encoder (cond-small-minilm)
@@ -67,7 +74,7 @@ and the small one trained from the captions (cond-small, which reads "a photo of
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import math
 import os
 import time
@@ -83,11 +90,16 @@ from tqdm.auto import tqdm
 from . import config
 from .captions import class_prompt, unseen_prompt
 from .classifier import confusion_matrix, per_class_accuracy, predict
-from .data import CIFAR10_CLASSES, load_cifar10, to_uint8
-from .features import real_features
+from .checkpoint import read_card
+from .data import CIFAR10_CLASSES, describe_source, load_cifar10, to_uint8
+from .features import (ClassifierFeatures, FeatureStats, InceptionFeatures, MissingExtraError, WeightsChecksumError,
+                       extract_features, inception_weights_path, real_features, reference_statistics, sha256_file)
+from .flow import flow_time_grid
 from .generation import Pipeline
-from .processes import NoProcessError
-from .recipes import model_from_checkpoint
+from .metrics import frechet_distance, kid, precision_recall
+from .models import model_from_checkpoint
+from .processes import NoProcessError, RectifiedFlowProcess
+from .results import append_result, fid_label
 
 #: the prompt sets of the command line: class index -> prompt
 PROMPTS: dict[str, Callable[[int], str]] = {"class": class_prompt, "unseen": unseen_prompt}
@@ -95,9 +107,9 @@ PROMPTS: dict[str, Callable[[int], str]] = {"class": class_prompt, "unseen": uns
 
 @dataclass
 class PromptAccuracy:
-    """The classifier's verdict on the images generated at one guidance scale."""
+    """The classifier's verdict on the images generated at one guidance weight w."""
 
-    scale: float
+    guidance: float
     labels: torch.Tensor       # [N] the class each prompt asked for
     predicted: torch.Tensor    # [N] the class the classifier saw
     images: torch.Tensor       # [N, 3, H, W] the samples, in [-1, 1], on the CPU
@@ -127,7 +139,7 @@ class PromptAccuracy:
         return per_class_accuracy(self.confusion)
 
     def __str__(self) -> str:
-        return (f"w = {self.scale:g}: the classifier finds the prompted class in {100 * self.accuracy:.1f}% "
+        return (f"w = {self.guidance:g}: the classifier finds the prompted class in {100 * self.accuracy:.1f}% "
                 f"(± {100 * self.stderr:.1f}) of {self.n} images")
 
 
@@ -170,33 +182,34 @@ def classifier_score(classifier: nn.Module, images: torch.Tensor, batch_size: in
 
 
 @torch.no_grad()
-def prompt_accuracy(pipeline: Pipeline, classifier: nn.Module, scales: Sequence[float] = (0.0, 1.0, 3.0), *,
+def prompt_accuracy(pipeline: Pipeline, classifier: nn.Module, guidances: Sequence[float] = (0.0, 1.0, 3.0), *,
                     per_class: int = 10, num_steps: int = 25, seed: int = 1, batch_size: int = 50,
-                    prompt: Callable[[int], str] = class_prompt,
-                    num_classes: int = len(CIFAR10_CLASSES)) -> dict[float, PromptAccuracy]:
-    """Generate ``per_class`` images from each class's prompt at every guidance scale and classify them.
+                    prompt: Callable[[int], str] = class_prompt, num_classes: int = len(CIFAR10_CLASSES),
+                    sampler: str | None = None, **sampler_options) -> dict[float, PromptAccuracy]:
+    """Generate ``per_class`` images from each class's prompt at every guidance weight and classify them.
 
-    ``pipeline`` is a text-to-image :class:`~course_lib.generation.Pipeline`; it samples with its
-    process's default sampler (DDIM for DDPM) over ``num_steps`` steps in batches of ``batch_size``.
-    The starting noise is drawn once from ``seed`` and shared by all scales. Returns
-    ``{scale: PromptAccuracy}`` in the order of ``scales``.
+    ``pipeline`` is a text-to-image :class:`~course_lib.generation.Pipeline`; it samples with ``sampler``
+    (default: its process's first, DDIM for DDPM, Euler for a flow) over ``num_steps`` steps in batches of
+    ``batch_size``. The starting noise is drawn once from ``seed`` and shared by all weights. Returns
+    ``{w: PromptAccuracy}`` in the order of ``guidances``.
     """
     if per_class < 1 or batch_size < 1 or num_steps < 1:
         raise ValueError(f"per_class, batch_size and num_steps must be >= 1, got {per_class}, {batch_size}, "
                          f"{num_steps}")
-    if not scales:
-        raise ValueError("give at least one guidance scale, e.g. scales=(0.0, 1.0, 3.0)")
+    if not guidances:
+        raise ValueError("give at least one guidance weight, e.g. guidances=(0.0, 1.0, 3.0)")
     if not pipeline.text_conditional:
         raise ValueError(f"prompt accuracy needs a text-to-image pipeline; {type(pipeline.denoiser).__name__} reads "
                          "no prompts (use classifier_score on its samples)")
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [N]
     prompts = [prompt(int(y)) for y in labels]
     noise = torch.randn(len(labels), *pipeline.denoiser.sample_shape,
-                        generator=torch.Generator().manual_seed(seed))  # [N, C, H, W], one draw for every scale
+                        generator=torch.Generator().manual_seed(seed))  # [N, C, H, W], one draw for every w
     results = {}
-    for w in scales:
-        images = torch.cat([pipeline.generate(prompts[i:i + batch_size], scale=float(w), num_steps=num_steps,
-                                              x_T=noise[i:i + batch_size].to(pipeline.device)).cpu()
+    for w in guidances:
+        images = torch.cat([pipeline.generate(prompts[i:i + batch_size], guidance=float(w), sampler=sampler,
+                                              num_steps=num_steps, x_T=noise[i:i + batch_size].to(pipeline.device),
+                                              **sampler_options).cpu()
                             for i in range(0, len(labels), batch_size)])  # [N, C, H, W]
         predicted, _ = predict(classifier, images)
         results[float(w)] = PromptAccuracy(float(w), labels, predicted, images)
@@ -210,41 +223,55 @@ METRICS = ("fid", "kid", "pr", "fd_clf")
 REAL_PREFIX = "cifar10:"
 
 
-def results_path() -> Path:
-    """The file every evaluation run appends a line to: ``<data_dir>/results.jsonl``."""
-    return config.data_dir() / "results.jsonl"
+@dataclass
+class SampleRun:
+    """What :func:`sample_images` made: uint8 images per decoder, the NFE per image and the seconds it took."""
+
+    images: list[torch.Tensor]   # one [N, 3, H, W] uint8 tensor per decoder (one tensor for a pixel model)
+    nfe: float                   # denoiser forward passes per image (course_lib.generation.NFECount)
+    seconds: float               # sampling and decoding, wall time
 
 
 @torch.no_grad()
 def sample_images(pipeline: Pipeline, num_samples: int, *, num_steps: int, sampler: str | None = None,
-                  guidance: float = 1.0, seed: int = 1, batch_size: int = 100,
-                  progress: bool = True) -> torch.Tensor:
+                  guidance: float = 1.0, seed: int = 1, batch_size: int = 100, progress: bool = True,
+                  decoders: Sequence[nn.Module] | None = None, **sampler_options) -> SampleRun:
     """``num_samples`` generated images as uint8 [N, 3, H, W], quantised as a PNG file would store them.
 
     Text-to-image pipelines are asked with class prompts, the classes in turn (image i shows class i mod 10),
-    at guidance ``guidance``. The starting noise comes from ``seed``, one draw for all N images.
+    at guidance ``guidance``. The starting noise comes from ``seed``, one draw for all N images. A latent
+    pipeline's samples are decoded by each of ``decoders`` (default: the pipeline's own autoencoder), so
+    several decoders are compared on exactly the same latents. ``sampler_options`` go to the sampler
+    (``times=`` for a flow's shifted grid, for example).
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
     if not pipeline.text_conditional and guidance != 1.0:
         raise ValueError(f"--guidance {guidance:g}: {type(pipeline.denoiser).__name__} is unconditional; "
                          "guidance needs a text-to-image checkpoint")
+    if decoders and pipeline.autoencoder is None:
+        raise ValueError("decoders were given, but this pipeline samples pixels: only a latent model has a decoder")
+    decoders = list(decoders) if decoders else [pipeline.autoencoder]
+    start = time.perf_counter()
     noise = torch.randn(num_samples, *pipeline.denoiser.sample_shape,
                         generator=torch.Generator().manual_seed(seed))  # [N, C, H, W]
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in decoders]
     bar = tqdm(total=num_samples, desc=f"sampling ({num_steps} steps)", unit="img", disable=not progress,
                leave=False)
-    for i in range(0, num_samples, batch_size):
-        x_T = noise[i:i + batch_size].to(pipeline.device)
-        if pipeline.text_conditional:
-            prompts = [class_prompt(k % len(CIFAR10_CLASSES)) for k in range(i, i + len(x_T))]
-            images = pipeline.generate(prompts, scale=guidance, sampler=sampler, num_steps=num_steps, x_T=x_T)
-        else:
-            images = pipeline.generate(x_T=x_T, sampler=sampler, num_steps=num_steps)
-        out.append(to_uint8(images.float().cpu()))
-        bar.update(len(x_T))
+    with pipeline.count_nfe() as nfe:
+        for i in range(0, num_samples, batch_size):
+            x_T = noise[i:i + batch_size].to(pipeline.device)
+            if pipeline.text_conditional:
+                prompts = [class_prompt(k % len(CIFAR10_CLASSES)) for k in range(i, i + len(x_T))]
+                z = pipeline.generate(prompts, guidance=guidance, sampler=sampler, num_steps=num_steps, x_T=x_T,
+                                      decode=False, **sampler_options)
+            else:
+                z = pipeline.generate(x_T=x_T, sampler=sampler, num_steps=num_steps, decode=False, **sampler_options)
+            for images, decoder in zip(out, decoders):
+                images.append(to_uint8(pipeline.decode(z, decoder).float().cpu()))
+            bar.update(len(x_T))
     bar.close()
-    return torch.cat(out)  # [N, 3, H, W] uint8
+    return SampleRun([torch.cat(images) for images in out], nfe.per_image, time.perf_counter() - start)
 
 
 def save_samples(path: str | Path, images_uint8: torch.Tensor) -> Path:
@@ -289,11 +316,6 @@ class QualityReport:
         return out
 
 
-def fid_label(n: int) -> str:
-    """How a FID over n images is named: FID-50k, FID-10k, FID-2k, FID-500 (FIDs compare only at equal n)."""
-    return f"FID-{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"FID-{n}"
-
-
 def sample_quality(images_uint8: torch.Tensor, metrics: Sequence[str] = METRICS, *, split: str = "train",
                    device: torch.device | str = "cpu", progress: bool = True, kid_subset_size: int = 1000,
                    classifier: str | Path | None = None) -> QualityReport:
@@ -303,10 +325,6 @@ def sample_quality(images_uint8: torch.Tensor, metrics: Sequence[str] = METRICS,
     KID and precision/recall N real images of the split (the fixed-shuffle prefix). ``classifier``: the
     checkpoint of FD_clf's classifier (default: the shipped ``cifar-classifier``).
     """
-    from .data import describe_source
-    from .features import ClassifierFeatures, FeatureStats, InceptionFeatures, extract_features, reference_statistics
-    from .metrics import frechet_distance, kid, precision_recall
-
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
@@ -349,19 +367,37 @@ def sample_quality(images_uint8: torch.Tensor, metrics: Sequence[str] = METRICS,
     return QualityReport(values, reference, seconds)
 
 
-def _model_class(checkpoint: str) -> str | None:
-    from .checkpoint import read_card
-
-    try:
-        return read_card(checkpoint).get("model_class")
-    except Exception:  # a missing or broken file: Pipeline.from_checkpoint reports it properly
-        return None
+# --------------------------------------------------------------------------- what a results line says
 
 
-def _checkpoint_entry(checkpoint: str, card: dict) -> dict:
+def decoder_sha256(autoencoder: nn.Module) -> str:
+    """SHA-256 of the weights that turn latents into images: every tensor of the autoencoder's state dict
+    except the encoder's (``encoder.*``, ``quant_conv.*``), in key order. Two decoders with the same hash make
+    the same images from the same latents; an encoder fine-tune does not change it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(autoencoder.state_dict().items()):
+        if not name.startswith(("encoder.", "quant_conv.")):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sampling_settings(pipeline: Pipeline, *, num_samples: int | None, steps: int, sampler: str,
+                      guidance: float | None, seed: int, shift: float | None,
+                      decoder: tuple[str, nn.Module] | None) -> dict:
+    """Everything that changes a sampled point's images, for its results line: samples, sampler, steps,
+    guidance, the time grid (``spacing``; ``shift`` for a flow), the seed and the decoder's name and hash."""
+    settings = {"num_samples": num_samples, "steps": steps, "sampler": sampler,
+                "guidance": guidance if pipeline.text_conditional else None, "seed": seed, "spacing": "linspace",
+                "shift": shift if isinstance(pipeline.process, RectifiedFlowProcess) else None,
+                "decoder": None, "decoder_sha256": None}
+    if decoder is not None:
+        settings.update(decoder=decoder[0], decoder_sha256=decoder_sha256(decoder[1]))
+    return settings
+
+
+def checkpoint_entry(checkpoint: str, card: dict) -> dict:
     """What a results line says about the checkpoint it scored: path, file hash, name, step, training time."""
-    from .features import sha256_file
-
     training = card.get("training", {})
     return {"checkpoint": config.portable_path(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
             "model": Path(checkpoint).stem, "model_class": card.get("model_class"), "step": card.get("step"),
@@ -369,29 +405,83 @@ def _checkpoint_entry(checkpoint: str, card: dict) -> dict:
             "training_hardware": training.get("hardware")}
 
 
+def _record(kind: str, entry: dict, settings: dict, metrics: dict, device: torch.device, **more) -> dict:
+    return dict(date=time.strftime("%Y-%m-%d"), kind=kind, **entry, settings=settings, metrics=metrics, **more,
+                hardware=config.hardware_description(device), torch=torch.__version__)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
 def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[torch.Tensor, dict, dict]:
     """An autoencoder's deterministic reconstructions decode(mode(q(z|x))) of the first ``n`` CIFAR-10 test
     images as uint8 [n, 3, 32, 32] (the same images as ``cifar10:test`` with ``--num-samples n``: compare
     the two rows to see what the autoencoder loses), with the record's entry and settings."""
-    from .data import load_cifar10
-    from .recipes import model_from_checkpoint
-
     autoencoder, card = model_from_checkpoint(checkpoint, device=device)
     data = load_cifar10("test", limit=n, verbose=False)
     with torch.no_grad():
         recon = torch.cat([autoencoder(batch.to(device), sample_posterior=False)[0].clamp(-1, 1).cpu()
                            for batch in data.images.split(250)])  # [n, 3, 32, 32]
-    entry = _checkpoint_entry(checkpoint, card)
-    settings = {"num_samples": len(recon), "reconstruction": "decode(mode(q(z|x))) of CIFAR-10 test images"}
+    entry = checkpoint_entry(checkpoint, card)
+    settings = {"num_samples": len(recon), "reconstruction": "decode(mode(q(z|x))) of CIFAR-10 test images",
+                "decoder_sha256": decoder_sha256(autoencoder)}
     print(f"{checkpoint}: reconstructions of {len(recon)} CIFAR-10 test images from {data.source}")
     return to_uint8(recon), entry, settings
 
 
+def _floats(text: str, parser: argparse.ArgumentParser, flag: str) -> list[float]:
+    try:
+        values = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        parser.error(f"{flag} takes numbers separated by commas, e.g. 0,1,3; got {text!r}")
+    return values
+
+
+def _seeds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[int]:
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    return [args.seed + i for i in range(args.seeds)]
+
+
+def _pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device) -> Pipeline:
+    try:
+        pipeline = Pipeline.from_checkpoint(args.checkpoint, device=device)
+    except (NoProcessError, TypeError) as err:
+        parser.error(f"{args.checkpoint}: {err}")
+    if args.sampler and args.sampler not in pipeline.process.samplers:
+        parser.error(f"--sampler {args.sampler}: this checkpoint's process offers {', '.join(pipeline.process.samplers)}")
+    if args.shift is not None and not isinstance(pipeline.process, RectifiedFlowProcess):
+        parser.error("--shift is the time shift of a rectified flow's grid; this checkpoint samples a "
+                     f"{type(pipeline.process).__name__}")
+    return pipeline
+
+
+def _decoders(args: argparse.Namespace, parser: argparse.ArgumentParser, pipeline: Pipeline,
+              device: torch.device) -> list[tuple[str, nn.Module]] | list[None]:
+    """(name, autoencoder) of each decoder to score (``--decoder``, else the pipeline's), or [None] for pixels."""
+    if not args.decoder:
+        if pipeline.autoencoder is None:
+            return [None]
+        return [(Path(pipeline.card["training"]["autoencoder"]["checkpoint"]).stem, pipeline.autoencoder)]
+    if pipeline.autoencoder is None:
+        parser.error("--decoder: this checkpoint samples pixels; only a latent model's samples are decoded")
+    out = []
+    for path in args.decoder:
+        model, card = model_from_checkpoint(path, device=device)
+        if card["model_class"] != "AutoencoderKL":
+            parser.error(f"--decoder {path} holds a {card['model_class']}, not an autoencoder")
+        out.append((Path(path).stem, model))
+    return out
+
+
+def _sampler_options(args: argparse.Namespace, pipeline: Pipeline) -> dict:
+    return {} if args.shift is None else {"times": flow_time_grid(args.steps, args.shift)}
+
+
 def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The command line's sample-quality mode (``--num-samples`` / ``--metrics``)."""
-    from .data import load_cifar10
-    from .features import MissingExtraError, WeightsChecksumError, inception_weights_path
-
     metrics = [m.strip() for m in (args.metrics or ",".join(METRICS)).split(",") if m.strip()]
     if sorted(set(metrics) - set(METRICS)) or not metrics:
         parser.error(f"--metrics takes a comma-separated subset of {','.join(METRICS)}, got {args.metrics!r}")
@@ -403,153 +493,188 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.save_samples and Path(args.save_samples).suffix != ".npz":
         parser.error(f"--save-samples writes a NumPy .npz file; give a path ending in .npz, got {args.save_samples}")
     device = config.get_device()
-    start = time.perf_counter()
+    seeds = _seeds(args, parser)
+    runs = []  # (kind, images, entry, settings, nfe, sampling seconds)
     if args.checkpoint.startswith(REAL_PREFIX):
         split = args.checkpoint[len(REAL_PREFIX):]
         if split not in ("train", "test"):
             parser.error(f"{args.checkpoint}: real images are cifar10:test or cifar10:train")
+        start = time.perf_counter()
         data = load_cifar10(split, limit=args.num_samples, verbose=False)
-        images = to_uint8(data.images)
         entry = {"checkpoint": args.checkpoint, "model": f"CIFAR-10 {split} images"}
-        settings = {"num_samples": len(images)}
-        print(f"{len(images)} real CIFAR-10 {split} images from {data.source}")
+        print(f"{len(data)} real CIFAR-10 {split} images from {data.source}")
+        runs.append(("real", to_uint8(data.images), entry, {"num_samples": len(data)}, None,
+                     time.perf_counter() - start))
     elif _model_class(args.checkpoint) == "AutoencoderKL":
         if args.num_samples is None:
             parser.error("give --num-samples N: how many test images to reconstruct (2,000 to compare with FID-2k rows)")
+        start = time.perf_counter()
         images, entry, settings = _reconstructions(args.checkpoint, args.num_samples, device)
+        runs.append(("reconstructions", images, entry, settings, None, time.perf_counter() - start))
     else:
-        try:
-            pipeline = Pipeline.from_checkpoint(args.checkpoint, device=device)
-        except (NoProcessError, TypeError) as err:
-            parser.error(f"{args.checkpoint}: {err}")
-        card = pipeline.card
-        sampler = args.sampler or pipeline.process.samplers[0]
-        if sampler not in pipeline.process.samplers:
-            parser.error(f"--sampler {sampler}: this checkpoint's process offers {', '.join(pipeline.process.samplers)}")
+        pipeline = _pipeline(args, parser, device)
         if args.num_samples is None:
             parser.error("give --num-samples N (at least 2,000 for a FID worth quoting)")
-        if not pipeline.text_conditional and args.guidance != 1.0:
-            parser.error(f"--guidance {args.guidance:g}: {type(pipeline.denoiser).__name__} is unconditional; "
+        guidances = _floats(args.guidance or "1", parser, "--guidance")
+        if not pipeline.text_conditional and guidances != [1.0]:
+            parser.error(f"--guidance {args.guidance}: {type(pipeline.denoiser).__name__} is unconditional; "
                          "guidance needs a text-to-image checkpoint")
-        entry = _checkpoint_entry(args.checkpoint, card)
-        settings = {"num_samples": args.num_samples, "steps": args.steps, "sampler": sampler,
-                    "guidance": args.guidance if pipeline.text_conditional else None, "seed": args.seed}
-        print(f"{args.checkpoint}: step {card.get('step')}, {entry['training_minutes']:.0f} training minutes; "
+        sampler = args.sampler or pipeline.process.samplers[0]
+        decoders = _decoders(args, parser, pipeline, device)
+        entry = checkpoint_entry(args.checkpoint, pipeline.card)
+        print(f"{args.checkpoint}: step {pipeline.card.get('step')}, {entry['training_minutes']:.0f} training minutes; "
               f"{args.num_samples} samples, {sampler} {args.steps} steps"
-              + (f", guidance {args.guidance:g}, class prompts in turn" if pipeline.text_conditional else "")
-              + f", noise seed {args.seed}")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="unknown words replaced")
-            images = sample_images(pipeline, args.num_samples, num_steps=args.steps, sampler=sampler,
-                                   guidance=args.guidance, seed=args.seed, batch_size=args.batch_size)
-    sampling_seconds = time.perf_counter() - start
-    if args.save_samples:
-        print(f"saved {len(images)} images to {save_samples(args.save_samples, images)} (key 'images', uint8 "
-              f"[N, 32, 32, 3])")
-    try:
-        report = sample_quality(images, metrics, device=device, classifier=args.classifier)
-    except (MissingExtraError, WeightsChecksumError) as err:
-        parser.error(str(err))
-    for line in report.lines(len(images)):
-        print(line)
-    threads = torch.get_num_threads()
-    seconds = dict(sampling=round(sampling_seconds, 1), **report.seconds)
-    print(f"time: sampling {seconds['sampling']:.0f} s, features and metrics "
-          f"{sum(v for k, v in seconds.items() if k in ('inception_total', 'classifier')):.0f} s on {device} "
-          f"({threads} thread{'s' if threads > 1 else ''})")
-    if not args.no_record:
-        from .trainer import hardware_description
-
-        record = dict(date=time.strftime("%Y-%m-%d"), **entry, settings=settings, metrics=report.metrics,
-                      reference=report.reference, seconds=seconds, hardware=hardware_description(device),
-                      torch=torch.__version__)
-        path = Path(args.results) if args.results else results_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:  # one line per run; appending a line is atomic enough for a log
-            f.write(json.dumps(record) + "\n")
-        print(f"recorded in {path}")
+              + (", class prompts in turn" if pipeline.text_conditional else "")
+              + f", noise seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+        for w in guidances:
+            for seed in seeds:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="unknown words replaced")
+                    run = sample_images(pipeline, args.num_samples, num_steps=args.steps, sampler=sampler, guidance=w,
+                                        seed=seed, batch_size=args.batch_size,
+                                        decoders=[d[1] for d in decoders] if decoders != [None] else None,
+                                        **_sampler_options(args, pipeline))
+                for images, decoder in zip(run.images, decoders):
+                    settings = sampling_settings(pipeline, num_samples=args.num_samples, steps=args.steps,
+                                                 sampler=sampler, guidance=w, seed=seed, shift=args.shift or 1.0,
+                                                 decoder=decoder)
+                    runs.append(("samples", images, entry, settings, run.nfe, run.seconds / len(run.images)))
+    for number, (kind, images, entry, settings, nfe, sampling_seconds) in enumerate(runs):
+        if args.save_samples:
+            target = Path(args.save_samples)
+            if len(runs) > 1:  # one file per (w, seed, decoder): samples-0.npz, samples-1.npz, ...
+                target = target.with_name(f"{target.stem}-{number}.npz")
+            print(f"saved {len(images)} images to {save_samples(target, images)} (key 'images', uint8 [N, 32, 32, 3])")
+        what = ", ".join(f"{k} {v}" for k, v in settings.items() if k in ("guidance", "seed", "decoder") and v is not None)
+        if what:
+            print(f"-- {what}" + (f", NFE {nfe:g}" if nfe is not None else ""))
+        try:
+            report = sample_quality(images, metrics, device=device, classifier=args.classifier)
+        except (MissingExtraError, WeightsChecksumError) as err:
+            parser.error(str(err))
+        for line in report.lines(len(images)):
+            print(line)
+        seconds = dict(sampling=round(sampling_seconds, 1), **report.seconds)
+        threads = torch.get_num_threads()
+        print(f"time: sampling {seconds['sampling']:.0f} s, features and metrics "
+              f"{sum(v for k, v in seconds.items() if k in ('inception_total', 'classifier')):.0f} s on {device} "
+              f"({threads} thread{'s' if threads > 1 else ''})")
+        if not args.no_record:
+            extra = {"nfe": nfe} if nfe is not None else {}
+            path = append_result(_record(kind, entry, settings, report.metrics, device, **extra,
+                                         reference=report.reference, seconds=seconds), args.results)
+            print(f"recorded in {path}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.evaluation",
-                                     description="Judge a checkpoint's samples with the course's CIFAR-10 classifier: "
-                                                 "the prompt accuracy of a text-to-image model at several guidance "
-                                                 "scales, or the classifier score of an unconditional UNet beside "
-                                                 "real test images. With --num-samples: FID, KID, precision/recall "
-                                                 "and FD_clf against CIFAR-10's training split.")
-    parser.add_argument("checkpoint", help="a TextToImageUNet checkpoint (data/checkpoints/cond-small.safetensors) "
-                        "or an unconditional UNet one (data/checkpoints/ddpm-small.safetensors); with the "
-                        "sample-quality options also cifar10:test (real test images) or an autoencoder "
-                        "(data/checkpoints/vae-small.safetensors: its reconstructions of the test images)")
-    parser.add_argument("--classifier", help="default: <checkpoint dir>/cifar-classifier.safetensors")
-    parser.add_argument("--scales", default="0,1,3", help="comma-separated guidance scales (default 0,1,3)")
-    parser.add_argument("--per-class", type=int, default=10, help="images per class and scale (default 10)")
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps of the process's default sampler "
-                        "(DDIM for DDPM, Euler for a flow; default 25)")
-    parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
-                        help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
-    parser.add_argument("--samples", type=int, default=100,
-                        help="unconditional UNet: how many images to sample and score (default 100)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the starting noise (default 1)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    quality = parser.add_argument_group("sample quality against real images (FID, KID, precision/recall, FD_clf)")
-    quality.add_argument("--num-samples", type=int, help="generate N images and compare them with CIFAR-10's training "
-                         "split (with cifar10:test: how many test images; default all)")
-    quality.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default: all)")
-    quality.add_argument("--sampler", help="the process's sampler (default: its first, ddim for DDPM)")
-    quality.add_argument("--guidance", type=float, default=1.0,
-                         help="classifier-free guidance scale for text-to-image checkpoints (default 1: conditional)")
-    quality.add_argument("--save-samples", metavar="PATH.npz",
-                         help="write the scored images as uint8 [N, 32, 32, 3] under the key 'images'")
-    quality.add_argument("--batch-size", type=int, default=100, help="images per sampling batch (default 100)")
-    quality.add_argument("--results", metavar="PATH.jsonl", help="where to append the run's line "
-                         "(default data/results.jsonl)")
-    quality.add_argument("--no-record", action="store_true", help="do not append to the results file")
-    args = parser.parse_args(argv)
-    if args.num_samples is not None and args.num_samples < 2:
-        parser.error(f"--num-samples must be >= 2, got {args.num_samples}")
-    try:
-        scales = [float(w) for w in args.scales.split(",") if w.strip()]
-    except ValueError:
-        parser.error(f"--scales must be numbers separated by commas, e.g. 0,1,3; got {args.scales!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config.setup_cpu_speedups()
-    if (args.num_samples is not None or args.metrics or args.save_samples
-            or args.checkpoint.startswith(REAL_PREFIX)):
-        return _quality_main(args, parser)
+def _accuracy_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The command line's prompt-accuracy mode: each guidance weight and seed one results line."""
     device = config.get_device()
-    if args.samples < 1:
-        parser.error(f"--samples must be >= 1, got {args.samples}")
-    try:
-        pipeline = Pipeline.from_checkpoint(args.checkpoint, device=device)
-    except (NoProcessError, TypeError) as err:
-        parser.error(f"{args.checkpoint}: {err}")
+    pipeline = _pipeline(args, parser, device)
     classifier, _ = model_from_checkpoint(args.classifier or config.checkpoint_dir() / "cifar-classifier.safetensors",
                                           device=device)
     if not pipeline.text_conditional:
         return _score_unconditional(pipeline, classifier, args)
+    guidances = _floats(args.guidance or "0,1,3", parser, "--guidance")
+    seeds = _seeds(args, parser)
+    sampler = args.sampler or pipeline.process.samplers[0]
     card = pipeline.card
-    print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} training "
-          f"minutes; {pipeline.process.samplers[0]} {args.steps} steps, {args.per_class} images per class, noise seed {args.seed}; "
-          f"prompts like {PROMPTS[args.prompts](3)!r}")
+    print(f"{args.checkpoint}: step {card['step']}, {card.get('training', {}).get('wall_seconds_total', 0) / 60:.0f} "
+          f"training minutes; {sampler} {args.steps} steps, {args.per_class} images per class, noise seed"
+          f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; prompts like {PROMPTS[args.prompts](3)!r}")
     model = pipeline.denoiser
     if model.config.text_encoder == "small":  # say once which words it reads as <unk>, not in every batch
         prompts = [PROMPTS[args.prompts](k) for k in range(len(CIFAR10_CLASSES))]
         unknown = sorted({w for words in model.tokenizer.encode(prompts).unknown for w in words})
         if unknown:
             print(f"words the model's tokenizer does not know (read as <unk>): {', '.join(unknown)}")
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="unknown words replaced")
-        results = prompt_accuracy(pipeline, classifier, scales, per_class=args.per_class, num_steps=args.steps,
-                                  seed=args.seed, prompt=PROMPTS[args.prompts])
-    for r in results.values():
-        per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
-        print(f"{r}\n    per class (%): {per_class}")
-    print(f"{time.perf_counter() - start:.0f} s on {device}")
+    decoder = _decoders(args, parser, pipeline, device)
+    if len(decoder) > 1:
+        parser.error("prompt accuracy takes one --decoder at a time")
+    if decoder != [None]:
+        pipeline.autoencoder = decoder[0][1]
+    for seed in seeds:
+        for w in guidances:  # one w at a time, so that the NFE counted is that w's; the noise is the seed's for all
+            start = time.perf_counter()
+            with warnings.catch_warnings(), pipeline.count_nfe() as nfe:
+                warnings.filterwarnings("ignore", message="unknown words replaced")
+                r = prompt_accuracy(pipeline, classifier, [w], per_class=args.per_class, num_steps=args.steps,
+                                    seed=seed, prompt=PROMPTS[args.prompts], sampler=sampler,
+                                    **_sampler_options(args, pipeline))[w]
+            seconds = time.perf_counter() - start
+            per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
+            print(f"seed {seed}, {r} (NFE {nfe.per_image:g}, {seconds:.0f} s on {device})\n"
+                  f"    per class (%): {per_class}")
+            if not args.no_record:
+                settings = sampling_settings(pipeline, num_samples=None, steps=args.steps, sampler=sampler,
+                                             guidance=w, seed=seed, shift=args.shift or 1.0, decoder=decoder[0])
+                settings.update(per_class=args.per_class, prompts=args.prompts)
+                append_result(_record("prompt_accuracy", checkpoint_entry(args.checkpoint, card), settings,
+                                      {"prompt_accuracy": r.accuracy, "prompt_accuracy_stderr": r.stderr}, device,
+                                      nfe=nfe.per_image, images=r.n, seconds={"sampling": round(seconds, 1)}),
+                              args.results)
     return 0
+
+
+def _model_class(checkpoint: str) -> str | None:
+    try:
+        return read_card(checkpoint).get("model_class")
+    except Exception:  # a missing or broken file: Pipeline.from_checkpoint reports it properly
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.evaluation",
+                                     description="Judge a checkpoint's samples with the course's CIFAR-10 classifier: "
+                                                 "the prompt accuracy of a text-to-image model at several guidance "
+                                                 "weights, or the classifier score of an unconditional UNet beside "
+                                                 "real test images. With --num-samples: FID, KID, precision/recall "
+                                                 "and FD_clf against CIFAR-10's training split. Measurements are "
+                                                 "appended to data/results.jsonl, one line per seed.")
+    parser.add_argument("checkpoint", help="a text-to-image checkpoint (data/checkpoints/cond-small.safetensors) "
+                        "or an unconditional UNet one (data/checkpoints/ddpm-small.safetensors); with the "
+                        "sample-quality options also cifar10:test (real test images) or an autoencoder "
+                        "(data/checkpoints/vae-small.safetensors: its reconstructions of the test images)")
+    parser.add_argument("--classifier", help="default: <checkpoint dir>/cifar-classifier.safetensors")
+    parser.add_argument("--guidance", help="guidance weights w, comma-separated (default: 0,1,3 for prompt "
+                        "accuracy, 1 = the conditional model for sample quality)")
+    parser.add_argument("--per-class", type=int, default=10, help="prompt accuracy: images per class and w (default 10)")
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
+    parser.add_argument("--sampler", help="the process's sampler (default: its first: ddim for DDPM, euler for a flow)")
+    parser.add_argument("--shift", type=float, help="a flow's time shift t -> s t / (1 + (s - 1) t) (SD3; default 1)")
+    parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
+                        help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
+    parser.add_argument("--samples", type=int, default=100,
+                        help="unconditional UNet: how many images to sample and score (default 100)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the starting noise (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="how many sampling seeds: --seed, --seed + 1, ... "
+                        "(each a results line; the results page gives their mean ± std)")
+    parser.add_argument("--decoder", action="append", metavar="AUTOENCODER",
+                        help="a latent model's samples decoded by this autoencoder instead of the card's (repeat it "
+                             "to score several decoders on the same latents)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--results", metavar="PATH.jsonl", help="where to append the run's lines "
+                        "(default data/results.jsonl)")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results file")
+    quality = parser.add_argument_group("sample quality against real images (FID, KID, precision/recall, FD_clf)")
+    quality.add_argument("--num-samples", type=int, help="generate N images and compare them with CIFAR-10's training "
+                         "split (with cifar10:test: how many test images; default all)")
+    quality.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} (default: all)")
+    quality.add_argument("--save-samples", metavar="PATH.npz",
+                         help="write the scored images as uint8 [N, 32, 32, 3] under the key 'images'")
+    quality.add_argument("--batch-size", type=int, default=100, help="images per sampling batch (default 100)")
+    args = parser.parse_args(argv)
+    if args.num_samples is not None and args.num_samples < 2:
+        parser.error(f"--num-samples must be >= 2, got {args.num_samples}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config.setup_cpu_speedups()
+    if (args.num_samples is not None or args.metrics or args.save_samples
+            or args.checkpoint.startswith(REAL_PREFIX)):
+        return _quality_main(args, parser)
+    if args.samples < 1:
+        parser.error(f"--samples must be >= 1, got {args.samples}")
+    return _accuracy_main(args, parser)
 
 
 def _score_unconditional(pipeline: Pipeline, classifier: nn.Module, args: argparse.Namespace) -> int:

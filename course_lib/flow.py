@@ -30,16 +30,16 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .samplers import SamplerOutput, _start, _warn_if_training
+from .samplers import SamplerOutput, start_noise, warn_if_training
 from .schedules import NoiseSchedule
 
 __all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "ddpm_path_as_flow",
-           "ddpm_flow_velocity", "SOLVERS"]
+           "ddpm_flow_velocity", "SAMPLERS"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: the ODE solvers, with the model evaluations each step costs
-SOLVERS = {"euler": 1, "heun": 2}
+#: the samplers (ODE solvers) of a flow, with the model evaluations each step costs
+SAMPLERS = {"euler": 1, "heun": 2}
 
 
 def flow_time_grid(num_steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -58,7 +58,7 @@ def flow_time_grid(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
 @torch.no_grad()
 def flow_sample(model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torch.Tensor | None = None,
-                num_steps: int = 50, solver: str = "euler", times: Sequence[float] | torch.Tensor | None = None,
+                num_steps: int = 50, sampler: str = "euler", times: Sequence[float] | torch.Tensor | None = None,
                 time_scale: float = 1.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
                 progress: bool = False, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor | SamplerOutput:
@@ -71,28 +71,28 @@ def flow_sample(model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torc
     [N + 1, B, ...] (x at every grid time), ``x0_preds`` [N, B, ...] = x - t v (the straight-line guess of the
     data at each step), ``timesteps`` [N] (the network's times) and ``times`` [N + 1] (the grid).
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     grid = flow_time_grid(num_steps) if times is None else torch.as_tensor(times, dtype=torch.float64).flatten()
     if len(grid) < 2 or grid[0] != 1.0 or grid[-1] != 0.0 or not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError("times must decrease from 1 (noise) to 0 (data), e.g. flow_time_grid(8); got "
                          f"{grid.tolist()}")
-    _warn_if_training(model)
-    x = _start(shape, x_T, generator, device, dtype)  # [B, ...] at t = 1: pure noise
+    warn_if_training(model)
+    x = start_noise(shape, x_T, generator, device, dtype)  # [B, ...] at t = 1: pure noise
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         t_batch = torch.full((x.shape[0],), t * time_scale, device=x.device, dtype=torch.float32)  # [B]
         return model(x, t_batch).to(x.dtype)
 
     trajectory, x0_preds = [x.cpu()], []
-    for i in tqdm(range(len(grid) - 1), desc=f"{solver} ({len(grid) - 1} steps)", disable=not progress,
+    for i in tqdm(range(len(grid) - 1), desc=f"{sampler} ({len(grid) - 1} steps)", disable=not progress,
                   leave=False):
         t, t_next = float(grid[i]), float(grid[i + 1])
         h = t_next - t  # < 0: towards the data
         v = velocity(x, t)
         if return_trajectory:
             x0_preds.append((x - t * v).cpu())
-        if solver == "heun":
+        if sampler == "heun":
             x_euler = x + h * v
             x = x + h * 0.5 * (v + velocity(x_euler, t_next))
         else:

@@ -21,25 +21,54 @@ What a denoiser provides (the interface, no base class needed):
 Usage::
 
     pipe = Pipeline.from_checkpoint("data/checkpoints/cond-small.safetensors")
-    images = pipe.generate(["a photo of a cat"], scale=3.0, num_steps=50)     # [1, 3, 32, 32]
+    images = pipe.generate(["a photo of a cat"], guidance=3.0, num_steps=50)  # [1, 3, 32, 32]
     pipe = Pipeline.from_checkpoint("data/checkpoints/ddpm-small.safetensors")
     images = pipe.generate(num_images=16, sampler="ddpm")                     # ancestral, all T steps
+    with pipe.count_nfe() as nfe:                                               # network evaluations
+        pipe.generate(["a photo of a cat"], guidance=3.0, num_steps=25)
+    nfe.per_image                                                             # 50.0: two passes a step
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from . import config
+from .checkpoint import read_card
 from .guidance import ClassifierFreeGuidance
+from .models import model_from_checkpoint
 from .processes import Process, process_from_card
-from .recipes import model_from_checkpoint
 from .samplers import SamplerOutput
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "NFECount"]
+
+
+class NFECount:
+    """Network function evaluations, counted while a pipeline samples (:meth:`Pipeline.count_nfe`).
+
+    Every row of every batch that enters the denoiser's forward pass is one evaluation for one image, so
+    guidance's doubled batch [x; x] counts two per image and step, the w = 1 and w = 0 shortcuts one, and
+    Heun's two calls per step two. ``per_image`` = rows / images; the decoder is not a network evaluation of
+    the denoiser and is not counted.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.images = 0
+
+    @property
+    def per_image(self) -> float:
+        """Denoiser forward passes per generated image (0 before anything was generated)."""
+        return self.rows / self.images if self.images else 0.0
+
+    def __repr__(self) -> str:
+        return f"NFECount({self.per_image:g} per image: {self.rows} rows for {self.images} images)"
+
 
 
 class Pipeline:
@@ -61,6 +90,7 @@ class Pipeline:
             raise TypeError(f"{type(denoiser).__name__} is not a denoiser of the course: it lacks {missing} (see "
                             "course_lib.generation for the interface; a classifier checkpoint cannot generate)")
         self.denoiser, self.process, self.autoencoder, self.card = denoiser, process, autoencoder, card
+        self._counters: list[NFECount] = []
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "model",
@@ -93,15 +123,32 @@ class Pipeline:
         decoder = f", autoencoder={type(self.autoencoder).__name__}" if self.autoencoder is not None else ""
         return f"Pipeline(denoiser={type(self.denoiser).__name__}, process={self.process}{decoder})"
 
+    @contextmanager
+    def count_nfe(self) -> Iterator[NFECount]:
+        """Count the denoiser's forward passes per image (NFE) of every ``generate`` inside the block.
+
+        A forward pre-hook on the denoiser counts the rows of each batch it evaluates (:class:`NFECount`)."""
+        count = NFECount()
+        handle = self.denoiser.register_forward_pre_hook(
+            lambda module, args, kwargs: setattr(count, "rows", count.rows + len(args[0] if args else kwargs["x"])),
+            with_kwargs=True)
+        self._counters.append(count)
+        try:
+            yield count
+        finally:
+            handle.remove()
+            self._counters.remove(count)
+
     # ---- the steps
 
     @torch.no_grad()
-    def guided(self, prompts: Sequence[str], scale: float = 3.0) -> ClassifierFreeGuidance:
-        """``model(x, t)`` for the sampler: out(tau("")) + scale (out(tau(y)) - out(tau(""))) (Ho & Salimans 2022).
+    def guided(self, prompts: Sequence[str], guidance: float = 3.0) -> ClassifierFreeGuidance:
+        """``model(x, t)`` for the sampler: out(tau("")) + w (out(tau(y)) - out(tau(""))) (Ho & Salimans 2022),
+        with w = ``guidance``.
 
-        One image per prompt; the empty caption "" is the unconditional context. scale = 1 is the
-        conditional model alone, scale = 0 the unconditional one. (Ho & Salimans write the same
-        combination with w' = scale - 1; Stable Diffusion's guidance scale is this ``scale``.)
+        One image per prompt; the empty caption "" is the unconditional context. w = 1 is the
+        conditional model alone, w = 0 the unconditional one. (Ho & Salimans write the same
+        combination with w' = w - 1; Stable Diffusion's guidance scale is this w.)
         """
         prompts = _prompt_list(prompts, "guided")
         if not self.text_conditional:
@@ -109,26 +156,30 @@ class Pipeline:
                              "call generate(num_images=N) without prompts")
         cond = self.denoiser.encode(prompts)  # [B, L, D]
         uncond = self.denoiser.encode([""])  # [1, L, D], shared by every image
-        return ClassifierFreeGuidance(self.denoiser, cond.tokens, cond.mask, uncond.tokens, uncond.mask, scale)
+        return ClassifierFreeGuidance(self.denoiser, cond.tokens, cond.mask, uncond.tokens, uncond.mask, guidance)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The autoencoder's images for samples ``z``, clamped to [-1, 1]; ``z`` itself without an autoencoder."""
-        if self.autoencoder is None:
+    def decode(self, z: torch.Tensor, autoencoder: nn.Module | None = None) -> torch.Tensor:
+        """Images for samples ``z``: decoded by ``autoencoder`` (default: the pipeline's) and clamped to [-1, 1];
+        ``z`` itself for a pixel-space pipeline."""
+        autoencoder = autoencoder if autoencoder is not None else self.autoencoder
+        if autoencoder is None:
             return z
-        return self.autoencoder.decode_latents(z).clamp(-1.0, 1.0)
+        return autoencoder.decode_latents(z).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str] | None = None, *, num_images: int | None = None, scale: float = 1.0,
-                 sampler: str | None = None, num_steps: int | None = None, x_T: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
+    def generate(self, prompts: Sequence[str] | None = None, *, num_images: int | None = None,
+                 guidance: float = 1.0, sampler: str | None = None, num_steps: int | None = None,
+                 x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 return_trajectory: bool = False, progress: bool = False, decode: bool = True,
                  **sampler_options) -> torch.Tensor | SamplerOutput:
         """Generate images: one per prompt (text-conditional denoisers) or ``num_images`` (unconditional ones).
 
-        scale:      classifier-free guidance weight (text-conditional only; 1 = the conditional model)
+        guidance:   classifier-free guidance weight w (text-conditional only; 1 = the conditional model)
         sampler:    one of ``process.samplers`` (default: the first, "ddim" for DDPM) and ``num_steps``
         x_T:        the starting noise [B, *sample_shape] (else drawn from ``generator``, or the global RNG)
         return_trajectory: a :class:`~course_lib.samplers.SamplerOutput` instead of the images; its
                     ``trajectory`` stays in the denoiser's space, its ``sample`` is decoded
+        decode:     False: return the samples in the denoiser's space (a latent model's latents), undecoded
         sampler_options: passed to the process's sampler (DDPM: ``eta``, ``clip_x0``, ``variance``, ``timesteps``);
                     with an autoencoder attached, the process's ``latent_options`` are the defaults
                     (DDPM: ``clip_x0=False``, since latents are not bounded to [-1, 1])
@@ -144,10 +195,11 @@ class Pipeline:
         else:
             if self.text_conditional:
                 raise ValueError(f"{type(self.denoiser).__name__} is text-conditional: give prompts, e.g. "
-                                 "generate(['a photo of a cat'], scale=3.0) (the empty prompt '' asks for the "
+                                 "generate(['a photo of a cat'], guidance=3.0) (the empty prompt '' asks for the "
                                  "unconditional model)")
-            if scale != 1.0:
-                raise ValueError(f"scale={scale}: classifier-free guidance needs a text-conditional denoiser and prompts")
+            if guidance != 1.0:
+                raise ValueError(f"guidance={guidance}: classifier-free guidance needs a text-conditional denoiser "
+                                 "and prompts")
             if num_images is None:
                 num_images = len(x_T) if x_T is not None else None
             if num_images is None or num_images < 1:
@@ -162,7 +214,7 @@ class Pipeline:
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
-            model = self.guided(prompts, scale) if prompts is not None else self.denoiser
+            model = self.guided(prompts, guidance) if prompts is not None else self.denoiser
             if self.dtype != torch.float32:
                 model = _in_dtype(model, self.dtype)
             out = self.process.sample(model, shape, x_T=x_T, sampler=sampler, num_steps=num_steps,
@@ -170,6 +222,10 @@ class Pipeline:
                                       progress=progress, device=self.device, **sampler_options)
         finally:
             self.denoiser.train(was_training)
+        for count in self._counters:
+            count.images += batch
+        if not decode:
+            return out
         if return_trajectory:
             out.sample = self.decode(out.sample)
             return out
@@ -178,9 +234,6 @@ class Pipeline:
 
 def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.device) -> nn.Module:
     """The autoencoder a latent model's card names, refused if its hash differs from the one trained on."""
-    from . import config
-    from .checkpoint import read_card
-
     ae_path = config.checkpoint_dir() / named["checkpoint"]
     if not ae_path.is_file():
         raise FileNotFoundError(f"{path} is a latent model: it needs the autoencoder {ae_path}, which does not "

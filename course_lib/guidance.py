@@ -48,12 +48,12 @@ def _as_batch(name: str, x: torch.Tensor | None, batch: int) -> torch.Tensor | N
 class ClassifierFreeGuidance:
     """``model(x, t)`` with classifier-free guidance, for the samplers of ``course_lib.samplers``.
 
-        out = out_uncond + scale * (out_cond - out_uncond)     (Ho & Salimans 2022)
+        out = out_uncond + w * (out_cond - out_uncond)     (Ho & Salimans 2022), w = ``guidance``
 
     model:          a text-conditional network called as model(x, t, context, context_mask)
     context:        the caption's tokens [B or 1, M, D]; context_mask [B or 1, M] bool (True = real token) or None
     uncond_context: the empty caption's tokens [1 or B, M, D] (same M as ``context``); uncond_mask likewise
-    scale:          the guidance weight w; 1 = conditional only, 0 = unconditional only
+    guidance:       the guidance weight w; 1 = conditional only, 0 = unconditional only
 
     For 0 < w != 1 both predictions come from one forward pass on the batch [x; x] with the
     contexts [cond; uncond] (twice the batch, one call). w == 1 and w == 0 call the model once on
@@ -64,20 +64,20 @@ class ClassifierFreeGuidance:
 
     def __init__(self, model: Callable[..., torch.Tensor], context: torch.Tensor,
                  context_mask: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
-                 uncond_mask: torch.Tensor | None = None, scale: float = 1.0):
+                 uncond_mask: torch.Tensor | None = None, guidance: float = 1.0):
         if context is None or context.ndim != 3:
             shape = None if context is None else tuple(context.shape)
             raise ValueError(f"context must be the caption's tokens [B, M, D], got {shape}")
-        if scale != 1.0:
+        if guidance != 1.0:
             if uncond_context is None:
-                raise ValueError(f"guidance with scale={scale} needs the unconditional prediction: pass "
-                                 "uncond_context=<the empty caption's encoding> [1, M, D] (or use scale=1)")
+                raise ValueError(f"guidance with w={guidance} needs the unconditional prediction: pass "
+                                 "uncond_context=<the empty caption's encoding> [1, M, D] (or use guidance=1)")
             if uncond_context.ndim != 3 or uncond_context.shape[1:] != context.shape[1:]:
                 raise ValueError(f"uncond_context must have shape [1 or B, M, D] = [1, {context.shape[1]}, "
                                  f"{context.shape[2]}] like context {tuple(context.shape)}, got "
                                  f"{tuple(uncond_context.shape)}; pad both captions to the same length M "
                                  "(and pass masks that mark the padding)")
-        self.model, self.scale = model, float(scale)
+        self.model, self.guidance = model, float(guidance)
         self.context, self.context_mask = context, context_mask
         self.uncond_context, self.uncond_mask = uncond_context, uncond_mask
         self._warned = False
@@ -96,9 +96,9 @@ class ClassifierFreeGuidance:
                           "call model.eval() first", stacklevel=2)
             self._warned = True
         B = x.shape[0]
-        if self.scale == 1.0:
+        if self.guidance == 1.0:
             return self.model(x, t, self.context, self.context_mask)
-        if self.scale == 0.0:
+        if self.guidance == 0.0:
             return self.model(x, t, self.uncond_context, self.uncond_mask)
         M = self.context.shape[1]
         cond = _as_batch("context", self.context, B)  # [B, M, D]
@@ -110,10 +110,10 @@ class ClassifierFreeGuidance:
                          torch.cat([cond, uncond.to(cond.dtype)]),
                          None if cond_mask is None else torch.cat([cond_mask, uncond_mask]))
         out_cond, out_uncond = out.chunk(2)  # [B, ...] each
-        return guide(out_cond, out_uncond, self.scale)
+        return guide(out_cond, out_uncond, self.guidance)
 
     def __repr__(self) -> str:
-        return f"ClassifierFreeGuidance(scale={self.scale}, context={tuple(self.context.shape)})"
+        return f"ClassifierFreeGuidance(guidance={self.guidance}, context={tuple(self.context.shape)})"
 
 
 def cfg_dropout(captions: Sequence[str], p: float, generator: torch.Generator | None = None,

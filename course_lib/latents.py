@@ -31,7 +31,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import config
-from .data import TensorSplit, load_cifar10
+from .checkpoint import read_card
+from .data import TensorSplit, load_cifar10, source_tag
+from .models import model_from_checkpoint
 
 __all__ = ["LatentSplit", "encode_moments", "cached_latents", "latent_cache_path"]
 
@@ -106,9 +108,7 @@ def encode_moments(autoencoder: torch.nn.Module, images: torch.Tensor, batch_siz
 
 def latent_cache_path(autoencoder_sha256: str, split: str, source: str, flips: bool) -> Path:
     """``data/cache/latents/cifar10-<split>-<source tag>[-flips]-ae<hash prefix>.safetensors``."""
-    from .features import _source_tag
-
-    name = f"cifar10-{split}-{_source_tag(source)}{'-flips' if flips else ''}-ae{autoencoder_sha256[:12]}"
+    name = f"cifar10-{split}-{source_tag(source)}{'-flips' if flips else ''}-ae{autoencoder_sha256[:12]}"
     return config.cache_dir() / "latents" / f"{name}.safetensors"
 
 
@@ -118,9 +118,6 @@ def cached_latents(autoencoder_checkpoint: str | Path, split: str = "train", *, 
     """The :class:`LatentSplit` of a CIFAR-10 split under an autoencoder checkpoint: read from the cache when its
     card names the same checkpoint hash, source and image count; else encoded (with mirror images when
     ``flips``: items N..2N-1 are the flipped images 0..N-1) and saved atomically."""
-    from .checkpoint import read_card
-    from .recipes import model_from_checkpoint
-
     digest = read_card(autoencoder_checkpoint)["sha256"]  # of the weights: a card edit keeps the cache
     data = load_cifar10(split, limit=limit, verbose=False)
     path = latent_cache_path(digest, split, data.source, flips)

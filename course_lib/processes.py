@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .flow import flow_sample
+from .flow import ddpm_flow_velocity, flow_sample
 from .parameterization import check_parameterization, target_for
 from .samplers import SamplerOutput, ddim_sample, ddpm_sample
 from .schedules import SCHEDULES, NoiseSchedule, gather, make_schedule
@@ -116,6 +116,19 @@ class Process(ABC):
         Returns the samples, or with ``return_trajectory`` a :class:`~course_lib.samplers.SamplerOutput`
         whose ``times`` are continuous in [0, 1] (noise at 1, data at 0).
         """
+
+    def velocity_field(self, model: ModelFn) -> ModelFn:
+        """The model as the velocity of a probability-flow ODE on the flow's time axis, ``v(x, t)``:
+
+            dx/dt = v(x, t),    t in [0, 1], data at t = 0, noise at t = 1,
+
+        so that ``course_lib.flow.flow_sample(process.velocity_field(model), x_T=noise, ...)`` integrates any
+        process's model from noise to data, and the paths of different processes can be compared on one axis.
+        ``t`` is a number, a 0-d tensor or one time per point [B]; the field returns a tensor like ``x``.
+        Each process says how its network's output becomes this velocity; one without an ODE raises
+        ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no probability-flow velocity field")
 
     def check_sampler(self, sampler: str | None) -> str:
         """``sampler`` if this process has it (None: the default, ``samplers[0]``); else a clear error."""
@@ -251,6 +264,21 @@ class DDPMProcess(Process):
                              f"sampler='ddim' (eta=1 is stochastic like DDPM) for {num_steps} steps")
         return ddpm_sample(model, self.noise_schedule, shape, **common)
 
+    def velocity_field(self, model: ModelFn) -> ModelFn:
+        """An epsilon model's probability-flow ODE on the flow axis (``course_lib.flow.ddpm_flow_velocity``).
+
+        At flow time s the DDPM state x = (alpha + sigma) y has sigma / alpha = s / (1 - s), i.e.
+        alpha_bar = 1 / (1 + (s / (1 - s))^2) (the step t with that alpha_bar interpolated in the schedule), and
+
+            v(y, s) = eps_hat - x0_hat,    eps_hat = model(x, t),    x0_hat = (x - sigma eps_hat) / alpha:
+
+        Euler's method on it takes DDIM's (eta = 0) steps. Only for ``parameterization="eps"``.
+        """
+        if self.parameterization != "eps":
+            raise ValueError(f"the velocity field takes a DDPM epsilon model (parameterization 'eps'), this process "
+                             f"predicts {self.parameterization!r}")
+        return ddpm_flow_velocity(model, self.noise_schedule)
+
 
 # --------------------------------------------------------------------------- rectified flow
 
@@ -303,12 +331,22 @@ class RectifiedFlowProcess(Process):
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         return self.time_scale * t
 
+    def velocity_field(self, model: ModelFn) -> ModelFn:
+        """The velocity model itself, on the process's own axis: v(x, t) = model(x, time_scale * t), with t
+        (a number or [B]) broadcast to one time per point. The ODE dx/dt = v moves x_t = (1 - t) x_0 + t eps
+        along its line (v = eps - x_0 for a perfect model)."""
+        def velocity(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+            t = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(len(x))  # [B]
+            return model(x, self.model_time(t))
+
+        return velocity
+
     def sample(self, model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torch.Tensor | None = None,
                sampler: str | None = None, num_steps: int | None = None,
                generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
                device: torch.device | str | None = None, **options) -> torch.Tensor | SamplerOutput:
-        solver = self.check_sampler(sampler)
-        return flow_sample(model, None if x_T is not None else shape, x_T=x_T, solver=solver,
+        sampler = self.check_sampler(sampler)
+        return flow_sample(model, None if x_T is not None else shape, x_T=x_T, sampler=sampler,
                            num_steps=50 if num_steps is None else num_steps, time_scale=self.time_scale,
                            generator=generator, return_trajectory=return_trajectory, progress=progress,
                            device=device, **options)

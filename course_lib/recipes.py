@@ -11,8 +11,8 @@ Every recipe has what the command line uses: ``name``, ``description``, ``train_
 :class:`Text2ImageRecipe` chapter 3's text-to-image model (captions made from the labels), and
 :class:`ClassifierRecipe` the CIFAR-10 classifier that measures whether samples show their class.
 
-:func:`model_from_checkpoint` builds the model a card names from :data:`MODELS`; the process a
-generative checkpoint was trained with is on its card (``course_lib.processes.process_from_card``),
+Models themselves are built and loaded by ``course_lib.models`` (``build_model``, ``model_from_checkpoint``);
+the process a generative checkpoint was trained with is on its card (``course_lib.processes.process_from_card``),
 and ``course_lib.generation.Pipeline.from_checkpoint`` puts the two together for sampling.
 """
 
@@ -27,40 +27,30 @@ import torch
 from . import config
 from .autoencoder import (AutoencoderConfig, AutoencoderKL, autoencoder_loss, latent_scaling_factor,
                           reconstruction_psnr)
-from .checkpoint import CheckpointError, export_inference, load_checkpoint, read_card, save_checkpoint
+from .checkpoint import export_inference, load_checkpoint, read_card, save_checkpoint
 from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss, confusion_matrix,
                          per_class_accuracy, recalibrate_batchnorm)
 from .data import CIFAR10Split, StepBatches, fixed_shuffle, load_cifar10
+from .latents import cached_latents
+from .models import build_model
 from .processes import DDPMProcess, Process, RectifiedFlowProcess
-from .text2image import Text2ImageConfig, TextToImageMMDiT, TextToImageUNet, text2image_loss
+from .reflow import PairSettings, load_reflow_pairs, reflow_pairs_path
+from .text2image import Text2ImageConfig, text2image_loss
 from .trainer import TrainConfig
-from .unet import UNet, UNetConfig
-
-#: model classes a checkpoint card can name, with their config classes
-MODELS: dict[str, tuple[type[torch.nn.Module], type]] = {
-    "UNet": (UNet, UNetConfig),
-    "CIFARClassifier": (CIFARClassifier, ClassifierConfig),
-    "TextToImageUNet": (TextToImageUNet, Text2ImageConfig),
-    "TextToImageMMDiT": (TextToImageMMDiT, Text2ImageConfig),
-    "AutoencoderKL": (AutoencoderKL, AutoencoderConfig),
-}
+from .unet import UNetConfig
 
 
 class Recipe:
     """What every recipe shares: CIFAR-10 training images (flipped at random when ``hflip``), the
-    step-indexed batches of ``course_lib.data.StepBatches``, the model its config names in
-    :data:`MODELS`, and an export of the EMA weights as the inference checkpoint."""
+    step-indexed batches of ``course_lib.data.StepBatches``, the model its config describes
+    (``course_lib.models.build_model``), and an export of the EMA weights as the inference checkpoint."""
 
     name: str
     model_config: Callable
     hflip: bool
 
     def build_model(self) -> torch.nn.Module:
-        config = self.model_config()
-        if isinstance(config, Text2ImageConfig):  # one config class, two models: the backbone decides
-            return (TextToImageUNet if config.backbone == "unet" else TextToImageMMDiT)(config)
-        model_classes = {config_cls: model_cls for model_cls, config_cls in MODELS.values()}
-        return model_classes[type(config)](config)
+        return build_model(self.model_config())
 
     def data(self) -> CIFAR10Split:
         return load_cifar10("train", hflip=self.hflip)
@@ -155,7 +145,7 @@ class ClassifierRecipe(Recipe):
 
 @dataclass
 class Text2ImageRecipe(DenoiserRecipe):
-    """Train chapter 3's :class:`~course_lib.text2image.TextToImageUNet` on CIFAR-10 images with captions
+    """Train chapter 3's :class:`~course_lib.text2image.TextToImageModel` on CIFAR-10 images with captions
     drawn from their labels and dropped to "" with probability ``p_uncond`` (``text2image_loss``: the
     conditional LDM objective, Rombach et al. 2022, with classifier-free-guidance dropout, Ho & Salimans 2022).
 
@@ -198,8 +188,6 @@ class LatentText2ImageRecipe(Text2ImageRecipe):
         return config.checkpoint_dir() / self.autoencoder
 
     def data(self):
-        from .latents import cached_latents
-
         path = self.autoencoder_path()
         if not path.is_file():
             raise FileNotFoundError(f"{self.name} learns the latents of {path}, which does not exist; train it "
@@ -223,42 +211,35 @@ class ReflowRecipe(LatentText2ImageRecipe):
         z_t = (1 - t) z_0 + t z_1,   loss = || v(z_t, t, tau(y)) - (z_1 - z_0) ||^2,   y a random caption of the pair's label.
 
     ``teacher`` names the k-flow's checkpoint (in the checkpoint directory), whose weights a fresh run starts
-    from (:meth:`initial_weights`); the pairs are read from the cache
-    that ``python -m course_lib.reflow`` fills (``num_pairs``, ``pair_guidance``, ``pair_steps``, ``pair_solver``
-    and ``pair_seed`` pick the file).
+    from (:meth:`initial_weights`); ``pairs`` says how many pairs the teacher makes and how it samples them
+    (:class:`~course_lib.reflow.PairSettings`). ``python -m course_lib.reflow NAME`` makes them from this recipe
+    alone, into the cache file that :meth:`pairs_path` names and :meth:`data` reads.
     """
 
     teacher: str = "rf-small.safetensors"
-    num_pairs: int = 50_000
-    pair_guidance: float = 3.0
-    pair_steps: int = 25
-    pair_solver: str = "euler"
-    pair_seed: int = 0
+    pairs: PairSettings = field(default_factory=PairSettings)
+
+    def teacher_path(self) -> Path:
+        return config.checkpoint_dir() / self.teacher
 
     def initial_weights(self) -> Path | None:
         """The teacher's weights: Liu et al. (2022) initialise the (k+1)-rectified flow from the k-rectified flow."""
-        return config.checkpoint_dir() / self.teacher
+        return self.teacher_path()
 
     def pairs_path(self) -> Path:
-        from .reflow import reflow_pairs_path
-
-        teacher = config.checkpoint_dir() / self.teacher
+        teacher = self.teacher_path()
         if not teacher.is_file():
-            raise FileNotFoundError(f"{self.name} learns the reflow pairs of {teacher}, which does not exist; train "
-                                    f"it first (python -m course_lib.train {Path(self.teacher).stem})")
-        return reflow_pairs_path(read_card(teacher)["sha256"], self.num_pairs, self.pair_guidance, self.pair_steps,
-                                 self.pair_solver, self.pair_seed)
+            raise FileNotFoundError(f"{self.name} learns the reflow pairs of its teacher {teacher}, which does not "
+                                    f"exist: train the teacher first (its recipe is {Path(self.teacher).stem})")
+        return reflow_pairs_path(read_card(teacher)["sha256"], self.pairs)
 
     def data(self):
-        from .reflow import load_reflow_pairs
-
         path = self.pairs_path()
         if not path.is_file():
             raise FileNotFoundError(
-                f"{self.name} needs the reflow pairs {path}; make them with python -m course_lib.reflow "
-                f"{config.portable_path(config.checkpoint_dir() / self.teacher)} --pairs {self.num_pairs} "
-                f"--guidance {self.pair_guidance:g} --steps {self.pair_steps} --solver {self.pair_solver} "
-                f"--seed {self.pair_seed} (hours on a CPU; resumable)")
+                f"{self.name} trains on {self.pairs.describe()} of its teacher {Path(self.teacher).stem}, and they "
+                f"have not been made yet (expected in {path}). The reflow command makes them from this recipe "
+                f"with its name alone (hours on a CPU; resumable)")
         return load_reflow_pairs(path)
 
     def loss_fn(self) -> Callable:
@@ -271,8 +252,6 @@ class ReflowRecipe(LatentText2ImageRecipe):
         return loss
 
     def card_info(self) -> dict:
-        from .reflow import load_reflow_pairs
-
         info = super().card_info()
         info["augmentation"] = {"hflip": "none: each latent is tied to its noise"}
         info["reflow"] = {"teacher": self.teacher, "pairs": load_reflow_pairs(self.pairs_path()).card}
@@ -347,13 +326,11 @@ RECIPES: dict[str, Recipe] = {
         DenoiserRecipe(
             "ddpm-tiny", "chapter 1: the tiny UNet (0.29M), for fast mode and tests",
             UNetConfig.tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
+            TrainConfig.tiny),
         DenoiserRecipe(
             "ddpm-small", "chapter 1: the paper's UNet at quarter width (2.25M), trains on a CPU",
             UNetConfig.small,
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, bf16=True, channels_last=True,
-                                checkpoint_minutes=10)),
+            lambda: TrainConfig.small(bf16=True, channels_last=True)),
         DenoiserRecipe(
             "ddpm-paper", "chapter 1: Ho et al.'s 35.7M CIFAR-10 UNet (needs a GPU for real training)",
             UNetConfig.paper,
@@ -367,93 +344,72 @@ RECIPES: dict[str, Recipe] = {
         Text2ImageRecipe(
             "cond-tiny", "chapter 3: the tiny text-conditional UNet + small text encoder (0.41M), for tests",
             Text2ImageConfig.tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
+            TrainConfig.tiny),
         Text2ImageRecipe(
             "cond-small", "chapter 3: ddpm-small with AdaGN + cross-attention, and a small text encoder (3.31M)",
             Text2ImageConfig.small,
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, bf16=True, channels_last=True, checkpoint_minutes=10)),
+            lambda: TrainConfig.small(bf16=True, channels_last=True)),
         Text2ImageRecipe(
             "cond-small-minilm", "chapter 3: cond-small's UNet reading the frozen MiniLM (3.10M trained; "
             "needs the text extra)",
             Text2ImageConfig.small_minilm,
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, bf16=True, channels_last=True, checkpoint_minutes=10)),
+            lambda: TrainConfig.small(bf16=True, channels_last=True)),
         LatentText2ImageRecipe(
             "ldm-tiny", "chapter 4: the tiny text-conditional UNet on vae-small's 4x8x8 latents (0.41M), for tests",
             Text2ImageConfig.latent_tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
+            TrainConfig.tiny),
         LatentText2ImageRecipe(
             "ldm-small", "chapter 4: cond-small's recipe on vae-small's 4x8x8 latents, a wider UNet (9.14M)",
             Text2ImageConfig.latent_small,
             # float32: for this model bf16 autocast was slower than float32 on one AMX thread (measured 122 vs 129 img/s)
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, checkpoint_minutes=10)),
+            TrainConfig.small),
         LatentText2ImageRecipe(
             "rf-tiny", "chapter 5: ldm-tiny trained as a rectified flow (velocity target, logit-normal t), for tests",
             Text2ImageConfig.latent_tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99),
+            TrainConfig.tiny,
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         LatentText2ImageRecipe(
             "rf-small", "chapter 5: ldm-small's model and latents trained as a rectified flow (SD3's objective: "
             "velocity target, logit-normal t)",
             Text2ImageConfig.latent_small,
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, checkpoint_minutes=10),
+            TrainConfig.small,
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         ReflowRecipe(
             "rf2-tiny", "chapter 5: reflow of rf-tiny on its own pairs, for tests",
             Text2ImageConfig.latent_tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99),
-            process=RectifiedFlowProcess(), teacher="rf-tiny.safetensors", num_pairs=64, pair_steps=4),
+            TrainConfig.tiny,
+            process=RectifiedFlowProcess(), teacher="rf-tiny.safetensors", pairs=PairSettings(num_pairs=64, steps=4)),
         ReflowRecipe(
             "rf2-small", "chapter 5: 2-rectified flow: rf-small's model trained on 50,000 of its own guided pairs (uniform t)",
             Text2ImageConfig.latent_small,
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, checkpoint_minutes=10),
+            TrainConfig.small,
             process=RectifiedFlowProcess()),
         LatentText2ImageRecipe(
             "rf-small-minilm", "chapter 6's UNet baseline: rf-small reading the frozen MiniLM, as mmdit-small does",
             Text2ImageConfig.latent_small_minilm,
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000,
-                                ema_decay=0.9995, checkpoint_minutes=10),
+            TrainConfig.small,
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         LatentText2ImageRecipe(
             "mmdit-tiny", "chapter 6: a tiny MM-DiT as a rectified flow on latents, for tests and fast mode",
             Text2ImageConfig.latent_mmdit_tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99),
+            TrainConfig.tiny,
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         LatentText2ImageRecipe(
             "mmdit-small", "chapter 6: the MM-DiT of SD3 / Flux (2 double + 4 single blocks, 256 wide) as a "
             "rectified flow on vae-small's latents, reading the frozen MiniLM",
             Text2ImageConfig.latent_mmdit_small,
             # bf16 autocast: 105 vs 75 training img/s in float32 on one AMX thread (benchmarks/bench_mmdit.py)
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=3e-4, warmup_steps=1000,
-                                ema_decay=0.9995, bf16=True, checkpoint_minutes=10),
+            lambda: TrainConfig.small(lr=3e-4, bf16=True),
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         AutoencoderRecipe(
             "vae-tiny", "chapter 4: the tiny KL autoencoder (0.24M), 32x32 -> 4x8x8, for fast mode and tests",
             AutoencoderConfig.tiny,
-            lambda: TrainConfig(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)),
+            TrainConfig.tiny),
         AutoencoderRecipe(
             "vae-small", "chapter 4: the KL autoencoder of latent diffusion (1.70M), 32x32 -> 4x8x8, trains on a CPU",
             AutoencoderConfig.small,
             # channels_last off: measured 5-25% slower with bf16 for this model on one thread (GroupNorm-heavy)
-            lambda: TrainConfig(max_steps=100_000, batch_size=64, lr=5e-4, warmup_steps=500, ema_decay=0.999,
-                                bf16=True, channels_last=False, checkpoint_minutes=10)),
+            lambda: TrainConfig.small(lr=5e-4, warmup_steps=500, ema_decay=0.999, bf16=True, channels_last=False)),
     ]
 }
 
-
-def model_from_checkpoint(path: str | Path, weights: str = "model", device: str | torch.device = "cpu"):
-    """Build the model a checkpoint's card names (:data:`MODELS`), load its weights, and return ``(model, card)``.
-
-    For sampling, ``course_lib.generation.Pipeline.from_checkpoint`` adds the process the card names."""
-    card = read_card(path)
-    if card["model_class"] not in MODELS:
-        raise CheckpointError(f"{path} holds a {card['model_class']}, which this course version does not "
-                              f"know (known: {', '.join(MODELS)}); update course_lib")
-    model_cls, config_cls = MODELS[card["model_class"]]
-    model = model_cls(config_cls(**card["model_config"]))
-    load_checkpoint(path, model, weights=weights)
-    return model.to(device).eval(), card

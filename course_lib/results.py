@@ -1,126 +1,421 @@
-"""The README's results table, generated from ``data/results.jsonl`` (never typed by hand).
+"""The course's measurements: ``data/results.jsonl`` (one line per measured point and seed), read, merged over
+sampling seeds, and rendered as ``docs/results.md`` and the README's headline table (never typed by hand).
 
-Every run of ``python -m course_lib.evaluation CHECKPOINT --num-samples N ...`` appends one JSON line
-to ``data/results.jsonl``. This module reads those lines and writes the table between the markers
-``<!-- results:begin -->`` and ``<!-- results:end -->`` of ``README.md``::
+Every run of ``python -m course_lib.evaluation`` appends lines with :func:`append_result`. A line's identity is
+its kind, the checkpoint's hash and its ``settings``: everything that changes the images scored (sampler, steps,
+guidance, time spacing and shift, decoder weights, number of samples, sampling seed). When a point is measured
+again with the same identity, the later line wins; two lines that differ in any setting both stay.
 
-    python -m course_lib.results            # rewrite the table in README.md
-    python -m course_lib.results --check    # exit 1 if README.md's table is not what the file gives
-    python -m course_lib.results --print    # print the table only
+A line records what was measured (``metrics``), what with (``reference``, ``hardware``), what it cost
+(``seconds``) and ``nfe``: the denoiser's forward passes per image, counted while sampling
+(``course_lib.generation.NFECount``: a guided step is two, Heun's step two; the decoder is not counted).
 
-When the same checkpoint (by hash) was measured twice with the same settings, the later line wins.
+:func:`points` merges the lines that differ only in their sampling seed into one :class:`Point`, whose metrics
+are a mean ± standard deviation over the seeds; it is what the notebooks call for their tables and figures::
+
+    for p in points("ldm-small", steps=25, guidance=3.0):
+        print(p.label(), p.text("fid"))            # "ddim 25 steps, w = 3 (NFE 50)", "65.40 ± 0.31 (3 seeds)"
+
+Command line::
+
+    python -m course_lib.results            # rewrite docs/results.md and the README's headline table
+    python -m course_lib.results --check    # exit 1 if either is not what data/results.jsonl gives
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
+from .checkpoint import read_card
+
+__all__ = ["KINDS", "HEADLINES", "results_path", "append_result", "read_results", "row_key", "fid_label",
+           "Point", "points", "results_page", "headline_table", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
+#: what a line measured: generated samples, an autoencoder's reconstructions, real images, prompt accuracy
+KINDS = ("samples", "reconstructions", "real", "prompt_accuracy")
 
-def read_results(path: str | Path) -> list[dict]:
-    """The records of a results file, later duplicates (same checkpoint hash and settings) replacing earlier ones."""
+#: the course's headline points: (model, settings a point must have), in the order of the chapters. The
+#: README's table and the top of docs/results.md show these (every lines' figures are further down).
+HEADLINES: list[tuple[str, dict]] = [
+    ("CIFAR-10 test images", {"kind": "real", "num_samples": 2000}),
+    ("vae-small", {"kind": "reconstructions", "num_samples": 2000}),
+    ("ddpm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25}),
+    ("cond-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0}),
+    ("ldm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0}),
+    ("rf-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 50, "guidance": 3.0}),
+    ("rf2-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 1, "guidance": 1.0}),
+    ("rf-small-minilm", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 25, "guidance": 3.0}),
+    ("mmdit-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 25, "guidance": 3.0}),
+]
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def results_path() -> Path:
+    """The file every evaluation run appends its lines to: ``<data_dir>/results.jsonl``."""
+    return config.data_dir() / "results.jsonl"
+
+
+def append_result(record: dict, path: str | Path | None = None) -> Path:
+    """Append one line (a JSON object with at least ``kind`` and ``settings``) to the results file."""
+    if record.get("kind") not in KINDS or not isinstance(record.get("settings"), dict):
+        raise ValueError(f"a results line needs a kind (one of {KINDS}) and a settings dict, got "
+                         f"kind={record.get('kind')!r}")
+    path = Path(path) if path is not None else results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:  # one line per write; appending a line is atomic enough for a log
+        f.write(json.dumps(record) + "\n")
+    return path
+
+
+def row_key(record: dict) -> str:
+    """A line's identity: its kind, the checkpoint's hash (or name, for real images) and every setting."""
+    return json.dumps([record.get("kind"), record.get("checkpoint_sha256", record.get("checkpoint")),
+                       record.get("settings")], sort_keys=True)
+
+
+def read_results(path: str | Path | None = None) -> list[dict]:
+    """The lines of a results file (default :func:`results_path`; none if it does not exist), a later line
+    replacing an earlier one with the same :func:`row_key`, in the order of the latest measurements."""
+    path = Path(path) if path is not None else results_path()
+    if not path.is_file():
+        return []
     records: dict[str, dict] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}, line {number}: not JSON ({err}); fix or delete that line") from err
-        key = json.dumps([record.get("checkpoint_sha256", record.get("checkpoint")), record.get("settings")],
-                         sort_keys=True)
+        key = row_key(record)
         records.pop(key, None)  # re-insert, so that the order is that of the latest measurements
         records[key] = record
     return list(records.values())
 
 
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
+def fid_label(n: int) -> str:
+    """How a FID over n images is named: FID-50k, FID-10k, FID-2k, FID-500 (FIDs compare only at equal n)."""
+    return f"FID-{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"FID-{n}"
 
 
-def _fid_label(n: int) -> str:
-    from .evaluation import fid_label
-
-    return fid_label(n)
+# --------------------------------------------------------------------------- points: lines merged over seeds
 
 
-def _row(r: dict) -> str:
-    s, m, ref, sec = r.get("settings", {}), r.get("metrics", {}), r.get("reference", {}), r.get("seconds", {})
-    n = s.get("num_samples")
-    if r.get("checkpoint", "").startswith("cifar10:"):
-        what, sampling = f"CIFAR-10 {r['checkpoint'].split(':', 1)[1]} images", "real images"
-    elif "reconstruction" in s:
-        what = f"`{r['model']}` (step {r.get('step')}, {r.get('training_minutes', 0):.0f} min training)"
-        sampling = "reconstructions of test images"
-    else:
-        guidance = s.get("guidance")
-        sampling = f"{s.get('sampler')} {s.get('steps')} steps" + (f", w = {guidance:g}" if guidance is not None else "")
-        what = f"`{r['model']}` (step {r.get('step')}, {r.get('training_minutes', 0):.0f} min training)"
-    fid = f"{_fid_label(n)} **{m['fid']:.2f}**" if "fid" in m else ""
-    kid = f"{1000 * m['kid_mean']:.2f} ± {1000 * m['kid_std']:.2f}" if "kid_mean" in m else ""
-    pr = f"{m['precision']:.2f} / {m['recall']:.2f}" if "precision" in m else ""
-    clf = (f"{m['fd_clf']:.3g} ({m['precision_clf']:.2f} / {m['recall_clf']:.2f})" if "fd_clf" in m else "")
-    minutes = sum(sec.get(k, 0) for k in ("sampling", "inception_total", "classifier")) / 60
-    source = ref.get("source", "").replace(" (COURSE_CIFAR10_DIR)", "")
-    reference = f"{ref.get('fid_n', ref.get('fd_clf_n', 0)):,} {ref.get('split', '')} images, {source}"
-    hardware = r.get("hardware", "")
-    machine = hardware.split(" (")[0] + (f", {hardware.rsplit(', ', 1)[-1]}" if ", " in hardware else "")
-    return " | ".join(["", what, sampling, f"{n:,}", reference, fid, kid, pr, clf, f"{minutes:.0f}", machine,
-                       ""]).strip()
+@dataclass
+class Point:
+    """One measured setting of one checkpoint: the lines that differ only in their sampling seed, merged.
+
+    ``settings`` are the shared settings (without the seed), ``seeds`` the seeds measured, ``rows`` the lines
+    in seed order. A metric's value is the mean over the seeds, its spread the sample standard deviation."""
+
+    kind: str
+    model: str
+    settings: dict
+    seeds: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+
+    @property
+    def nfe(self) -> float | None:
+        """Denoiser forward passes per image (None: not a sampled point)."""
+        return self.rows[-1].get("nfe")
+
+    def values(self, metric: str) -> list[float]:
+        return [r["metrics"][metric] for r in self.rows if r.get("metrics", {}).get(metric) is not None]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        """Standard deviation over the seeds (n - 1 in the denominator); None with fewer than two seeds."""
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def text(self, metric: str, spec: str = ".2f", scale: float = 1.0) -> str:
+        """"65.40 ± 0.31 (3 seeds)", or "65.40" from one seed, or "" when the metric was not measured."""
+        mean = self.mean(metric)
+        if mean is None:
+            return ""
+        std = self.std(metric)
+        if std is None:
+            return format(scale * mean, spec)
+        return f"{format(scale * mean, spec)} ± {format(scale * std, spec)} ({len(self.values(metric))} seeds)"
+
+    def label(self) -> str:
+        """The sampling in words: "euler 25 steps, w = 3, shift 3 (NFE 50)"."""
+        s = self.settings
+        if self.kind == "real":
+            return "real images"
+        if self.kind == "reconstructions":
+            return "reconstructions of test images"
+        steps = s.get("steps")
+        text = f"{s.get('sampler')} {steps} step{'' if steps == 1 else 's'}"
+        if s.get("guidance") is not None:
+            text += f", w = {s['guidance']:g}"
+        if s.get("shift") not in (None, 1.0):
+            text += f", shift {s['shift']:g}"
+        return text + (f" (NFE {self.nfe:g})" if self.nfe is not None else "")
+
+    def minutes_per_seed(self) -> float:
+        """CPU-minutes one seed of this point took to sample and score (mean over its lines)."""
+        return statistics.fmean(_minutes(r) for r in self.rows)
 
 
-def results_table(records: list[dict]) -> str:
-    """A Markdown table of the records: one row per run, real-data rows first, then by model and guidance."""
-    header = ("| model | sampling | N | reference (FID, FD_clf) | FID-N | KID x 10³ | precision / recall | "
-              "FD_clf (P / R) | eval min | machine |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|")
-    def order(r: dict):
-        s = r.get("settings", {})
-        return (not r.get("checkpoint", "").startswith("cifar10:"), r.get("model", ""),
-                s.get("guidance") or 0.0, s.get("steps") or 0, s.get("num_samples") or 0)
-    return "\n".join([header, *(_row(r) for r in sorted(records, key=order))])
+def _minutes(record: dict) -> float:
+    return sum(record.get("seconds", {}).get(k, 0) for k in ("sampling", "inception_total", "classifier")) / 60
 
 
-def update_readme(readme: str | Path, table: str) -> tuple[str, str]:
-    """(old text, new text) of ``readme`` with ``table`` between the markers."""
-    text = Path(readme).read_text()
+def _matches(record: dict, wanted: dict) -> bool:
+    s = record.get("settings", {})
+    return all((record.get("kind") if k == "kind" else s.get(k)) == v for k, v in wanted.items())
+
+
+def points(model: str | None = None, *, records: list[dict] | None = None, **settings) -> list[Point]:
+    """The measured points of ``model`` (all models when None) whose settings include ``settings`` (``kind=``
+    picks the kind of line), each merged over its seeds, sorted by model, guidance, steps and decoder.
+
+    ``records``: lines already read (default: :func:`read_results` of the course's file)."""
+    records = read_results() if records is None else records
+    groups: dict[str, Point] = {}
+    for r in records:
+        if (model is not None and r.get("model") != model) or not _matches(r, settings):
+            continue
+        shared = {k: v for k, v in r.get("settings", {}).items() if k != "seed"}
+        key = json.dumps([r.get("kind"), r.get("checkpoint_sha256", r.get("checkpoint")), shared], sort_keys=True)
+        point = groups.setdefault(key, Point(r.get("kind"), r.get("model", ""), shared))
+        point.seeds.append(r.get("settings", {}).get("seed"))
+        point.rows.append(r)
+    for p in groups.values():
+        order = sorted(range(len(p.rows)), key=lambda i: (p.seeds[i] is None, p.seeds[i] or 0))
+        p.seeds, p.rows = [p.seeds[i] for i in order], [p.rows[i] for i in order]
+    return sorted(groups.values(), key=lambda p: (p.model, p.settings.get("guidance") or 0.0,
+                                                  p.settings.get("steps") or 0, str(p.settings.get("decoder"))))
+
+
+# --------------------------------------------------------------------------- the page and the README's table
+
+
+def _card(model: str) -> dict | None:
+    path = config.checkpoint_dir() / f"{model}.safetensors"
+    return read_card(path) if path.is_file() else None
+
+
+def _training(model: str) -> str:
+    card = _card(model)
+    if card is None:
+        return ""
+    minutes = card.get("training", {}).get("wall_seconds_total", 0) / 60
+    return f"{minutes:.0f}"
+
+
+def _machine(record: dict) -> str:
+    hardware = record.get("hardware", "")
+    return hardware.split(" (")[0] + (f", {hardware.rsplit(', ', 1)[-1]}" if ", " in hardware else "")
+
+
+def _decoder(p: Point) -> str:
+    name = p.settings.get("decoder")
+    return "" if name is None else f"{name} ({p.settings.get('decoder_sha256', '')[:8]})"
+
+
+def _prompt_accuracy(records: list[dict], p: Point) -> str:
+    """The prompt accuracy measured at a sample point's settings (same model, sampler, steps, w, decoder)."""
+    same = {k: p.settings.get(k) for k in ("sampler", "steps", "guidance", "decoder_sha256")}
+    found = [q for q in points(p.model, records=records, kind="prompt_accuracy", prompts="class", **same)]
+    return found[-1].text("prompt_accuracy", ".1f", 100) if found else ""
+
+
+def headline_table(records: list[dict]) -> str:
+    """The README's table: each headline point of :data:`HEADLINES` with its FID (± over seeds), FD_clf,
+    prompt accuracy at the same setting, NFE and training minutes."""
+    lines = ["| model | sampling (NFE) | training CPU-min | FID-2k | FD_clf | prompt accuracy % |",
+             "|---|---|---:|---:|---:|---:|"]
+    for model, wanted in HEADLINES:
+        for p in points(model, records=records, **wanted):
+            lines.append(f"| {model} | {p.label()}" + (f"; decoder {p.settings['decoder']}" if p.settings.get("decoder")
+                                                         else "")
+                         + f" | {_training(model)} | {p.text('fid')} | {p.text('fd_clf')} | "
+                           f"{_prompt_accuracy(records, p)} |")
+    return "\n".join(lines)
+
+
+def _sample_rows(records: list[dict], kinds: tuple[str, ...]) -> list[str]:
+    header = ["| model | sampling | decoder | N | seeds | FID-N | KID x 10³ | precision / recall | FD_clf (P / R) | "
+              "eval CPU-min per seed | machine |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = []
+    for p in points(records=records):
+        if p.kind not in kinds:
+            continue
+        n = p.settings.get("num_samples", 0)
+        fid = f"{fid_label(n)} {p.text('fid')}" if p.values("fid") else ""
+        pr = (f"{p.mean('precision'):.2f} / {p.mean('recall'):.2f}" if p.values("precision") else "")
+        clf = (f"{p.text('fd_clf', '.3g')} ({p.mean('precision_clf'):.2f} / {p.mean('recall_clf'):.2f})"
+               if p.values("fd_clf") else "")
+        seeds = ", ".join(str(s) for s in p.seeds) if p.seeds and p.seeds[0] is not None else ""
+        rows.append(f"| {p.model} | {p.label()} | {_decoder(p)} | {n:,} | {seeds} | {fid} | "
+                    f"{p.text('kid_mean', '.2f', 1000)} | {pr} | {clf} | {p.minutes_per_seed():.1f} | "
+                    f"{_machine(p.rows[-1])} |")
+    return header + rows
+
+
+def _accuracy_rows(records: list[dict]) -> list[str]:
+    header = ["| model | sampling | decoder | prompts | images per seed | seeds | prompt accuracy % | "
+              "eval CPU-min per seed |", "|---|---|---|---|---:|---:|---:|---:|"]
+    rows = []
+    for p in points(records=records, kind="prompt_accuracy"):
+        s = p.settings
+        rows.append(f"| {p.model} | {p.label()} | {_decoder(p)} | {s.get('prompts')} | {10 * s.get('per_class', 0)} | "
+                    f"{', '.join(str(x) for x in p.seeds)} | {p.text('prompt_accuracy', '.1f', 100)} | "
+                    f"{p.minutes_per_seed():.1f} |")
+    return header + rows
+
+
+def _cost_rows(records: list[dict]) -> list[str]:
+    """What a point costs to measure, per kind of point: CPU-minutes of one seed (sampling + features)."""
+    def kind_of(r: dict) -> str:
+        s, m = r.get("settings", {}), r.get("metrics", {})
+        what = "FID, KID, P/R + FD_clf" if "fid" in m else "FD_clf only" if "fd_clf" in m else "prompt accuracy"
+        if r.get("kind") != "samples":
+            return f"{r.get('kind')}: {what}"
+        latent = s.get("decoder") is not None
+        steps = s.get("steps") or 0
+        return (f"{'latent' if latent else 'pixel'} model, {'<= 8' if steps <= 8 else '> 8'} steps"
+                f"{', guided' if s.get('guidance') not in (None, 0.0, 1.0) else ''}: {what}")
+
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r.get("kind") == "prompt_accuracy":
+            continue
+        groups.setdefault((kind_of(r), r.get("hardware", "").rsplit(", ", 1)[-1]), []).append(_minutes(r))
+    rows = ["| kind of point (one seed, 2,000 images unless stated) | threads | lines | CPU-minutes (min - max) |",
+            "|---|---|---:|---:|"]
+    for (kind, threads), minutes in sorted(groups.items()):
+        rows.append(f"| {kind} | {threads} | {len(minutes)} | {min(minutes):.1f} - {max(minutes):.1f} |")
+    return rows
+
+
+def _checkpoint_rows() -> list[str]:
+    """The shipped checkpoints, from their cards: what each is, how long it trained, on what, with which command."""
+    rows = ["| checkpoint | class | parameters | steps | training CPU-min | hardware | from the card |",
+            "|---|---|---:|---:|---:|---|---|"]
+    for path in sorted(config.checkpoint_dir().glob("*.safetensors")):
+        card = read_card(path)
+        training, metrics = card.get("training", {}), card.get("metrics", {})
+        facts = [f"{k} {metrics[k]:g}" for k in ("test_accuracy", "test_psnr", "scaling_factor") if k in metrics]
+        if training.get("command"):
+            facts.append(f"`{training['command']}`")
+        rows.append(f"| {path.stem} | {card.get('model_class')} | {card.get('parameters', 0) / 1e6:.2f}M | "
+                    f"{card.get('step', 0):,} | {training.get('wall_seconds_total', 0) / 60:.0f} | "
+                    f"{training.get('hardware', '')} | {'; '.join(facts)} |")
+    return rows
+
+
+def results_page(records: list[dict]) -> str:
+    """``docs/results.md``: the headline table, then every point, prompt accuracy, and what points cost."""
+    return "\n".join([
+        "# Results",
+        "",
+        "Generated by `python -m course_lib.results` from `data/results.jsonl` and the checkpoint cards; do not",
+        "edit by hand (a test fails when this page is stale). Each line of the file is one measured point and",
+        "one sampling seed, made by `python -m course_lib.evaluation` (`--seeds K` for K seeds).",
+        "",
+        "How to read the tables:",
+        "",
+        "- **FID-N** compares N generated images with the 50,000 CIFAR-10 training images (Inception-v3, TF",
+        "  weights); it is biased upwards at small N, so FIDs compare only at equal N (2,000 here). **FD_clf** is",
+        "  the same distance in the course classifier's features: fast, comparable only with itself.",
+        "- **a ± b (k seeds)**: mean and standard deviation over k sampling seeds (each seed its own noise);",
+        "  a single number is one seed. Read gaps smaller than the spread as ties.",
+        "- **NFE**: the denoiser's forward passes per image, counted while sampling (a guided step is 2, w = 0",
+        "  and w = 1 are 1; Heun's step is 2). Latent models also run their decoder once per image (not counted).",
+        "- **decoder**: the autoencoder weights that turned latents into images (name and hash prefix).",
+        "- Training CPU-minutes come from the checkpoint cards (wall time of the training command).",
+        "",
+        "## Headline results",
+        "",
+        headline_table(records),
+        "",
+        "## Sample quality, every point",
+        "",
+        *_sample_rows(records, ("samples",)),
+        "",
+        "## Reconstructions and real images",
+        "",
+        "What an autoencoder loses before any diffusion (its reconstructions of the first N test images), and",
+        "what real test images score at the same N: the floor of FID-N.",
+        "",
+        *_sample_rows(records, ("reconstructions", "real")),
+        "",
+        "## Prompt accuracy",
+        "",
+        "The share of images generated from a class prompt that the course classifier assigns to that class",
+        "(`python -m course_lib.evaluation CKPT --per-class K --guidance ...`); 'unseen' prompts use words no",
+        "training caption has.",
+        "",
+        *_accuracy_rows(records),
+        "",
+        "## What a point costs to measure",
+        "",
+        "CPU-minutes of one seed of one point (sampling, Inception and classifier features), from the lines'",
+        "own timings. The rule that follows: classifier metrics (FD_clf, prompt accuracy: seconds after",
+        "sampling) for sweeps, curves and snapshots; FID-2k with 3 seeds only for headline points.",
+        "",
+        *_cost_rows(records),
+        "",
+        "## The checkpoints",
+        "",
+        "What each shipped checkpoint is and what its training cost, from its card (`data/checkpoints/*.json`;",
+        "training CPU-minutes are the wall time of the training command, on the hardware named, and",
+        "include the earlier runs a checkpoint was resumed from).",
+        "",
+        *_checkpoint_rows(),
+        "",
+    ])
+
+
+def _replace_between_markers(text: str, table: str, where: str) -> str:
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} lacks the markers {BEGIN} and {END}; put them where the table belongs")
+        raise ValueError(f"{where} lacks the markers {BEGIN} and {END}; put them where the table belongs")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    return text, f"{head}{BEGIN}\n{table}\n{END}{tail}"
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.results",
-                                     description="Write the README's results table from data/results.jsonl.")
+                                     description="Write docs/results.md and the README's headline table from "
+                                                 "data/results.jsonl.")
     parser.add_argument("--results", default=None, help="default: data/results.jsonl")
     parser.add_argument("--readme", default=str(config.REPO_ROOT / "README.md"))
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="exit 1 if the README's table is out of date")
-    mode.add_argument("--print", action="store_true", help="print the table instead of writing the README")
+    parser.add_argument("--page", default=str(config.REPO_ROOT / "docs" / "results.md"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if the page or the README's table is stale")
     args = parser.parse_args(argv)
-    path = Path(args.results) if args.results else config.data_dir() / "results.jsonl"
+    path = Path(args.results) if args.results else results_path()
     if not path.is_file():
         parser.error(f"{path} does not exist; run python -m course_lib.evaluation CHECKPOINT --num-samples N first")
-    table = results_table(read_results(path))
-    if args.print:
-        print(table)
-        return 0
-    old, new = update_readme(args.readme, table)
+    records = read_results(path)
+    readme = Path(args.readme)
+    targets = {Path(args.page): results_page(records),
+               readme: _replace_between_markers(readme.read_text(), headline_table(records), str(readme))}
+    stale = [p for p, text in targets.items() if not p.is_file() or p.read_text() != text]
     if args.check:
-        if old != new:
-            print(f"{args.readme}: the results table differs from {path}; run python -m course_lib.results")
-            return 1
-        return 0
-    if old != new:
-        Path(args.readme).write_text(new)
-        print(f"{args.readme}: results table rewritten from {path} ({table.count(chr(10)) - 1} rows)")
+        for p in stale:
+            print(f"{p} is not what {path} gives; run python -m course_lib.results")
+        return 1 if stale else 0
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(targets[p])
+        print(f"{p}: rewritten from {path}")
     return 0
 
 

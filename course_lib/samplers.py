@@ -67,7 +67,8 @@ def _randn(shape: Sequence[int], generator: torch.Generator | None, device, dtyp
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
-def _start(shape, x_T, generator, device, dtype) -> torch.Tensor:
+def start_noise(shape, x_T, generator, device, dtype) -> torch.Tensor:
+    """A sampler's starting point: ``x_T`` itself (checked against ``shape``), else fresh noise of ``shape``."""
     if x_T is not None:
         if shape is not None and tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was asked for")
@@ -77,7 +78,8 @@ def _start(shape, x_T, generator, device, dtype) -> torch.Tensor:
     return _randn(shape, generator, device if device is not None else "cpu", dtype)
 
 
-def _warn_if_training(model) -> None:
+def warn_if_training(model) -> None:
+    """Warn when a sampler is handed a module in training mode (dropout would randomise its predictions)."""
     if isinstance(model, nn.Module) and model.training:
         warnings.warn("sampling with a model in training mode (dropout on): call model.eval() first",
                       stacklevel=3)
@@ -134,8 +136,8 @@ def ddpm_sample(
     check_parameterization(parameterization)
     if variance not in ("beta_tilde", "beta"):
         raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
-    _warn_if_training(model)
-    x = _start(shape, x_T, generator, device, dtype)
+    warn_if_training(model)
+    x = start_noise(shape, x_T, generator, device, dtype)
     sigma2 = schedule.posterior_variance if variance == "beta_tilde" else schedule.betas  # [T]
     xs, x0s, ts = ([x.cpu()] if return_trajectory else []), [], []
     for t in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
@@ -199,11 +201,11 @@ def ddim_sample(
     check_parameterization(parameterization)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    _warn_if_training(model)
+    warn_if_training(model)
     taus = list(timesteps) if timesteps is not None else ddim_timesteps(schedule.T, num_steps)
     if any(b >= a for a, b in zip(taus, taus[1:])) or taus[0] >= schedule.T or taus[-1] < 0:
         raise ValueError(f"timesteps must be strictly decreasing within 0..{schedule.T - 1}, got {taus}")
-    x = _start(shape, x_T, generator, device, dtype)
+    x = start_noise(shape, x_T, generator, device, dtype)
     alpha_bar = schedule.alpha_bar.double()  # [T], coefficients in float64
     xs, x0s, ts = ([x.cpu()] if return_trajectory else []), [], []
     for i, t in enumerate(tqdm(taus, desc="DDIM", disable=not progress, leave=False)):

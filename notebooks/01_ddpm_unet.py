@@ -98,7 +98,8 @@ from course_lib.generation import Pipeline
 from course_lib.metrics import frechet_distance, precision_recall
 from course_lib.parameterization import eps_to_x0, eps_x0_to_v, v_to_eps, v_to_x0, x0_to_eps
 from course_lib.profiling import count_parameters
-from course_lib.recipes import RECIPES, model_from_checkpoint
+from course_lib.models import model_from_checkpoint
+from course_lib.recipes import RECIPES
 from course_lib.samplers import ddim_sample, ddim_timesteps, ddpm_sample
 from course_lib.schedules import NoiseSchedule, gather
 from course_lib.toy import eight_gaussians, gaussian_eps_model
@@ -429,7 +430,7 @@ assert check_eps_to_x0(my_eps_to_x0)
 # probability $r_k$, and each Gaussian component's own posterior mean of $x_0$).
 
 # %%
-toy_data = eight_gaussians()  # p(x_0): 8 Gaussians, radius 2, std 0.15
+toy_data = eight_gaussians(radius=2.0, std=0.15)  # p(x_0): 8 Gaussians, radius 2, std 0.15
 t_toy = 150
 ab_toy = schedules["linear"].alpha_bar[t_toy].double()
 a_toy, b_toy = ab_toy.sqrt(), (1 - ab_toy).sqrt()
@@ -964,7 +965,7 @@ n_fd, fd_steps = config.pick(100, 500), config.pick(10, 25)  # full mode: about 
 clf_features = ClassifierFeatures(device=device)
 train_stats = reference_statistics(clf_features, "train")  # all training images of the source, computed once
 fd_pipeline = pipeline if trained else Pipeline(sampler_model, process)
-fd_sets = {f"ddpm-small, DDIM {fd_steps}": sample_images(fd_pipeline, n_fd, num_steps=fd_steps, seed=2),
+fd_sets = {f"ddpm-small, DDIM {fd_steps}": sample_images(fd_pipeline, n_fd, num_steps=fd_steps, seed=2).images[0],
            "real test images": to_uint8(load_cifar10("test", limit=n_fd, verbose=False).images)}
 real_train = real_features(clf_features, n_fd, "train")  # [n_fd, 128], for precision and recall
 for label, images in fd_sets.items():

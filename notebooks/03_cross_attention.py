@@ -83,7 +83,8 @@ from course_lib.data import CIFAR10_CLASSES, load_cifar10
 from course_lib.evaluation import prompt_accuracy
 from course_lib.exercises import check_classifier_free_guidance, check_cross_attention
 from course_lib.generation import Pipeline
-from course_lib.recipes import RECIPES, model_from_checkpoint
+from course_lib.models import model_from_checkpoint
+from course_lib.recipes import RECIPES
 from course_lib.spatial_transformer import SpatialTransformer
 from course_lib.text import Tokenizer, pretrained_text_encoder_available
 from course_lib.trainer import fit
@@ -300,7 +301,7 @@ prompts = [class_prompt(c) for c in range(10)]
 num_steps = config.pick(10, 50)
 x_T = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 scales = [0.0, 1.0, 3.0, 7.0]
-rows = {w: pipeline.generate(prompts, scale=w, num_steps=num_steps, x_T=x_T.to(device)).cpu() for w in scales}
+rows = {w: pipeline.generate(prompts, guidance=w, num_steps=num_steps, x_T=x_T.to(device)).cpu() for w in scales}
 show_guidance_rows(rows, title="one prompt per column: " + " · ".join(CIFAR10_CLASSES)
                    + f"   (DDIM {num_steps} steps, same noise)")
 plt.show()
@@ -321,9 +322,9 @@ display(guidance)
 # %%
 before = guidance.state["images"]
 guidance.slider.value = 5.0
-assert guidance.state["scale"] == 5.0 and not torch.equal(before, guidance.state["images"])
+assert guidance.state["guidance"] == 5.0 and not torch.equal(before, guidance.state["images"])
 print(guidance.status.value)
-print(f"scale {guidance.state['scale']:g}: mean |change| of the images from w = 3: "
+print(f"w = {guidance.state['guidance']:g}: mean |change| of the images from w = 3: "
       f"{float((guidance.state['images'] - before).abs().mean()):.3f}")
 
 # %% [markdown]
@@ -375,7 +376,7 @@ classifier, classifier_card = model_from_checkpoint(config.checkpoint_dir() / "c
 print(f"classifier: {classifier_card['metrics']}")
 # full mode: 60 images per scale (about 1.5 minutes on 2 CPU cores); COURSE_LONG=1: 100, for smaller error bars
 per_class, eval_steps = config.pick(1, 10 if config.long_cells() else 6), config.pick(10, 25)
-verdicts = prompt_accuracy(pipeline, classifier, scales=(0.0, 1.0, 3.0), per_class=per_class, num_steps=eval_steps)
+verdicts = prompt_accuracy(pipeline, classifier, guidances=(0.0, 1.0, 3.0), per_class=per_class, num_steps=eval_steps)
 for verdict in verdicts.values():
     print(verdict, f"(DDIM {eval_steps} steps)")
 
@@ -410,29 +411,24 @@ plt.show()
 # training images (FID against all 50,000); every run is a line of `data/results.jsonl`.
 
 # %%
-from course_lib.evaluation import fid_label, results_path
-from course_lib.results import read_results
+from course_lib.results import fid_label, points, results_path
 
-sweep = sorted((r for r in (read_results(results_path()) if results_path().is_file() else [])
-                if r.get("model") == "cond-small" and r["settings"].get("num_samples") == 2000
-                and r["settings"].get("steps") == 25 and "precision" in r["metrics"]),
-               key=lambda r: r["settings"]["guidance"])
+sweep = [p for p in points("cond-small", kind="samples", num_samples=2000, steps=25) if p.values("precision")]
 if not sweep:
     print(f"no cond-small guidance runs in {results_path()}; make them with the command above")
 else:
     print(f"{'w':>3s} {fid_label(2000):>7s} {'precision':>9s} {'recall':>6s} {'FD_clf':>6s}   sampling + features")
-    for r in sweep:
-        m, sec = r["metrics"], r["seconds"]
-        print(f"{r['settings']['guidance']:3g} {m['fid']:7.1f} {m['precision']:9.3f} {m['recall']:6.3f} "
-              f"{m['fd_clf']:6.2f}   {(sec['sampling'] + sec.get('inception', 0)) / 60:.0f} CPU-min ({r['hardware']})")
-    ws = [r["settings"]["guidance"] for r in sweep]
+    for p in sweep:
+        print(f"{p.settings['guidance']:3g} {p.mean('fid'):7.1f} {p.mean('precision'):9.3f} {p.mean('recall'):6.3f} "
+              f"{p.mean('fd_clf'):6.2f}   {p.minutes_per_seed():.0f} CPU-min ({p.rows[-1]['hardware']}); NFE {p.nfe:g}")
+    ws = [p.settings["guidance"] for p in sweep]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
-    ax1.plot(ws, [r["metrics"]["precision"] for r in sweep], "o-", label="precision (fidelity)")
-    ax1.plot(ws, [r["metrics"]["recall"] for r in sweep], "s-", label="recall (coverage)")
+    ax1.plot(ws, [p.mean("precision") for p in sweep], "o-", label="precision (fidelity)")
+    ax1.plot(ws, [p.mean("recall") for p in sweep], "s-", label="recall (coverage)")
     ax1.set(xlabel="guidance scale w", ylabel="share", ylim=(0, 1),
             title="Inception features, 2,000 samples vs 2,000 training images")
     ax1.legend(fontsize=8)
-    ax2.plot(ws, [r["metrics"]["fid"] for r in sweep], "o-", color="C3")
+    ax2.plot(ws, [p.mean("fid") for p in sweep], "o-", color="C3")
     ax2.set(xlabel="guidance scale w", ylabel=fid_label(2000), title=f"{fid_label(2000)} against 50,000 training images")
     for ax in (ax1, ax2):
         ax.set_xticks(ws)
@@ -468,8 +464,8 @@ train_stats = reference_statistics(clf_features, "train")
 real_train = real_features(clf_features, n_pr, "train")  # [n_pr, 128]: the real side of precision/recall
 live = {}
 for w in scales:
-    f = extract_features(clf_features, sample_images(pipeline, n_pr, num_steps=pr_steps, guidance=w, seed=3,
-                                                     progress=False), progress=False)  # [n_pr, 128]
+    run = sample_images(pipeline, n_pr, num_steps=pr_steps, guidance=w, seed=3, progress=False)
+    f = extract_features(clf_features, run.images[0], progress=False)  # [n_pr, 128]
     live[w] = (precision_recall(real_train, f), frechet_distance(FeatureStats.of(f), train_stats))
     print(f"w = {w:g}: precision {live[w][0].precision:.2f}   recall {live[w][0].recall:.2f}   "
           f"FD_clf {live[w][1]:.2f}   ({n_pr} samples, DDIM {pr_steps})")
@@ -500,7 +496,7 @@ plt.show()
 def run(prompt):
     noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)).to(device)
     with capture_attention(model, max_batch=1) as record:  # the first image of each [cond; uncond] batch
-        image = pipeline.generate([prompt], scale=3.0, num_steps=config.pick(15, 25), x_T=noise)
+        image = pipeline.generate([prompt], guidance=3.0, num_steps=config.pick(15, 25), x_T=noise)
     return image[0].cpu(), record, model.prompt_tokens(prompt)
 
 # %% [markdown]
@@ -660,7 +656,7 @@ if minilm_checkpoint.exists() and small_checkpoint.exists() and pretrained_text_
             return verdicts[3.0]
         with warnings.catch_warnings():  # the small tokenizer's <unk> words were shown above; do not repeat them
             warnings.filterwarnings("ignore", message="unknown words replaced")
-            return prompt_accuracy(models[name], classifier, scales=(3.0,), per_class=unseen_per_class,
+            return prompt_accuracy(models[name], classifier, guidances=(3.0,), per_class=unseen_per_class,
                                    num_steps=unseen_steps, prompt=prompts)[3.0]
 
     judged = {(name, words): judge(name, words, prompts) for name in models

@@ -91,16 +91,18 @@ from course_lib.autoencoder import AutoencoderKL, latent_scaling_factor, psnr, r
 from course_lib.captions import class_prompt
 from course_lib.checkpoint import load_checkpoint, read_card
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
-from course_lib.evaluation import fid_label, prompt_accuracy, results_path
+from course_lib.evaluation import prompt_accuracy
 from course_lib.exercises import check_gaussian_kl, solved
 from course_lib.generation import Pipeline
 from course_lib.latents import LatentSplit, cached_latents, encode_moments
 from course_lib.processes import DDPMProcess
 from course_lib.profiling import count_parameters, time_per_call
-from course_lib.recipes import RECIPES, model_from_checkpoint
-from course_lib.results import read_results
-from course_lib.text2image import Text2ImageConfig, TextToImageUNet, text2image_loss
-from course_lib.trainer import fit, hardware_description
+from course_lib.models import model_from_checkpoint
+from course_lib.recipes import RECIPES
+from course_lib.results import fid_label, points
+from course_lib.text2image import Text2ImageConfig, TextToImageModel, text2image_loss
+from course_lib.config import hardware_description
+from course_lib.trainer import fit
 from course_lib.viz import describe_card, plot_losses, show_guidance_rows, show_images
 from course_lib.widgets import pipeline_guidance_explorer
 
@@ -549,7 +551,7 @@ prompts = [class_prompt(c) for c in range(10)]
 num_steps = config.pick(10, 50)
 z_T = torch.randn(10, *pipeline.denoiser.sample_shape, generator=torch.Generator().manual_seed(0))  # [10, 4, 8, 8]
 scales = [0.0, 1.0, 3.0, 7.0]
-sample_rows = {w: pipeline.generate(prompts, scale=w, num_steps=num_steps, x_T=z_T.to(device)).cpu() for w in scales}
+sample_rows = {w: pipeline.generate(prompts, guidance=w, num_steps=num_steps, x_T=z_T.to(device)).cpu() for w in scales}
 show_guidance_rows(sample_rows, title="one prompt per column: " + " · ".join(CIFAR10_CLASSES)
                    + f"   (DDIM {num_steps} steps in latent space, then the decoder; same noise)")
 plt.show()
@@ -569,9 +571,9 @@ display(guidance)
 # %%
 before = guidance.state["images"]
 guidance.slider.value = 5.0
-assert guidance.state["scale"] == 5.0 and not torch.equal(before, guidance.state["images"])
+assert guidance.state["guidance"] == 5.0 and not torch.equal(before, guidance.state["images"])
 print(guidance.status.value)
-print(f"scale {guidance.state['scale']:g}: mean |change| of the images from w = 3: "
+print(f"w = {guidance.state['guidance']:g}: mean |change| of the images from w = 3: "
       f"{float((guidance.state['images'] - before).abs().mean()):.3f}")
 
 # %% [markdown]
@@ -585,8 +587,8 @@ print(f"scale {guidance.state['scale']:g}: mean |change| of the images from w = 
 
 # %%
 process = DDPMProcess()
-bench_models = {"pixel": TextToImageUNet(Text2ImageConfig.small()),
-                "latent": TextToImageUNet(Text2ImageConfig.latent_small())}
+bench_models = {"pixel": TextToImageModel(Text2ImageConfig.small()),
+                "latent": TextToImageModel(Text2ImageConfig.latent_small())}
 bench_batch, bench_steps = config.pick(16, 32), config.pick(5, 10)
 
 
@@ -608,7 +610,7 @@ def training_step(model):
 bench_pipes = {"pixel": Pipeline(bench_models["pixel"].to(device), process),
                "latent": Pipeline(bench_models["latent"].to(device), process, ae)}
 fns = {f"{name} train": training_step(model) for name, model in bench_models.items()}
-fns.update({f"{name} sample": (lambda p=p: p.generate(prompts, scale=3.0, num_steps=bench_steps))
+fns.update({f"{name} sample": (lambda p=p: p.generate(prompts, guidance=3.0, num_steps=bench_steps))
             for name, p in bench_pipes.items()})
 seconds = time_per_call(fns, repeats=config.pick(2, 3), min_seconds=config.pick(0.3, 1.0))
 speed = {name: {"parameters": count_parameters(bench_models[name]),
@@ -634,19 +636,11 @@ print(f"sampling time / DDIM steps, per image: pixel {per_step['pixel']:.1f} ms,
 # time from its card:
 
 # %%
-results = read_results(results_path()) if results_path().is_file() else []
 model_names = {"pixel": "cond-small", "latent": "ldm-small"}
 cards = {}
 for kind, name in model_names.items():
     path = config.checkpoint_dir() / f"{name}.safetensors"
     cards[kind] = read_card(path) if path.exists() else None
-
-
-def rows_of(model, **settings):
-    """The results.jsonl records of one model with the given settings (the newest last)."""
-    return [r for r in results if r.get("model") == model
-            and all(r.get("settings", {}).get(k) == v for k, v in settings.items())]
-
 
 print("training, from the cards:")
 for kind, card in cards.items():
@@ -668,31 +662,26 @@ if all(cards.values()):
     print(f"  one machine for both: at the float32 speeds measured above, the images each model saw take "
           f"{here['pixel']:.0f} min ({model_names['pixel']}) and {here['latent']:.0f} min ({model_names['latent']})")
 
-guidances = sorted({r["settings"].get("guidance") for name in model_names.values()
-                    for r in rows_of(name, num_samples=2000, steps=25)} - {None} | {3.0})
+# every measured point of both models (DDIM 25 steps, 2,000 samples), and the two floors, from data/results.jsonl
+measured = {name: {p.settings["guidance"]: p for p in points(name, kind="samples", num_samples=2000, steps=25)}
+            for name in model_names.values()}
 print(f"\n{'model':12s} {'w':>3s} {fid_label(2000):>7s} {'FD_clf':>7s} {'precision':>9s} {'recall':>6s}   "
       "(2,000 samples, DDIM 25 steps)")
-missing = []
-for w in guidances:
+for w in sorted(set().union(*measured.values()) | {3.0}):
     for name in model_names.values():
-        found = rows_of(name, num_samples=2000, steps=25, guidance=w)
-        if found:
-            m = found[-1]["metrics"]
-            print(f"{name:12s} {w:3g} {m['fid']:7.1f} {m['fd_clf']:7.2f} {m['precision']:9.3f} {m['recall']:6.3f}")
+        p = measured[name].get(w)
+        if p is not None and p.values("fid"):
+            print(f"{name:12s} {w:3g} {p.mean('fid'):7.1f} {p.mean('fd_clf'):7.2f} {p.mean('precision'):9.3f} "
+                  f"{p.mean('recall'):6.3f}")
         else:
-            print(f"{name:12s} {w:3g} {'-':>7s} {'-':>7s} {'-':>9s} {'-':>6s}")
-            missing.append(f"python -m course_lib.evaluation data/checkpoints/{name}.safetensors "
-                           f"--num-samples 2000 --steps 25 --guidance {w:g}")
-references = {"vae-small rec.": rows_of("vae-small", num_samples=2000),  # the decoder's reconstructions
-              "real test imgs": rows_of("CIFAR-10 test images", num_samples=2000)}
-for label, found in references.items():
+            print(f"{name:12s} {w:3g} {'-':>7s} {'-':>7s} {'-':>9s} {'-':>6s}   not measured: python -m "
+                  f"course_lib.evaluation data/checkpoints/{name}.safetensors --num-samples 2000 --guidance {w:g}")
+floors = {"vae-small rec.": points("vae-small", kind="reconstructions", num_samples=2000),
+          "real test imgs": points(kind="real", num_samples=2000)}
+for label, found in floors.items():
     if found:
-        m = found[-1]["metrics"]
-        print(f"{label:16s} {m['fid']:7.1f} {m['fd_clf']:7.2f} {m['precision']:9.3f} {m['recall']:6.3f}")
-if not references["vae-small rec."]:
-    missing.append("python -m course_lib.evaluation data/checkpoints/vae-small.safetensors --num-samples 2000")
-if missing:
-    print("\nnot measured yet; make the missing rows with:\n  " + "\n  ".join(missing))
+        p = found[-1]
+        print(f"{label:16s} {p.mean('fid'):7.1f} {p.mean('fd_clf'):7.2f} {p.mean('precision'):9.3f} {p.mean('recall'):6.3f}")
 
 # %% [markdown]
 # And prompt accuracy, measured now: both models draw each class's prompt at $w = 3$ from the same seed, and
@@ -707,7 +696,7 @@ pipes["latent"] = pipeline
 per_class, eval_steps = config.pick(1, 6), config.pick(10, 25)  # full mode: about 40 s on one CPU thread
 if classifier_path.exists():
     classifier, _ = model_from_checkpoint(classifier_path, device=device)
-    accuracy = {kind: prompt_accuracy(p, classifier, scales=(3.0,), per_class=per_class, num_steps=eval_steps)[3.0]
+    accuracy = {kind: prompt_accuracy(p, classifier, guidances=(3.0,), per_class=per_class, num_steps=eval_steps)[3.0]
                 for kind, p in pipes.items()}
     labels = {k: model_names[k] if cards[k] is not None else f"short run ({ldm_result.step} steps)" for k in pipes}
     for kind, verdict in accuracy.items():
@@ -737,15 +726,13 @@ axes[0].bar([names[k] for k in kinds], [speed[k]["train_img_s"] for k in kinds],
 axes[0].set(title=f"training images/s (batch {bench_batch})", ylabel="images / s")
 axes[1].bar([names[k] for k in kinds], [speed[k]["sample_ms"] for k in kinds], color=colors)
 axes[1].set(title=f"sampling ms per image\n({bench_steps} DDIM steps, w = 3, decoder included)", ylabel="ms")
-measured_both = [w for w in guidances if all(rows_of(model_names[k], num_samples=2000, steps=25, guidance=w)
-                                            for k in kinds)]
+measured_both = [w for w in sorted(set().union(*measured.values()))
+                 if all(w in measured[model_names[k]] and measured[model_names[k]][w].values("fid") for k in kinds)]
 w_fid = 3.0 if 3.0 in measured_both else (measured_both[-1] if measured_both else None)
 if w_fid is not None:
-    axes[2].bar([names[k] for k in kinds],
-                [rows_of(model_names[k], num_samples=2000, steps=25, guidance=w_fid)[-1]["metrics"]["fid"] for k in kinds],
-                color=colors)
-    if references["vae-small rec."]:
-        axes[2].axhline(references["vae-small rec."][-1]["metrics"]["fid"], color="gray", ls="--", lw=1,
+    axes[2].bar([names[k] for k in kinds], [measured[model_names[k]][w_fid].mean("fid") for k in kinds], color=colors)
+    if floors["vae-small rec."]:
+        axes[2].axhline(floors["vae-small rec."][-1].mean("fid"), color="gray", ls="--", lw=1,
                         label="vae-small reconstructions")
         axes[2].legend(fontsize=7)
     axes[2].set(title=f"{fid_label(2000)}, w = {w_fid:g} (lower is better)")

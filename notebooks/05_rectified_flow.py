@@ -35,7 +35,7 @@
 #
 # **Direction of time.** Here, as in SD3 and everywhere in this course, the data sit at $t = 0$ and the
 # noise at $t = 1$; Liu et al. write it the other way round. The code is in `course_lib.processes`
-# (`RectifiedFlowProcess`), `course_lib.flow`, `course_lib.reflow`, `course_lib.toy2d` and `course_lib.widgets`.
+# (`RectifiedFlowProcess`), `course_lib.flow`, `course_lib.reflow`, `course_lib.toy` and `course_lib.widgets`.
 
 # %% [markdown] tags=["objectives"]
 # **After this chapter you can**
@@ -84,9 +84,9 @@ from course_lib.flow import ddpm_path_as_flow, flow_sample, path_chord_ratio, st
 from course_lib.metrics import wasserstein2
 from course_lib.processes import DDPMProcess, RectifiedFlowProcess
 from course_lib.reflow import reflow_loss, reflow_pairs
-from course_lib.toy2d import GaussianMixture2D, ToyMLP, exact_velocity, toy_batches
+from course_lib.toy import GaussianMixture, ToyMLP, eight_gaussians, exact_velocity, toy_batches
 from course_lib.trainer import TrainConfig, fit
-from course_lib.widgets import toy_velocity, trajectory_explorer
+from course_lib.widgets import trajectory_explorer
 
 config.setup_cpu_speedups()
 config.seed_everything(0)
@@ -109,8 +109,8 @@ print(f"device: {device} · fast mode: {FAST}")
 # Both go through the course's one training loop (`fit`), the process deciding what is regressed.
 
 # %%
-data = GaussianMixture2D.eight_gaussians()
-noise_source = GaussianMixture2D.standard_normal()
+data = eight_gaussians()  # radius 2.5, std 0.2
+noise_source = GaussianMixture.standard_normal()
 ddpm, rf = DDPMProcess("linear", 1000), RectifiedFlowProcess()
 toy_cfg = TrainConfig(max_steps=config.pick(1000, 3000), batch_size=256, lr=2e-3, warmup_steps=50, ema_decay=0.99,
                       checkpoint_minutes=None, progress=False)
@@ -129,7 +129,7 @@ eps_model, ddpm_seconds = train_toy(lambda m, b: ddpm.loss(m, b[0]))
 flow_1, rf_seconds = train_toy(lambda m, b: rf.loss(m, b[0]))
 print(f"{toy_cfg.max_steps} steps of {toy_cfg.batch_size} points each: DDPM {ddpm_seconds:.0f} s, rectified flow "
       f"{rf_seconds:.0f} s")
-velocity = {"DDPM (probability-flow ODE)": toy_velocity(eps_model, ddpm), "1-rectified flow": toy_velocity(flow_1, rf)}
+velocity = {"DDPM (probability-flow ODE)": ddpm.velocity_field(eps_model), "1-rectified flow": rf.velocity_field(flow_1)}
 
 # %% [markdown]
 # **The same axis for both.** DDPM's $x_t = \alpha\,x_0 + \sigma\,\epsilon$ divided by $\alpha + \sigma$ is a
@@ -179,7 +179,7 @@ print(f"DDIM's samples and Euler's on DDPM's ODE differ by {gap:.3f} on average 
 # $$v^*(x, t) = \mathbb E\,[\,\epsilon - x_0 \mid x_t = x\,],$$
 #
 # which turns as $t$ moves. For Gaussian-mixture data this average has a closed form
-# (`toy2d.exact_velocity`), so we can draw the paths a *perfect* network would follow and tell "curved
+# (`toy.exact_velocity`), so we can draw the paths a *perfect* network would follow and tell "curved
 # because of the coupling" from "curved because the network is imperfect":
 
 # %%
@@ -277,7 +277,7 @@ reflow_seconds = {}
 for k in (2, 3):
     start = time.perf_counter()
     source = torch.randn(n_pairs, 2, generator=torch.Generator().manual_seed(100 + k))
-    pairs = reflow_pairs(flows[k - 1], rf, source, num_steps=64, solver="heun")
+    pairs = reflow_pairs(flows[k - 1], rf, source, num_steps=64, sampler="heun")
 
 
     def pair_batches(step, pairs=pairs):
@@ -287,7 +287,7 @@ for k in (2, 3):
 
     flows[k], _ = train_toy(lambda m, b: reflow_loss(m, rf, *b), pair_batches)
     reflow_seconds[k] = time.perf_counter() - start
-    velocity[f"{k}-rectified flow"] = toy_velocity(flows[k], rf)
+    velocity[f"{k}-rectified flow"] = rf.velocity_field(flows[k])
 print("reflow rounds (pairs + training): " + ", ".join(f"{k}-RF {s:.0f} s" for k, s in reflow_seconds.items()))
 
 # %% [markdown]
@@ -341,8 +341,8 @@ for name in w2:
 # crossing; reflow then straightens the rewired paths.
 
 # %%
-source_mix = GaussianMixture2D(torch.tensor([[-3.0, 2.0], [-3.0, -2.0]]), 0.35, torch.ones(2))
-target_mix = GaussianMixture2D(torch.tensor([[3.0, 2.0], [3.0, -2.0]]), 0.35, torch.ones(2))
+source_mix = GaussianMixture(torch.ones(2), [[-3.0, 2.0], [-3.0, -2.0]], 0.35)
+target_mix = GaussianMixture(torch.ones(2), [[3.0, 2.0], [3.0, -2.0]], 0.35)
 
 
 def mixture_batches(step):
@@ -351,7 +351,7 @@ def mixture_batches(step):
 
 
 mix_1, _ = train_toy(lambda m, b: reflow_loss(m, rf, *b), mixture_batches)  # independent pairs: a 1-RF
-mix_pairs = reflow_pairs(mix_1, rf, source_mix.sample(n_pairs, seed=21), num_steps=64, solver="heun")
+mix_pairs = reflow_pairs(mix_1, rf, source_mix.sample(n_pairs, seed=21), num_steps=64, sampler="heun")
 mix_2, _ = train_toy(lambda m, b: reflow_loss(m, rf, *b),
                      lambda step: mix_pairs.batch(torch.randint(0, n_pairs, (toy_cfg.batch_size,),
                                                                 generator=torch.Generator().manual_seed(step))))
@@ -392,7 +392,7 @@ display(explorer)
 for method, steps in [("1-rectified flow", 1), ("2-rectified flow", 1), ("DDPM (probability-flow ODE)", 8)]:
     explorer.method.value, explorer.steps.value = method, steps
     s = explorer.state
-    print(f"{method:28s} {s['solver']}, {steps:2d} step(s): straightness {s['straightness']:.4f}, "
+    print(f"{method:28s} {s['sampler']}, {steps:2d} step(s): straightness {s['straightness']:.4f}, "
           f"path/chord {s['path_chord']:.3f}, W2 {s['w2']:.3f}")
 explorer.time.value = 0.9
 assert explorer.state["t"] == 0.9
@@ -467,7 +467,7 @@ step_list = [1, 2, 4, 8, 16, 50]
 prompts = [class_prompt(c) for c in range(config.pick(6, 10))]
 z_img = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
 if len(pipes) >= 2:
-    grid = {name: torch.cat([pipe.generate(prompts, scale=GUIDANCE[name], num_steps=n, x_T=z_img.to(device)).cpu()
+    grid = {name: torch.cat([pipe.generate(prompts, guidance=GUIDANCE[name], num_steps=n, x_T=z_img.to(device)).cpu()
                              for n in step_list]) for name, pipe in pipes.items()}
     fig, axes = plt.subplots(1, len(grid), figsize=(len(grid) * 0.75 * len(prompts) + 2.5,
                                                      0.75 * len(step_list) + 1.2), layout="constrained")
@@ -496,7 +496,7 @@ if pipes:
     start = time.perf_counter()
     for name, pipe in pipes.items():
         fd[name] = [frechet_distance(FeatureStats.of(extract_features(
-            clf, sample_images(pipe, n_fd, num_steps=n, guidance=GUIDANCE[name], seed=2, progress=False),
+            clf, sample_images(pipe, n_fd, num_steps=n, guidance=GUIDANCE[name], seed=2, progress=False).images[0],
             progress=False)), train_stats) for n in fd_steps]
     print(f"{len(pipes)} models x {len(fd_steps)} step counts x {n_fd} images in {time.perf_counter() - start:.0f} s")
     fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
@@ -521,18 +521,14 @@ if pipes:
 from pathlib import Path
 
 from course_lib.checkpoint import read_card
-from course_lib.evaluation import fid_label, results_path
-from course_lib.results import read_results
-
-results = read_results(results_path()) if results_path().is_file() else []
+from course_lib.results import fid_label, points
 
 
 def measured(name, metric):
-    """(steps, value) of one model's 2,000-sample runs at its guidance and sampler, from results.jsonl."""
-    found = {r["settings"]["steps"]: r["metrics"].get(metric) for r in results
-             if r.get("model") == name and r["settings"].get("num_samples") == 2000
-             and r["settings"].get("guidance") == GUIDANCE[name] and r["settings"].get("sampler") == SAMPLER[name].lower()}
-    return sorted((steps, value) for steps, value in found.items() if value is not None)
+    """(NFE, steps, value) of one model's 2,000-sample points at its guidance and sampler, from data/results.jsonl
+    (the mean over sampling seeds where several were measured)."""
+    found = points(name, kind="samples", num_samples=2000, guidance=GUIDANCE[name], sampler=SAMPLER[name].lower())
+    return sorted((p.nfe, p.settings["steps"], p.mean(metric)) for p in found if p.values(metric))
 
 
 costs = {}
@@ -553,21 +549,24 @@ for name, pipe in pipes.items():
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
 for ax, (metric, label) in zip(axes, [("fid", fid_label(2000)), ("fd_clf", "FD_clf")]):
     for name in ckpt_paths:
-        points = measured(name, metric)
-        if points:
-            ax.plot(*zip(*points), "o-", label=f"{name} ({SAMPLER[name]}, w = {GUIDANCE[name]:g}; "
-                                              f"{costs.get(name, float('nan')):.0f} CPU-min in all)")
-    ax.set(xscale="log", xlabel="sampling steps", ylabel=f"{label} (lower is better)",
-           title=f"{label}, 2,000 samples per point")
-    ax.set_xticks(step_list)
-    ax.set_xticklabels([str(n) for n in step_list])
+        found = measured(name, metric)
+        if found:
+            nfe, _steps, values = zip(*found)
+            ax.plot(nfe, values, "o-", label=f"{name} ({SAMPLER[name]}, w = {GUIDANCE[name]:g}; "
+                                             f"{costs.get(name, float('nan')):.0f} CPU-min in all)")
+    nfe_ticks = sorted({nfe for name in ckpt_paths for nfe, _, _ in measured(name, metric)})
+    ax.set(xscale="log", xlabel="network evaluations per image (NFE; a guided step is 2)",
+           ylabel=f"{label} (lower is better)", title=f"{label}, 2,000 samples per point")
+    ax.set_xticks(nfe_ticks)
+    ax.set_xticklabels([f"{n:g}" for n in nfe_ticks], fontsize=7)
     ax.minorticks_off()
     ax.legend(fontsize=7)
 plt.show()
 for name in ckpt_paths:
-    fids, fds = dict(measured(name, "fid")), dict(measured(name, "fd_clf"))
-    print(f"{name:9s} " + "  ".join(f"{n:2d}: {fids.get(n, float('nan')):5.1f} / {fds.get(n, float('nan')):5.2f}"
-                                    for n in step_list) + f"   ({fid_label(2000)} / FD_clf at each step count)")
+    rows = measured(name, "fid")
+    fds = {steps: value for _nfe, steps, value in measured(name, "fd_clf")}
+    print(f"{name:9s} " + "  ".join(f"{steps:2d} steps (NFE {nfe:g}): {fid:5.1f} / {fds.get(steps, float('nan')):5.2f}"
+                                    for nfe, steps, fid in rows) + f"   ({fid_label(2000)} / FD_clf)")
 
 # %% [markdown]
 # **Image trajectories, projected.** A latent path is a curve in 256 dimensions. Project all the points of
@@ -578,12 +577,13 @@ for name in ckpt_paths:
 if len(pipes) >= 2:
     out = {}
     for name, pipe in pipes.items():
-        o = pipe.generate(prompts[:4], scale=GUIDANCE[name], num_steps=50, x_T=z_img[:4].to(device), return_trajectory=True)
+        o = pipe.generate(prompts[:4], guidance=GUIDANCE[name], num_steps=50, x_T=z_img[:4].to(device),
+                          return_trajectory=True)
         out[name] = ddpm_path_as_flow(o, pipe.process.noise_schedule) if name == "ldm-small" else (o.trajectory,
                                                                                                   o.times)
-    points = torch.cat([traj.double().flatten(2).flatten(0, 1) for traj, _ in out.values()])  # [all states, 256]
-    mean = points.mean(0)
-    _, _, V = torch.linalg.svd(points - mean, full_matrices=False)
+    states = torch.cat([traj.double().flatten(2).flatten(0, 1) for traj, _ in out.values()])  # [all states, 256]
+    mean = states.mean(0)
+    _, _, V = torch.linalg.svd(states - mean, full_matrices=False)
     fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
     for (name, (traj, times)), style in zip(out.items(), ["-", "--", ":"]):
         xy = (traj.double().flatten(2) - mean) @ V[:2].T  # [S + 1, B, 2]
@@ -635,17 +635,17 @@ image_prompt = class_prompt(7)
 IMAGE_FLOWS = {"1-rectified flow": "rf-small", "2-rectified flow": "rf2-small"}  # the 3-RF row has no image model
 
 
-def image_fn(method, solver, steps, seed):
+def image_fn(method, sampler, steps, seed):
     """The image sample and its projected latent path for one explorer setting (None: no image model)."""
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed)).to(device)
     if method.startswith("DDPM") and "ldm-small" in pipes:
         pipe = pipes["ldm-small"]
         v = ddpm_flow_velocity(pipe.guided([image_prompt], 3.0), pipe.process.noise_schedule)
-        out = flow_sample(v, x_T=z, num_steps=steps, solver=solver, return_trajectory=True)
+        out = flow_sample(v, x_T=z, num_steps=steps, sampler=sampler, return_trajectory=True)
         image = pipe.decode(out.sample)[0].cpu()  # at s = 0 the flow coordinates are the latent itself
     elif method in IMAGE_FLOWS and IMAGE_FLOWS[method] in pipes:
         name = IMAGE_FLOWS[method]
-        out = pipes[name].generate([image_prompt], scale=GUIDANCE[name], sampler=solver, num_steps=steps, x_T=z,
+        out = pipes[name].generate([image_prompt], guidance=GUIDANCE[name], sampler=sampler, num_steps=steps, x_T=z,
                                    return_trajectory=True)
         image = out.sample[0].cpu()  # generate decodes the sample
     else:

@@ -459,7 +459,7 @@ step_list = [1, 2, 4, 8, 25]
 prompts = [class_prompt(c) for c in range(10)]
 z_img = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
 if pipes:
-    grid = {name: torch.cat([pipe.generate(prompts, scale=3.0, num_steps=n, x_T=z_img.to(device)).cpu()
+    grid = {name: torch.cat([pipe.generate(prompts, guidance=3.0, num_steps=n, x_T=z_img.to(device)).cpu()
                              for n in step_list]) for name, pipe in pipes.items()}
     fig, axes = plt.subplots(1, len(grid), figsize=(7.2 * len(grid), 0.72 * len(step_list) + 1.0),
                              layout="constrained", squeeze=False)
@@ -490,20 +490,14 @@ if pipes:
 # %%
 import math
 
-from course_lib.evaluation import fid_label, prompt_accuracy, results_path
-from course_lib.recipes import model_from_checkpoint
-from course_lib.results import read_results
+from course_lib.evaluation import prompt_accuracy
+from course_lib.models import model_from_checkpoint
+from course_lib.results import fid_label, points
 
-results = read_results(results_path()) if results_path().is_file() else []
 EVAL_STEPS = (4, 25)
-
-
-def measured(name, metric, steps):
-    """The latest 2,000-sample run of one model at w = 3 with Euler and ``steps`` steps, from results.jsonl."""
-    found = [r["metrics"].get(metric) for r in results if r.get("model") == name and r["settings"].get("steps") == steps
-             and r["settings"].get("num_samples") == 2000 and r["settings"].get("guidance") == 3.0
-             and r["settings"].get("sampler") == "euler"]
-    return found[-1] if found else float("nan")
+# the 2,000-sample points of both models at w = 3 with Euler, from data/results.jsonl (mean over seeds)
+measured = {(p.model, p.settings["steps"]): p for name in pipes
+            for p in points(name, kind="samples", num_samples=2000, guidance=3.0, sampler="euler")}
 
 
 def training_img_s(card):
@@ -518,7 +512,8 @@ for name, pipe in pipes.items():
     card, training = pipe.card, pipe.card["training"]
     minutes = training["wall_seconds_total"] / 60
     print(f"{name:16s} {card['parameters'] / 1e6:6.2f}M {minutes:7.0f} {card['step']:6,d} {training_img_s(card):6.1f}  "
-          + "  ".join(f"{measured(name, 'fid', n):9.1f} / {measured(name, 'fd_clf', n):5.2f}" for n in EVAL_STEPS))
+          + "  ".join(f"{measured[name, n].mean('fid'):9.1f} / {measured[name, n].mean('fd_clf'):5.2f}"
+                      if (name, n) in measured else f"{'-':>9s} / {'-':>5s}" for n in EVAL_STEPS))
 
 # %%
 classifier_path = config.checkpoint_dir() / "cifar-classifier.safetensors"
@@ -529,7 +524,7 @@ if pipes and classifier_path.exists():
     start = time.perf_counter()
     for name, pipe in pipes.items():
         for words, prompt in (("training words", class_prompt), ("unseen words", unseen_prompt)):
-            accuracy[name, words] = prompt_accuracy(pipe, classifier, scales=(3.0,), per_class=per_class,
+            accuracy[name, words] = prompt_accuracy(pipe, classifier, guidances=(3.0,), per_class=per_class,
                                                     num_steps=acc_steps, prompt=prompt)[3.0]
             print(f"{name:16s} {words:15s} {accuracy[name, words]}")
     print(f"({10 * per_class} images per bar, {acc_steps} Euler steps, w = 3; {time.perf_counter() - start:.0f} s)")
@@ -542,8 +537,9 @@ if pipes:
     axes[0].set(title="training images / s (1 thread)", ylabel="images / s")
     for ax, metric, label in ((axes[1], "fid", fid_label(2000)), (axes[2], "fd_clf", "FD_clf")):
         for name, color in zip(names, colors):
-            ax.plot(EVAL_STEPS, [measured(name, metric, n) for n in EVAL_STEPS], "o-", color=color, label=name)
-        if all(math.isnan(measured(name, metric, n)) for name in names for n in EVAL_STEPS):
+            ax.plot(EVAL_STEPS, [measured[name, n].mean(metric) if (name, n) in measured else math.nan
+                                 for n in EVAL_STEPS], "o-", color=color, label=name)
+        if not measured:
             ax.text(0.5, 0.5, "not measured yet\n(python -m course_lib.evaluation)", ha="center", va="center",
                     transform=ax.transAxes)
         ax.set(xscale="log", xlabel="Euler steps", title=f"{label}, 2,000 samples, w = 3\n(lower is better)")
@@ -567,7 +563,7 @@ if pipes:
 # %% [markdown]
 # What the shipped runs measured (one thread each of an Intel Xeon with AVX-512 BF16, side by side, 100
 # minutes each; FID-2k and FD_clf from 2,000 samples, prompt accuracy from 200 images at 25 Euler steps with
-# `python -m course_lib.evaluation CHECKPOINT --per-class 20 --scales 0,1,3 [--prompts unseen]`):
+# `python -m course_lib.evaluation CHECKPOINT --per-class 20 --guidance 0,1,3 [--prompts unseen]`):
 #
 # | | `mmdit-small` (MM-DiT) | `rf-small-minilm` (UNet) |
 # | --- | ---: | ---: |
@@ -613,7 +609,7 @@ from course_lib.widgets import joint_attention_explorer
 
 if "mmdit-small" in pipes:
     explorer_prompts = [class_prompt(c) for c in (7, 3, 8, 1)] + [unseen_prompt(5), "a red car on a road"]
-    explorer = joint_attention_explorer(pipes["mmdit-small"], explorer_prompts, num_steps=8, scale=3.0, seed=0)
+    explorer = joint_attention_explorer(pipes["mmdit-small"], explorer_prompts, num_steps=8, guidance=3.0, seed=0)
     display(explorer)
     state = explorer.state
     print(f"{state['prompt']!r}, all steps, mean of the heads: share of the attention in each quadrant, block by block")

@@ -1,7 +1,9 @@
 """Chapter 4's KL autoencoder: shapes, the posterior (KL, reparameterisation, clamping), the latent
 scaling factor, that it learns on real images, and the recipe's export."""
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from conftest import randomize_zero_init
 from torch.distributions import Normal, kl_divergence
 
-from course_lib import recipes, train
+from course_lib import models, train
 from course_lib.autoencoder import (AutoencoderConfig, AutoencoderKL, DiagonalGaussianDistribution,
                                     autoencoder_loss, latent_scaling_factor, psnr, reconstruction_psnr)
 from course_lib.checkpoint import read_card
@@ -232,7 +234,7 @@ def test_recipe_export_stores_scaling_factor_and_test_psnr(tmp_path, isolated_da
     metrics = card["metrics"]
     assert metrics["test_images"] == 500 and metrics["test_source"].startswith("bundled sample")
     assert 5.0 < metrics["test_psnr"] < 40.0
-    model, _ = recipes.model_from_checkpoint(export)
+    model, _ = models.model_from_checkpoint(export)
     assert isinstance(model, AutoencoderKL)
     assert model.scaling_factor.item() == pytest.approx(metrics["scaling_factor"], rel=1e-5)
     assert metrics["scaling_factor"] != 1.0
@@ -277,3 +279,43 @@ def test_autoencoder_runs_in_any_floating_dtype(dtype):
     model = randomize_zero_init(AutoencoderKL(AutoencoderConfig.tiny()), std=0.2)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert_runs_in_dtype(model, lambda m, dt: m.decode(m.encode(x.to(dt)).mode()), dtype)
+
+
+# --------------------------------------------------------------------------- a decoder wider or deeper than the encoder
+
+
+def test_decoder_width_and_depth_default_to_the_encoders():
+    config = AutoencoderConfig.small()
+    assert config.decoder_base_channels is None and config.decoder_num_res_blocks is None
+    assert config.decoder_base == 32 and config.decoder_res_blocks == 1
+    written_before = {k: v for k, v in dataclasses.asdict(config).items() if not k.startswith("decoder_")}
+    assert AutoencoderConfig.from_dict(written_before) == config
+
+
+def test_decoder_only_width_and_depth_leave_the_encoder_alone():
+    torch.manual_seed(0)
+    base = AutoencoderKL(AutoencoderConfig.tiny())
+    wide = AutoencoderKL(AutoencoderConfig.tiny(decoder_base_channels=32, decoder_num_res_blocks=2))
+    assert count_parameters(wide.encoder) == count_parameters(base.encoder)
+    assert count_parameters(wide.decoder) > 3 * count_parameters(base.decoder)
+    assert [len(up.block) for up in wide.decoder.up] == [3, 3, 3] and len(wide.encoder.down[0].block) == 1
+    assert wide.decoder.conv_in.out_channels == 64 and wide.decoder.norm_out.num_channels == 32
+    wide.encoder.load_state_dict(base.encoder.state_dict())  # the encoder is the same network
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert not torch.equal(wide.encode(x).mean, base.encode(x).mean)  # quant_conv differs (fresh init)
+    wide.quant_conv.load_state_dict(base.quant_conv.state_dict())
+    assert torch.equal(wide.encode(x).mean, base.encode(x).mean)
+    recon, posterior = wide(x)
+    assert recon.shape == x.shape and posterior.mean.shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="decoder_base_channels=20"):
+        AutoencoderConfig.tiny(decoder_base_channels=20)
+    with pytest.raises(ValueError, match="decoder_num_res_blocks must be >= 1"):
+        AutoencoderConfig.tiny(decoder_num_res_blocks=0)
+
+
+def test_vae_small_checkpoint_without_the_decoder_fields_loads_unchanged():
+    path = Path(__file__).resolve().parents[1] / "data" / "checkpoints" / "vae-small.safetensors"
+    model, card = models.model_from_checkpoint(path)
+    assert "decoder_base_channels" not in card["model_config"]  # written before the fields existed
+    assert model.config.decoder_base == model.config.base_channels == 32
+    assert count_parameters(model) == card["parameters"] == 1_695_271

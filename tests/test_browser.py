@@ -124,9 +124,9 @@ display(W.trajectory_explorer({"straight": straight, "curl": curl}, 0.05 * torch
 from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
 from course_lib.generation import Pipeline
 from course_lib.processes import RectifiedFlowProcess
-from course_lib.text2image import Text2ImageConfig, TextToImageMMDiT
+from course_lib.text2image import Text2ImageConfig, TextToImageModel
 torch.manual_seed(0)
-mmdit = TextToImageMMDiT(Text2ImageConfig.latent_mmdit_tiny()).eval()
+mmdit = TextToImageModel(Text2ImageConfig.latent_mmdit_tiny()).eval()
 pipe = Pipeline(mmdit, RectifiedFlowProcess(), autoencoder=AutoencoderKL(AutoencoderConfig.tiny()).eval())
 display(W.joint_attention_explorer(pipe, ["a photo of a cat", "a ship"], num_steps=2))""",
 ]
@@ -328,6 +328,23 @@ def lab():
     server.close()
 
 
+def wait_for_saved_notebook(path: Path, marker: str, page, timeout: float = 60) -> dict | None:
+    """The notebook at ``path`` once JupyterLab has written it completely with ``marker`` in an output: a file
+    that parses as a whole notebook (JSON with its cells) and holds the marker. A file read while the server is
+    writing it (empty, or cut off) does not parse and is read again. None if none such appears in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            notebook = json.loads(path.read_text())
+        except (OSError, ValueError):  # missing, empty or half-written: not saved yet
+            notebook = None
+        if isinstance(notebook, dict) and any(marker in json.dumps(cell.get("outputs", []))
+                                              for cell in notebook.get("cells", [])):
+            return notebook
+        page.wait_for_timeout(300)
+    return None
+
+
 def _digest(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*")) if p.is_file()}
 
@@ -341,12 +358,10 @@ def test_explorers_render_and_respond_in_jupyterlab(browser, lab, name):
     problems += check_explorers(page, name, INTERACTIONS[name], shots)
     page.screenshot(path=str(shots / f"{name}-page.png"))
     page.keyboard.press("Control+s")  # a learner saves: the copy alone is written, never a paired .py
-    deadline = time.monotonic() + 30
-    while DONE not in (lab.root / f"{name}.ipynb").read_text() and time.monotonic() < deadline:
-        page.wait_for_timeout(300)
+    saved = wait_for_saved_notebook(lab.root / f"{name}.ipynb", DONE, page)
     page.close()
     assert problems == []
-    assert DONE in (lab.root / f"{name}.ipynb").read_text(), "the notebook was not saved with its outputs"
+    assert saved is not None, "the notebook was not saved with its outputs within 60 s"
     assert not list(lab.root.glob("*.py")) and _digest(ROOT / "notebooks") == sources
 
 

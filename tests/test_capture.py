@@ -7,7 +7,7 @@ import torch
 from conftest import randomize_zero_init
 
 from course_lib.attention import HookableAttention, MultiHeadAttention
-from course_lib.capture import AttentionCall, AttentionRecord, capture_attention
+from course_lib.capture import QUADRANTS, AttentionCall, AttentionRecord, capture_attention, quadrant_mass
 from course_lib.guidance import ClassifierFreeGuidance
 from course_lib.samplers import ddim_sample, ddim_timesteps
 from course_lib.schedules import make_schedule
@@ -143,7 +143,7 @@ def test_kl_from_uniform_of_a_captured_run_is_within_its_bounds(setup):
 def test_max_batch_kinds_and_classifier_free_guidance(setup):
     model, context, mask, x_T = setup
     uncond, uncond_mask = torch.zeros(1, M, CONTEXT_DIM), torch.tensor([[1, 0, 0, 0, 0]], dtype=torch.bool)
-    guided = ClassifierFreeGuidance(model, context, mask, uncond, uncond_mask, scale=3.0)
+    guided = ClassifierFreeGuidance(model, context, mask, uncond, uncond_mask, guidance=3.0)
     with torch.no_grad(), capture_attention(model, kinds="self", max_batch=2) as record:
         guided(x_T, torch.tensor([10, 10]))  # the model sees [x; x]: 4 images, the first 2 conditional
     assert record.layers and all(c.kind == "self" and c.probs.shape[0] == 2 for c in record.calls)
@@ -231,3 +231,15 @@ def test_capture_of_an_unconditional_unets_self_attention():
         expected = (q @ k.transpose(-1, -2) / 4.0).softmax(-1)
     torch.testing.assert_close(record.probs("middle.1", t=250, head=None), expected, atol=1e-6, rtol=0)
     assert record.maps("middle.1").shape == (2, 16, 16, 256)  # where each of the 256 positions is attended from
+
+
+def test_quadrant_mass_splits_each_query_row():
+    p = torch.softmax(torch.randn(2, 3, 10, 10), dim=-1)  # [B, heads, n, n]
+    q = quadrant_mass(p, num_text=4)
+    assert tuple(q) == QUADRANTS
+    assert q["text→text"] + q["text→image"] == pytest.approx(1.0)
+    assert q["image→text"] + q["image→image"] == pytest.approx(1.0)
+    mean = p.mean((0, 1)).double()
+    assert q["image→text"] == pytest.approx(float(mean[4:, :4].sum(-1).mean()))
+    with pytest.raises(ValueError, match="num_text=10"):
+        quadrant_mass(p, num_text=10)

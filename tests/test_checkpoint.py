@@ -125,7 +125,7 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, tiny_net, monkeypatch):
         tmp.write_bytes(data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "_atomic_write", lambda p, d: crash_mid_write(p, d))
+    monkeypatch.setattr(ck, "atomic_write", lambda p, d: crash_mid_write(p, d))
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, tiny_net, step=2)
     monkeypatch.undo()

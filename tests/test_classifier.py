@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import recipes, train
+from course_lib import models, recipes, train
 from course_lib.checkpoint import read_card
 from course_lib.classifier import (CIFARClassifier, ClassifierConfig, accuracy, check_images,
                                    classification_loss, confusion_matrix, per_class_accuracy, predict,
@@ -250,7 +250,7 @@ def test_recipe_round_trip_through_the_command_line(tmp_path, isolated_data, mon
     assert set(metrics["test_per_class_accuracy"]) == set(load_cifar10("test", verbose=False).classes)
     assert export.stat().st_size < 6e6
 
-    model, card2 = recipes.model_from_checkpoint(export)
+    model, card2 = models.model_from_checkpoint(export)
     assert isinstance(model, CIFARClassifier) and model.config == ClassifierConfig.small() and card2 == card
     assert not model.training
     split = load_cifar10("test", verbose=False)
@@ -259,7 +259,7 @@ def test_recipe_round_trip_through_the_command_line(tmp_path, isolated_data, mon
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped classifier checkpoint in data/checkpoints")
 def test_shipped_checkpoint_classifies_the_bundled_sample(isolated_data):
-    model, card = recipes.model_from_checkpoint(SHIPPED)
+    model, card = models.model_from_checkpoint(SHIPPED)
     test = load_cifar10("test", verbose=False)  # the bundled sample: 50 images per class
     assert len(test) == 500
     acc = accuracy(model, test)

@@ -98,7 +98,7 @@ def test_q_sample_rejects_typical_mistakes_and_says_why(fn, expected_words, caps
 
 def test_broadcast_along_the_width_is_caught_when_it_runs_silently(capsys):
     """With B equal to the image width, a [B] coefficient broadcasts without an error: the check names it."""
-    from course_lib.exercises import _q_sample_cases
+    from course_lib.exercises.ch01_ddpm import q_sample_cases as _q_sample_cases
 
     case = next(c for c in _q_sample_cases(0) if c.args[1].shape[0] == c.args[1].shape[-1])
     assert any("broadcast along the image width" in m for m in case.mistakes)
@@ -253,7 +253,7 @@ def _cross_right(x, context, mask, w_q, w_k, w_v):
 def test_cross_attention_check_agrees_with_the_library_attention():
     """The check's answer is course_lib.attention's softmax(QK^T/sqrt(d))V with a key-padding mask."""
     from course_lib.attention import attention
-    from course_lib.exercises import _cross_attention_cases
+    from course_lib.exercises.ch03_cross_attention import cross_attention_cases as _cross_attention_cases
 
     for case in _cross_attention_cases(0):
         x, context, mask, w_q, w_k, w_v = case.args
@@ -508,7 +508,7 @@ def test_cfg_check_agrees_with_the_library_on_a_text_unet():
     cond, uncond = torch.randn(2, 4, 8), torch.randn(1, 4, 8).expand(2, 4, 8)
     with torch.no_grad():
         ours = cfg_batched(lambda x_, t_, c_: model(x_, t_, c_), x, t, cond, uncond, 3.0)
-        library = ClassifierFreeGuidance(model, cond, uncond_context=uncond, scale=3.0)(x, t)
+        library = ClassifierFreeGuidance(model, cond, uncond_context=uncond, guidance=3.0)(x, t)
     assert torch.allclose(ours, library, atol=1e-5)
 
 
@@ -581,7 +581,7 @@ def test_online_softmax_check_accepts_the_right_answer(capsys):
 
 
 def _osa_variant(**kw):
-    from course_lib.exercises import _online_softmax_variant
+    from course_lib.exercises.ch02_adagn_attention import online_softmax_variant as _online_softmax_variant
 
     return lambda q, k, v, mask, c: _online_softmax_variant(q, k, v, mask, c, **kw)
 

@@ -62,12 +62,12 @@ def test_euler_is_exact_in_one_step_on_a_constant_field():
     torch.testing.assert_close(traj.x0_preds[0], x_T - c)  # x - t v at t = 1
 
 
-@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2)])
-def test_solver_order_on_a_linear_ode(solver, order):
+@pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2)])
+def test_sampler_order_on_a_linear_ode(sampler, order):
     """dx/dt = a x from t = 1 to 0 has x(0) = x(1) exp(-a): the error falls by 2^order when the steps double."""
     a, x_T = 1.5, torch.ones(1, 1, dtype=torch.float64)
     exact = math.exp(-a)
-    errors = [abs(float(flow_sample(lambda x, t: a * x, x_T=x_T, num_steps=n, solver=solver, dtype=torch.float64))
+    errors = [abs(float(flow_sample(lambda x, t: a * x, x_T=x_T, num_steps=n, sampler=sampler, dtype=torch.float64))
                   - exact) for n in (8, 16, 32)]
     ratios = [errors[0] / errors[1], errors[1] / errors[2]]
     assert all(abs(r - 2 ** order) < 0.25 * 2 ** order for r in ratios), ratios
@@ -76,7 +76,7 @@ def test_solver_order_on_a_linear_ode(solver, order):
 def test_heun_calls_the_model_twice_per_step_at_the_grid_times():
     times = []
     flow_sample(lambda x, t: (times.append(float(t[0])), torch.zeros_like(x))[1], x_T=torch.zeros(2, 3),
-                num_steps=2, solver="heun", time_scale=10.0)
+                num_steps=2, sampler="heun", time_scale=10.0)
     assert times == [10.0, 5.0, 5.0, 0.0]
 
 
@@ -86,8 +86,8 @@ def test_time_grid_and_bad_grids():
     assert shifted[0] == 1 and shifted[-1] == 0 and shifted[2] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="decrease from 1"):
         flow_sample(lambda x, t: x, x_T=torch.zeros(1, 2), times=[0.0, 0.5, 1.0])
-    with pytest.raises(ValueError, match="unknown solver"):
-        flow_sample(lambda x, t: x, x_T=torch.zeros(1, 2), solver="rk4")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        flow_sample(lambda x, t: x, x_T=torch.zeros(1, 2), sampler="rk4")
     with pytest.raises(ValueError, match="euler\\' or \\'heun|samples with"):
         RectifiedFlowProcess().sample(lambda x, t: x, x_T=torch.zeros(1, 2), sampler="ddim")
 

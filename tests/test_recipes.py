@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from course_lib import recipes, train
+from course_lib import models, recipes, train
 from course_lib.checkpoint import CheckpointError, read_card, save_checkpoint
+from course_lib.reflow import PairSettings
 from course_lib.unet import UNet, UNetConfig
 
 
@@ -39,7 +40,7 @@ def test_train_resume_and_export(tmp_path, isolated_data, capsys):
     assert json.loads(export.with_suffix(".json").read_text()) == card
     assert "stopped by steps at step 5" in capsys.readouterr().out
 
-    model, card2 = recipes.model_from_checkpoint(export)
+    model, card2 = models.model_from_checkpoint(export)
     assert isinstance(model, UNet) and model.config == UNetConfig.tiny() and card2 == card
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32), torch.tensor([0, 999])).shape == (2, 3, 32, 32)
@@ -80,7 +81,7 @@ def test_without_a_state_the_cli_continues_from_the_export(tmp_path, isolated_da
 def test_model_from_checkpoint_rejects_unknown_classes(tmp_path):
     path = save_checkpoint(tmp_path / "x.safetensors", torch.nn.Linear(2, 2))
     with pytest.raises(CheckpointError, match="holds a Linear, which this course version does not know"):
-        recipes.model_from_checkpoint(path)
+        models.model_from_checkpoint(path)
 
 
 def test_recipe_loss_is_the_simple_diffusion_loss(isolated_data):
@@ -125,7 +126,7 @@ def test_model_from_checkpoint_builds_a_classifier(tmp_path):
     config = ClassifierConfig(widths=(8, 16), norm="group", num_groups=4)
     model = CIFARClassifier(config).eval()
     path = save_checkpoint(tmp_path / "clf.safetensors", model)
-    loaded, card = recipes.model_from_checkpoint(path)
+    loaded, card = models.model_from_checkpoint(path)
     assert isinstance(loaded, CIFARClassifier) and loaded.config == config and card["model_class"] == "CIFARClassifier"
     x = torch.randn(3, 3, 32, 32).clamp(-1, 1)
     with torch.no_grad():
@@ -133,7 +134,7 @@ def test_model_from_checkpoint_builds_a_classifier(tmp_path):
 
 
 def test_text_to_image_recipes_are_listed_and_start_at_the_simple_loss(capsys, isolated_data):
-    from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+    from course_lib.text2image import Text2ImageConfig, TextToImageModel
 
     assert train.main(["--list"]) == 0
     out = capsys.readouterr().out
@@ -149,39 +150,47 @@ def test_text_to_image_recipes_are_listed_and_start_at_the_simple_loss(capsys, i
     recipe = recipes.RECIPES["cond-tiny"]
     x, y = recipe.batches(recipe.data(), recipe.train_config())(0)
     model = recipe.build_model()
-    assert isinstance(model, TextToImageUNet) and model.config == Text2ImageConfig.tiny()
+    assert isinstance(model, TextToImageModel) and model.config == Text2ImageConfig.tiny()
+    assert model.config.kind == "unet" and model.backbone is model.unet
     torch.manual_seed(0)
     loss = recipe.loss_fn()(model, (x, y))
     assert loss.item() == pytest.approx(1.0, abs=0.05)  # zero-initialised output: E[eps^2] = 1
-    assert recipes.MODELS["TextToImageUNet"] == (TextToImageUNet, Text2ImageConfig)
+    assert models.MODELS["TextToImageModel"] == (TextToImageModel, Text2ImageConfig)
+    # cards written before the denoiser registry name one class per backbone: both load as TextToImageModel
+    assert models.model_class("TextToImageUNet") == models.model_class("TextToImageMMDiT") == (TextToImageModel,
+                                                                                              Text2ImageConfig)
 
 
 def test_model_from_checkpoint_builds_a_text_to_image_model(tmp_path):
-    from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+    from course_lib.text2image import Text2ImageConfig, TextToImageModel
 
     torch.manual_seed(0)
-    model = TextToImageUNet(Text2ImageConfig.tiny()).eval()
+    model = TextToImageModel(Text2ImageConfig.tiny()).eval()
     path = save_checkpoint(tmp_path / "t2i.safetensors", model)
-    loaded, card = recipes.model_from_checkpoint(path)
-    assert isinstance(loaded, TextToImageUNet) and loaded.config == model.config
+    loaded, card = models.model_from_checkpoint(path)
+    assert isinstance(loaded, TextToImageModel) and loaded.config == model.config
     assert all(torch.equal(p, q) for p, q in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 def test_every_recipe_builds_the_model_its_config_names(isolated_data):
     from course_lib.classifier import CIFARClassifier
     from course_lib.text import pretrained_text_encoder_available
-    from course_lib.text2image import TextToImageMMDiT, TextToImageUNet
+    from course_lib.text2image import TextToImageModel
 
     expected = {"ddpm-tiny": UNet, "ddpm-small": UNet, "ddpm-paper": UNet, "cifar-classifier": CIFARClassifier,
-                "cond-tiny": TextToImageUNet, "cond-small": TextToImageUNet, "ldm-tiny": TextToImageUNet,
-                "ldm-small": TextToImageUNet, "rf-tiny": TextToImageUNet, "rf-small": TextToImageUNet,
-                "rf2-small": TextToImageUNet, "mmdit-tiny": TextToImageMMDiT}
+                "cond-tiny": "unet", "cond-small": "unet", "ldm-tiny": "unet", "ldm-small": "unet", "rf-tiny": "unet",
+                "rf-small": "unet", "rf2-small": "unet", "mmdit-tiny": "mmdit"}
     if pretrained_text_encoder_available():
-        expected["mmdit-small"], expected["rf-small-minilm"] = TextToImageMMDiT, TextToImageUNet
+        expected["mmdit-small"], expected["rf-small-minilm"] = "mmdit", "unet"
     for name, model_class in expected.items():
         recipe = recipes.RECIPES[name]
         model = recipe.build_model()
-        assert type(model) is model_class and model.config == recipe.model_config(), name
+        if isinstance(model_class, str):  # a text-to-image model with that kind of denoiser
+            assert type(model) is TextToImageModel and model.config.kind == model_class, name
+            assert type(model.backbone).__name__ == {"unet": "UNet", "mmdit": "MMDiT"}[model_class], name
+        else:
+            assert type(model) is model_class, name
+        assert model.config == recipe.model_config(), name
 
 
 def _stand_in_vae_small(checkpoints):
@@ -220,7 +229,7 @@ def test_latent_recipe_trains_on_cached_latents_and_generates_through_the_decode
     pipe = Pipeline.from_checkpoint(export)
     assert isinstance(pipe.autoencoder, AutoencoderKL) and pipe.denoiser.sample_shape == (4, 8, 8)
     torch.testing.assert_close(pipe.autoencoder.state_dict(), autoencoder.state_dict())
-    images = pipe.generate(["a photo of a cat", "a ship"], scale=3.0, num_steps=3)
+    images = pipe.generate(["a photo of a cat", "a ship"], guidance=3.0, num_steps=3)
     assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
 
     torch.manual_seed(1)  # another autoencoder under the same name: its latents mean something else
@@ -251,7 +260,7 @@ def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, iso
     pipe = Pipeline.from_checkpoint(export)
     assert isinstance(pipe.process, RectifiedFlowProcess)
     for sampler in ("euler", "heun"):
-        out = pipe.generate(["a photo of a cat", "a ship"], scale=3.0, num_steps=2, sampler=sampler,
+        out = pipe.generate(["a photo of a cat", "a ship"], guidance=3.0, num_steps=2, sampler=sampler,
                             return_trajectory=True)
         assert out.sample.shape == (2, 3, 32, 32) and out.sample.min() >= -1 and out.sample.max() <= 1
         assert out.trajectory.shape == (3, 2, 4, 8, 8) and out.times.tolist() == [1.0, 0.5, 0.0]
@@ -259,9 +268,9 @@ def test_rectified_flow_recipe_trains_and_samples_with_its_process(tmp_path, iso
 
 def test_mmdit_recipe_trains_exports_and_samples_through_the_one_pipeline(tmp_path, isolated_data, monkeypatch):
     """mmdit-tiny: chapter 6's model on the latents with the rectified-flow process; the card names the class
-    TextToImageMMDiT, so model_from_checkpoint and Pipeline.from_checkpoint rebuild it."""
+    TextToImageModel and a denoiser of kind "mmdit", so model_from_checkpoint and Pipeline.from_checkpoint rebuild it."""
     from course_lib.generation import Pipeline
-    from course_lib.text2image import TextToImageMMDiT
+    from course_lib.text2image import TextToImageModel
 
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
@@ -269,47 +278,59 @@ def test_mmdit_recipe_trains_exports_and_samples_through_the_one_pipeline(tmp_pa
     export = tmp_path / "mmdit-tiny.safetensors"
     assert train.main(["mmdit-tiny", "--steps", "2", "--state", str(tmp_path / "state.safetensors"),
                        "--export", str(export), "--device", "cpu"]) == 0
-    assert read_card(export)["model_class"] == "TextToImageMMDiT"
-    model, _ = recipes.model_from_checkpoint(export)
-    assert isinstance(model, TextToImageMMDiT) and model.config == recipes.RECIPES["mmdit-tiny"].model_config()
+    card = read_card(export)
+    assert card["model_class"] == "TextToImageModel" and card["model_config"]["denoiser"]["kind"] == "mmdit"
+    model, _ = models.model_from_checkpoint(export)
+    assert isinstance(model, TextToImageModel) and model.config == recipes.RECIPES["mmdit-tiny"].model_config()
     pipe = Pipeline.from_checkpoint(export)
-    out = pipe.generate(["a photo of a cat", "a ship"], scale=3.0, num_steps=2, return_trajectory=True)
+    out = pipe.generate(["a photo of a cat", "a ship"], guidance=3.0, num_steps=2, return_trajectory=True)
     assert out.sample.shape == (2, 3, 32, 32) and out.times.tolist() == [1.0, 0.5, 0.0]
 
 
 def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data, monkeypatch):
-    """rf-tiny -> its reflow pairs (python -m course_lib.reflow, chunked and resumable) -> rf2-tiny trained on them."""
+    """rf-tiny -> its reflow pairs (python -m course_lib.reflow rf2-tiny: settings from the recipe alone, chunked and
+    resumable) -> rf2-tiny trained on them."""
+    from dataclasses import replace
+
     from course_lib.generation import Pipeline
-    from course_lib.reflow import load_reflow_pairs, main as reflow_main, make_reflow_pairs
+    from course_lib.reflow import load_reflow_pairs, make_reflow_pairs
+    from course_lib.reflow.__main__ import main as reflow_main
 
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
     recipe = recipes.RECIPES["rf2-tiny"]
-    with pytest.raises(FileNotFoundError, match="train it first"):
+    with pytest.raises(FileNotFoundError, match="train the teacher first"):
         recipe.data()
     _stand_in_vae_small(checkpoints)
     teacher = checkpoints / "rf-tiny.safetensors"
     assert train.main(["rf-tiny", "--steps", "2", "--state", str(tmp_path / "rf.safetensors"), "--export",
                        str(teacher), "--device", "cpu"]) == 0
-    with pytest.raises(FileNotFoundError, match="python -m course_lib.reflow .*rf-tiny.safetensors --pairs 64"):
+    # the error says in words what is missing (the pairs, their settings, the teacher), not a command to paste
+    with pytest.raises(FileNotFoundError, match=r"trains on 64 reflow pairs \(euler 4 steps at guidance 3, noise seed "
+                                                r"0\) of its teacher rf-tiny, and they have not been made yet"):
         recipe.data()
+    assert recipe.pairs == PairSettings(num_pairs=64, steps=4)  # the defaults: guidance 3, euler, seed 0
+    assert (PairSettings().num_pairs, PairSettings().guidance, PairSettings().steps) == (50_000, 3.0, 25)
 
     path = recipe.pairs_path()
-    first = make_reflow_pairs(teacher, 64, scale=3.0, num_steps=4, seed=1, chunk=32, device="cpu", progress=False)
+    first = make_reflow_pairs(teacher, replace(recipe.pairs, seed=1), chunk=32, device="cpu", progress=False)
     assert first != path  # another seed, another file
     # two processes share the chunks (--shard 0/2 and 1/2); the one that finds them all joins them
-    kw = dict(scale=3.0, num_steps=4, seed=2, chunk=16, device="cpu", progress=False)
-    assert make_reflow_pairs(teacher, 64, shard=(1, 2), **kw) is None  # chunks 1 and 3 made, 0 and 2 missing
-    sharded = load_reflow_pairs(make_reflow_pairs(teacher, 64, shard=(0, 2), **kw))
+    kw = dict(chunk=16, device="cpu", progress=False)
+    seed2 = replace(recipe.pairs, seed=2)
+    assert make_reflow_pairs(teacher, seed2, shard=(1, 2), **kw) is None  # chunks 1 and 3 made, 0 and 2 missing
+    sharded = load_reflow_pairs(make_reflow_pairs(teacher, seed2, shard=(0, 2), **kw))
     for i in (5, 20, 63):  # pair i's noise comes from (seed, i) whichever shard made it
         shape = tuple(sharded.tensors[1].shape[1:])
         torch.testing.assert_close(sharded.tensors[1][i], torch.randn(shape, generator=torch.Generator().manual_seed(
             2 * 1_000_003 + i)))
     assert sharded.tensors[2].tolist() == [i % 10 for i in range(64)]
     with pytest.raises(ValueError, match="shard 2/2 does not exist"):
-        make_reflow_pairs(teacher, 64, shard=(2, 2), **kw)
+        make_reflow_pairs(teacher, seed2, shard=(2, 2), **kw)
     with pytest.raises(SystemExit):
-        reflow_main([str(teacher), "--pairs", "64", "--shard", "1of2"])
+        reflow_main(["rf2-tiny", "--shard", "1of2"])
+    with pytest.raises(SystemExit):
+        reflow_main(["rf-tiny"])  # not a reflow recipe
     interrupted = path.with_suffix(".parts")  # a run stopped after its first chunk: only chunk 2 is made now
     interrupted.mkdir(parents=True)
     reference = load_reflow_pairs(first)  # seed 1's pairs 0..31 stand in for seed 0's first chunk
@@ -317,7 +338,7 @@ def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data,
     save_file({"x0": reference.tensors[0][:32].contiguous(), "x1": reference.tensors[1][:32].contiguous(),
                "labels": reference.tensors[2][:32].contiguous()}, str(interrupted / "00000000.safetensors"),
               metadata={"seconds": "1.0"})
-    assert reflow_main([str(teacher), "--pairs", "64", "--steps", "4", "--chunk", "32"]) == 0
+    assert reflow_main(["rf2-tiny", "--chunk", "32", "--device", "cpu"]) == 0  # the recipe's settings, nothing else
     pairs = load_reflow_pairs(path)
     x0, x1, labels = pairs.tensors
     assert x0.shape == x1.shape == (64, 4, 8, 8) and labels.tolist() == [i % 10 for i in range(64)]

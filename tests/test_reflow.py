@@ -7,14 +7,14 @@ from course_lib.flow import straightness
 from course_lib.metrics import wasserstein2
 from course_lib.processes import DDPMProcess, RectifiedFlowProcess
 from course_lib.reflow import reflow_loss, reflow_pairs
-from course_lib.toy2d import GaussianMixture2D, ToyMLP, toy_batches
+from course_lib.toy import ToyMLP, eight_gaussians, toy_batches
 from course_lib.trainer import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
 def toy_runs():
     torch.set_num_threads(1)
-    data = GaussianMixture2D.eight_gaussians()
+    data = eight_gaussians()
     cfg = TrainConfig(max_steps=800, batch_size=256, lr=2e-3, warmup_steps=50, ema_decay=0.99, checkpoint_minutes=None,
                       progress=False)
     rf, ddpm = RectifiedFlowProcess(), DDPMProcess("linear", 1000)

@@ -1,53 +1,120 @@
-"""The README's results table is generated from data/results.jsonl."""
+"""docs/results.md and the README's headline table are generated from data/results.jsonl; lines keep their settings."""
 
 import json
 
 import pytest
 
 from course_lib import config
-from course_lib.results import BEGIN, END, main, read_results, results_table
+from course_lib.results import (BEGIN, END, HEADLINES, append_result, headline_table, main, points, read_results,
+                                results_page)
 
 
-def _record(model, fid, guidance=None, sha="a" * 64):
-    return {"checkpoint": f"data/checkpoints/{model}.safetensors", "checkpoint_sha256": sha, "model": model,
-            "step": 100, "training_minutes": 30.0,
-            "settings": {"num_samples": 2000, "steps": 25, "sampler": "ddim", "guidance": guidance, "seed": 0},
-            "metrics": {"fid": fid, "kid_mean": 0.0123, "kid_std": 0.0004, "precision": 0.61, "recall": 0.42},
+def _record(model, fid, guidance=None, sha="a" * 64, seed=1, **settings):
+    return {"kind": "samples", "checkpoint": f"data/checkpoints/{model}.safetensors", "checkpoint_sha256": sha,
+            "model": model, "step": 100, "training_minutes": 30.0, "nfe": 25.0 if guidance in (None, 1.0) else 50.0,
+            "settings": {"num_samples": 2000, "steps": 25, "sampler": "ddim", "guidance": guidance, "seed": seed,
+                         "spacing": "linspace", "shift": None, "decoder": None, "decoder_sha256": None, **settings},
+            "metrics": {"fid": fid, "kid_mean": 0.0123, "kid_std": 0.0004, "precision": 0.61, "recall": 0.42,
+                        "fd_clf": fid / 10, "precision_clf": 0.8, "recall_clf": 0.5},
             "reference": {"split": "train", "fid_n": 50000, "real_n": 2000, "source": "image folder cifar10-jpg"},
-            "seconds": {"sampling": 300, "inception_total": 240}, "hardware": "CPU Intel(R) Xeon(R) (AVX512)"}
+            "seconds": {"sampling": 300, "inception_total": 240}, "hardware": "CPU Intel(R) Xeon(R) (AVX512), 1 thread"}
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
 
 
 def test_later_measurements_replace_earlier_ones_with_the_same_settings(tmp_path):
-    path = tmp_path / "results.jsonl"
-    lines = [_record("ddpm-small", 50.0), _record("cond-small", 40.0, 3.0, "b" * 64), _record("ddpm-small", 45.0)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    path = _write(tmp_path / "results.jsonl", [_record("ddpm-small", 50.0), _record("cond-small", 40.0, 3.0, "b" * 64),
+                                               _record("ddpm-small", 45.0)])
     records = read_results(path)
     assert [(r["model"], r["metrics"]["fid"]) for r in records] == [("cond-small", 40.0), ("ddpm-small", 45.0)]
-    table = results_table(records)
-    assert "FID-2k **45.00**" in table and "50.00" not in table
-    assert "12.30 ± 0.40" in table and "0.61 / 0.42" in table and "ddim 25 steps, w = 3" in table
-    assert table.splitlines()[2].startswith("| `cond-small` (step 100, 30 min training)")
+    page = results_page(records)
+    assert "FID-2k 45.00" in page and "50.00" not in page
+    assert "12.30" in page and "0.61 / 0.42" in page and "ddim 25 steps, w = 3 (NFE 50)" in page
     path.write_text("{broken\n")
     with pytest.raises(ValueError, match="line 1: not JSON"):
         read_results(path)
+    assert read_results(tmp_path / "missing.jsonl") == []
 
 
-def test_the_readme_table_is_rewritten_between_its_markers_and_checked(tmp_path, capsys):
-    results, readme = tmp_path / "results.jsonl", tmp_path / "README.md"
-    results.write_text(json.dumps(_record("ddpm-small", 50.0)) + "\n")
+@pytest.mark.parametrize("changed", [dict(decoder="vae-small-ft", decoder_sha256="d" * 64), dict(spacing="trailing"),
+                                     dict(seed=2), dict(shift=3.0)])
+def test_two_lines_that_differ_only_in_decoder_spacing_shift_or_seed_both_survive(tmp_path, changed):
+    base = _record("ldm-small", 60.0, 3.0, decoder="vae-small", decoder_sha256="c" * 64)
+    other = _record("ldm-small", 40.0, 3.0, decoder="vae-small", decoder_sha256="c" * 64)
+    other["settings"].update(changed)
+    records = read_results(_write(tmp_path / "results.jsonl", [base, other]))
+    assert sorted(r["metrics"]["fid"] for r in records) == [40.0, 60.0]
+
+
+def test_points_merge_the_seeds_into_mean_and_spread(tmp_path):
+    lines = [_record("ldm-small", fid, 3.0, seed=seed) for seed, fid in ((1, 64.0), (2, 66.0), (3, 65.0))]
+    lines.append(_record("ldm-small", 90.0, 3.0, seed=1, steps=4))  # another point: 4 steps
+    records = read_results(_write(tmp_path / "results.jsonl", lines))
+    found = points("ldm-small", records=records, steps=25)
+    assert len(found) == 1
+    p = found[0]
+    assert p.seeds == [1, 2, 3] and p.mean("fid") == pytest.approx(65.0) and p.std("fid") == pytest.approx(1.0)
+    assert p.text("fid") == "65.00 ± 1.00 (3 seeds)" and p.nfe == 50.0 and "seed" not in p.settings
+    assert [q.settings["steps"] for q in points("ldm-small", records=records)] == [4, 25]
+    single = points("ldm-small", records=records, steps=4)[0]
+    assert single.text("fid") == "90.00" and single.std("fid") is None and single.text("missing") == ""
+    assert "65.00 ± 1.00 (3 seeds)" in results_page(records)
+
+
+def test_prompt_accuracy_lines_and_the_headline_table(tmp_path):
+    accuracy = {**_record("ldm-small", 0, 3.0), "kind": "prompt_accuracy", "metrics": {"prompt_accuracy": 0.66,
+                                                                                         "prompt_accuracy_stderr": 0.03}}
+    accuracy["settings"].update(num_samples=None, per_class=20, prompts="class")
+    records = [_record("ldm-small", 65.0, 3.0), accuracy]
+    table = headline_table(records)
+    assert table.splitlines()[0].startswith("| model | sampling (NFE) |")
+    assert "| ldm-small | ddim 25 steps, w = 3 (NFE 50) |" in table and "| 65.00 | 6.50 | 66.0 |" in table
+    page = results_page(records)
+    assert "| ldm-small | ddim 25 steps, w = 3 (NFE 50) |  | class | 200 | 1 | 66.0 |" in page
+    with pytest.raises(ValueError, match="needs a kind"):
+        append_result({"settings": {}}, tmp_path / "r.jsonl")
+    append_result(accuracy, tmp_path / "r.jsonl")
+    assert read_results(tmp_path / "r.jsonl") == [accuracy]
+
+
+def test_the_page_and_the_readme_table_are_rewritten_and_checked(tmp_path, capsys):
+    results, readme, page = tmp_path / "results.jsonl", tmp_path / "README.md", tmp_path / "docs" / "results.md"
+    _write(results, [_record("ddpm-small", 50.0)])
     readme.write_text(f"# Course\n\n{BEGIN}\nold table\n{END}\n\nmore text\n")
-    assert main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
-    assert main(["--results", str(results), "--readme", str(readme)]) == 0
+    args = ["--results", str(results), "--readme", str(readme), "--page", str(page)]
+    assert main(args + ["--check"]) == 1
+    assert main(args) == 0
     text = readme.read_text()
-    assert "old table" not in text and "FID-2k **50.00**" in text and text.endswith(f"{END}\n\nmore text\n")
-    assert main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
+    assert "old table" not in text and "| ddpm-small | ddim 25 steps (NFE 25) |" in text
+    assert text.endswith(f"{END}\n\nmore text\n") and "FID-2k 50.00" in page.read_text()
+    assert main(args + ["--check"]) == 0
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="lacks the markers"):
-        main(["--results", str(results), "--readme", str(readme)])
+        main(args)
 
 
-def test_the_committed_readme_shows_the_committed_results():
+def test_the_committed_page_and_readme_show_the_committed_results():
     path = config.REPO_ROOT / "data" / "results.jsonl"
-    assert path.is_file(), "data/results.jsonl is the source of the README's results table"
-    assert main(["--results", str(path), "--readme", str(config.REPO_ROOT / "README.md"), "--check"]) == 0, \
-        "README.md's results table is stale: run python -m course_lib.results"
+    assert path.is_file(), "data/results.jsonl is the source of docs/results.md and the README's table"
+    assert main(["--results", str(path), "--check"]) == 0, \
+        "docs/results.md or README.md's headline table is stale: run python -m course_lib.results"
+
+
+def test_every_committed_line_keeps_its_settings_and_counts_its_nfe():
+    for r in read_results(config.REPO_ROOT / "data" / "results.jsonl"):
+        assert r["kind"] in ("samples", "reconstructions", "real", "prompt_accuracy"), r
+        if r["kind"] in ("samples", "prompt_accuracy"):
+            s = r["settings"]
+            assert {"sampler", "steps", "guidance", "seed", "spacing", "shift", "decoder", "decoder_sha256"} <= set(s)
+            assert r["nfe"] >= s["steps"], r  # at least one denoiser pass a step
+            assert (s["decoder"] is None) == (r["model"] in ("ddpm-small", "cond-small", "cond-small-minilm")), r
+
+
+def test_headlines_name_models_that_ship():
+    for model, wanted in HEADLINES:
+        assert wanted["kind"] in ("samples", "reconstructions", "real")
+        if wanted["kind"] != "real":
+            assert (config.REPO_ROOT / "data" / "checkpoints" / f"{model}.safetensors").is_file(), model

@@ -1,5 +1,6 @@
 """Toy data with exact quantities: the mixture's density and score, the exact DDPM noise prediction
-and rectified-flow velocity (checked against Monte Carlo), and chapter 1's perfect 1-D model."""
+and rectified-flow velocity (checked against Monte Carlo), chapter 1's perfect 1-D model, and chapter 5's
+2-D toys: data sets, the MLP, and the exact mixture-to-mixture velocity against Monte Carlo."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from course_lib.schedules import NoiseSchedule, gather
-from course_lib.toy import GaussianMixture, eight_gaussians, gaussian_eps_model
+from course_lib.toy import (GaussianMixture, ToyMLP, checkerboard, eight_gaussians, exact_velocity,
+                            gaussian_eps_model, toy_batches, two_moons)
 
 POINTS = torch.tensor([[1.0, 0.5], [-1.5, 1.2], [0.3, -2.0]], dtype=torch.float64)  # x_t to ask about
 
@@ -131,3 +133,75 @@ def test_bad_arguments_name_the_problem():
         eight_gaussians().score(torch.zeros(3))
     with pytest.raises(ValueError, match="one per item"):
         eight_gaussians().eps_prediction(torch.zeros(3, 2), torch.full((2,), 0.5))
+
+
+# --------------------------------------------------------------------------- chapter 5's 2-D toys
+
+
+@pytest.mark.parametrize("source", [GaussianMixture.standard_normal(), GaussianMixture.two_gaussians((2.0, 0.0))])
+def test_exact_velocity_matches_monte_carlo(source):
+    """E[X_1 - X_0 | X_t = x] by importance sampling. Draw X_0 from the data: X_1 = (x - (1 - t) X_0) / t is then
+    fixed, and each draw counts with the source density of that X_1; or the other way round. The test uses the
+    direction whose weights are less degenerate (the larger effective sample size)."""
+    data = eight_gaussians()
+    x0_draws, x1_draws = data.sample(400_000, seed=0).double(), source.sample(400_000, seed=1).double()
+    points = torch.tensor([[0.3, -0.2], [1.5, 1.0], [-2.0, 0.5]])
+    for t in (0.3, 0.6, 0.9):
+        exact = exact_velocity(data, source, points, t)
+        for p, v in zip(points.double(), exact):
+            estimates = []
+            x1 = (p - (1 - t) * x0_draws) / t  # X_0 drawn, X_1 implied
+            x0 = (p - t * x1_draws) / (1 - t)  # X_1 drawn, X_0 implied
+            for w, a, b in [(torch.softmax(source.log_prob(x1), 0), x0_draws, x1),
+                            (torch.softmax(data.log_prob(x0), 0), x0, x1_draws)]:
+                estimates.append((1 / w.pow(2).sum(), (w[:, None] * (b - a)).sum(0)))
+            ess, mc = max(estimates, key=lambda e: e[0])
+            assert ess > 300, (t, p, float(ess))
+            torch.testing.assert_close(v.double(), mc, atol=0.06, rtol=0.03)
+
+
+def test_exact_velocity_of_single_gaussians():
+    """Data N(mu, a^2 I), source N(nu, b^2 I): v*(x, t) = (nu - mu) + (t b^2 - (1 - t) a^2) / s2 (x - m). With a = b the
+    correction vanishes at t = 1/2, where every point moves by nu - mu; elsewhere it does not: the independent
+    coupling's paths bend even between two Gaussians of the same shape."""
+    data = GaussianMixture(torch.ones(1), [[1.0, -2.0]], 0.5)
+    source = GaussianMixture(torch.ones(1), [[-1.0, 0.5]], 0.5)
+    x = torch.randn(10, 2)
+    shift = torch.tensor([[-2.0, 2.5]]).expand(10, 2)
+    torch.testing.assert_close(exact_velocity(data, source, x, 0.5), shift)
+    t = 0.8
+    m = (1 - t) * torch.tensor([1.0, -2.0]) + t * torch.tensor([-1.0, 0.5])
+    s2 = ((1 - t) ** 2 + t ** 2) * 0.25
+    torch.testing.assert_close(exact_velocity(data, source, x, t), shift + (t - (1 - t)) * 0.25 / s2 * (x - m))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0])
+def test_exact_velocity_from_noise_is_the_mixture_s_flow_velocity(mixture, t):
+    """From N(0, I), the mixture-to-mixture velocity is the noise-to-data one (one formula, two entry points)."""
+    exact = exact_velocity(mixture, GaussianMixture.standard_normal(), POINTS.float(), torch.full((3,), t))
+    assert exact.dtype == torch.float32
+    torch.testing.assert_close(exact, mixture.flow_velocity(POINTS, t).float())
+    with pytest.raises(ValueError, match="the source has 1 dimensions"):
+        mixture.flow_velocity(POINTS, t, GaussianMixture.standard_normal(1))
+
+
+def test_data_sets_have_the_stated_shapes_and_supports():
+    mix = eight_gaussians(radius=2.5, std=0.2)
+    x = mix.sample(4000, seed=1)
+    assert x.shape == (4000, 2) and torch.equal(x, mix.sample(4000, seed=1))
+    assert abs(x.norm(dim=1).mean() - 2.5) < 0.05
+    board = checkerboard(4000, seed=0)
+    assert board.abs().max() <= 2 and bool(((board.floor().sum(1)).remainder(2) == 0).all())  # dark squares only
+    moons = two_moons(4000, seed=0)
+    assert moons.shape == (4000, 2) and moons.abs().mean() < 2
+    with pytest.raises(ValueError, match="3 weights for 2 components"):
+        GaussianMixture(torch.ones(3), torch.zeros(2, 2), 1.0)
+
+
+def test_toy_mlp_and_batches():
+    model = ToyMLP(hidden=32, depth=2)
+    x = torch.randn(5, 2)
+    assert model(x, torch.full((5,), 500.0)).shape == (5, 2)
+    assert model(x, torch.tensor(3.0)).shape == (5, 2)  # one time for the whole batch
+    batches = toy_batches(lambda n, g: eight_gaussians().sample(n, g), 16, seed=2)
+    assert torch.equal(batches(7)[0], batches(7)[0]) and not torch.equal(batches(7)[0], batches(8)[0])

@@ -19,6 +19,7 @@ from course_lib.viz import (
     plot_losses,
     show_guidance_rows,
     show_images,
+    to_rgb,
     token_heatmap,
     upsample_heatmap,
 )
@@ -164,3 +165,12 @@ def test_upsample_and_overlay():
         overlay(image[None], heat)
     with pytest.raises(ValueError, match="bilinear"):
         upsample_heatmap(heat, (4, 4), mode="bicubic")
+
+
+def test_to_rgb_is_the_image_as_uint8_for_imshow():
+    image = torch.rand(3, 5, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    rgb = to_rgb(image)
+    assert rgb.shape == (5, 7, 3) and rgb.dtype == torch.uint8
+    assert torch.equal(rgb, to_uint8(image).permute(1, 2, 0))
+    grey = to_rgb(image[:1])  # one channel: repeated to three
+    assert grey.shape == (5, 7, 3) and torch.equal(grey[..., 0], grey[..., 2])

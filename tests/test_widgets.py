@@ -1,7 +1,5 @@
 """Widgets update when their controls change (no browser: set the control, check what was drawn)."""
 
-import time
-
 import ipywidgets as widgets
 import pytest
 import torch
@@ -150,7 +148,7 @@ def text2image():
     def sample_fn(scale):
         """The same two prompts from the same x_T at guidance scale ``scale``."""
         cond, uncond = encode(PROMPTS), encode([""])
-        guided = ClassifierFreeGuidance(unet, cond.tokens, cond.mask, uncond.tokens, uncond.mask, scale=scale)
+        guided = ClassifierFreeGuidance(unet, cond.tokens, cond.mask, uncond.tokens, uncond.mask, guidance=scale)
         return ddim_sample(guided, schedule, x_T=x_T, num_steps=STEPS, progress=False)
 
     return {"unet": unet, "encode": encode, "run_fn": run_fn, "sample_fn": sample_fn, "schedule": schedule,
@@ -168,12 +166,12 @@ def test_guidance_slider_samples_each_scale_once_and_redraws(text2image):
     calls = []
     explorer = guidance_explorer(_spy(text2image["sample_fn"], calls), [0, 1, 7], titles=PROMPTS)
     assert isinstance(explorer, FigureExplorer) and explorer.image.value[:8] == b"\x89PNG\r\n\x1a\n"
-    assert calls == [0.0] and explorer.state["scale"] == 0.0
+    assert calls == [0.0] and explorer.state["guidance"] == 0.0
     unconditional, png = explorer.state["images"], explorer.image.value
     assert unconditional.shape == (2, 3, 16, 16)
 
     explorer.slider.value = 7.0
-    assert calls == [0.0, 7.0] and explorer.state["scale"] == 7.0
+    assert calls == [0.0, 7.0] and explorer.state["guidance"] == 7.0
     assert explorer.image.value != png
     assert (explorer.state["images"] - unconditional).abs().max() > 1e-2  # guidance changed the images
 
@@ -210,8 +208,8 @@ def test_guidance_status_says_sampling_while_it_samples(text2image):
 
 def test_guidance_precompute_and_scale_one_is_the_conditional_model(text2image):
     calls = []
-    explorer = guidance_explorer(_spy(text2image["sample_fn"], calls), [0, 1, 3], scale=1, precompute=True)
-    assert sorted(calls) == [0.0, 1.0, 3.0] and explorer.state["scale"] == 1.0
+    explorer = guidance_explorer(_spy(text2image["sample_fn"], calls), [0, 1, 3], guidance=1, precompute=True)
+    assert sorted(calls) == [0.0, 1.0, 3.0] and explorer.state["guidance"] == 1.0
     explorer.slider.value = 3.0
     assert len(calls) == 3  # everything was sampled up front
     unet, cond = text2image["unet"], text2image["encode"](PROMPTS)
@@ -226,16 +224,16 @@ class _RecordingPipeline:
     def __init__(self):
         self.calls = []
 
-    def generate(self, prompts, *, scale, num_steps, x_T):
-        self.calls.append((list(prompts), scale, num_steps, x_T.clone()))
-        return torch.tanh(x_T[:, :3] * (1 + scale))  # [B, 3, H, W], different for every scale
+    def generate(self, prompts, *, guidance, num_steps, x_T):
+        self.calls.append((list(prompts), guidance, num_steps, x_T.clone()))
+        return torch.tanh(x_T[:, :3] * (1 + guidance))  # [B, 3, H, W], different for every w
 
 
 def test_pipeline_guidance_explorer_reuses_sampled_scales_and_fixed_noise():
     pipeline, x_T = _RecordingPipeline(), torch.randn(2, 4, 8, 8)
     grid = {3.0: torch.zeros(5, 3, 8, 8), 7.0: torch.ones(5, 3, 8, 8)}  # a grid of 5 prompts drawn earlier
-    explorer = pipeline_guidance_explorer(pipeline, PROMPTS, x_T, num_steps=6, scales=[0, 3, 7], sampled=grid)
-    assert pipeline.calls == [] and explorer.state["scale"] == 3.0  # starts at w = 3, taken from the grid
+    explorer = pipeline_guidance_explorer(pipeline, PROMPTS, x_T, num_steps=6, guidances=[0, 3, 7], sampled=grid)
+    assert pipeline.calls == [] and explorer.state["guidance"] == 3.0  # starts at w = 3, taken from the grid
     assert torch.equal(explorer.state["images"], grid[3.0][:2]) and "cache" in explorer.status.value
     assert explorer.titles == PROMPTS
     explorer.slider.value = 0.0
@@ -252,18 +250,18 @@ def test_pipeline_guidance_explorer_reuses_sampled_scales_and_fixed_noise():
 
 def test_guidance_bad_inputs_are_explained():
     images = torch.zeros(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="at least one guidance scale"):
+    with pytest.raises(ValueError, match="at least one guidance weight"):
         guidance_explorer(lambda w: images, [])
     with pytest.raises(ValueError, match="distinct"):
         guidance_explorer(lambda w: images, [1, 1.0])
-    with pytest.raises(ValueError, match="not one of the scales"):
-        guidance_explorer(lambda w: images, [0, 1], scale=3)
+    with pytest.raises(ValueError, match="not one of the guidances"):
+        guidance_explorer(lambda w: images, [0, 1], guidance=3)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         guidance_explorer(lambda w: images[0], [0, 1])
     with pytest.raises(ValueError, match="one title per image"):
         guidance_explorer(lambda w: images, [0, 1], titles=["only one"])
     explorer = guidance_explorer(lambda w: images[: 1 + int(w)], [0, 1])
-    with pytest.raises(ValueError, match="same prompts at every scale"):
+    with pytest.raises(ValueError, match="same prompts at every w"):
         explorer.slider.value = 1.0
 
 
@@ -391,8 +389,8 @@ def test_trajectory_explorer_state_follows_every_control():
     data = 0.05 * torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
     images = []
 
-    def image_fn(method, solver, steps, seed):
-        images.append((method, solver, steps, seed))
+    def image_fn(method, sampler, steps, seed):
+        images.append((method, sampler, steps, seed))
         if method == "straight" and steps == 4:
             return None  # no image model for this setting: the panel says so
         return torch.zeros(3, 8, 8), torch.randn(steps + 1, 2)
@@ -409,8 +407,8 @@ def test_trajectory_explorer_state_follows_every_control():
     assert explorer.state["method"] == "curl" and explorer.state["straightness"] > 0.01
     explorer.steps.value = 1
     assert explorer.state["steps"] == 1 and explorer.state["straightness"] < 1e-9  # one step is always a chord
-    explorer.solver.value = "heun"
-    assert explorer.state["solver"] == "heun"
+    explorer.sampler.value = "heun"
+    assert explorer.state["sampler"] == "heun"
     before = explorer.state["positions"]
     explorer.time.value = 0.9
     assert explorer.state["t"] == 0.9 and not torch.equal(before, explorer.state["positions"])
@@ -448,36 +446,25 @@ def test_toy_velocity_wraps_flows_and_ddpm_models():
 
 # --------------------------------------------------------------------------- chapter 6: joint-attention explorer
 
-from course_lib.widgets import joint_attention_explorer, quadrant_mass  # noqa: E402
+from course_lib.widgets import joint_attention_explorer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def mmdit_pipeline():
     from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
     from course_lib.generation import Pipeline
-    from course_lib.text2image import Text2ImageConfig, TextToImageMMDiT
+    from course_lib.text2image import Text2ImageConfig, TextToImageModel
 
     torch.manual_seed(0)
-    model = TextToImageMMDiT(Text2ImageConfig.latent_mmdit_tiny()).eval()
+    model = TextToImageModel(Text2ImageConfig.latent_mmdit_tiny()).eval()
     randomize_zero_init(model.mmdit, std=0.1)
     autoencoder = AutoencoderKL(AutoencoderConfig.tiny()).eval()
     return Pipeline(model, RectifiedFlowProcess(), autoencoder=autoencoder)
 
 
-def test_quadrant_mass_splits_each_query_row():
-    p = torch.softmax(torch.randn(2, 3, 10, 10), dim=-1)  # [B, heads, n, n]
-    q = quadrant_mass(p, num_text=4)
-    assert q["text→text"] + q["text→image"] == pytest.approx(1.0)
-    assert q["image→text"] + q["image→image"] == pytest.approx(1.0)
-    mean = p.mean((0, 1)).double()
-    assert q["image→text"] == pytest.approx(float(mean[4:, :4].sum(-1).mean()))
-    with pytest.raises(ValueError, match="num_text=10"):
-        quadrant_mass(p, num_text=10)
-
-
 def test_joint_attention_explorer_state_follows_every_control(mmdit_pipeline):
     prompts = ["a photo of a cat", "a ship"]
-    explorer = joint_attention_explorer(mmdit_pipeline, prompts, num_steps=3, scale=3.0)
+    explorer = joint_attention_explorer(mmdit_pipeline, prompts, num_steps=3, guidance=3.0)
     assert isinstance(explorer, widgets.VBox) and explorer.image.value[:4] == b"\x89PNG"
     s = explorer.state
     tokens = mmdit_pipeline.denoiser.prompt_tokens("a photo of a cat")
@@ -493,9 +480,7 @@ def test_joint_attention_explorer_state_follows_every_control(mmdit_pipeline):
                            (explorer.step, explorer.step.options[2][1]), (explorer.token, 1),
                            (explorer.patch, 0), (explorer.prompt, "a ship")]:
         before = explorer.image.value
-        start = time.perf_counter()
-        control.value = value
-        assert time.perf_counter() - start < 5.0  # drawing only (the prompt's run: a few tiny steps)
+        control.value = value  # how fast it redraws is a benchmark's question, not a test's
         assert explorer.image.value != before
         seen.append(dict(explorer.state))
     assert seen[1]["block"] == "double_blocks.0.attn" and seen[2]["head"] == 1 and seen[3]["step"] != "all"
@@ -525,9 +510,9 @@ def test_joint_attention_explorer_starts_at_the_last_word_not_a_marker(mmdit_pip
 
 def test_joint_attention_explorer_refuses_a_unet_pipeline():
     from course_lib.generation import Pipeline
-    from course_lib.text2image import Text2ImageConfig, TextToImageUNet
+    from course_lib.text2image import Text2ImageConfig, TextToImageModel
 
-    unet_model = TextToImageUNet(Text2ImageConfig.latent_tiny())
+    unet_model = TextToImageModel(Text2ImageConfig.latent_tiny())
     with pytest.raises(TypeError, match="needs an MM-DiT"):
         joint_attention_explorer(Pipeline(unet_model, RectifiedFlowProcess()), ["a cat"])
 

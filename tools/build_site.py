@@ -48,9 +48,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from course_lib import config  # noqa: E402 - the repository's package, found via ROOT
-from course_lib.checkpoint import _atomic_write  # noqa: E402
+from course_lib.checkpoint import atomic_write  # noqa: E402
 from course_lib.classroom import select  # noqa: E402
-from course_lib.trainer import cpu_name  # noqa: E402
+from course_lib.config import cpu_name  # noqa: E402
 
 EXECUTED = ROOT / "build" / "executed"
 SITE = ROOT / "site"
@@ -75,7 +75,7 @@ def _shown(path: Path) -> str:
 
 
 def _cpu_name() -> str:
-    """The CPU's model name (``trainer.cpu_name``) with the vector unit and whether bf16 is native: what decides
+    """The CPU's model name (``config.cpu_name``) with the vector unit and whether bf16 is native: what decides
     how fast the notebooks run here."""
     native = ", native bf16" if config.native_bf16("cpu") else ""
     return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}{native})"
@@ -105,7 +105,7 @@ def execute(source: Path, mode: str, timeout: int) -> nbformat.NotebookNode:
     }
     target = EXECUTED / mode / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, nbformat.writes(nb).encode("utf-8"))
+    atomic_write(target, nbformat.writes(nb).encode("utf-8"))
     return nb
 
 
@@ -354,10 +354,10 @@ def render(names: list[Path], mode: str, out: Path) -> list[str]:
         problems += [f"{stem}: {p}" for p in found]
         if nb.metadata.get("course_run", {}).get("error"):
             problems.append(f"{stem}: the run stopped early: {nb.metadata['course_run']['error']}")
-        _atomic_write(out / f"{stem}.html", page.encode("utf-8"))
-    _atomic_write(out / "index.html", render_index(chapters, mode, mathjax).encode("utf-8"))
+        atomic_write(out / f"{stem}.html", page.encode("utf-8"))
+    atomic_write(out / "index.html", render_index(chapters, mode, mathjax).encode("utf-8"))
     for name, path in DOCS.items():
-        _atomic_write(out / f"{name}.html", _page(name.replace("_", " ").capitalize(),
+        atomic_write(out / f"{name}.html", _page(name.replace("_", " ").capitalize(),
                                                  "<p><a href='index.html'>Course index</a></p>" + _markdown(path.read_text()),
                                                  mathjax).encode("utf-8"))
     return problems

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_lib.captions import class_prompt  # noqa: E402
-from course_lib.checkpoint import _write, load_checkpoint  # noqa: E402
+from course_lib.checkpoint import load_checkpoint, write_checkpoint  # noqa: E402
 from course_lib.generation import Pipeline  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> int:
     shape = (args.images, *pipe.denoiser.sample_shape)
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     prompts = [class_prompt(i % 10) for i in range(args.images)] if pipe.text_conditional else None
-    kwargs = dict(scale=3.0) if pipe.text_conditional else dict(num_images=args.images)
+    kwargs = dict(guidance=3.0) if pipe.text_conditional else dict(num_images=args.images)
 
     def sample():
         return pipe.generate(prompts, num_steps=args.steps, x_T=x_T, **kwargs)
@@ -76,7 +76,7 @@ def main() -> int:
                                         f"{diff.mean():.1e}, max {diff.max():.1e} in [-1, 1]; "
                                         "tools/store_float16.py)"}
     before_bytes = args.checkpoint.stat().st_size
-    _write(args.checkpoint, tensors, card)
+    write_checkpoint(args.checkpoint, tensors, card)
     print(f"wrote {args.checkpoint}: {before_bytes / 2**20:.1f} MB -> {args.checkpoint.stat().st_size / 2**20:.1f} MB")
     return 0
 

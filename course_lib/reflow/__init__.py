@@ -14,17 +14,19 @@ reflow drives the straightness towards 0), so fewer steps suffice:
 Same objective as before, only the coupling changed: ``RectifiedFlowProcess.loss(model, x_0, noise=x_1)``.
 
 For chapter 5's images the pairs live in the latent space of chapter 4 and carry the class label of the
-prompt they were made with: :func:`make_reflow_pairs` (resumable, cached under ``data/cache/reflow/``;
-``python -m course_lib.reflow CHECKPOINT --pairs N``) and :func:`load_reflow_pairs`.
+prompt they were made with. A reflow recipe (``course_lib.recipes.ReflowRecipe``) names the teacher and its
+:class:`PairSettings`; ``python -m course_lib.reflow RECIPE`` (``__main__.py``) makes the pairs from that
+alone with :func:`make_reflow_pairs` (resumable, cached under ``data/cache/reflow/``), and the recipe reads
+them back with :func:`load_reflow_pairs`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,19 +35,22 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from . import config
-from .data import TensorSplit
-from .processes import RectifiedFlowProcess
+from .. import config
+from ..captions import class_prompt
+from ..checkpoint import read_card
+from ..data import TensorSplit
+from ..generation import Pipeline
+from ..processes import RectifiedFlowProcess
 
-__all__ = ["reflow_pairs", "reflow_loss", "text_reflow_pairs", "make_reflow_pairs", "load_reflow_pairs",
-           "reflow_pairs_path"]
+__all__ = ["reflow_pairs", "reflow_loss", "PairSettings", "text_reflow_pairs", "make_reflow_pairs",
+           "load_reflow_pairs", "reflow_pairs_path"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
 def reflow_pairs(model: ModelFn, process: RectifiedFlowProcess, source: torch.Tensor, *, num_steps: int = 100,
-                 solver: str = "heun", batch_size: int = 1024, source_name: str = "source") -> TensorSplit:
+                 sampler: str = "heun", batch_size: int = 1024, source_name: str = "source") -> TensorSplit:
     """The coupling of a trained flow: x_0 = ODE(x_1) for each x_1 in ``source`` [N, ...].
 
     Returns ``TensorSplit(x_0, x_1)`` (samples first, then the noise they came from), ready for
@@ -54,10 +59,10 @@ def reflow_pairs(model: ModelFn, process: RectifiedFlowProcess, source: torch.Te
     """
     if not isinstance(process, RectifiedFlowProcess):
         raise TypeError(f"reflow needs a rectified flow's velocity model, got a {type(process).__name__}")
-    samples = [process.sample(model, x_T=chunk, sampler=solver, num_steps=num_steps).cpu()
+    samples = [process.sample(model, x_T=chunk, sampler=sampler, num_steps=num_steps).cpu()
                for chunk in source.split(batch_size)]
     return TensorSplit(torch.cat(samples), source.cpu(),
-                       source=f"reflow pairs: {solver} {num_steps} steps of the previous flow from {len(source)} "
+                       source=f"reflow pairs: {sampler} {num_steps} steps of the previous flow from {len(source)} "
                               f"{source_name} points")
 
 
@@ -72,18 +77,15 @@ def reflow_loss(model: ModelFn, process: RectifiedFlowProcess, x0: torch.Tensor,
 
 
 @torch.no_grad()
-def text_reflow_pairs(pipeline, labels: torch.Tensor, noise: torch.Tensor, *, scale: float = 3.0,
-                      num_steps: int = 25, solver: str = "euler", batch_size: int = 250) -> TensorSplit:
+def text_reflow_pairs(pipeline, labels: torch.Tensor, noise: torch.Tensor, *, guidance: float = 3.0,
+                      num_steps: int = 25, sampler: str = "euler", batch_size: int = 250) -> TensorSplit:
     """Reflow pairs of a text-to-image rectified flow in its own (latent) space: ``TensorSplit(z_0, z_1, labels)``.
 
     For each label y and starting noise z_1 [N, *sample_shape], z_0 is the flow's guided sample for the class
-    prompt "a photo of a <y>" at guidance ``scale`` (the prompt is the one the pairs are made with; the
+    prompt "a photo of a <y>" at guidance weight ``guidance`` (the prompt is the one the pairs are made with; the
     (k+1)-flow is then trained with the usual random captions of y). Nothing is decoded: the pairs stay in
     the denoiser's space (scaled latents for chapter 4's autoencoder).
     """
-    from .captions import class_prompt
-    from .processes import RectifiedFlowProcess
-
     if not isinstance(pipeline.process, RectifiedFlowProcess):
         raise TypeError(f"reflow needs a rectified flow; this pipeline samples a {type(pipeline.process).__name__}")
     if len(labels) != len(noise):
@@ -93,43 +95,67 @@ def text_reflow_pairs(pipeline, labels: torch.Tensor, noise: torch.Tensor, *, sc
     samples = []
     try:
         for y, z1 in zip(labels.split(batch_size), noise.split(batch_size)):
-            model = pipeline.guided([class_prompt(int(c)) for c in y], scale)
-            samples.append(pipeline.process.sample(model, x_T=z1.to(pipeline.device), sampler=solver,
+            model = pipeline.guided([class_prompt(int(c)) for c in y], guidance)
+            samples.append(pipeline.process.sample(model, x_T=z1.to(pipeline.device), sampler=sampler,
                                                    num_steps=num_steps).float().cpu())
     finally:
         pipeline.denoiser.train(was_training)
     return TensorSplit(torch.cat(samples), noise.float().cpu(), labels.long().cpu(),
-                       source=f"reflow pairs: {solver} {num_steps} steps at guidance {scale:g}")
+                       source=f"reflow pairs: {sampler} {num_steps} steps at guidance {guidance:g}")
 
 
-def reflow_pairs_path(teacher_sha256: str, num_pairs: int, scale: float, num_steps: int, solver: str,
-                      seed: int) -> Path:
-    """``data/cache/reflow/<teacher hash prefix>-n<N>-w<scale>-<solver><steps>-seed<seed>.safetensors``."""
-    name = f"{teacher_sha256[:12]}-n{num_pairs}-w{scale:g}-{solver}{num_steps}-seed{seed}"
+@dataclass(frozen=True)
+class PairSettings:
+    """How a teacher flow makes its reflow pairs: how many, and how it samples each one (the one place these
+    defaults are written; a :class:`~course_lib.recipes.ReflowRecipe` holds one).
+
+    num_pairs: (sample, noise) pairs, balanced over the ten class prompts (pair i shows class i mod 10)
+    guidance:  classifier-free guidance weight w of the teacher's samples
+    steps, sampler: the teacher's ODE solver ("euler" or "heun") and its steps
+    seed:      pair i's noise is drawn from (seed, i) alone, so any chunk can be made (or remade) on its own
+    """
+
+    num_pairs: int = 50_000
+    guidance: float = 3.0
+    steps: int = 25
+    sampler: str = "euler"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_pairs < 1 or self.steps < 1:
+            raise ValueError(f"num_pairs and steps must be at least 1, got {self.num_pairs} and {self.steps}")
+        if self.sampler not in RectifiedFlowProcess.samplers:
+            raise ValueError(f"sampler must be one of {RectifiedFlowProcess.samplers}, got {self.sampler!r}")
+
+    def describe(self) -> str:
+        return (f"{self.num_pairs:,} reflow pairs ({self.sampler} {self.steps} steps at guidance {self.guidance:g}, "
+                f"noise seed {self.seed})")
+
+
+def reflow_pairs_path(teacher_sha256: str, settings: PairSettings) -> Path:
+    """``data/cache/reflow/<teacher hash prefix>-n<N>-w<guidance>-<sampler><steps>-seed<seed>.safetensors``."""
+    s = settings
+    name = f"{teacher_sha256[:12]}-n{s.num_pairs}-w{s.guidance:g}-{s.sampler}{s.steps}-seed{s.seed}"
     return config.cache_dir() / "reflow" / f"{name}.safetensors"
 
 
-def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 3.0, num_steps: int = 25,
-                      solver: str = "euler", seed: int = 0, chunk: int = 500, device: str | None = None,
-                      shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path | None:
-    """Generate ``num_pairs`` reflow pairs of a shipped rectified flow (balanced over the ten classes) into one
-    safetensors file with a card; returns its path (already there: returned at once).
+def make_reflow_pairs(checkpoint: str | Path, settings: PairSettings, *, chunk: int = 500,
+                      device: str | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path | None:
+    """Generate the reflow pairs ``settings`` describe of a trained rectified flow (balanced over the ten classes)
+    into one safetensors file with a card; returns its path (already there: returned at once).
 
     Hours of work on a CPU, so it is resumable: every ``chunk`` pairs are saved atomically in a folder beside
     the file (``<name>.parts/``), a restart skips the chunks that exist, and the chunks are joined at the end.
-    The noise of pair i depends only on (seed, i), so the chunks of an interrupted run match a fresh one's.
+    The noise of pair i depends only on (settings.seed, i), so the chunks of an interrupted run match a fresh one's.
     ``shard=(i, k)`` makes only every k-th chunk from the i-th, so k processes (one thread each) share the work;
     the chunks are joined by whichever call finds them all, else ``None`` is returned.
     """
     index, shards = shard
     if not 0 <= index < shards:
         raise ValueError(f"shard {index}/{shards} does not exist: use 0/{shards} to {shards - 1}/{shards}")
-    from .checkpoint import read_card
-    from .generation import Pipeline
-    from .trainer import hardware_description
-
     card = read_card(checkpoint)
-    path = reflow_pairs_path(card["sha256"], num_pairs, scale, num_steps, solver, seed)
+    path = reflow_pairs_path(card["sha256"], settings)
+    num_pairs, seed = settings.num_pairs, settings.seed
     if path.is_file():
         return path
     parts = path.with_suffix(".parts")
@@ -150,7 +176,8 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
                              for i in range(start, start + n)])  # [n, *shape]: pair i's noise from (seed, i)
         labels = torch.arange(start, start + n) % 10
         began = time.perf_counter()
-        pairs = text_reflow_pairs(pipeline, labels, noise, scale=scale, num_steps=num_steps, solver=solver)
+        pairs = text_reflow_pairs(pipeline, labels, noise, guidance=settings.guidance, num_steps=settings.steps,
+                                  sampler=settings.sampler)
         x0, x1, y = pairs.tensors
         tmp = part.with_name(part.name + ".tmp")
         save_file({"x0": x0.contiguous(), "x1": x1.contiguous(), "labels": y.contiguous()}, str(tmp),
@@ -166,11 +193,13 @@ def make_reflow_pairs(checkpoint: str | Path, num_pairs: int, *, scale: float = 
             for k in tensors:
                 tensors[k].append(f.get_tensor(k))
     info = {"teacher": config.portable_path(checkpoint), "teacher_sha256": card["sha256"],
-            "teacher_step": card.get("step"), "pairs": num_pairs, "guidance": scale, "steps": num_steps,
-            "solver": solver, "seed": seed, "prompts": "course_lib.captions.class_prompt(label), labels i % 10",
-            "generation_seconds": round(seconds, 1), "hardware": hardware_description(pipeline.device),
+            "teacher_step": card.get("step"), "pairs": num_pairs, "guidance": settings.guidance,
+            "steps": settings.steps, "solver": settings.sampler, "seed": seed,  # the shipped cards' key
+            "prompts": "course_lib.captions.class_prompt(label), labels i % 10",
+            "generation_seconds": round(seconds, 1), "hardware": config.hardware_description(pipeline.device),
             "what": f"{num_pairs} reflow pairs (z_0 = flow sample, z_1 = its noise) of "
-                    f"{config.portable_path(checkpoint)}: {solver} {num_steps} steps at guidance {scale:g}"}
+                    f"{config.portable_path(checkpoint)}: {settings.sampler} {settings.steps} steps at guidance "
+                    f"{settings.guidance:g}"}
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file({k: torch.cat(v).contiguous() for k, v in tensors.items()}, str(tmp), metadata={"card": json.dumps(info)})
     os.replace(tmp, path)
@@ -182,46 +211,10 @@ def load_reflow_pairs(path: str | Path) -> TensorSplit:
     """The pairs of :func:`make_reflow_pairs`: ``TensorSplit(x0, x1, labels)`` with the file's card as ``.card``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no reflow pairs at {path}; make them with python -m course_lib.reflow CHECKPOINT "
-                                "--pairs N (hours on a CPU; resumable)")
+        raise FileNotFoundError(f"no reflow pairs at {path}: they are made by the reflow command from a reflow "
+                                "recipe's name (hours on a CPU; resumable)")
     with safe_open(str(path), framework="pt") as f:
         card = json.loads(f.metadata()["card"])
         split = TensorSplit(f.get_tensor("x0"), f.get_tensor("x1"), f.get_tensor("labels"), source=card["what"])
     split.card = card
     return split
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.reflow",
-                                     description="Generate the reflow pairs of a text-to-image rectified flow.")
-    parser.add_argument("checkpoint", help="a rectified-flow checkpoint, e.g. data/checkpoints/rf-small.safetensors")
-    parser.add_argument("--pairs", type=int, required=True, help="how many (sample, noise) pairs")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--solver", choices=["euler", "heun"], default="euler")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk", type=int, default=500, help="pairs per saved chunk (the unit of resumption)")
-    parser.add_argument("--shard", default="0/1", metavar="I/K",
-                        help="make only every K-th chunk from the I-th: run K processes (0/K ... K-1/K) side by side")
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
-    index, _, shards = args.shard.partition("/")
-    if not (index.isdigit() and shards.isdigit() and int(index) < int(shards)):
-        parser.error(f"--shard takes I/K with 0 <= I < K, e.g. 0/2 and 1/2; got {args.shard!r}")
-    shard = (int(index), int(shards))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.pairs < 1:
-        parser.error("--pairs must be at least 1")
-    path = make_reflow_pairs(args.checkpoint, args.pairs, scale=args.guidance, num_steps=args.steps,
-                             solver=args.solver, seed=args.seed, chunk=args.chunk, shard=shard)
-    if path is None:
-        print(f"shard {args.shard} done; the other shards' chunks are still missing (run again when they finish "
-              "to join them)")
-        return 0
-    print(f"{load_reflow_pairs(path).card['what']}\nin {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
