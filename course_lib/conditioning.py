@@ -55,20 +55,22 @@ __all__ = ["timestep_embedding", "TimeEmbedding", "modulate", "zero_module"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
-                       time_scale: float = 1.0) -> torch.Tensor:
+                       time_scale: float = 1.0, freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps (Vaswani et al. 2017, Sec. 3.5; DDPM App. B):
 
-        freq_i = max_period^(-i / half),  i = 0 .. half-1,  half = dim // 2
+        freq_i = max_period^(-i / (half - freq_shift)),  i = 0 .. half-1,  half = dim // 2
         emb(t) = [sin(s t freq_0), ..., sin(s t freq_{half-1}), cos(s t freq_0), ..., cos(s t freq_{half-1})]
 
     with s = ``time_scale``: 1 for DDPM's integer steps 0..T-1, 1000 for a continuous t in [0, 1]
     (Flux's ``time_factor=1000.0``, SD3's ``sigma * 1000``), so that t = 0.5 embeds as step 500.
 
-    t: [B] -> [B, dim] float32 (an odd ``dim`` gets a zero last column). The DDPM code divides by
-    ``half - 1`` instead of ``half``; the two differ only in the exact frequency spacing.
+    t: [B] -> [B, dim] float32 (an odd ``dim`` gets a zero last column). ``freq_shift``: the DDPM code
+    divides by ``half - 1`` (``freq_shift=1``, diffusers' ``downscale_freq_shift``; so do the converted DDPM
+    checkpoints), the course's models by ``half`` (0): the same idea, another exact frequency spacing.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+                      / (half - freq_shift))
     args = (t.float() * time_scale)[:, None] * freqs[None, :]  # [B, half]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # [B, 2*half]
     if dim % 2:
@@ -85,21 +87,22 @@ class TimeEmbedding(nn.Module):
     (1000.0 for a continuous t in [0, 1]); it is a constant, not a parameter.
     """
 
-    def __init__(self, dim: int, emb_dim: int | None = None, time_scale: float = 1.0):
+    def __init__(self, dim: int, emb_dim: int | None = None, time_scale: float = 1.0, freq_shift: float = 0.0):
         super().__init__()
         self.dim = dim
         self.time_scale = time_scale
+        self.freq_shift = freq_shift
         emb_dim = emb_dim or 4 * dim
         self.fc1 = nn.Linear(dim, emb_dim)
         self.fc2 = nn.Linear(emb_dim, emb_dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        h = timestep_embedding(t, self.dim, time_scale=self.time_scale)  # [B, dim], float32
+        h = timestep_embedding(t, self.dim, time_scale=self.time_scale, freq_shift=self.freq_shift)  # [B, dim]
         h = self.fc1(h.to(self.fc1.weight.dtype))  # [B, 4 dim]; the model's dtype (a .half() or .double() model)
         return self.fc2(F.silu(h))  # [B, 4 dim]
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, time_scale={self.time_scale}"
+        return f"dim={self.dim}, time_scale={self.time_scale}, freq_shift={self.freq_shift}"
 
 
 def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

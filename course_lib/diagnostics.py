@@ -158,11 +158,11 @@ def paired_unets(model_config: Callable[..., UNetConfig] = UNetConfig.tiny, seed
 def paired_train_config(fast: bool = False, device: torch.device | str = "cpu", **overrides) -> TrainConfig:
     """Chapter 2's training settings: 1,500 steps of 32 images, lr 1e-3 (warm-up 50), EMA 0.995, seed 0.
 
-    ``fast``: the 60-step run of ``COURSE_FAST=1`` (batch 16, warm-up 10, EMA 0.9). bf16 autocast and
+    ``fast``: the 40-step run of ``COURSE_FAST=1`` (batch 16, warm-up 10, EMA 0.9). bf16 autocast and
     channels-last only where ``device`` computes bf16 natively (``config.native_bf16``).
     """
     bf16 = torch.device(device).type == "cpu" and config.native_bf16(device)
-    settings = dict(max_steps=60 if fast else 1500, batch_size=16 if fast else 32, lr=1e-3,
+    settings = dict(max_steps=40 if fast else 1500, batch_size=16 if fast else 32, lr=1e-3,
                     warmup_steps=10 if fast else 50, ema_decay=0.9 if fast else 0.995, seed=0,
                     bf16=bf16, channels_last=bf16, checkpoint_minutes=None)
     return TrainConfig(**{**settings, **overrides})

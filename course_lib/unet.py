@@ -86,6 +86,13 @@ class UNetConfig:
     attention_impl:       "einsum" (chapter 1), "sdpa" or "chunked": same function, different speed/memory
     context_dim:          width of the text tokens to cross-attend to (chapter 3); None = unconditional
     transformer_depth:    BasicTransformerBlocks per SpatialTransformer (used only with context_dim)
+
+    Layout details that change what the same weights compute (the course's models keep the defaults; a model
+    converted from diffusers or TensorFlow takes that code's values, see :meth:`paper`):
+    norm_eps:             GroupNorm epsilon of the ResBlocks, self-attention and output norm (PyTorch's 1e-5)
+    downsample_padding:   "symmetric" or "right_bottom" (:data:`DOWNSAMPLE_PADDINGS`)
+    freq_shift:           the sinusoid's frequency spacing, max_period^(-i / (half - freq_shift))
+                          (:func:`~course_lib.conditioning.timestep_embedding`; 1 in the DDPM code)
     """
 
     in_channels: int = 3
@@ -102,6 +109,9 @@ class UNetConfig:
     attention_impl: str = "einsum"
     context_dim: int | None = None
     transformer_depth: int = 1
+    norm_eps: float = 1e-5
+    downsample_padding: str = "symmetric"
+    freq_shift: float = 0.0
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists: turn them back so configs compare equal.
@@ -130,6 +140,11 @@ class UNetConfig:
                              f"for an unconditional UNet, got {self.context_dim}")
         if self.transformer_depth < 1:
             raise ValueError(f"transformer_depth must be >= 1, got {self.transformer_depth}")
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"downsample_padding must be one of {sorted(DOWNSAMPLE_PADDINGS)}, got "
+                             f"{self.downsample_padding!r}")
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ValueError(f"norm_eps must be a small positive number (1e-5, 1e-6), got {self.norm_eps}")
         factor = self.downsample_factor
         if self.image_size % factor:
             raise ValueError(
@@ -160,14 +175,15 @@ class UNetConfig:
     def paper(cls, **overrides) -> "UNetConfig":
         """Ho et al. (2020)'s CIFAR-10 model: 128 channels, (1,2,2,2), attention at 16x16, dropout 0.1; 35.7M params.
 
-        The layout, widths and parameter count are theirs; two numerical details of their released code
-        (hojonathanho/diffusion, TensorFlow) differ from this PyTorch version:
+        The layout, widths and parameter count are theirs; three numerical details of their released code
+        (hojonathanho/diffusion, TensorFlow) differ from this config's defaults, and are options of it:
 
         * GroupNorm epsilon: theirs is ``tf.contrib.layers.group_norm``'s default, 1e-6
-          (``diffusion_tf/models/unet.py``, ``normalize``); ``nn.GroupNorm`` here uses PyTorch's 1e-5;
+          (``diffusion_tf/models/unet.py``, ``normalize``); the default here is PyTorch's 1e-5 (``norm_eps``);
         * downsampling: their stride-2 3x3 convolution pads ``'SAME'`` (``diffusion_tf/nn.py``, ``conv2d``),
-          which for an even size pads one pixel at the right and bottom only; :class:`Downsample` here
-          pads one pixel on every side, so its output grid is shifted by one input pixel.
+          which for an even size pads one pixel at the right and bottom only (``downsample_padding=
+          "right_bottom"``); the default pads one pixel on every side;
+        * the sinusoid divides by ``half - 1`` (``get_timestep_embedding``; ``freq_shift=1``), the default by half.
 
         Their trained weights would therefore not reproduce their outputs exactly in this UNet. The course
         trains its own models with these settings and keeps them (the shipped checkpoints depend on them).
@@ -238,16 +254,16 @@ class ResBlock(EmbedBlock):
     emb_outputs = 1
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int | None, dropout: float = 0.0,
-                 num_groups: int = 32):
+                 num_groups: int = 32, eps: float = 1e-5):
         super().__init__()
         if emb_dim is None and self.emb_outputs != 1:
             raise ValueError(f"{type(self).__name__} is conditioned through its timestep embedding: give emb_dim "
                              "(ResBlock(..., emb_dim=None) is the block without one)")
-        self.norm1 = nn.GroupNorm(num_groups, in_channels)
+        self.norm1 = nn.GroupNorm(num_groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = (nn.Linear(emb_dim, self.emb_outputs * out_channels) if emb_dim is not None
                          else None)
-        self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.shortcut = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
@@ -320,12 +336,13 @@ class AttentionBlock(HookableAttention):
 
     self_attention_only = True
 
-    def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32, impl: str = "einsum"):
+    def __init__(self, channels: int, num_heads: int = 1, num_groups: int = 32, impl: str = "einsum",
+                 eps: float = 1e-5):
         super().__init__(impl)
         if channels % num_heads:
             raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(num_groups, channels)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
 
@@ -338,15 +355,33 @@ class AttentionBlock(HookableAttention):
         return x + self.proj_out(out)
 
 
-class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution: [B, C, H, W] -> [B, C, H/2, W/2]."""
+#: how a stride-2 convolution pads an even-sized input, (left, right, top, bottom): "symmetric" pads one pixel
+#: on every side (the course's shipped models); "right_bottom" pads only the right and bottom, as LDM's and
+#: diffusers' ``Downsample`` (``padding=0``) and TensorFlow's ``'SAME'`` do, so the output grid starts at the
+#: first input pixel instead of one pixel before it
+DOWNSAMPLE_PADDINGS = {"symmetric": (1, 1, 1, 1), "right_bottom": (0, 1, 0, 1)}
 
-    def __init__(self, channels: int):
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 convolution: [B, C, H, W] -> [B, C, H/2, W/2].
+
+    ``padding``: a key of :data:`DOWNSAMPLE_PADDINGS`. With the same weights the two layouts compute
+    different maps (shifted by one input pixel), so a checkpoint keeps the padding it was trained with."""
+
+    def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"padding must be one of {sorted(DOWNSAMPLE_PADDINGS)}, got {padding!r}")
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if padding == "symmetric" else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        if self.padding != "symmetric":  # the convolution pads symmetrically itself
+            x = F.pad(x, DOWNSAMPLE_PADDINGS[self.padding])  # [B, C, H + 1, W + 1]
+        return self.conv(x)  # [B, C, H/2, W/2]
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding!r}"
 
 
 class Upsample(nn.Module):
@@ -402,7 +437,7 @@ class UNet(nn.Module):
         self.config = config
         ch = config.base_channels
         emb_dim = 4 * ch
-        self.time_embed = TimeEmbedding(ch, emb_dim)
+        self.time_embed = TimeEmbedding(ch, emb_dim, freq_shift=config.freq_shift)
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
 
         # Down path: remember the channel count of every skip connection it produces.
@@ -416,7 +451,7 @@ class UNet(nn.Module):
                 ch = out_ch
                 skip_channels.append(ch)
             if level != config.levels - 1:
-                self.down.append(EmbedSequential(Downsample(ch)))
+                self.down.append(EmbedSequential(Downsample(ch, config.downsample_padding)))
                 resolution //= 2
                 skip_channels.append(ch)
 
@@ -439,13 +474,14 @@ class UNet(nn.Module):
                 self.up.append(stage)
         assert not skip_channels, "every skip connection must be consumed"
 
-        self.norm_out = nn.GroupNorm(config.num_groups, ch)
+        self.norm_out = nn.GroupNorm(config.num_groups, ch, eps=config.norm_eps)
         self.conv_out = zero_module(nn.Conv2d(ch, config.resolved_out_channels, 3, padding=1))
 
     # The one place that decides which residual block the UNet is built from.
     def _res_block(self, in_channels: int, out_channels: int) -> nn.Module:
         c = self.config
-        return RES_BLOCKS[c.resblock](in_channels, out_channels, 4 * c.base_channels, c.dropout, c.num_groups)
+        return RES_BLOCKS[c.resblock](in_channels, out_channels, 4 * c.base_channels, c.dropout, c.num_groups,
+                                      eps=c.norm_eps)
 
     def _attention_block(self, channels: int) -> nn.Module:
         """Self-attention (unconditional) or a SpatialTransformer that also attends to text (context_dim set)."""
@@ -453,7 +489,7 @@ class UNet(nn.Module):
         if c.conditional:
             return SpatialTransformer(channels, c.num_heads, c.context_dim, depth=c.transformer_depth,
                                       num_groups=c.num_groups, impl=c.attention_impl, dropout=c.dropout)
-        return AttentionBlock(channels, c.num_heads, c.num_groups, c.attention_impl)
+        return AttentionBlock(channels, c.num_heads, c.num_groups, c.attention_impl, eps=c.norm_eps)
 
     def _stage(self, in_channels: int, out_channels: int, resolution: int) -> EmbedSequential:
         """A ResBlock, followed by self-attention if this resolution is in attention_resolutions."""

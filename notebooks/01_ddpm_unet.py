@@ -580,7 +580,7 @@ plt.show()
 recipe_cfg = recipe.train_config()
 # the recipe's settings, for a short run: fewer steps and a learning-rate warm-up of 20 steps (the shipped
 # ddpm-small warmed up over 1000 steps and ran far longer: section 7 prints its card)
-train_cfg = dataclasses.replace(recipe_cfg, max_steps=config.pick(60, 50), batch_size=config.pick(16, 32),
+train_cfg = dataclasses.replace(recipe_cfg, max_steps=config.pick(30, 50), batch_size=config.pick(16, 32),
                                 warmup_steps=min(recipe_cfg.warmup_steps, 20))
 print(f"{train_cfg.max_steps} steps of {train_cfg.batch_size} images: "
       + ("about 10 s" if FAST else "0.5-2 minutes on 2 CPU cores (15-55 images/s), seconds on a GPU"))
@@ -961,7 +961,7 @@ plt.show()
 # samples are compared with as many *real* images, whose score is the floor a perfect model would reach:
 
 # %%
-n_fd, fd_steps = config.pick(100, 500), config.pick(10, 25)  # full mode: about 100 s on 2 CPU cores
+n_fd, fd_steps = config.pick(50, 500), config.pick(6, 25)  # full mode: about 100 s on 2 CPU cores
 clf_features = ClassifierFeatures(device=device)
 train_stats = reference_statistics(clf_features, "train")  # all training images of the source, computed once
 fd_pipeline = pipeline if trained else Pipeline(sampler_model, process)

@@ -295,18 +295,18 @@ plt.show()
 # The full experiment (1,500 steps per model) takes about 40 minutes on a CPU, too long for a lab: its two
 # runs ship in `data/checkpoints/` (`ch2-additive`, `ch2-adagn`: EMA weights and loss history, written by
 # `tools/train_chapter2_pair.py` with this same code) and are loaded. Set `COURSE_LONG=1` to retrain
-# them here. Fast mode trains 60 steps for the loss curves and uses the shipped runs for the rest.
+# them here. Fast mode trains 40 steps for the loss curves and uses the shipped runs for the rest.
 
 # %%
 test_images = load_cifar10("test", limit=config.pick(200, 1000), verbose=False).images
 schedule = NoiseSchedule.linear(1000)
-experiment = paired_train_config(fast=FAST, device=device)  # 1,500 steps of 32 images (fast mode: 60 of 16)
+experiment = paired_train_config(fast=FAST, device=device)  # 1,500 steps of 32 images (fast mode: 40 of 16)
 models, different = paired_unets(UNetConfig.tiny)  # 0.29M parameters: the comparison, not sample quality, matters
 print(f"{len(models['adagn'].state_dict()) - len(different)} of {len(models['adagn'].state_dict())} weight tensors "
       f"start equal; the others are the {sorted({name.split('.')[-2] for name in different})} layers")
 
 # The full experiment takes ~40 min on a CPU: it ships as two checkpoints (tools/train_chapter2_pair.py wrote
-# them with exactly this code) and is loaded, unless you opt in with COURSE_LONG=1. Fast mode trains 60 steps
+# them with exactly this code) and is loaded, unless you opt in with COURSE_LONG=1. Fast mode trains 40 steps
 # for the loss curves and uses the shipped runs, when present, for held-out loss, samples and the probe.
 shipped = shipped_pair()  # data/checkpoints/ch2-additive.safetensors and ch2-adagn.safetensors, or None
 loaded = ({kind: load_pair_run(path, expect=paired_train_config()) for kind, path in shipped.items()}

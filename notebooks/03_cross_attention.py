@@ -217,7 +217,7 @@ assert check_cross_attention(cross_attention)
 
 # %%
 recipe = RECIPES["cond-tiny" if FAST else "cond-small"]
-short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(30, 60), batch_size=config.pick(16, 32),
+short = dataclasses.replace(recipe.train_config(), max_steps=config.pick(20, 60), batch_size=config.pick(16, 32),
                             warmup_steps=20, checkpoint_minutes=None)
 print(f"{short.max_steps} steps of {short.batch_size} images: "
       + ("about 10 s" if FAST else "about 1 minute on 2 CPU cores"))
@@ -458,7 +458,7 @@ from course_lib.evaluation import sample_images
 from course_lib.features import ClassifierFeatures, extract_features, real_features, reference_statistics
 from course_lib.metrics import FeatureStats, frechet_distance, precision_recall
 
-n_pr, pr_steps = config.pick(40, 150), 10  # full mode: about 1.5 minutes on 2 CPU cores
+n_pr, pr_steps = config.pick(24, 150), config.pick(6, 10)  # full mode: about 1.5 minutes on 2 CPU cores
 clf_features = ClassifierFeatures(device=device)
 train_stats = reference_statistics(clf_features, "train")
 real_train = real_features(clf_features, n_pr, "train")  # [n_pr, 128]: the real side of precision/recall

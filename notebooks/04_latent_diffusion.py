@@ -197,7 +197,7 @@ print(f"Stable Diffusion 1.x: 512 x 512 x 3 = {512 * 512 * 3:,} numbers -> laten
 # %%
 train = load_cifar10("train", hflip=True)
 ae_recipe = RECIPES["vae-tiny" if FAST else "vae-small"]
-ae_short = dataclasses.replace(ae_recipe.train_config(), max_steps=config.pick(30, 60), batch_size=config.pick(16, 32),
+ae_short = dataclasses.replace(ae_recipe.train_config(), max_steps=config.pick(20, 60), batch_size=config.pick(16, 32),
                                warmup_steps=10, checkpoint_minutes=None)
 print(f"{ae_recipe.name}: {ae_recipe.description}; {ae_short.max_steps} steps of {ae_short.batch_size} images, "
       f"KL weight {ae_recipe.kl_weight:g}")
@@ -494,7 +494,7 @@ plt.show()
 
 # %%
 ldm_recipe = RECIPES["ldm-tiny" if FAST else "ldm-small"]
-ldm_short = dataclasses.replace(ldm_recipe.train_config(), max_steps=config.pick(30, 60),
+ldm_short = dataclasses.replace(ldm_recipe.train_config(), max_steps=config.pick(20, 60),
                                 batch_size=config.pick(16, 32), warmup_steps=20, checkpoint_minutes=None)
 config.seed_everything(0)
 ldm_model = ldm_recipe.build_model()
@@ -589,7 +589,7 @@ print(f"w = {guidance.state['guidance']:g}: mean |change| of the images from w =
 process = DDPMProcess()
 bench_models = {"pixel": TextToImageModel(Text2ImageConfig.small()),
                 "latent": TextToImageModel(Text2ImageConfig.latent_small())}
-bench_batch, bench_steps = config.pick(16, 32), config.pick(5, 10)
+bench_batch, bench_steps = config.pick(8, 32), config.pick(3, 10)
 
 
 def training_step(model):
@@ -789,11 +789,11 @@ plt.show()
 # %%
 kl_weights = config.pick((1e-6, 1.0), (1e-6, 1e-2, 1.0))
 kl_recipe = RECIPES["vae-tiny"]
-kl_train = dataclasses.replace(kl_recipe.train_config(), max_steps=config.pick(60, 250), batch_size=config.pick(16, 32),
+kl_train = dataclasses.replace(kl_recipe.train_config(), max_steps=config.pick(30, 250), batch_size=config.pick(16, 32),
                                warmup_steps=10, checkpoint_minutes=None, progress=False)
 probe_kl = probe[:config.pick(200, 500)]  # every class
 print(f"{len(kl_weights)} x {kl_train.max_steps} steps of {kl_train.batch_size} images "
-      + ("(about 20 s)" if FAST else "(under 2 minutes: 107 s on one CPU thread when measured)"))
+      + ("(about 10 s)" if FAST else "(under 2 minutes: 107 s on one CPU thread when measured)"))
 
 
 @torch.no_grad()

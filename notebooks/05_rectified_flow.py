@@ -271,7 +271,7 @@ assert check_rf_loss(rf_loss) and check_euler_step(euler_step)
 # procedure can be repeated. The pairs are simulated accurately (Heun, 64 steps), since the new flow learns them as given.
 
 # %%
-n_pairs = config.pick(8000, 20000)
+n_pairs = config.pick(4000, 20000)
 flows = {1: flow_1}
 reflow_seconds = {}
 for k in (2, 3):
@@ -418,7 +418,7 @@ ae_checkpoint = config.checkpoint_dir() / "vae-small.safetensors"
 rf_recipe = RECIPES["rf-tiny" if FAST else "rf-small"]
 if ae_checkpoint.exists():
     latents = cached_latents(ae_checkpoint, "train", limit=config.pick(500, 5000), progress=False)
-    rf_short = TrainConfig(max_steps=config.pick(30, 60), batch_size=config.pick(16, 32), lr=2e-4, warmup_steps=10,
+    rf_short = TrainConfig(max_steps=config.pick(20, 60), batch_size=config.pick(16, 32), lr=2e-4, warmup_steps=10,
                            ema_decay=0.99, checkpoint_minutes=None)
     config.seed_everything(0)
     rf_run = fit(rf_recipe.build_model(), rf_recipe.loss_fn(), rf_recipe.batches(latents, rf_short), rf_short,
@@ -464,7 +464,7 @@ if missing:
 
 # %%
 step_list = [1, 2, 4, 8, 16, 50]
-prompts = [class_prompt(c) for c in range(config.pick(6, 10))]
+prompts = [class_prompt(c) for c in range(config.pick(4, 10))]
 z_img = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
 if len(pipes) >= 2:
     grid = {name: torch.cat([pipe.generate(prompts, guidance=GUIDANCE[name], num_steps=n, x_T=z_img.to(device)).cpu()
@@ -487,8 +487,8 @@ from course_lib.evaluation import sample_images
 from course_lib.features import ClassifierFeatures, extract_features, reference_statistics
 from course_lib.metrics import FeatureStats, frechet_distance
 
-n_fd = config.pick(40, 100)  # images per point; full mode: about 1.5 minutes on 2 CPU cores (3 models)
-fd_steps = config.pick([1, 2, 4, 8], step_list)
+n_fd = config.pick(24, 100)  # images per point; full mode: about 1.5 minutes on 2 CPU cores (3 models)
+fd_steps = config.pick([1, 4], step_list)
 fd = {}
 if pipes:
     clf = ClassifierFeatures(device=device)

@@ -406,7 +406,7 @@ text_model = recipe.build_model()
 print(f"{recipe.name}: {type(text_model).__name__}, {text_model.parameter_counts()}")
 if ae_checkpoint.exists():
     latents = cached_latents(ae_checkpoint, "train", limit=config.pick(500, 5000), progress=False)
-    short = TrainConfig(max_steps=config.pick(40, 60), batch_size=config.pick(16, 32), lr=3e-4, warmup_steps=10,
+    short = TrainConfig(max_steps=config.pick(20, 60), batch_size=config.pick(16, 32), lr=3e-4, warmup_steps=10,
                         ema_decay=0.99, checkpoint_minutes=None)
     config.seed_everything(0)
     start = time.perf_counter()

@@ -41,6 +41,17 @@ def test_the_default_embedding_is_the_one_the_shipped_unets_were_trained_with():
     assert torch.equal(timestep_embedding(t.float(), 64), expected)  # float and integer t alike
 
 
+def test_freq_shift_gives_the_ddpm_code_s_frequencies():
+    """freq_shift=1: f_i = 10000^(-i / (half - 1)), as hojonathanho/diffusion's get_timestep_embedding (and diffusers'
+    downscale_freq_shift=1) space them: the last frequency is exactly 1/10000."""
+    t = torch.tensor([3.0, 250.0])
+    emb = timestep_embedding(t, 16, freq_shift=1)
+    freqs = 10000.0 ** (-torch.arange(8, dtype=torch.float64) / 7)
+    expected = torch.cat([torch.sin(t.double()[:, None] * freqs), torch.cos(t.double()[:, None] * freqs)], -1)
+    torch.testing.assert_close(emb.double(), expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(emb, timestep_embedding(t, 16), atol=1e-3)  # the default spacing differs
+
+
 def test_time_scale_embeds_continuous_time_as_integer_steps():
     """time_scale=1000 (Flux, SD3): t in [0, 1] embeds as step 1000 t."""
     t = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])  # 1000 t is exact in float32

@@ -62,7 +62,11 @@ def cfg(steps: int, **kw) -> TrainConfig:
                        checkpoint_minutes=None, **kw)
 
 
-def worker(rank: int, world: int, port: int, folder: str, loss: str, steps: int, checkpoint_every) -> None:
+def worker(rank: int, world: int, port: int, jobs: list) -> None:
+    """One rank: join the group, then run each job (folder, loss, steps, checkpoint_every) in turn, as separate
+    ``fit`` calls (a job on a folder that already holds a state resumes it). Spawning processes costs seconds,
+    so a test runs all its jobs in one spawn. Rank r leaves, per job j, ``result-rank{r}.pt`` and the checkpoint
+    paths it wrote, ``saves-rank{r}-job{j}.json``."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -78,19 +82,28 @@ def worker(rank: int, world: int, port: int, folder: str, loss: str, steps: int,
 
     trainer.save_checkpoint = spy
     try:
-        model = make_model()
-        result = fit(model, LOSSES[loss], make_batches(), cfg(steps, checkpoint_every=checkpoint_every),
-                     checkpoint_path=os.path.join(folder, "state.safetensors"), device=device, dist_info=info)
-        torch.save({"model": model.state_dict(), "ema": result.ema.state_dict(), "losses": result.losses},
-                   os.path.join(folder, f"result-rank{rank}.pt"))
+        for j, (folder, loss, steps, checkpoint_every) in enumerate(jobs):
+            saves.clear()
+            try:
+                model = make_model()
+                state = os.path.join(folder, "state.safetensors")
+                start = read_card(state)["step"] if os.path.exists(state) else 0  # the step a resume starts from
+                result = fit(model, LOSSES[loss], make_batches(), cfg(steps, checkpoint_every=checkpoint_every),
+                             checkpoint_path=state, device=device, dist_info=info)
+                torch.save({"model": model.state_dict(), "ema": result.ema.state_dict(), "losses": result.losses,
+                            "start": start}, os.path.join(folder, f"result-rank{rank}.pt"))
+            finally:
+                with open(os.path.join(folder, f"saves-rank{rank}-job{j}.json"), "w") as f:
+                    json.dump(saves, f)
+            torch.distributed.barrier()  # rank 0's last save is on disk before any rank starts the next job
     finally:
-        with open(os.path.join(folder, f"saves-rank{rank}.json"), "w") as f:
-            json.dump(saves, f)
         distributed.close(info)
 
 
-def run_two(folder, loss: str, steps: int, checkpoint_every=None) -> None:
-    mp.spawn(worker, args=(2, free_port(), str(folder), loss, steps, checkpoint_every), nprocs=2, join=True)
+def run_two(*jobs) -> None:
+    """Run the jobs ``(folder, loss, steps[, checkpoint_every])`` one after another on 2 ranks, in one spawn."""
+    jobs = [(str(job[0]), job[1], job[2], job[3] if len(job) > 3 else None) for job in jobs]
+    mp.spawn(worker, args=(2, free_port(), jobs), nprocs=2, join=True)
 
 
 def test_shard_splits_the_global_batch_in_rank_order():
@@ -104,7 +117,7 @@ def test_shard_splits_the_global_batch_in_rank_order():
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
-    run_two(tmp_path, "exact", steps=5)
+    run_two((tmp_path, "exact", 5))
     ranks = [torch.load(tmp_path / f"result-rank{r}.pt") for r in (0, 1)]
     one = fit(make_model(), exact_loss, make_batches(), cfg(5), device="cpu")
     for key, value in one.ema.state_dict().items():
@@ -117,13 +130,13 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
 def test_resumed_run_equals_uninterrupted_and_only_rank_0_writes(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir(), parts.mkdir()
-    run_two(whole, "noisy", steps=6)
-    run_two(parts, "noisy", steps=3)
-    assert read_card(parts / "state.safetensors")["step"] == 3
-    assert json.loads((parts / "saves-rank1.json").read_text()) == []  # rank 1 never wrote
-    assert json.loads((parts / "saves-rank0.json").read_text()) == [str(parts / "state.safetensors")]
-    run_two(parts, "noisy", steps=6)  # resumed from step 3 by both ranks
+    # 6 steps at once; 3 steps, then a new fit on the same state: resumed from step 3 by both ranks
+    run_two((whole, "noisy", 6), (parts, "noisy", 3), (parts, "noisy", 6))
+    assert json.loads((parts / "saves-rank1-job1.json").read_text()) == []  # rank 1 never wrote
+    assert json.loads((parts / "saves-rank0-job1.json").read_text()) == [str(parts / "state.safetensors")]
+    assert json.loads((parts / "saves-rank1-job2.json").read_text()) == []
     a, b = torch.load(whole / "result-rank0.pt"), torch.load(parts / "result-rank0.pt")
+    assert a["start"] == 0 and b["start"] == 3  # the last job resumed the state the one before saved at step 3
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]) and torch.equal(a["ema"][key], b["ema"][key])
     assert a["losses"] == b["losses"]
@@ -133,7 +146,7 @@ def test_resumed_run_equals_uninterrupted_and_only_rank_0_writes(tmp_path):
 
 def test_a_failing_rank_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(Exception, match=r"rank 1 of 2 stopped at step 3: RuntimeError: boom on rank 1"):
-        run_two(tmp_path, "failing", steps=10, checkpoint_every=2)
+        run_two((tmp_path, "failing", 10, 2))
     state = tmp_path / "state.safetensors"
     assert read_card(state)["step"] == 2  # the save of step 2; nothing after it
     load_checkpoint(state, make_model())  # and it loads

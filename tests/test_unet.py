@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomize_zero_init
 
 from course_lib.attention import HookableAttention
@@ -171,3 +172,33 @@ def test_unet_runs_in_any_floating_dtype(dtype, resblock):
     model = randomize_zero_init(UNet(UNetConfig.tiny(resblock=resblock)), std=0.05)
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
     assert_runs_in_dtype(model, lambda m, dt: m(x.to(dt), t), dtype)
+
+
+def test_downsample_pads_right_and_bottom_as_ldm_or_on_every_side():
+    """"right_bottom": pad one zero column and row at the end, then a stride-2 conv without padding (LDM, diffusers,
+    TF's 'SAME'); "symmetric": the conv's own padding 1. Same weights, outputs on grids shifted by a pixel."""
+    from course_lib.unet import Downsample
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    ldm, ours = Downsample(4, "right_bottom"), Downsample(4)
+    ours.load_state_dict(ldm.state_dict())
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), ldm.conv.weight, ldm.conv.bias, stride=2)
+    assert torch.equal(ldm(x), expected) and ldm(x).shape == ours(x).shape == (2, 4, 4, 4)
+    torch.testing.assert_close(ours(x), F.conv2d(x, ours.conv.weight, ours.conv.bias, stride=2, padding=1))
+    assert not torch.allclose(ldm(x), ours(x))
+    with pytest.raises(ValueError, match="padding must be one of"):
+        Downsample(4, "left")
+
+
+def test_layout_options_reach_every_block_and_default_to_the_shipped_layout():
+    cfg = UNetConfig.tiny(norm_eps=1e-6, downsample_padding="right_bottom", freq_shift=1)
+    unet = UNet(cfg)
+    norms = [m for m in unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.eps for m in norms} == {1e-6}
+    downs = [m for m in unet.modules() if type(m).__name__ == "Downsample"]
+    assert downs and {m.padding for m in downs} == {"right_bottom"} and unet.time_embed.freq_shift == 1
+    default = UNetConfig.tiny()
+    assert (default.norm_eps, default.downsample_padding, default.freq_shift) == (1e-5, "symmetric", 0.0)
+    with pytest.raises(ValueError, match="downsample_padding must be one of"):
+        UNetConfig.tiny(downsample_padding="same")
