@@ -74,6 +74,8 @@ __all__ = [
     "psnr",
     "reconstruction_psnr",
     "latent_scaling_factor",
+    "latent_shift_factor",
+    "posterior_samples",
     "LDM_LAYOUT",
 ]
 
@@ -103,6 +105,8 @@ class AutoencoderConfig:
     image_size:       the training resolution (the model is convolutional and takes any multiple of the factor)
     decoder_base_channels:  the decoder's own ``base_channels`` (None: the same as the encoder's)
     decoder_num_res_blocks: the decoder's own ``num_res_blocks`` (None: the same; it builds one more per level)
+    shift_factor:     SD3's and Flux's latent shift: the diffusion model's data is (z - shift_factor) * scaling_factor
+                      (0: LDM's and Stable Diffusion 1/2's scaled latents, ``vae-small``'s); see :meth:`AutoencoderKL.encode_latents`
     norm_eps:         GroupNorm epsilon everywhere (LDM's ``Normalize`` and diffusers: 1e-6; ``vae-small``: 1e-5)
     downsample_padding: "right_bottom" (LDM and diffusers: pad right and bottom, then a stride-2 conv) or
                       "symmetric" (one pixel on every side: ``vae-small``); see ``course_lib.unet.Downsample``
@@ -130,6 +134,7 @@ class AutoencoderConfig:
     image_size: int = 32
     decoder_base_channels: int | None = None
     decoder_num_res_blocks: int | None = None
+    shift_factor: float = 0.0
     norm_eps: float = 1e-5
     downsample_padding: str = "symmetric"
 
@@ -379,8 +384,8 @@ class AutoencoderKL(nn.Module):
     For a diffusion model, the *scaled* latents (LDM's ``get_first_stage_encoding`` and
     ``decode_first_stage``):
 
-        encode_latents(x) = scaling_factor * z,   z ~ q(z|x)
-        decode_latents(z_scaled) = decode(z_scaled / scaling_factor)
+        encode_latents(x) = (z - shift_factor) * scaling_factor,   z ~ q(z|x)
+        decode_latents(z_scaled) = decode(z_scaled / scaling_factor + shift_factor)
 
     ``scaling_factor`` is a buffer (saved in the checkpoint; 1.0 until :func:`latent_scaling_factor`
     is measured and :meth:`set_scaling_factor` stores it).
@@ -441,14 +446,19 @@ class AutoencoderKL(nn.Module):
 
     def encode_latents(self, x: torch.Tensor, sample_posterior: bool = True,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """The diffusion model's data: scaling_factor * z, z ~ q(z|x) (or its mean): [B, C, H/f, W/f]."""
+        """The diffusion model's data: (z - shift_factor) * scaling_factor, z ~ q(z|x) (or its mean): [B, C, H/f, W/f].
+
+        LDM and Stable Diffusion 1/2 only scale (shift 0); SD3 and Flux first subtract a shift, the latents'
+        mean, so that the data has mean 0 as well as variance 1 (SD3's VAE: shift 0.0609, scale 1.5305)."""
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.scaling_factor * z
+        return (z - self.config.shift_factor) * self.scaling_factor
 
     def decode_latents(self, z_scaled: torch.Tensor) -> torch.Tensor:
-        """Images from scaled latents (what a latent diffusion model samples): decode(z / scaling_factor)."""
-        return self.decode(z_scaled / self.scaling_factor)
+        """Images from the diffusion model's latents: decode(z_scaled / scaling_factor + shift_factor), the inverse
+        of :meth:`encode_latents`, unbounded (no clipping: the decoder maps latents outside the training range
+        somewhere sensible, and :class:`~course_lib.generation.Pipeline` clamps only the images)."""
+        return self.decode(z_scaled / self.scaling_factor + self.config.shift_factor)
 
 
 # --------------------------------------------------------------------------- loss and metrics
@@ -522,6 +532,19 @@ def reconstruction_psnr(model: AutoencoderKL, images: torch.Tensor, batch_size: 
 
 
 @torch.no_grad()
+def posterior_samples(model: AutoencoderKL, images: torch.Tensor, batch_size: int = 250, seed: int = 0) -> torch.Tensor:
+    """Posterior samples z ~ q(z|x) of ``images``, [N, C, h, w] on the CPU, the noise seeded by ``seed``: what a
+    latent diffusion model is trained on, and what the latent statistics below are measured on."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    try:
+        return torch.cat([model.encode(batch.to(device)).sample(generator).cpu() for batch in images.split(batch_size)])
+    finally:
+        model.train(was_training)
+
+
 def latent_scaling_factor(model: AutoencoderKL, images: torch.Tensor, batch_size: int = 250,
                           seed: int = 0) -> float:
     """LDM's latent rescaling: 1 / std of posterior *samples* z ~ q(z|x) over ``images`` (every number
@@ -531,13 +554,11 @@ def latent_scaling_factor(model: AutoencoderKL, images: torch.Tensor, batch_size
     assumes (Rombach et al. 2022, Sec. 4.3.2). Samples, not means, because samples are what the
     diffusion model is trained on. ``seed`` seeds the posterior noise, so the factor is reproducible.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)
-    try:
-        z = torch.cat([model.encode(batch.to(device)).sample(generator).cpu()
-                       for batch in images.split(batch_size)])  # [N, C, h, w]
-    finally:
-        model.train(was_training)
-    return 1.0 / z.flatten().std().item()
+    return 1.0 / posterior_samples(model, images, batch_size, seed).flatten().std().item()
+
+
+def latent_shift_factor(model: AutoencoderKL, images: torch.Tensor, batch_size: int = 250, seed: int = 0) -> float:
+    """SD3's latent shift: the mean of posterior samples z ~ q(z|x) over ``images`` (every number pooled), so that
+    (z - shift) * scale has mean 0. With it, :func:`latent_scaling_factor`'s 1 / std (the std is taken about
+    the mean) makes the data zero-mean and unit-variance, as the noise schedule assumes."""
+    return posterior_samples(model, images, batch_size, seed).flatten().mean().item()

@@ -63,7 +63,7 @@ def autoencoder_to_diffusers(model: AutoencoderKL) -> tuple[dict, dict[str, torc
         {en,de}coder.mid.attn_1      -> {en,de}coder.mid_block.attentions[0] (qkv split into to_q/k/v)
         {en,de}coder.norm_out        -> {en,de}coder.conv_norm_out
         decoder.up[i]                -> decoder.up_blocks[levels - 1 - i]    (upsample -> upsamplers[0])
-        scaling_factor (a buffer)    -> config["scaling_factor"]
+        scaling_factor (a buffer)    -> config["scaling_factor"]; config.shift_factor -> config["shift_factor"]
 
     Raises :class:`LayoutError` for a model diffusers cannot compute: GroupNorm eps or downsampling padding
     other than LDM's (``vae-small``: 1e-5 and symmetric padding), a decoder wider or deeper than the encoder,
@@ -110,5 +110,6 @@ def autoencoder_to_diffusers(model: AutoencoderKL) -> tuple[dict, dict[str, torc
               "block_out_channels": [c.base_channels * m for m in c.channel_mult],
               "layers_per_block": c.num_res_blocks, "act_fn": "silu", "latent_channels": c.latent_channels,
               "norm_num_groups": c.num_groups, "sample_size": c.image_size,
-              "scaling_factor": float(model.scaling_factor), "mid_block_add_attention": True}
+              "scaling_factor": float(model.scaling_factor), "shift_factor": c.shift_factor or None,
+              "mid_block_add_attention": True}
     return config, out

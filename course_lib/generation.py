@@ -238,10 +238,15 @@ def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.de
     if not ae_path.is_file():
         raise FileNotFoundError(f"{path} is a latent model: it needs the autoencoder {ae_path}, which does not "
                                 "exist; put it there (or set COURSE_CHECKPOINT_DIR), or pass autoencoder=")
-    if read_card(ae_path).get("sha256") != named["sha256"]:
+    ae_card = read_card(ae_path)
+    if ae_card.get("sha256") != named["sha256"]:
         raise ValueError(f"{ae_path} is not the autoencoder {path} was trained with (weights' SHA-256 "
                          f"{named['sha256'][:12]}...): its latents mean something else to the denoiser. Restore "
                          "that file, or pass autoencoder= to use another one knowingly")
+    shift = ae_card.get("model_config", {}).get("shift_factor", 0.0)
+    if shift != named.get("shift_factor", 0.0):
+        raise ValueError(f"{ae_path} shifts latents by {shift}, but {path} learnt latents shifted by "
+                         f"{named.get('shift_factor', 0.0)}; pass autoencoder= to use another one knowingly")
     autoencoder, _card = model_from_checkpoint(ae_path, device=device)
     return autoencoder
 

@@ -1,7 +1,7 @@
 """Latents of a whole data set, encoded once: what chapter 4's latent diffusion model trains on.
 
 A latent diffusion model (Rombach et al. 2022) never sees pixels while it trains: its data are the
-scaled latents ``scaling_factor * z`` with ``z ~ q(z | x)``, the posterior of a frozen autoencoder
+scaled latents ``(z - shift_factor) * scaling_factor`` with ``z ~ q(z | x)``, the posterior of a frozen autoencoder
 (:class:`~course_lib.autoencoder.AutoencoderKL`). Running the encoder inside the training loop would
 repeat the same work every epoch, and on a CPU the encoder costs about as much as the small denoiser
 itself. So, as fast-DiT does (its ``extract_features.py``), the data set is encoded once and cached.
@@ -44,14 +44,15 @@ class LatentSplit(TensorSplit):
     moments:        [N, 2C, h, w], the encoder's mean and log-variance (``AutoencoderKL.encode``)
     labels:         [N] int64 class labels (captions are drawn from them, as in chapter 3)
     scaling_factor: the autoencoder's latent scaling factor, applied to every sample
+    shift_factor:   the autoencoder's latent shift (SD3's; 0 for LDM's scaling alone), subtracted first
     """
 
     def __init__(self, moments: torch.Tensor, labels: torch.Tensor, *, scaling_factor: float, source: str,
-                 card: dict | None = None):
+                 card: dict | None = None, shift_factor: float = 0.0):
         if moments.ndim != 4 or moments.shape[1] % 2:
             raise ValueError(f"moments must be [N, 2C, h, w] (means, then log-variances), got {tuple(moments.shape)}")
         super().__init__(moments, labels, source=source)
-        self.scaling_factor, self.card = float(scaling_factor), card or {}
+        self.scaling_factor, self.shift_factor, self.card = float(scaling_factor), float(shift_factor), card or {}
 
     @property
     def moments(self) -> torch.Tensor:
@@ -68,12 +69,13 @@ class LatentSplit(TensorSplit):
 
     def latents(self, index: torch.Tensor, generator: torch.Generator | None = None,
                 sample: bool = True) -> torch.Tensor:
-        """Scaled latents of the items at ``index``: scaling_factor * (mean + std * eps), or of the mean."""
+        """The diffusion model's data for the items at ``index``: (z - shift_factor) * scaling_factor with
+        z = mean + std * eps (``sample``) or the mean."""
         mean, logvar = self.moments[index].float().chunk(2, dim=1)  # [B, C, h, w] each
         if not sample:
-            return self.scaling_factor * mean
+            return (mean - self.shift_factor) * self.scaling_factor
         eps = torch.randn(mean.shape, generator=generator)
-        return self.scaling_factor * (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps)
+        return (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps - self.shift_factor) * self.scaling_factor
 
     def batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
         """(latents [B, C, h, w] float32, labels [B]): fresh posterior samples drawn from ``generator``."""
@@ -81,7 +83,8 @@ class LatentSplit(TensorSplit):
 
     def _like(self, tensors: tuple[torch.Tensor, ...]) -> "LatentSplit":
         moments, labels = tensors
-        return LatentSplit(moments, labels, scaling_factor=self.scaling_factor, source=self.source, card=self.card)
+        return LatentSplit(moments, labels, scaling_factor=self.scaling_factor, source=self.source, card=self.card,
+                           shift_factor=self.shift_factor)
 
     def __repr__(self) -> str:
         return (f"LatentSplit(n={len(self)}, latents {self.latent_shape}, scaling_factor={self.scaling_factor:.4f}, "
@@ -117,8 +120,11 @@ def cached_latents(autoencoder_checkpoint: str | Path, split: str = "train", *, 
                    limit: int | None = None) -> LatentSplit:
     """The :class:`LatentSplit` of a CIFAR-10 split under an autoencoder checkpoint: read from the cache when its
     card names the same checkpoint hash, source and image count; else encoded (with mirror images when
-    ``flips``: items N..2N-1 are the flipped images 0..N-1) and saved atomically."""
-    digest = read_card(autoencoder_checkpoint)["sha256"]  # of the weights: a card edit keeps the cache
+    ``flips``: items N..2N-1 are the flipped images 0..N-1) and saved atomically. The cache holds the encoder's
+    moments; the shift (a config value of the autoencoder, not a weight) is read from its card each time."""
+    ae_card = read_card(autoencoder_checkpoint)
+    digest = ae_card["sha256"]  # of the weights: a card edit keeps the cache
+    shift_factor = float(ae_card.get("model_config", {}).get("shift_factor", 0.0))
     data = load_cifar10(split, limit=limit, verbose=False)
     path = latent_cache_path(digest, split, data.source, flips)
     if limit:
@@ -130,7 +136,8 @@ def cached_latents(autoencoder_checkpoint: str | Path, split: str = "train", *, 
             card = json.loads(f.metadata()["card"])
             if all(card.get(k) == v for k, v in expected.items()):
                 return LatentSplit(f.get_tensor("moments"), f.get_tensor("labels"),
-                                   scaling_factor=card["scaling_factor"], source=card["what"], card=card)
+                                   scaling_factor=card["scaling_factor"], source=card["what"], card=card,
+                                   shift_factor=shift_factor)
     autoencoder, ae_card = model_from_checkpoint(autoencoder_checkpoint, device=device)
     start = time.perf_counter()
     images, labels = data.images, data.labels
@@ -149,4 +156,5 @@ def cached_latents(autoencoder_checkpoint: str | Path, split: str = "train", *, 
     save_file({"moments": moments.half().contiguous(), "labels": labels.contiguous()}, str(tmp),
               metadata={"card": json.dumps(card)})
     os.replace(tmp, path)
-    return LatentSplit(moments.half(), labels, scaling_factor=scaling_factor, source=card["what"], card=card)
+    return LatentSplit(moments.half(), labels, scaling_factor=scaling_factor, source=card["what"], card=card,
+                       shift_factor=shift_factor)

@@ -18,6 +18,7 @@ and ``course_lib.generation.Pipeline.from_checkpoint`` puts the two together for
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,7 @@ from typing import Callable
 import torch
 
 from . import config
-from .autoencoder import (AutoencoderConfig, AutoencoderKL, autoencoder_loss, latent_scaling_factor,
+from .autoencoder import (LDM_LAYOUT, AutoencoderConfig, AutoencoderKL, autoencoder_loss, latent_scaling_factor,
                           reconstruction_psnr)
 from .checkpoint import export_inference, load_checkpoint, read_card, save_checkpoint
 from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss, confusion_matrix,
@@ -200,7 +201,9 @@ class LatentText2ImageRecipe(Text2ImageRecipe):
         return {**super().card_info(), "augmentation": {"hflip": "both orientations encoded once (cached)"},
                 "autoencoder": {"checkpoint": self.autoencoder, "sha256": card["sha256"],
                                 "scaling_factor": card.get("metrics", {}).get("scaling_factor"),
-                                "latents": "scaling_factor * z, z ~ q(z|x) drawn per batch from cached moments"}}
+                                "shift_factor": card.get("model_config", {}).get("shift_factor", 0.0),
+                                "latents": "(z - shift_factor) * scaling_factor, z ~ q(z|x) drawn per batch from "
+                                           "cached moments"}}
 
 
 @dataclass
@@ -410,6 +413,26 @@ RECIPES: dict[str, Recipe] = {
             AutoencoderConfig.small,
             # channels_last off: measured 5-25% slower with bf16 for this model on one thread (GroupNorm-heavy)
             lambda: TrainConfig.small(lr=5e-4, warmup_steps=500, ema_decay=0.999, bf16=True, channels_last=False)),
+        # SD3's channel lesson (Esser et al. 2024, Sec. 5.2.1), measured: vae-small's widths and training in LDM's
+        # layout with 4, 8 or 16 latent channels, and one latent model on the 4- and on the 16-channel latents
+        *[AutoencoderRecipe(
+            f"vae-c{c}", f"chapter 4's channel sweep: vae-small's widths in LDM's layout, 32x32 -> {c}x8x8",
+            functools.partial(AutoencoderConfig.small, latent_channels=c, **LDM_LAYOUT),
+            lambda: TrainConfig.small(lr=5e-4, warmup_steps=500, ema_decay=0.999, bf16=True, channels_last=False))
+          for c in (4, 8, 16)],
+        *[LatentText2ImageRecipe(
+            f"ldm-c{c}", f"chapter 4's channel sweep: ldm-small's model on vae-c{c}'s {c}x8x8 latents",
+            functools.partial(Text2ImageConfig.latent_small, latent_channels=c), TrainConfig.small,
+            autoencoder=f"vae-c{c}.safetensors")
+          for c in (4, 16)],
+        # the shift's effect (SD3 and Flux subtract the latents' mean before scaling): two equal short runs of
+        # ldm-small's model, on vae-small's latents as they are and on a shifted copy (tools/shift_autoencoder.py)
+        LatentText2ImageRecipe(
+            "ldm-noshift", "chapter 4's shift ablation: ldm-small's recipe on vae-small's scaled latents (shift 0)",
+            Text2ImageConfig.latent_small, TrainConfig.small),
+        LatentText2ImageRecipe(
+            "ldm-shift", "chapter 4's shift ablation: ldm-small's recipe on (z - mean) * scale (SD3's shift)",
+            Text2ImageConfig.latent_small, TrainConfig.small, autoencoder="vae-small-shift.safetensors"),
     ]
 }
 

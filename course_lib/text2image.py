@@ -214,8 +214,9 @@ class Text2ImageConfig:
         return cls(**{**dict(denoiser=unet, text_encoder="small", text=text), **overrides})
 
     @classmethod
-    def latent_small(cls, **overrides) -> "Text2ImageConfig":
-        """Chapter 4's latent model: ``small()``'s text encoder and block types on a 4x8x8 latent grid.
+    def latent_small(cls, latent_channels: int = 4, **overrides) -> "Text2ImageConfig":
+        """Chapter 4's latent model: ``small()``'s text encoder and block types on a 4x8x8 latent grid
+        (``latent_channels``x8x8 for another autoencoder: chapter 4's channel sweep).
 
         At 8x8 there are 16x fewer positions than at 32x32, so the UNet can be twice as wide (64/128/128
         channels, 2 res blocks) with SpatialTransformers at 4x4 and in the middle (2x2), 4 heads of 32.
@@ -224,7 +225,7 @@ class Text2ImageConfig:
         probe: attention is where a low-resolution UNet spends its time."""
         max_length = overrides.get("max_length", 16)
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=128, depth=2, num_heads=4)
-        unet = UNetConfig.small(in_channels=4, image_size=8, base_channels=64, channel_mult=(1, 2, 2),
+        unet = UNetConfig.small(in_channels=latent_channels, image_size=8, base_channels=64, channel_mult=(1, 2, 2),
                                 attention_resolutions=(4,), num_heads=4, num_groups=16, resblock="adagn",
                                 attention_impl="sdpa", context_dim=text.dim)
         return cls(**{**dict(denoiser=unet, text_encoder="small", text=text), **overrides})

@@ -46,7 +46,8 @@
 #    at 64) and what that saves in convolution and attention;
 # 2. write the reparameterisation $z = \mu + e^{\frac12 \log\sigma^2}\epsilon$ and the KL of a diagonal
 #    Gaussian to $\mathcal N(0, I)$, and say why gradients must reach $\mu$ and $\log\sigma^2$;
-# 3. explain the scaling factor $f = 1/\operatorname{std}(z)$ and why latent samplers do not clip $\hat x_0$;
+# 3. explain the scaling factor $s_z = 1/\operatorname{std}(z)$ (and SD3's shift) as a signal-to-noise adjustment, and why
+#    latent samplers do not clip $\hat x_0$;
 # 4. sample the latent text-to-image model from prompts with guidance, and read the pixel-vs-latent
 #    comparison (cost, FID-2k, prompt accuracy) with its caveats, the decoder's ceiling among them;
 # 5. say what the KL weight trades: sharp reconstructions against regular, forgiving latents.
@@ -90,18 +91,18 @@ from course_lib import config
 from course_lib.autoencoder import AutoencoderKL, latent_scaling_factor, psnr, reconstruction_psnr
 from course_lib.captions import class_prompt
 from course_lib.checkpoint import load_checkpoint, read_card
+from course_lib.config import hardware_description
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
 from course_lib.evaluation import prompt_accuracy
-from course_lib.exercises import check_gaussian_kl, solved
+from course_lib.exercises import check_gaussian_kl, check_latent_path, solved
 from course_lib.generation import Pipeline
 from course_lib.latents import LatentSplit, cached_latents, encode_moments
+from course_lib.models import model_from_checkpoint
 from course_lib.processes import DDPMProcess
 from course_lib.profiling import count_parameters, time_per_call
-from course_lib.models import model_from_checkpoint
 from course_lib.recipes import RECIPES
 from course_lib.results import fid_label, points
 from course_lib.text2image import Text2ImageConfig, TextToImageModel, text2image_loss
-from course_lib.config import hardware_description
 from course_lib.trainer import fit
 from course_lib.viz import describe_card, plot_losses, show_guidance_rows, show_images
 from course_lib.widgets import pipeline_guidance_explorer
@@ -373,7 +374,9 @@ plt.show()
 # $\mathcal N(0, I)$ only weakly, so LDM measures the standard deviation of the latents the diffusion model
 # will see (posterior *samples*, over a batch, every number pooled) and multiplies them by
 #
-# $$f = 1 / \operatorname{std}(z), \qquad \text{the model learns } f\,z, \quad \text{and decodes } D(\hat z / f).$$
+# $$s_z = 1 / \operatorname{std}(z), \qquad \text{the model learns } s_z\,z, \quad \text{and decodes } D(\hat z / s_z).$$
+#
+# (We write $s_z$ for it: in LDM's paper $f$ is the *downsampling factor*, as in "kl-f8".)
 #
 # In LDM's code that is `LatentDiffusion` with `scale_by_std` (set on the first training batch); Stable
 # Diffusion's autoencoder has `scale_factor: 0.18215` in its configs, i.e. its latents have a standard
@@ -396,7 +399,8 @@ else:  # no shipped autoencoder: encode with the short run's, in memory
     latents = LatentSplit(moments, torch.cat([images.labels, images.labels]),
                           scaling_factor=float(ae.scaling_factor), source="short run, in memory")
 n_plain = len(latents) // 2  # items 0..N-1 are the images, N..2N-1 their mirror images
-z = latents.latents(torch.arange(n_plain), torch.Generator().manual_seed(0)) / latents.scaling_factor  # unscaled
+z = latents.latents(torch.arange(n_plain), torch.Generator().manual_seed(0)) / latents.scaling_factor \
+    + latents.shift_factor  # [N, C, 8, 8]: the posterior samples themselves, unscaled and unshifted
 measured = 1.0 / z.std().item()
 print(f"scaling factor: {latents.scaling_factor:.4f} stored with the autoencoder, {measured:.4f} measured on these "
       f"{n_plain} images")
@@ -410,14 +414,14 @@ def latent_stats(name, z):
 
 
 latent_stats("z (unscaled samples)", z)
-latent_stats(f"f z (f = {latents.scaling_factor:.4f})", latents.scaling_factor * z)
+latent_stats(f"s_z z (s_z = {latents.scaling_factor:.4f})", latents.scaling_factor * z)
 latent_channels = latents.latent_shape[0]
 mean_sigma = torch.exp(0.5 * latents.moments[:n_plain, latent_channels:].float()).mean()  # moments: means, log-vars
 print(f"mean posterior std sigma: {mean_sigma:.3f} (noise the encoder adds, in units of z)")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), layout="constrained", sharey=True)
 grid = torch.linspace(-4, 4, 200)
-for ax, (title, values) in zip(axes, [("z, before scaling", z), (f"f z, after scaling (f = {latents.scaling_factor:.3f})",
+for ax, (title, values) in zip(axes, [("z, before scaling", z), (f"s_z z, after scaling (s_z = {latents.scaling_factor:.3f})",
                                                                   latents.scaling_factor * z)]):
     for c in range(4):
         ax.hist(values[:, c].flatten().numpy(), bins=80, range=(-4, 4), density=True, histtype="step", lw=1.5,
@@ -430,9 +434,128 @@ plt.show()
 
 # %% [markdown]
 # One factor for all channels, as in LDM: after scaling the pooled standard deviation is 1, but the
-# channels keep their own means and spreads (the lines above). The diffusion model learns those; what
-# matters to the noise schedule is the overall scale.
+# channels keep their own means and spreads (the lines above), and the pooled mean is far from 0.
 #
+# ### The scale and the shift, read as a signal-to-noise ratio
+#
+# Why does the scale matter to the noise schedule at all? At step $t$ the model sees
+# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon$, and how much of the data survives is the
+# signal-to-noise ratio of that sum. For data whose numbers have mean $m$ and variance $v$,
+#
+# $$\mathrm{SNR}_{\text{data}}(t) = \frac{\bar\alpha_t\,\mathbb E[x_0^2]}{1 - \bar\alpha_t}
+#   = \mathrm{SNR}(t)\,(m^2 + v), \qquad \mathrm{SNR}(t) = \frac{\bar\alpha_t}{1 - \bar\alpha_t}.$$
+#
+# A schedule is tuned for the data it was made with (DDPM's linear one for images in $[-1, 1]$, whose second
+# moment is measured below). Data with a larger second moment keeps its signal longer: every step is less noisy
+# than the schedule says, and the last step, $t = T$, is further from pure noise, which is what sampling starts
+# from. LDM's fix is the scaling factor $s_z = 1 / \operatorname{std}(z)$ (Rombach et al. 2022, Sec. 4.3.2),
+# which makes $v = 1$ for every autoencoder alike; Stable Diffusion's unscaled latents, with a standard deviation
+# of about 5.5, would multiply every SNR by about 30.
+# The mean is signal too: SD3 and Flux subtract it first, $x_0 = (z - \text{shift})\,s_z$ (SD3's autoencoder:
+# shift 0.0609, scale 1.5305; Flux's: 0.1159 and 0.3611), so that $m = 0$ as well. Here is what each choice does
+# to the SNR of the latents measured above, across the 1,000 steps of ldm-small's linear schedule:
+
+# %%
+schedule = DDPMProcess().noise_schedule  # linear, T = 1000: the schedule of ldm-small
+snr_t = schedule.alpha_bar / (1 - schedule.alpha_bar)  # [T]
+s_z, m_z = latents.scaling_factor, z.mean().item()
+pixels = load_cifar10("train", limit=config.pick(500, 5000), verbose=False).images
+second = {  # E[x0^2] = m^2 + v of what the diffusion model would learn
+    "CIFAR-10 images in [-1, 1] (chapters 1-3)": (pixels ** 2).mean().item(),
+    "unit second moment": 1.0,
+    "z unscaled": (z ** 2).mean().item(),
+    f"s_z z (LDM, vae-small: s_z = {s_z:.3f})": ((s_z * z) ** 2).mean().item(),
+    f"(z - shift) s_z (SD3: shift = {m_z:.3f})": ((s_z * (z - m_z)) ** 2).mean().item(),
+    "Stable Diffusion's z unscaled (std 1 / 0.18215)": (1 / 0.18215) ** 2,
+}
+per_channel = ((s_z * z) ** 2).mean(dim=(0, 2, 3))  # [C]: E[x0^2] of each channel of s_z z
+fig, ax = plt.subplots(figsize=(8.5, 3.6), layout="constrained")
+for (label, m2), style in zip(second.items(), ["C7-", "k-", "C0-", "C1-", "C2--", "C3:"]):
+    ax.plot(torch.log10(snr_t * m2), style, lw=1.6, label=f"{label}: E[x0²] = {m2:.2f}")
+ax.axhline(0, color="gray", lw=0.5)
+ax.set(xlabel="timestep t", ylabel="log10 SNR of the data", ylim=(-6, 4.5),
+       title="signal-to-noise ratio of x_t, per step, for each choice of the data's scale and shift")
+ax.legend(fontsize=7.5)
+plt.show()
+for label, m2 in second.items():
+    print(f"{label:48s} E[x0^2] {m2:6.2f}: SNR at t = T-1 {float(snr_t[-1] * m2):.1e}, "
+          f"steps with SNR > 1: {int((snr_t * m2 > 1).sum())}")
+print("per channel of s_z z, E[x0^2]: " + " ".join(f"{v:.2f}" for v in per_channel.tolist()))
+
+# %% [markdown]
+# Read the lines as "how long the data survives the noise" (the printed lines count the steps above SNR 1).
+# Pixels in $[-1, 1]$ lose their signal earliest: their second moment is well below 1. Unscaled, vae-small's
+# latents would be only a little above the unit line (its scaling factor is 0.81, close to 1: the KL term kept
+# them near unit scale); Stable Diffusion's would stay far above it, hundreds of steps longer above SNR 1.
+# After LDM's scaling the second moment is still $1 + (s_z m)^2$, because the mean is left in: on these latents
+# the pooled mean is large, and channel 3 (mean far from 0, small spread) carries most of it. The shift removes
+# exactly that.
+# Whether that helps a model at this size is an empirical question; the results cell at the end of
+# section 6 compares two equal short runs, on vae-small's latents with and without the shift.
+#
+# ### Exercise: the latent data path
+#
+# The chapter's own idea, written by you: the diffusion model never sees pixels. Training data come from the
+# cached encoding (``moments``: the posterior means, then the log-variances, along the channels, as
+# ``cached_latents`` stores them): draw a sample, shift, scale. A generated latent goes back the other way:
+# unscale, unshift, decode, and **no clamp**, since latents are not bounded like pixels.
+#
+# $$x_0 = (z - \text{shift})\,s_z,\quad z = \mu + e^{\frac12\log\sigma^2}\,\epsilon;
+#   \qquad \hat x = D(\hat z_0 / s_z + \text{shift}).$$
+#
+# ``eps`` is given (use it); ``decoder`` maps unscaled latents to images (the autoencoder's ``decode``).
+
+# %% tags=["exercise"]
+def to_latent(moments, eps, s, shift):
+    """A training latent from cached moments [B, 2C, h, w]: (mean + exp(logvar / 2) * eps - shift) * s."""
+    raise NotImplementedError  # your code here
+
+
+def decode_latent(z_gen, decoder, s, shift):
+    """Images from a generated latent [B, C, h, w]: decoder(z_gen / s + shift), no clamp."""
+    raise NotImplementedError  # your code here
+
+
+check_latent_path(to_latent, decode_latent);
+
+
+# %% [markdown] tags=["solution"]
+# A solution (collapsed; expand it once you have tried):
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def to_latent(moments, eps, s, shift):
+    """A training latent from cached moments [B, 2C, h, w]: (mean + exp(logvar / 2) * eps - shift) * s."""
+    mean, logvar = moments.chunk(2, dim=1)  # [B, C, h, w] each: the posterior's mean and log-variance
+    return (mean + torch.exp(0.5 * logvar) * eps - shift) * s  # a sample, shifted, then scaled
+
+
+def decode_latent(z_gen, decoder, s, shift):
+    """Images from a generated latent [B, C, h, w]: decoder(z_gen / s + shift), no clamp."""
+    return decoder(z_gen / s + shift)  # undo in reverse order: unscale, then unshift
+
+
+assert check_latent_path(to_latent, decode_latent)
+
+# %% [markdown]
+# Your functions on the cached latents of the training images and on the shipped autoencoder, against the
+# library's ``LatentSplit.latents`` and ``AutoencoderKL.decode_latents``:
+
+# %%
+index = torch.arange(8)
+library_latents = latents.latents(index, torch.Generator().manual_seed(7))  # [8, C, 8, 8]
+if solved(check_latent_path, to_latent, decode_latent):
+    eps = torch.randn(library_latents.shape, generator=torch.Generator().manual_seed(7))  # the same draw
+    mine = to_latent(latents.moments[index].float(), eps, latents.scaling_factor, latents.shift_factor)
+    with torch.no_grad():
+        images_mine = decode_latent(mine.to(device), ae.decode, float(ae.scaling_factor), ae.config.shift_factor)
+        images_library = ae.decode_latents(library_latents.to(device))
+    print(f"training latents: largest difference from LatentSplit.latents {float((mine - library_latents).abs().max()):.1e}; "
+          f"decoded: from AutoencoderKL.decode_latents {float((images_mine - images_library).abs().max()):.1e}")
+else:
+    print("to_latent / decode_latent are not solved yet (exercise above); the library's latents have shape "
+          f"{tuple(library_latents.shape)}")
+
+# %% [markdown]
 # ### Interpolating in latent space
 #
 # Walk from one image to another. In **pixel space** the straight line $(1 - \lambda)\,x_a + \lambda\,x_b$
@@ -469,7 +592,7 @@ plt.show()
 # ## 4. The latent diffusion model
 #
 # The model is chapter 3's text-to-image UNet with AdaGN ResBlocks and SpatialTransformers, now on
-# 4-channel 8x8 inputs, trained on the scaled latents $z = f \cdot \mathcal E(x)$ with the same objective
+# 4-channel 8x8 inputs, trained on the scaled latents $z = s_z \cdot \mathcal E(x)$ with the same objective
 # (Rombach et al. 2022, eq. 3):
 #
 # $$L_\text{LDM} = \mathbb E_{z = f\mathcal E(x),\, y,\, \epsilon \sim \mathcal N(0, I),\, t}
@@ -477,7 +600,7 @@ plt.show()
 #   \qquad z_t = \sqrt{\bar\alpha_t}\, z + \sqrt{1 - \bar\alpha_t}\, \epsilon,$$
 #
 # captions dropped with probability 0.1 for classifier-free guidance. Sampling runs the same DDIM sampler
-# on 4x8x8 noise and decodes the result once at the end: $x = D(\hat z / f)$. Because each position is
+# on 4x8x8 noise and decodes the result once at the end: $x = D(\hat z / s_z)$. Because each position is
 # cheap at 8x8, `ldm-small` is wider than chapter 3's `cond-small` (64/128/128 channels instead of
 # 32/64/64/64) and keeps its attention at 4x4 and in the middle block (2x2).
 #
@@ -750,14 +873,20 @@ else:
 plt.show()
 
 # %% [markdown]
-# Read the table with its caveats. **Cost:** the latent model has almost three times the parameters, yet
-# a training step on a latent is about four times cheaper than one on an image, and sampling is several
-# times faster, decoder included (the ratios printed above; `benchmarks/bench_latent.py` measures them at
-# the recipes' batch of 64). **Fairness:** the two checkpoints trained on different CPUs for different
-# minutes, so the cell converts the images each one saw into minutes on this machine; in two runs on one
-# thread of the course's Xeon, both came to 97-102 minutes, within 1 % of each other: the same compute.
+# Read the table with its caveats. **Cost, on one machine:** the latent model has almost three times the
+# parameters, yet a training step on a latent is cheaper than one on an image, and sampling is several times
+# faster, decoder included: the ratios printed above, measured now on this machine. On one thread of the
+# project's Xeon, `benchmarks/bench_latent.py` (freshly initialised models, batch 64, both side by side)
+# measured 5.5x in float32 (134.4 against 24.4 images/s) and 2.5x with bf16 autocast (126.5 against 50.2), and
+# 0.20x the sampling time. **Fairness:** the two checkpoints trained on different CPUs for different minutes
+# (their cards: `cond-small` 175 minutes on two machines, `ldm-small` 125 minutes), so the cell above converts
+# the images each one saw into minutes on this machine. At the benchmark's float32 speeds, `cond-small`'s
+# 179,776 images take 123 minutes and `ldm-small`'s 707,968 latents 88 minutes: the latent model had a little
+# less compute, and saw 3.9 times more images. **What is compared:** two recipes, not pixels against latents
+# with everything else equal: `ldm-small` is a wider UNet (9.14M parameters against 3.31M), trained on 3.9x the
+# images in fewer minutes, because its steps are cheaper; that is the latent recipe's point.
 #
-# **Quality at that compute**, from the course's evaluation runs (2,000 samples, DDIM 25, $w = 3$): FID-2k
+# **Quality at that compute, recipe against recipe**, from the course's evaluation runs (2,000 samples, DDIM 25, $w = 3$): FID-2k
 # 65.4 for `ldm-small` against 133.8 for `cond-small`, FD_clf 5.5 against 9.1, and a prompt accuracy of
 # 66.5 % ± 3.3 against 24.0 % ± 3.0 (200 images each, `python -m course_lib.evaluation CHECKPOINT
 # --per-class 20`). The samples above show it: horses, ships and trucks one can name. Not everything is
@@ -868,9 +997,9 @@ plt.show()
 # * An image's numbers mostly describe fine detail. A **KL autoencoder** (encoder, diagonal Gaussian
 #   posterior $z = \mu + \sigma\epsilon$, decoder; reconstruction + $\beta$ KL) keeps the picture in
 #   $4 \times 8 \times 8 = 256$ numbers, 12x fewer than the pixels, and a **decoder** puts the detail back.
-# * Latents are rescaled by $f = 1/\operatorname{std}(z)$ so that the noise schedule fits them (Stable
+# * Latents are rescaled by $s_z = 1/\operatorname{std}(z)$ so that the noise schedule fits them (Stable
 #   Diffusion: 0.18215), and the training set is encoded once and cached.
-# * **Latent diffusion** is chapter 3's model and loss on $f\,\mathcal E(x)$: cheaper per step (measured
+# * **Latent diffusion** is chapter 3's model and loss on $s_z\,\mathcal E(x)$: cheaper per step (measured
 #   above), so more training per CPU-minute; its quality is capped by the decoder.
 # * The **KL weight** trades reconstruction quality against latents that are regular and forgiving.
 #

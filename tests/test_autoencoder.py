@@ -319,3 +319,22 @@ def test_vae_small_checkpoint_without_the_decoder_fields_loads_unchanged():
     assert "decoder_base_channels" not in card["model_config"]  # written before the fields existed
     assert model.config.decoder_base == model.config.base_channels == 32
     assert count_parameters(model) == card["parameters"] == 1_695_271
+
+
+def test_the_latent_shift_is_subtracted_before_scaling_and_added_back_after():
+    """SD3 / Flux: data = (z - shift) * scale; decode_latents inverts it exactly (shift 0: LDM's scaling alone)."""
+    from course_lib.autoencoder import latent_shift_factor
+
+    torch.manual_seed(0)
+    plain = AutoencoderKL(AutoencoderConfig.tiny()).eval()
+    plain.set_scaling_factor(0.5)
+    shifted = AutoencoderKL(dataclasses.replace(plain.config, shift_factor=0.3)).eval()
+    shifted.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = plain.encode(x).mode()
+        torch.testing.assert_close(plain.encode_latents(x, sample_posterior=False), 0.5 * z)
+        torch.testing.assert_close(shifted.encode_latents(x, sample_posterior=False), 0.5 * (z - 0.3))
+        torch.testing.assert_close(shifted.decode_latents(0.5 * (z - 0.3)), plain.decode(z), atol=1e-5, rtol=1e-5)
+        mean = latent_shift_factor(plain, x, seed=0)
+        torch.testing.assert_close(torch.tensor(mean), plain.encode(x).sample(torch.Generator().manual_seed(0)).mean())

@@ -738,6 +738,62 @@ def test_gaussian_kl_check_not_written_and_not_functions(capsys):
     assert "takes two functions" in capsys.readouterr().out
 
 
+# --------------------------------------------------------------------------- chapter 4: the latent data path
+
+
+def to_latent(moments, eps, s, shift):
+    mean, logvar = moments.chunk(2, dim=1)
+    return (mean + torch.exp(0.5 * logvar) * eps - shift) * s
+
+
+def decode_latent(z_gen, decoder, s, shift):
+    return decoder(z_gen / s + shift)
+
+
+def test_latent_path_check_accepts_the_solution_and_agrees_with_the_library(capsys):
+    """The solution is LatentSplit.latents (training data from cached moments) and AutoencoderKL.decode_latents."""
+    import dataclasses
+
+    from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
+    from course_lib.exercises import check_latent_path
+    from course_lib.latents import LatentSplit
+
+    ok, out = verdict(lambda f: check_latent_path(*f), (to_latent, decode_latent), capsys)
+    assert ok and out.startswith("Correct!")
+    g = torch.Generator().manual_seed(3)
+    moments = torch.cat([torch.randn(5, 4, 8, 8, generator=g), -3 + torch.rand(5, 4, 8, 8, generator=g)], dim=1)
+    split = LatentSplit(moments, torch.arange(5), scaling_factor=0.7, shift_factor=0.4, source="test")
+    eps = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    library = split.latents(torch.arange(5), torch.Generator().manual_seed(9))
+    torch.testing.assert_close(to_latent(moments, eps, 0.7, 0.4), library)
+    torch.manual_seed(0)
+    ae = AutoencoderKL(AutoencoderConfig.tiny(shift_factor=0.4)).eval()
+    ae.set_scaling_factor(0.7)
+    with torch.no_grad():
+        torch.testing.assert_close(decode_latent(library, ae.decode, 0.7, 0.4), ae.decode_latents(library))
+
+
+@pytest.mark.parametrize("wrong_to, wrong_decode, words", [
+    (lambda m, e, s, sh: (m.chunk(2, dim=1)[0] - sh) * s, decode_latent, "posterior mean"),
+    (lambda m, e, s, sh: (m.chunk(2, dim=1)[0] + m.chunk(2, dim=1)[1].exp() * e - sh) * s, decode_latent,
+     "exp(logvar / 2), not exp(logvar)"),
+    (lambda m, e, s, sh: to_latent(m, e, 1.0, 0.0) * s - sh, decode_latent, "shift and scale in the wrong order"),
+    (lambda m, e, s, sh: to_latent(m, e, s, 0.0), decode_latent, "the shift is missing"),
+    (to_latent, lambda z, d, s, sh: d(z + sh), "the 1/s is missing"),
+    (to_latent, lambda z, d, s, sh: d((z + sh) / s), "undo them in reverse"),
+    (to_latent, lambda z, d, s, sh: d((z / s + sh).clamp(-1, 1)), "clamped the latent"),
+    (to_latent, lambda z, d, s, sh: d(z.clamp(-1, 1) / s + sh), "clamped the generated latent"),
+    (to_latent, lambda z, d, s, sh: d(z / s + sh).clamp(-1, 1), "clamped the decoded images"),
+    (to_latent, lambda z, d, s, sh: d(z / s), "the shift is not added back"),
+])
+def test_latent_path_check_names_the_mistake(wrong_to, wrong_decode, words, capsys):
+    from course_lib.exercises import check_latent_path
+
+    ok = check_latent_path(wrong_to, wrong_decode)
+    out = capsys.readouterr().out
+    assert not ok and out.startswith("Not yet") and words in out, out
+
+
 # --------------------------------------------------------------------------- chapter 5: rectified flow
 
 
@@ -893,7 +949,7 @@ CHECKS = [getattr(exercises, name) for name in exercises.__all__ if name.startsw
 
 
 def test_every_check_has_hints_and_a_solution_in_the_notebooks(capsys):
-    assert len(CHECKS) == 14
+    assert len(CHECKS) == 15
     for check in CHECKS:
         assert len(check.hints) >= 2 and check.exercise == check.__name__.removeprefix("check_")
         check.solution()

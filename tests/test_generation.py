@@ -272,3 +272,20 @@ def test_a_half_precision_denoiser_samples_with_float32_arithmetic():
     images = half.generate(x_T=x_T, num_steps=4)
     assert images.dtype == torch.float32
     assert ((images - reference).norm() / reference.norm()).item() < 1e-2
+
+
+def test_a_latent_model_refuses_an_autoencoder_with_another_shift(tmp_path):
+    """Same decoder weights, other latent shift: the denoiser's latents would mean something else; refused."""
+    from course_lib.checkpoint import read_card
+    from course_lib.processes import RectifiedFlowProcess
+
+    vae = CHECKPOINTS / "vae-small.safetensors"
+    named = {"checkpoint": "vae-small.safetensors", "sha256": read_card(vae)["sha256"], "shift_factor": 0.2}
+    path = save_checkpoint(tmp_path / "latent.safetensors", TextToImageModel(Text2ImageConfig.latent_tiny()),
+                           training={"process": RectifiedFlowProcess().to_dict(), "autoencoder": named})
+    with pytest.raises(ValueError, match="shifts latents by 0.0, but .* learnt latents shifted by 0.2"):
+        Pipeline.from_checkpoint(path)
+    named["shift_factor"] = 0.0
+    path = save_checkpoint(tmp_path / "latent.safetensors", TextToImageModel(Text2ImageConfig.latent_tiny()),
+                           training={"process": RectifiedFlowProcess().to_dict(), "autoencoder": named})
+    assert Pipeline.from_checkpoint(path).autoencoder is not None

@@ -64,3 +64,23 @@ def test_batches_draw_fresh_posterior_samples_from_the_step_only(tmp_path, isola
 def test_bad_moments_are_refused():
     with pytest.raises(ValueError, match=r"\[N, 2C, h, w\]"):
         LatentSplit(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), scaling_factor=1.0, source="x")
+
+
+def test_a_shifted_autoencoder_reuses_the_moments_and_shifts_its_latents(tmp_path, isolated_data):
+    """The shift is a config value, not a weight: an autoencoder with the same weights and shift 0.2 reads the same
+    cached moments (same hash), and its latents are (z - 0.2) * scale, as its encode_latents gives."""
+    import dataclasses
+
+    path, model = _autoencoder_checkpoint(tmp_path / "ae.safetensors")
+    plain = cached_latents(path, "train", limit=8, progress=False)
+    shifted_model = AutoencoderKL(dataclasses.replace(model.config, shift_factor=0.2)).eval()
+    shifted_model.load_state_dict(model.state_dict())
+    shifted_path = save_checkpoint(tmp_path / "ae-shift.safetensors", shifted_model, kind="inference")
+    shifted = cached_latents(shifted_path, "train", limit=8, progress=False)
+    assert shifted.moments.equal(plain.moments) and (plain.shift_factor, shifted.shift_factor) == (0.0, 0.2)
+    index = torch.arange(8)
+    torch.testing.assert_close(shifted.latents(index, sample=False), plain.latents(index, sample=False) - 0.2 * 0.5)
+    images = load_cifar10("train", limit=8, verbose=False).images
+    with torch.no_grad():
+        expected = shifted_model.encode_latents(images, sample_posterior=False)
+    torch.testing.assert_close(shifted.latents(index, sample=False), expected, atol=3e-3, rtol=3e-3)  # float16 cache

@@ -1,8 +1,10 @@
-"""Chapter 4's exercise (latent diffusion): the posterior of the KL autoencoder.
+"""Chapter 4's exercises (latent diffusion): the posterior of the KL autoencoder, and the latent data path.
 
 :func:`check_gaussian_kl` checks the reparameterisation z = mean + exp(logvar / 2) eps and the KL of a
-diagonal Gaussian to N(0, I) against ``autoencoder.DiagonalGaussianDistribution``, gradients included, with
-their cases, named mistakes and hints.
+diagonal Gaussian to N(0, I) against ``autoencoder.DiagonalGaussianDistribution``, gradients included.
+:func:`check_latent_path` checks the chapter's own idea: a training latent (z - shift) * s_z sampled from cached
+moments, and a generated latent decoded with 1 / s_z, the shift added back and no clamp. Each with its cases,
+named mistakes and hints.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from ..autoencoder import DiagonalGaussianDistribution
 from .harness import Case, close, exercise, run_cases, verdict
 
-__all__ = ["check_gaussian_kl"]
+__all__ = ["check_gaussian_kl", "check_latent_path", "ProbeDecoder"]
 
 
 # --------------------------------------------------------------------------- chapter 4: the posterior of the KL autoencoder
@@ -159,3 +161,120 @@ def check_gaussian_kl(reparameterize: Callable, gaussian_kl: Callable, seed: int
     return verdict(True, "z = mean + exp(logvar / 2) * eps and KL = 1/2 sum(mean^2 + var - 1 - logvar) match "
                           "DiagonalGaussianDistribution.sample() and .kl() on 3 posteriors and the prior, and "
                           "gradients flow through both to mean and logvar.")
+
+
+# --------------------------------------------------------------------------- chapter 4: the latent data path
+
+
+class ProbeDecoder(torch.nn.Module):
+    """A fixed stand-in decoder for :func:`check_latent_path`: latents [B, C, h, w] -> images [B, 3, 4h, 4w]
+    through a fixed 1x1 mixing of the channels and nearest upsampling. Its images reach well beyond [-1, 1]
+    (as a real decoder's may, for latents a sampler makes), so a clamp shows."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(404)
+        self.register_buffer("mix", 1.5 * torch.randn(3, channels, generator=g))  # [3, C]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = torch.einsum("oc,bchw->bohw", self.mix, z)  # [B, 3, h, w]
+        return torch.nn.functional.interpolate(images, scale_factor=4, mode="nearest")  # [B, 3, 4h, 4w]
+
+
+def _latent_moments(seed: int) -> list[tuple[torch.Tensor, torch.Tensor, float, float, str]]:
+    """(moments [B, 2C, h, w], eps [B, C, h, w], scale, shift, description), like cached posteriors."""
+    g = torch.Generator().manual_seed(seed + 44)
+    out = []
+    for B, C, scale, shift in [(3, 4, 0.81, 0.0), (2, 4, 0.7, 0.85), (4, 16, 1.53, -0.3)]:
+        mean = 0.9 + 1.2 * torch.randn(B, C, 8, 8, generator=g)  # a channel offset, as vae-small's latents have
+        logvar = torch.empty(B, C, 8, 8).uniform_(-4.0, -1.0, generator=g)  # std 0.14 to 0.6: visible noise
+        eps = torch.randn(B, C, 8, 8, generator=g)
+        out.append((torch.cat([mean, logvar], dim=1), eps, scale, shift,
+                    f"moments of [{B}, {C}, 8, 8] latents, scale {scale:g}, shift {shift:g}"))
+    return out
+
+
+def _to_latent_cases(seed: int) -> list[Case]:
+    cases = []
+    for moments, eps, s, shift, description in _latent_moments(seed):
+        mean, logvar = moments.chunk(2, dim=1)  # [B, C, h, w] each
+        std = torch.exp(0.5 * logvar)
+        z = mean + std * eps
+        mistakes = {
+            "you used the posterior mean: the diffusion model trains on samples z = mean + std * eps (LDM draws "
+            "one per batch), so that it sees the posterior's spread": (mean - shift) * s,
+            "the moments hold the log-variance: std = exp(logvar / 2), not exp(logvar)":
+                (mean + torch.exp(logvar) * eps - shift) * s,
+            "shift and scale in the wrong order: subtract the shift from z first, then scale, (z - shift) * s "
+            "(SD3 and Flux); z * s - shift shifts by the wrong amount": z * s - shift,
+            "the shift is missing: (z - shift) * s, as SD3 and Flux (LDM's shift is 0)": z * s,
+            "the scale is missing: (z - shift) * s, so that the data has about unit variance": z - shift,
+            "you divided by the scale: the data is (z - shift) * s; 1 / s is for decoding": (z - shift) / s,
+            "the moments are [mean, logvar] along the channels: the first half is the mean":
+                (logvar + torch.exp(0.5 * mean) * eps - shift) * s,
+        }
+        cases.append(Case((moments, eps, s, shift), (z - shift) * s, description, mistakes))
+    return cases
+
+
+def _decode_cases(seed: int) -> list[Case]:
+    cases = []
+    g = torch.Generator().manual_seed(seed + 45)
+    for moments, _eps, s, shift, _description in _latent_moments(seed):
+        B, C = moments.shape[0], moments.shape[1] // 2
+        decoder = ProbeDecoder(C)
+        z_gen = 1.3 * torch.randn(B, C, 8, 8, generator=g)  # what a sampler returns: unbounded
+        with torch.no_grad():
+            expected = decoder(z_gen / s + shift)
+            mistakes = {
+                "the 1/s is missing: undo the scaling before decoding, decoder(z / s + shift)": decoder(z_gen + shift),
+                "shift and scale in the wrong order: undo them in reverse, first / s, then + shift":
+                    decoder((z_gen + shift) / s),
+                "you multiplied by the scale: decoding divides, decoder(z / s + shift)": decoder(z_gen * s + shift),
+                "the shift is not added back: decoder(z / s + shift)": decoder(z_gen / s),
+                "you clamped the latent to [-1, 1]: latents are not bounded like pixels (that is why the latent "
+                "samplers do not clip x0_hat); clamp only the final images, for display":
+                    decoder((z_gen / s + shift).clamp(-1, 1)),
+                "you clamped the generated latent before unscaling it: latents are not bounded to [-1, 1]":
+                    decoder(z_gen.clamp(-1, 1) / s + shift),
+                "you clamped the decoded images: return the decoder's output as it is (the pipeline clamps for "
+                "display; a metric or a second stage wants the raw images)": decoder(z_gen / s + shift).clamp(-1, 1),
+            }
+        description = f"generated latents [{B}, {C}, 8, 8], scale {s:g}, shift {shift:g}"
+        cases.append(Case((z_gen, decoder, s, shift), expected, description, mistakes))
+    return cases
+
+
+@exercise(
+    "to_latent: split the moments along the channels (``moments.chunk(2, dim=1)``: mean, then logvar), draw "
+    "z = mean + exp(logvar / 2) * eps with the eps you are given, then shift and scale it.",
+    "The order matters: the data is (z - shift) * s; decoding undoes it in reverse, decoder(z / s + shift).",
+    "No clamp anywhere: a latent is not bounded to [-1, 1] like a pixel, and the decoder's output is returned "
+    "as it is (the pipeline clamps the final images for display).",
+)
+def check_latent_path(to_latent: Callable, decode_latent: Callable, seed: int = 0) -> bool:
+    """Check the data path of latent diffusion, both ways (Rombach et al. 2022, Sec. 3 and App. D.1; SD3's shift,
+    Esser et al. 2024):
+
+        to_latent(moments, eps, s, shift) -> (z - shift) * s,   z = mean + exp(logvar / 2) * eps     [B, C, h, w]
+        decode_latent(z_gen, decoder, s, shift) -> decoder(z_gen / s + shift)                        [B, 3, H, W]
+
+    ``moments`` [B, 2C, h, w] are a cached encoding (``LatentSplit``: the mean, then the log-variance, along
+    the channels), ``eps`` ~ N(0, I) is given (use it: do not draw new noise), ``s`` the autoencoder's scaling
+    factor s_z and ``shift`` its shift (0 for LDM's and vae-small's latents). ``decoder`` maps unscaled latents to
+    images. Compared with ``course_lib.latents.LatentSplit.latents`` and ``AutoencoderKL.decode_latents``.
+    Prints ``Correct!`` or which likely mistake it found; returns True if both are right.
+    """
+    if not (callable(to_latent) and callable(decode_latent)):
+        return verdict(False, "check_latent_path takes two functions, to_latent(moments, eps, s, shift) and "
+                               f"decode_latent(z_gen, decoder, s, shift); got {type(to_latent).__name__} and "
+                               f"{type(decode_latent).__name__}.")
+    if not run_cases("your to_latent", to_latent, _to_latent_cases(seed), "", hint_for=_gaussian_hint,
+                     shape_hint="A latent has C channels, half the moments' 2C: [B, C, h, w]."):
+        return False
+    if not run_cases("your decode_latent", decode_latent, _decode_cases(seed), "",
+                     shape_hint="decode_latent returns the decoder's images [B, 3, H, W]."):
+        return False
+    return verdict(True, "(z - shift) * s with z = mean + exp(logvar / 2) * eps, and decoder(z / s + shift) "
+                          "without a clamp: the path between a cached encoding, the diffusion model and an image, "
+                          "as LatentSplit.latents and AutoencoderKL.decode_latents take it.")
