@@ -752,8 +752,6 @@ def decode_latent(z_gen, decoder, s, shift):
 
 def test_latent_path_check_accepts_the_solution_and_agrees_with_the_library(capsys):
     """The solution is LatentSplit.latents (training data from cached moments) and AutoencoderKL.decode_latents."""
-    import dataclasses
-
     from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
     from course_lib.exercises import check_latent_path
     from course_lib.latents import LatentSplit
