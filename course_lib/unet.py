@@ -425,7 +425,7 @@ class UNet(nn.Module):
 
     As a denoiser of ``course_lib.generation.Pipeline``: ``sample_shape`` is (in_channels, image_size,
     image_size), and ``text_conditional`` is False: a UNet reads text tokens given to it but encodes no
-    prompts (``course_lib.text2image.TextToImageUNet`` pairs it with a text encoder).
+    prompts (``course_lib.text2image.TextToImageModel`` pairs it with a text encoder).
     """
 
     #: the denoiser interface of ``course_lib.generation``: no prompts of its own

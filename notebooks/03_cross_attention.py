@@ -203,8 +203,8 @@ assert check_cross_attention(cross_attention)
 # %% [markdown]
 # ## 3. The text-to-image model
 #
-# `TextToImageUNet` is the text encoder $\tau$ and the UNet $\epsilon_\theta(x_t, t, \tau(y))$ (chapter 2's
-# AdaGN UNet with SpatialTransformers), trained together on the latent-diffusion objective
+# `TextToImageModel` is the text encoder $\tau$ and a denoiser, here the UNet $\epsilon_\theta(x_t, t, \tau(y))$
+# (chapter 2's AdaGN UNet with SpatialTransformers; `config.kind == "unet"`), trained together on the latent-diffusion objective
 #
 # $$L = \mathbb E_{x_0, y, \epsilon, t}\,\big\|\epsilon - \epsilon_\theta\big(x_t, t, \tau(y)\big)\big\|^2,$$
 #

@@ -33,7 +33,8 @@
 # * the **single-stream block** of Flux, and the whole model, with a shape table at each stage.
 #
 # The code is in `course_lib.mmdit` (the blocks, with the module names of BFL's `flux` repository) and
-# `course_lib.text2image` (`TextToImageMMDiT`: the same text encoders, loss and generation path as the UNet).
+# `course_lib.text2image` (`TextToImageModel` with a denoiser of kind "mmdit": the same text encoders, loss and
+# generation path as the UNet).
 
 # %% [markdown] tags=["objectives"]
 # **After this chapter you can**
@@ -388,7 +389,8 @@ assert out.shape == x.shape and out.abs().max() == 0
 # %% [markdown]
 # ## 6. Training: the same loss, the same latents
 #
-# `TextToImageMMDiT` wraps the MM-DiT exactly as `TextToImageUNet` wraps the UNet: the same text encoders
+# `TextToImageModel` holds the MM-DiT exactly as it holds the UNet (the denoiser registry of
+# `course_lib.text2image`: one config, `denoiser=MMDiTConfig(...)`): the same text encoders
 # (`mmdit-small` reads the frozen all-MiniLM-L6-v2, as SD3 and Flux read frozen T5 and CLIP encoders), the
 # same caption dropout for guidance, the same `text2image_loss` and chapter 5's rectified-flow process with
 # SD3's logit-normal times, on chapter 4's cached latents of `vae-small`. A short run (fast mode: the tiny
