@@ -370,8 +370,8 @@ def test_attention_explorer_bad_inputs_are_explained(text2image):
 
 # --------------------------------------------------------------------------- chapter 5: trajectory explorer
 
-from course_lib.processes import DDPMProcess, RectifiedFlowProcess  # noqa: E402
-from course_lib.widgets import toy_velocity, trajectory_explorer  # noqa: E402
+from course_lib.processes import RectifiedFlowProcess  # noqa: E402
+from course_lib.widgets import trajectory_explorer  # noqa: E402
 
 
 def _toy_velocities():
@@ -430,18 +430,6 @@ def test_trajectory_explorer_precomputes_and_explains_bad_input():
         trajectory_explorer({}, data)
     with pytest.raises(ValueError, match=r"\[M, 2\]"):
         trajectory_explorer(_toy_velocities(), torch.randn(10, 3))
-
-
-def test_toy_velocity_wraps_flows_and_ddpm_models():
-    seen = []
-    model = lambda x, t: (seen.append(t), torch.zeros_like(x))[1]  # noqa: E731
-    v = toy_velocity(model, RectifiedFlowProcess(time_scale=1000.0))
-    assert v(torch.zeros(3, 2), torch.tensor(0.25)).shape == (3, 2) and seen[-1].tolist() == [250.0] * 3
-    ddpm = toy_velocity(model, DDPMProcess("linear", 1000))
-    y = torch.randn(4, 2)
-    torch.testing.assert_close(ddpm(y, torch.tensor(0.5)), -y / 0.5)  # eps = 0: x0 = x / alpha, v = -x0 = -y / (1 - s)
-    with pytest.raises(ValueError, match="epsilon model"):
-        toy_velocity(model, DDPMProcess("linear", 1000, "v"))
 
 
 # --------------------------------------------------------------------------- chapter 6: joint-attention explorer

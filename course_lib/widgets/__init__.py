@@ -20,17 +20,16 @@ particular model class, so any text-conditional model can be explored.
 
 One module per explorer family: ``base`` (:class:`FigureExplorer`, :class:`ClassExplorer` and the shared
 helpers), ``schedule``, ``guidance``, ``attention``, ``trajectory`` and ``joint_attention``. Everything is
-importable from ``course_lib.widgets``; ``toy_velocity`` (now ``Process.velocity_field``) and ``QUADRANTS`` /
-``quadrant_mass`` (now in ``course_lib.capture``) are re-exported here for older notebooks.
+importable from ``course_lib.widgets``. The math they draw lives with its owner: a process's velocity field
+(``Process.velocity_field``), attention's four quadrants (``course_lib.capture.quadrant_mass``).
 """
 
-from ..capture import QUADRANTS, quadrant_mass
 from .attention import AttentionExplorer, attention_explorer
 from .base import ClassExplorer, FigureExplorer, class_explorer
 from .guidance import GuidanceExplorer, guidance_explorer, pipeline_guidance_explorer
 from .joint_attention import JointAttentionExplorer, joint_attention_explorer
 from .schedule import ScheduleExplorer, schedule_explorer
-from .trajectory import TrajectoryExplorer, toy_velocity, trajectory_explorer
+from .trajectory import TrajectoryExplorer, trajectory_explorer
 
 __all__ = [
     "FigureExplorer",
@@ -45,9 +44,6 @@ __all__ = [
     "attention_explorer",
     "TrajectoryExplorer",
     "trajectory_explorer",
-    "toy_velocity",
-    "QUADRANTS",
-    "quadrant_mass",
     "JointAttentionExplorer",
     "joint_attention_explorer",
 ]

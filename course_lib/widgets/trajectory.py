@@ -15,13 +15,7 @@ from ..metrics import wasserstein2
 from ..viz import to_rgb
 from .base import FigureExplorer
 
-__all__ = ["TrajectoryExplorer", "trajectory_explorer", "toy_velocity"]
-
-
-def toy_velocity(model: Callable, process) -> Callable:
-    """``process.velocity_field(model)`` (kept for older notebooks): the model as a velocity field v(y, t) on the
-    rectified-flow axis (t in [0, 1], data at 0); see :meth:`course_lib.processes.Process.velocity_field`."""
-    return process.velocity_field(model)
+__all__ = ["TrajectoryExplorer", "trajectory_explorer"]
 
 
 class TrajectoryExplorer(FigureExplorer):
