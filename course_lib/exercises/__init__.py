@@ -44,7 +44,7 @@ from .ch03_cross_attention import ProbeConditionalDenoiser, check_classifier_fre
 from .ch04_latent_diffusion import check_gaussian_kl, check_latent_path
 from .ch05_rectified_flow import check_euler_step, check_rf_loss
 from .ch06_mmdit import check_gated_residual, check_joint_attention
-from .harness import Case, hint, solution, solved  # noqa: F401 - Case: importable from here, as before
+from .harness import hint, solution, solved
 
 __all__ = ["check_q_sample", "check_eps_to_x0", "check_simple_loss", "check_ddpm_step", "check_ddim_step",
            "check_adagn_modulation", "check_online_softmax_attention", "check_cross_attention",
