@@ -80,7 +80,9 @@
 import contextlib
 import dataclasses
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -90,6 +92,7 @@ from course_lib import config
 from course_lib.conditioning import timestep_embedding
 from course_lib.data import CIFAR10_CLASSES, load_cifar10, to_uint8
 from course_lib.evaluation import classifier_score, sample_images
+from course_lib.export import export_checkpoint, import_folder
 from course_lib.exercises import (check_ddim_step, check_ddpm_step, check_eps_to_x0, check_q_sample, check_simple_loss,
                                   solved)
 from course_lib.features import (ClassifierFeatures, FeatureStats, extract_features, real_features,
@@ -97,8 +100,8 @@ from course_lib.features import (ClassifierFeatures, FeatureStats, extract_featu
 from course_lib.generation import Pipeline
 from course_lib.metrics import frechet_distance, precision_recall
 from course_lib.parameterization import eps_to_x0, eps_x0_to_v, v_to_eps, v_to_x0, x0_to_eps
-from course_lib.profiling import count_parameters
 from course_lib.models import model_from_checkpoint
+from course_lib.profiling import count_parameters
 from course_lib.recipes import RECIPES
 from course_lib.samplers import ddim_sample, ddim_timesteps, ddpm_sample
 from course_lib.schedules import NoiseSchedule, gather
@@ -742,6 +745,41 @@ else:
 schedule = process.noise_schedule
 assert process.parameterization == "eps" and schedule.T == T
 print(f"sampling with the {schedule.name} schedule, T = {schedule.T}")
+
+# %% [markdown]
+# **To diffusers and back.** The UNet is built to compute what diffusers' `UNet2DModel` computes, and
+# `course_lib.export` proves it by round trip: the checkpoint becomes a `DDPMPipeline` folder that diffusers
+# loads with `from_pretrained` (UNet and `DDPMScheduler`), and the folder comes back as a course checkpoint, the
+# weights unchanged. Two lines:
+
+# %%
+if trained:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_checkpoint(ckpt_path, Path(tmp) / "ddpm-small-diffusers")  # what from_pretrained reads
+        back = import_folder(folder["folder"], Path(tmp) / "ddpm-small-again.safetensors")  # and the course again
+        print(f"written: {folder['written']}\nfiles: {sorted(p.name for p in Path(folder['folder']).iterdir())}")
+        again, _ = model_from_checkpoint(back)
+        same = all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), sampler_model.state_dict().values()))
+        print(f"imported back: {type(again).__name__}, every weight equal to the original: {same}")
+
+# %% [markdown]
+# The same road leads the other way, to a published model. Ho et al.'s own CIFAR-10 model, converted to
+# diffusers as `google/ddpm-cifar10-32` (35.7M parameters, `UNetConfig.paper`'s layout in TensorFlow's details:
+# GroupNorm eps 1e-6, stride-2 convolutions padded at the right and bottom, the sinusoid's frequency shift 1,
+# all options of the course's UNet), imports into a course checkpoint; then this chapter's sampling cells,
+# the classifier score and `python -m course_lib.evaluation` work on it. It needs a network, once (nothing in
+# the course downloads by itself):
+#
+# ```python
+# from huggingface_hub import snapshot_download
+# folder = snapshot_download("google/ddpm-cifar10-32")
+# import_folder(folder, config.checkpoint_dir() / "ddpm-cifar10-32.safetensors")
+# pipeline = Pipeline.from_checkpoint(config.checkpoint_dir() / "ddpm-cifar10-32.safetensors")
+# ```
+#
+# Its published FID is 3.17 (Ho et al. 2020, Table 1, over 50,000 samples). The course measures FID-2k, which
+# is biased upwards at 2,000 samples (even real test images score 14.4 there), so compare it with the course's
+# models at the same N, never with the paper's number.
 
 # %% [markdown]
 # ## 8. Ancestral sampling (DDPM)

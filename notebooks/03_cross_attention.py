@@ -70,7 +70,9 @@
 import dataclasses
 import functools
 import math
+import tempfile
 import warnings
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -82,6 +84,7 @@ from course_lib.capture import capture_attention
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
 from course_lib.evaluation import prompt_accuracy
 from course_lib.exercises import check_classifier_free_guidance, check_cross_attention
+from course_lib.export import export_checkpoint, import_folder
 from course_lib.generation import Pipeline
 from course_lib.models import model_from_checkpoint
 from course_lib.recipes import RECIPES
@@ -275,6 +278,24 @@ course_names = ["time_embed.fc1.weight", "down.1.0.emb_proj.weight", "down.3.1.p
 unet_names = dict(model.unet.named_parameters())
 for name in course_names:
     print(f"{name:42s} {tuple(unet_names[name].shape)}")
+
+# %% [markdown]
+# The map is not only for reading: `course_lib.export` applies it. The shipped checkpoint becomes a folder that
+# diffusers loads (`unet/` as a `UNet2DConditionModel` in the AdaGN layout, `resnet_time_scale_shift="scale_shift"`;
+# `scheduler/` as a `DDPMScheduler`; the course's small text encoder beside them, since CLIP is not in it), and
+# the folder comes back as the same checkpoint:
+
+# %%
+shipped = config.checkpoint_dir() / "cond-small.safetensors"
+if shipped.exists():
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_checkpoint(shipped, Path(tmp) / "cond-small-diffusers")
+        again, _ = model_from_checkpoint(import_folder(folder["folder"], Path(tmp) / "cond-small-again.safetensors"))
+    original, _ = model_from_checkpoint(shipped)
+    print(f"written: {folder['written']}; every weight back unchanged: "
+          f"{all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), original.state_dict().values()))}")
+    print("a diffusers user feeds that UNet the course's text encoding, ctx = model.encode(prompts): "
+          "unet(x, t, encoder_hidden_states=ctx.tokens, encoder_attention_mask=ctx.mask)")
 
 # %% [markdown]
 # ## 4. Classifier-free guidance

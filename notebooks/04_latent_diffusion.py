@@ -88,13 +88,14 @@ import torch.nn.functional as F
 from IPython.display import display
 
 from course_lib import config
-from course_lib.autoencoder import AutoencoderKL, latent_scaling_factor, psnr, reconstruction_psnr
+from course_lib.autoencoder import LDM_LAYOUT, AutoencoderKL, latent_scaling_factor, psnr, reconstruction_psnr
 from course_lib.captions import class_prompt
 from course_lib.checkpoint import load_checkpoint, read_card
 from course_lib.config import hardware_description
 from course_lib.data import CIFAR10_CLASSES, load_cifar10
 from course_lib.evaluation import prompt_accuracy
 from course_lib.exercises import check_gaussian_kl, check_latent_path, solved
+from course_lib.export import LayoutError, autoencoder_to_diffusers
 from course_lib.generation import Pipeline
 from course_lib.latents import LatentSplit, cached_latents, encode_moments
 from course_lib.models import model_from_checkpoint
@@ -226,6 +227,25 @@ else:
         ae.set_scaling_factor(latent_scaling_factor(ae, train.images[:500]))
     print(f"{ae_checkpoint} not found: train it with `python -m course_lib.train vae-small --minutes 90`. For now: "
           f"the autoencoder just trained ({ae_result.step} steps), whose reconstructions will be blurred")
+
+# %% [markdown]
+# **Its layout, exactly.** The names are LDM's, and so is the order of the blocks, but two numerical details
+# of `vae-small` are not: it was trained before they were options of the course's blocks. LDM (and diffusers'
+# `AutoencoderKL`) normalise with GroupNorm eps $10^{-6}$ and pad a stride-2 convolution's input only at the
+# right and bottom (`torch.nn.functional.pad(x, (0, 1, 0, 1))`, then a convolution without padding);
+# `vae-small` uses PyTorch's eps $10^{-5}$ and pads one pixel on every side, which shifts each downsampled
+# grid by one input pixel. With the same weights the two layouts compute different encoders, so `vae-small`
+# keeps its own; every newer autoencoder of the course (the channel sweep of section 9) uses LDM's
+# (`course_lib.autoencoder.LDM_LAYOUT`), with which the course's `AutoencoderKL` computes what diffusers'
+# computes (a test checks it on every number). The exporter to diffusers refuses `vae-small` and says why:
+
+# %%
+print(f"vae-small: norm_eps={ae.config.norm_eps}, downsample_padding={ae.config.downsample_padding!r}; "
+      f"LDM's layout: {LDM_LAYOUT}")
+try:
+    autoencoder_to_diffusers(ae)
+except LayoutError as err:
+    print(f"course_lib.export refuses it: {err}")
 
 # %% [markdown]
 # Its training curve travels inside the checkpoint (`train.loss_history`): the loss of every step, the

@@ -280,6 +280,16 @@ for name, kind, i, o in trace:
 # | `img_mlp`, `txt_mlp` | `ff`, `ff_context` |
 # | `SingleStreamBlock.linear1` / `linear2` | `FluxSingleTransformerBlock`: `attn.to_q/k/v` + `proj_mlp` / `proj_out` |
 # | `LastLayer` | `norm_out` (`AdaLayerNormContinuous`) + `proj_out` |
+#
+# `course_lib.export` applies this map (with the small differences it needs: Flux orders its sinusoid cos-first and
+# its final modulation scale-first, and takes the pooled text vector and position ids from the caller, which
+# `course_lib.export.flux_inputs` builds): `mmdit-small` becomes a `FluxTransformer2DModel` folder and comes back
+# unchanged. Two lines, once the checkpoint is loaded in section 7:
+#
+# ```python
+# folder = export_checkpoint(config.checkpoint_dir() / "mmdit-small.safetensors", "mmdit-small-diffusers")
+# back = import_folder(folder["folder"], "mmdit-small-again.safetensors")  # the same weights, bit for bit
+# ```
 
 # %% [markdown]
 # ## 4. Where is each token? Rotary position embeddings
