@@ -100,6 +100,7 @@ from .metrics import frechet_distance, kid, precision_recall
 from .models import model_from_checkpoint
 from .processes import NoProcessError, RectifiedFlowProcess
 from .results import append_result, fid_label
+from .samplers import SPACINGS
 
 #: the prompt sets of the command line: class index -> prompt
 PROMPTS: dict[str, Callable[[int], str]] = {"class": class_prompt, "unseen": unseen_prompt}
@@ -384,11 +385,11 @@ def decoder_sha256(autoencoder: nn.Module) -> str:
 
 def sampling_settings(pipeline: Pipeline, *, num_samples: int | None, steps: int, sampler: str,
                       guidance: float | None, seed: int, shift: float | None,
-                      decoder: tuple[str, nn.Module] | None) -> dict:
+                      decoder: tuple[str, nn.Module] | None, spacing: str = "linspace") -> dict:
     """Everything that changes a sampled point's images, for its results line: samples, sampler, steps,
     guidance, the time grid (``spacing``; ``shift`` for a flow), the seed and the decoder's name and hash."""
     settings = {"num_samples": num_samples, "steps": steps, "sampler": sampler,
-                "guidance": guidance if pipeline.text_conditional else None, "seed": seed, "spacing": "linspace",
+                "guidance": guidance if pipeline.text_conditional else None, "seed": seed, "spacing": spacing,
                 "shift": shift if isinstance(pipeline.process, RectifiedFlowProcess) else None,
                 "decoder": None, "decoder_sha256": None}
     if decoder is not None:
@@ -455,6 +456,10 @@ def _pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, device:
     if args.shift is not None and not isinstance(pipeline.process, RectifiedFlowProcess):
         parser.error("--shift is the time shift of a rectified flow's grid; this checkpoint samples a "
                      f"{type(pipeline.process).__name__}")
+    if args.spacing != "linspace" and (isinstance(pipeline.process, RectifiedFlowProcess)
+                                       or (args.sampler or pipeline.process.samplers[0]) != "ddim"):
+        parser.error(f"--spacing {args.spacing} spaces DDIM's timesteps; this checkpoint's sampler is "
+                     f"{args.sampler or pipeline.process.samplers[0]} (a flow's grid takes --shift)")
     return pipeline
 
 
@@ -477,7 +482,9 @@ def _decoders(args: argparse.Namespace, parser: argparse.ArgumentParser, pipelin
 
 
 def _sampler_options(args: argparse.Namespace, pipeline: Pipeline) -> dict:
-    return {} if args.shift is None else {"times": flow_time_grid(args.steps, args.shift)}
+    if args.shift is not None:
+        return {"times": flow_time_grid(args.steps, args.shift)}
+    return {"spacing": args.spacing} if args.spacing != "linspace" else {}
 
 
 def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -537,7 +544,7 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 for images, decoder in zip(run.images, decoders):
                     settings = sampling_settings(pipeline, num_samples=args.num_samples, steps=args.steps,
                                                  sampler=sampler, guidance=w, seed=seed, shift=args.shift or 1.0,
-                                                 decoder=decoder)
+                                                 decoder=decoder, spacing=args.spacing)
                     runs.append(("samples", images, entry, settings, run.nfe, run.seconds / len(run.images)))
     for number, (kind, images, entry, settings, nfe, sampling_seconds) in enumerate(runs):
         if args.save_samples:
@@ -607,7 +614,8 @@ def _accuracy_main(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                   f"    per class (%): {per_class}")
             if not args.no_record:
                 settings = sampling_settings(pipeline, num_samples=None, steps=args.steps, sampler=sampler,
-                                             guidance=w, seed=seed, shift=args.shift or 1.0, decoder=decoder[0])
+                                             guidance=w, seed=seed, shift=args.shift or 1.0, decoder=decoder[0],
+                                             spacing=args.spacing)
                 settings.update(per_class=args.per_class, prompts=args.prompts)
                 append_result(_record("prompt_accuracy", checkpoint_entry(args.checkpoint, card), settings,
                                       {"prompt_accuracy": r.accuracy, "prompt_accuracy_stderr": r.stderr}, device,
@@ -642,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     parser.add_argument("--sampler", help="the process's sampler (default: its first: ddim for DDPM, euler for a flow)")
     parser.add_argument("--shift", type=float, help="a flow's time shift t -> s t / (1 + (s - 1) t) (SD3; default 1)")
+    parser.add_argument("--spacing", choices=SPACINGS, default="linspace",
+                        help="DDIM's timestep spacing: linspace (both ends, the default) or trailing (Lin et al. 2024)")
     parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
                         help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
     parser.add_argument("--samples", type=int, default=100,

@@ -38,7 +38,7 @@ __all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", 
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: the samplers (ODE solvers) of a flow, with the model evaluations each step costs
+#: the samplers (ODE solvers) of a flow, with the model evaluations each step costs (Heun's last step: 1)
 SAMPLERS = {"euler": 1, "heun": 2}
 
 
@@ -63,6 +63,13 @@ def flow_sample(model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torc
                 progress: bool = False, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor | SamplerOutput:
     """Integrate dx/dt = v(x, t) from noise at t = 1 to data at t = 0 with Euler or Heun.
+
+        Euler: x_{i+1} = x_i + h v(x_i, t_i),                   h = t_{i+1} - t_i < 0
+        Heun:  x_{i+1} = x_i + h (v(x_i, t_i) + v(x_i + h v(x_i, t_i), t_{i+1})) / 2
+
+    Heun's last step, to t = 0, is an Euler step, as in Karras et al. (2022, Algorithm 1) and diffusers'
+    ``FlowMatchHeunDiscreteScheduler``: N Heun steps cost 2N - 1 network evaluations, not 2N (one Euler step,
+    of local error O(h^2), keeps the method second order).
 
     model(x, time_scale * t) -> v [B, ...]; ``time_scale`` maps t in [0, 1] onto what the network's time
     embedding was trained with (1000 for the course's UNets, as diffusers' SD3 scheduler does).
@@ -92,7 +99,7 @@ def flow_sample(model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torc
         v = velocity(x, t)
         if return_trajectory:
             x0_preds.append((x - t * v).cpu())
-        if sampler == "heun":
+        if sampler == "heun" and t_next > 0:  # the last step, to t = 0, is Euler's (Karras et al. 2022)
             x_euler = x + h * v
             x = x + h * 0.5 * (v + velocity(x_euler, t_next))
         else:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .parameterization import check_parameterization, predict_x0_eps
 from .schedules import NoiseSchedule
 
-__all__ = ["SamplerOutput", "ddpm_sample", "ddim_sample", "ddim_timesteps"]
+__all__ = ["SamplerOutput", "ddpm_sample", "ddim_sample", "ddim_timesteps", "SPACINGS"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -155,16 +155,30 @@ def ddpm_sample(
     return _finish(x, xs, x0s, ts, schedule.T, return_trajectory)
 
 
-def ddim_timesteps(T: int, num_steps: int) -> list[int]:
-    """``num_steps`` evenly spaced timesteps in 0..T-1, both ends included, in *decreasing* order.
+#: how :func:`ddim_timesteps` spaces its grid (diffusers calls this ``timestep_spacing``)
+SPACINGS = ("linspace", "trailing")
 
-    ``num_steps = T`` gives every step (T-1, ..., 0). Always starting at T-1 means the chain
-    starts from the same noise level the model was trained to denoise last.
+
+def ddim_timesteps(T: int, num_steps: int, spacing: str = "linspace") -> list[int]:
+    """``num_steps`` timesteps in 0..T-1, in *decreasing* order, starting at T-1.
+
+    ``"linspace"`` (the course's default, chapter 1): evenly spaced with both ends included, T-1, ..., 0; the last
+    step evaluates the model at t = 0, where x_t is already the data up to noise of std sqrt(beta_1) ~ 0.01, and
+    moves x almost nowhere: one of ``num_steps`` network evaluations is nearly wasted.
+    ``"trailing"`` (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2;
+    diffusers' ``timestep_spacing="trailing"``): T - 1 - k T / num_steps for k = 0 .. num_steps - 1, i.e.
+    T-1, ..., T/num_steps - 1; the grid ends one stride above 0 and the last step jumps from there to x_0.
+    ``num_steps = T`` gives every step (T-1, ..., 0) either way.
     """
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be between 1 and T={T}, got {num_steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if num_steps == 1:
         return [T - 1]
+    if spacing == "trailing":
+        steps = (T - torch.arange(num_steps, dtype=torch.float64) * T / num_steps).round().long() - 1
+        return sorted(set(steps.tolist()), reverse=True)
     steps = torch.linspace(0, T - 1, num_steps, dtype=torch.float64).round().long().tolist()
     return sorted(set(steps), reverse=True)
 
@@ -186,8 +200,10 @@ def ddim_sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     timesteps: Sequence[int] | None = None,
+    spacing: str = "linspace",
 ) -> torch.Tensor | SamplerOutput:
-    """DDIM sampling (Song et al. 2021, eq. 12) over ``num_steps`` evenly spaced timesteps.
+    """DDIM sampling (Song et al. 2021, eq. 12) over ``num_steps`` timesteps spaced by ``spacing``
+    (:func:`ddim_timesteps`: "linspace", both ends included, or "trailing").
 
     From tau_i to tau_{i-1} (alpha_bar_prev = 1 after the last step, i.e. x_0):
 
@@ -202,7 +218,7 @@ def ddim_sample(
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     warn_if_training(model)
-    taus = list(timesteps) if timesteps is not None else ddim_timesteps(schedule.T, num_steps)
+    taus = list(timesteps) if timesteps is not None else ddim_timesteps(schedule.T, num_steps, spacing)
     if any(b >= a for a, b in zip(taus, taus[1:])) or taus[0] >= schedule.T or taus[-1] < 0:
         raise ValueError(f"timesteps must be strictly decreasing within 0..{schedule.T - 1}, got {taus}")
     x = start_noise(shape, x_T, generator, device, dtype)

@@ -368,3 +368,24 @@ def test_seeds_and_decoders_each_get_a_line_from_one_sampling_per_seed(tmp_path,
     with pytest.raises(SystemExit):
         main([str(model), "--num-samples", "4", "--decoder", str(model), "--no-record", "--metrics", "fd_clf"])
     assert "not an autoencoder" in capsys.readouterr().err
+
+
+def test_the_ddim_spacing_is_a_setting_of_the_line(tmp_path, isolated_data, capsys):
+    import json
+
+    from conftest import randomize_zero_init
+    from course_lib.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)  # the zero-initialised layers randomised: a model predicting eps = 0 samples alike on any grid
+    unet = save_checkpoint(tmp_path / "unet.safetensors", randomize_zero_init(UNet(UNetConfig.tiny()), 0.1).eval(),
+                           kind="inference", training={"process": DDPMProcess().to_dict()})
+    results = tmp_path / "results.jsonl"
+    for spacing in ("linspace", "trailing"):
+        assert main([str(unet), "--num-samples", "4", "--steps", "2", "--spacing", spacing, "--metrics", "fd_clf",
+                     "--results", str(results)]) == 0
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [line["settings"]["spacing"] for line in lines] == ["linspace", "trailing"]
+    assert lines[0]["metrics"] != lines[1]["metrics"]  # another grid, other samples
+    with pytest.raises(SystemExit):
+        main([str(unet), "--num-samples", "4", "--sampler", "ddpm", "--spacing", "trailing", "--no-record"])
+    assert "--spacing trailing spaces DDIM's timesteps" in capsys.readouterr().err

@@ -208,3 +208,26 @@ def test_samplers_run_a_tiny_unet_clip_and_check_their_inputs():
         ddpm_sample(model, schedule, (1, 3, 32, 32), variance="learned", progress=False)
     with pytest.warns(UserWarning, match="eval"):
         ddim_sample(model.train(), schedule, (1, 3, 32, 32), num_steps=1, progress=False)
+
+
+def test_trailing_spacing_skips_the_wasted_step_at_t_0():
+    """"trailing" (Lin et al. 2024): T-1 - k T/n, ending one stride above 0; "linspace" (the default) ends at 0."""
+    from course_lib.samplers import ddim_timesteps
+
+    assert ddim_timesteps(1000, 4) == [999, 666, 333, 0]
+    assert ddim_timesteps(1000, 4, "trailing") == [999, 749, 499, 249]
+    assert ddim_timesteps(1000, 1000, "trailing") == list(range(999, -1, -1)) == ddim_timesteps(1000, 1000)
+    assert ddim_timesteps(10, 1, "trailing") == [9]
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        ddim_timesteps(1000, 4, "leading")
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 7, 25, 50, 333, 1000])
+def test_trailing_spacing_is_diffusers_timestep_spacing_trailing(num_steps):
+    diffusers = pytest.importorskip("diffusers", reason="the bridge extra (pip install -e '.[bridge]') is not "
+                                                        "installed: diffusers' DDIMScheduler is the reference")
+    from course_lib.samplers import ddim_timesteps
+
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    scheduler.set_timesteps(num_steps)
+    assert scheduler.timesteps.tolist() == ddim_timesteps(1000, num_steps, "trailing")
