@@ -79,7 +79,7 @@ import torch
 from IPython.display import display
 
 from course_lib import config
-from course_lib.exercises import check_euler_step, check_rf_loss
+from course_lib.exercises import check_euler_step, check_reflow, check_rf_loss
 from course_lib.flow import ddpm_path_as_flow, flow_sample, path_chord_ratio, straightness
 from course_lib.metrics import wasserstein2
 from course_lib.processes import DDPMProcess, RectifiedFlowProcess
@@ -269,6 +269,43 @@ assert check_rf_loss(rf_loss) and check_euler_step(euler_step)
 # Sec. 2.2; their Sec. 3 shows that rectifying never increases a convex transport cost and that repeated
 # reflow drives the straightness towards 0). That is **reflow**; the result is the 2-rectified flow, and the
 # procedure can be repeated. The pairs are simulated accurately (Heun, 64 steps), since the new flow learns them as given.
+#
+# ### Exercise: the reflow
+#
+# Write the coupling yourself: given a trained flow's velocity $v(x, t)$ and noise points $x_1$, return the pairs
+# $(x_0, x_1)$ with $x_0$ the endpoint of the ODE $\mathrm dx/\mathrm dt = v(x, t)$ from $t = 1$ to $t = 0$ (Euler,
+# `num_steps` steps; `t` is given to `velocity` as one time per point, shape `[N]`). The check hands your
+# function the *exact* velocity of a 1-rectified flow to the eight Gaussians, compares the pairs with the library's,
+# then trains a small network on your pairs for a few seconds and measures whether its paths came out straighter
+# and its one-step samples closer to the data.
+
+# %% tags=["exercise"]
+def reflow_pairs_of(velocity, noise, num_steps):
+    """(x0, x1): x1 = noise [N, 2], x0 = where the ODE dx/dt = velocity(x, t) carries it from t = 1 to t = 0."""
+    raise NotImplementedError  # your code here
+
+
+check_reflow(reflow_pairs_of);
+
+
+# %% [markdown] tags=["solution"]
+# A solution (collapsed; expand it once you have tried):
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def reflow_pairs_of(velocity, noise, num_steps):
+    """(x0, x1): x1 = noise [N, 2], x0 = where the ODE dx/dt = velocity(x, t) carries it from t = 1 to t = 0."""
+    x, times = noise, torch.linspace(1.0, 0.0, num_steps + 1)
+    for t, t_next in zip(times[:-1], times[1:]):  # Euler: follow the slope for one (negative) step at a time
+        x = x + (t_next - t) * velocity(x, torch.full((len(x),), float(t)))
+    return x, noise  # pair i: noise i and its own endpoint, in order
+
+
+assert check_reflow(reflow_pairs_of)
+
+# %% [markdown]
+# The rounds below use the library's version of the same function (`course_lib.reflow.reflow_pairs`, with Heun's
+# method and 64 steps), twice: the 2-rectified flow from the 1-rectified flow's pairs, the 3-rectified flow from
+# the 2-rectified flow's.
 
 # %%
 n_pairs = config.pick(4000, 20000)

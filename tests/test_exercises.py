@@ -804,6 +804,67 @@ def euler_step(v, x, t, t_next):
     return x + (t_next - t) * v(x, t)
 
 
+def reflow_pairs_of(velocity, noise, num_steps):
+    x, times = noise, torch.linspace(1.0, 0.0, num_steps + 1)
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x + (t_next - t) * velocity(x, torch.full((len(x),), float(t)))
+    return x, noise
+
+
+def test_reflow_check_accepts_the_solution_and_agrees_with_the_library(capsys):
+    from course_lib.exercises import check_reflow
+    from course_lib.flow import flow_sample
+    from course_lib.toy import eight_gaussians
+
+    ok, out = verdict(check_reflow, reflow_pairs_of, capsys)
+    assert ok and out.startswith("Correct!") and "straightened" in out, out
+    data, z = eight_gaussians(), torch.randn(50, 2)
+    x0, x1 = reflow_pairs_of(lambda x, t: data.flow_velocity(x, t), z, 8)
+    torch.testing.assert_close(x0, flow_sample(lambda x, t: data.flow_velocity(x, t), x_T=z, num_steps=8))
+
+
+def _shuffled(v, z, n):
+    x0, x1 = reflow_pairs_of(v, z, n)
+    return x0[torch.randperm(len(x0), generator=torch.Generator().manual_seed(0))], x1
+
+
+def _from_data(v, z, n):
+    from course_lib.toy import eight_gaussians
+    return eight_gaussians().sample(len(z), seed=3), z
+
+
+def _noise_at_zero(v, z, n):
+    x, times = z, torch.linspace(1.0, 0.0, n + 1)
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x + (t_next - t) * v(x, torch.full((len(x),), 1 - float(t)))
+    return x, z
+
+
+def _wrong_way(v, z, n):
+    x, times = z, torch.linspace(1.0, 0.0, n + 1)
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x - (t_next - t) * v(x, torch.full((len(x),), float(t)))
+    return x, z
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda v, z, n: reflow_pairs_of(v, z, n)[::-1], "the pair is reversed"),
+    (lambda v, z, n: (reflow_pairs_of(v, z, n)[0], torch.randn_like(z)), "must be the noise you were given"),
+    (_shuffled, "not in order"),
+    (_from_data, "does not depend on the noise"),
+    (_noise_at_zero, "asked at 1 - t"),
+    (_wrong_way, "the steps go the wrong way"),
+    (lambda v, z, n: (reflow_pairs_of(v, z, n)[0] + 0.01 * torch.randn_like(z), z), "different x0"),
+    (lambda v, z, n: reflow_pairs_of(v, z, max(1, n // 4)), "differs from flow_sample"),
+])
+def test_reflow_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_reflow
+
+    ok = check_reflow(wrong)
+    out = capsys.readouterr().out
+    assert not ok and out.startswith("Not yet") and words in out, out
+
+
 def test_rf_loss_check_accepts_the_solution_and_agrees_with_the_process(capsys):
     from course_lib.exercises import ProbeDenoiser, check_rf_loss
     from course_lib.processes import RectifiedFlowProcess
@@ -947,7 +1008,7 @@ CHECKS = [getattr(exercises, name) for name in exercises.__all__ if name.startsw
 
 
 def test_every_check_has_hints_and_a_solution_in_the_notebooks(capsys):
-    assert len(CHECKS) == 15
+    assert len(CHECKS) == 16
     for check in CHECKS:
         assert len(check.hints) >= 2 and check.exercise == check.__name__.removeprefix("check_")
         check.solution()
