@@ -469,7 +469,8 @@ def _decoders(args: argparse.Namespace, parser: argparse.ArgumentParser, pipelin
     if not args.decoder:
         if pipeline.autoencoder is None:
             return [None]
-        return [(Path(pipeline.card["training"]["autoencoder"]["checkpoint"]).stem, pipeline.autoencoder)]
+        name = pipeline.autoencoder_name or Path(pipeline.card["training"]["autoencoder"]["checkpoint"]).stem
+        return [(name, pipeline.autoencoder)]
     if pipeline.autoencoder is None:
         parser.error("--decoder: this checkpoint samples pixels; only a latent model's samples are decoded")
     out = []

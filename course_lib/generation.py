@@ -45,7 +45,13 @@ from .models import model_from_checkpoint
 from .processes import Process, process_from_card
 from .samplers import SamplerOutput
 
-__all__ = ["Pipeline", "NFECount"]
+__all__ = ["Pipeline", "NFECount", "SHARPER_DECODERS"]
+
+#: decoders that replace an autoencoder's own when a latent model generates (chapter 4): an autoencoder whose
+#: decoder was fine-tuned with its encoder frozen reads the same latents (its card's ``training.source_sha256``
+#: names the original), so every latent model trained on the original keeps its weights and decodes sharper.
+#: ``Pipeline.from_checkpoint(..., decoder="original")`` uses the autoencoder a model was trained with instead.
+SHARPER_DECODERS: dict[str, str] = {"vae-small.safetensors": "vae-small-ft.safetensors"}
 
 
 class NFECount:
@@ -78,6 +84,8 @@ class Pipeline:
     process:     a :class:`~course_lib.processes.Process`; its ``samplers`` are what ``generate(sampler=)`` accepts
     autoencoder: None for pixel-space models; else a module whose ``decode_latents(z)`` turns samples into images
     card:        the checkpoint card the pipeline was loaded from (``from_checkpoint``), else None
+
+    ``autoencoder_name`` says which checkpoint the decoder came from (``from_checkpoint``; None otherwise).
     """
 
     def __init__(self, denoiser: nn.Module, process: Process, autoencoder: nn.Module | None = None,
@@ -90,19 +98,30 @@ class Pipeline:
             raise TypeError(f"{type(denoiser).__name__} is not a denoiser of the course: it lacks {missing} (see "
                             "course_lib.generation for the interface; a classifier checkpoint cannot generate)")
         self.denoiser, self.process, self.autoencoder, self.card = denoiser, process, autoencoder, card
+        self.autoencoder_name: str | None = None  # the checkpoint the autoencoder came from (from_checkpoint)
         self._counters: list[NFECount] = []
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "model",
-                        autoencoder: nn.Module | None = None) -> "Pipeline":
+                        autoencoder: nn.Module | None = None, decoder: str = "default") -> "Pipeline":
         """The denoiser of a checkpoint with the process its card names (``training.process``) and, for a
         latent model, the autoencoder it names (``training.autoencoder``, looked up in the checkpoint
-        directory and checked against the SHA-256 of its weights) unless ``autoencoder`` is given."""
+        directory and checked against the SHA-256 of its weights) unless ``autoencoder`` is given.
+
+        decoder: "default" decodes with the sharper decoder :data:`SHARPER_DECODERS` names for that autoencoder
+                 when its file is there (checked to read the same latents), else with the autoencoder itself;
+                 "original" always with the autoencoder the model was trained with."""
+        if decoder not in ("default", "original"):
+            raise ValueError(f"decoder must be 'default' (the sharper decoder where one exists) or 'original', "
+                             f"got {decoder!r}; pass autoencoder= for any other")
         denoiser, card = model_from_checkpoint(path, weights=weights, device=device)
         named = card.get("training", {}).get("autoencoder")
+        name = None
         if autoencoder is None and named is not None:
-            autoencoder = _autoencoder_from_card(named, path, device)
-        return cls(denoiser, process_from_card(card), autoencoder, card)
+            autoencoder, name = _autoencoder_from_card(named, path, device, sharper=decoder == "default")
+        pipeline = cls(denoiser, process_from_card(card), autoencoder, card)
+        pipeline.autoencoder_name = name
+        return pipeline
 
     @property
     def text_conditional(self) -> bool:
@@ -232,8 +251,21 @@ class Pipeline:
         return self.decode(out)
 
 
-def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.device) -> nn.Module:
-    """The autoencoder a latent model's card names, refused if its hash differs from the one trained on."""
+def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.device,
+                           sharper: bool) -> tuple[nn.Module, str]:
+    """(autoencoder, its checkpoint's name): the one a latent model's card names, refused if its hash differs from
+    the one trained on; with ``sharper``, its replacement of :data:`SHARPER_DECODERS` where that file exists and
+    reads the same latents."""
+    replacement = config.checkpoint_dir() / SHARPER_DECODERS.get(named["checkpoint"], named["checkpoint"])
+    if sharper and replacement.name != named["checkpoint"] and replacement.is_file():
+        card = read_card(replacement)
+        if card.get("training", {}).get("source_sha256") != named["sha256"]:
+            raise ValueError(f"{replacement} is named as the sharper decoder of {named['checkpoint']}, but its card "
+                             "says it was fine-tuned from another autoencoder: restore the file, or pass "
+                             "decoder='original'")
+        if card.get("model_config", {}).get("shift_factor", 0.0) != named.get("shift_factor", 0.0):
+            raise ValueError(f"{replacement} shifts latents otherwise than {path} learnt them; pass decoder='original'")
+        return model_from_checkpoint(replacement, device=device)[0], replacement.stem
     ae_path = config.checkpoint_dir() / named["checkpoint"]
     if not ae_path.is_file():
         raise FileNotFoundError(f"{path} is a latent model: it needs the autoencoder {ae_path}, which does not "
@@ -248,7 +280,7 @@ def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.de
         raise ValueError(f"{ae_path} shifts latents by {shift}, but {path} learnt latents shifted by "
                          f"{named.get('shift_factor', 0.0)}; pass autoencoder= to use another one knowingly")
     autoencoder, _card = model_from_checkpoint(ae_path, device=device)
-    return autoencoder
+    return autoencoder, ae_path.stem
 
 
 def _in_dtype(model, dtype: torch.dtype):

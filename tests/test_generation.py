@@ -289,3 +289,40 @@ def test_a_latent_model_refuses_an_autoencoder_with_another_shift(tmp_path):
     path = save_checkpoint(tmp_path / "latent.safetensors", TextToImageModel(Text2ImageConfig.latent_tiny()),
                            training={"process": RectifiedFlowProcess().to_dict(), "autoencoder": named})
     assert Pipeline.from_checkpoint(path).autoencoder is not None
+
+
+def test_a_sharper_decoder_replaces_the_autoencoders_own_by_default(tmp_path, monkeypatch):
+    """SHARPER_DECODERS: a latent model decodes with the fine-tuned decoder of the autoencoder it was trained on
+    when that file is there (its card names the original's hash); decoder='original' keeps the original."""
+    import shutil
+
+    from course_lib.checkpoint import read_card
+    from course_lib.generation import SHARPER_DECODERS
+    from course_lib.processes import RectifiedFlowProcess
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(CHECKPOINTS / f"vae-small{suffix}", checkpoints / f"vae-small{suffix}")
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    vae, vae_card = model_from_checkpoint(checkpoints / "vae-small.safetensors")
+    named = {"checkpoint": "vae-small.safetensors", "sha256": vae_card["sha256"], "shift_factor": 0.0}
+    model = save_checkpoint(checkpoints / "latent.safetensors", TextToImageModel(Text2ImageConfig.latent_tiny()),
+                            training={"process": RectifiedFlowProcess().to_dict(), "autoencoder": named})
+    assert Pipeline.from_checkpoint(model).autoencoder_name == "vae-small"  # no sharper decoder yet
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.5)  # "fine-tuned": another decoder, the same encoder
+    sharper = checkpoints / SHARPER_DECODERS["vae-small.safetensors"]
+    save_checkpoint(sharper, vae, training={"source_sha256": vae_card["sha256"]})
+    pipe = Pipeline.from_checkpoint(model)
+    assert pipe.autoencoder_name == sharper.stem
+    torch.testing.assert_close(pipe.autoencoder.decoder.conv_out.bias, vae.decoder.conv_out.bias)
+    original = Pipeline.from_checkpoint(model, decoder="original")
+    assert original.autoencoder_name == "vae-small"
+    assert not torch.equal(original.autoencoder.decoder.conv_out.bias, pipe.autoencoder.decoder.conv_out.bias)
+    save_checkpoint(sharper, vae, training={"source_sha256": "0" * 64})  # fine-tuned from another autoencoder
+    with pytest.raises(ValueError, match="fine-tuned from another autoencoder"):
+        Pipeline.from_checkpoint(model)
+    with pytest.raises(ValueError, match="decoder must be 'default'"):
+        Pipeline.from_checkpoint(model, decoder="vae-small")
+    assert read_card(sharper)["training"]["source_sha256"] == "0" * 64
