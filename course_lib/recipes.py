@@ -377,6 +377,14 @@ RECIPES: dict[str, Recipe] = {
             Text2ImageConfig.latent_small,
             TrainConfig.small,
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
+        # SD3's time sampling, measured (Esser et al. 2024, Sec. 3.1 and 5.1): rf-small's recipe with t ~ U[0, 1],
+        # trained for the same steps as a fresh rf-small run beside it
+        LatentText2ImageRecipe(
+            "rf-uniform", "chapter 5's time-sampling ablation: rf-small with uniform t (Liu et al.) instead of "
+            "logit-normal t",
+            Text2ImageConfig.latent_small,
+            TrainConfig.small,
+            process=RectifiedFlowProcess(time_sampling="uniform")),
         ReflowRecipe(
             "rf2-tiny", "chapter 5: reflow of rf-tiny on its own pairs, for tests",
             Text2ImageConfig.latent_tiny,

@@ -35,7 +35,7 @@ from . import config
 from .checkpoint import read_card
 
 __all__ = ["KINDS", "HEADLINES", "results_path", "append_result", "read_results", "row_key", "fid_label",
-           "Point", "points", "results_page", "headline_table", "main"]
+           "training_cost", "Point", "points", "results_page", "headline_table", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -210,12 +210,26 @@ def _card(model: str) -> dict | None:
     return read_card(path) if path.is_file() else None
 
 
+def training_cost(card: dict) -> str:
+    """The CPU-minutes a checkpoint cost, from its card: its own training, and for a reflowed model (a card
+    with ``training.reflow``) also the simulation of its pairs and its teacher's training, e.g.
+    "266 (50 + 106 pairs + 110 teacher)". The teacher's card is read from the checkpoint folder."""
+    training = card.get("training", {})
+    own = training.get("wall_seconds_total", 0) / 60
+    pairs = training.get("reflow", {}).get("pairs")
+    if not pairs:
+        return f"{own:.0f}"
+    simulation = pairs.get("generation_seconds", 0) / 60
+    teacher_path = config.checkpoint_dir() / Path(pairs.get("teacher", "")).name
+    teacher = (read_card(teacher_path).get("training", {}).get("wall_seconds_total", 0) / 60
+               if teacher_path.is_file() else 0.0)
+    total = own + simulation + teacher
+    return f"{total:.0f} ({own:.0f} + {simulation:.0f} pairs + {teacher:.0f} teacher)"
+
+
 def _training(model: str) -> str:
     card = _card(model)
-    if card is None:
-        return ""
-    minutes = card.get("training", {}).get("wall_seconds_total", 0) / 60
-    return f"{minutes:.0f}"
+    return "" if card is None else training_cost(card)
 
 
 def _machine(record: dict) -> str:
@@ -315,7 +329,7 @@ def _checkpoint_rows() -> list[str]:
         if training.get("command"):
             facts.append(f"`{training['command']}`")
         rows.append(f"| {path.stem} | {card.get('model_class')} | {card.get('parameters', 0) / 1e6:.2f}M | "
-                    f"{card.get('step', 0):,} | {training.get('wall_seconds_total', 0) / 60:.0f} | "
+                    f"{card.get('step', 0):,} | {training_cost(card)} | "
                     f"{training.get('hardware', '')} | {'; '.join(facts)} |")
     return rows
 

@@ -118,3 +118,17 @@ def test_headlines_name_models_that_ship():
         assert wanted["kind"] in ("samples", "reconstructions", "real")
         if wanted["kind"] != "real":
             assert (config.REPO_ROOT / "data" / "checkpoints" / f"{model}.safetensors").is_file(), model
+
+
+def test_a_reflowed_model_costs_its_pairs_and_its_teacher_too(tmp_path, monkeypatch):
+    from course_lib.checkpoint import read_card
+    from course_lib.results import training_cost
+
+    assert training_cost({"training": {"wall_seconds_total": 600}}) == "10"
+    card = read_card(config.checkpoint_dir() / "rf2-small.safetensors")
+    own = card["training"]["wall_seconds_total"] / 60
+    pairs = card["training"]["reflow"]["pairs"]["generation_seconds"] / 60
+    teacher = read_card(config.checkpoint_dir() / "rf-small.safetensors")["training"]["wall_seconds_total"] / 60
+    assert training_cost(card) == f"{own + pairs + teacher:.0f} ({own:.0f} + {pairs:.0f} pairs + {teacher:.0f} teacher)"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))  # the teacher's card missing: counted as 0
+    assert training_cost(card).endswith(" + 0 teacher)")
