@@ -1059,8 +1059,9 @@ plt.show()
 # %% [markdown]
 # With a perfect model, 10 DDIM steps give samples whose spread is clearly too small (the number
 # above), 50 steps are close and 1000 steps are right, as is DDPM. On images, a too-narrow spread
-# would show in the pixel std printed for the samples before. Better ODE solvers (Heun, DPM-Solver) and straighter paths (rectified
-# flow, chapter 5) are the cures.
+# would show in the pixel std printed for the samples before. Better ODE solvers (Heun, DPM-Solver) and paths
+# straightened by reflow (chapter 5, which also shows that this ODE is the one a rectified flow learns) are the
+# cures.
 #
 # ## 10. Watching the model denoise
 #

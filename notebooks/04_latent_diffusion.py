@@ -1023,5 +1023,6 @@ plt.show()
 #   above), so more training per CPU-minute; its quality is capped by the decoder.
 # * The **KL weight** trades reconstruction quality against latents that are regular and forgiving.
 #
-# Next, chapter 5 changes the process instead of the space: **rectified flow**, straight paths from noise
-# to data, and samplers that need fewer steps.
+# Next, chapter 5 changes the process instead of the space: **rectified flow**, trained on straight lines
+# between noise and data; it shows that its ODE is this chapter's in other coordinates, and that reflow is
+# what straightens it for few-step sampling.

@@ -19,8 +19,9 @@
 # High-Resolution Image Synthesis") and Flux (Black Forest Labs 2024) replaced it with a **transformer over
 # tokens**: the latent is cut into patches, each patch a token; the caption's encoder states are a second
 # sequence of tokens; and in every block the two sequences attend to each other in **one joint attention**
-# (the "multimodal" in MM-DiT). Time and a pooled text vector steer each block through adaptive LayerNorm,
-# as they steered chapter 2's AdaGN.
+# (the "multimodal" in MM-DiT). Time and a pooled text vector steer each block through adaptive LayerNorm.
+# (Chapter 2's AdaGN was steered by time alone; a pooled text vector joins a UNet's time embedding in GLIDE,
+# Imagen and SDXL, not in Stable Diffusion 1.x.)
 #
 # In this chapter you will build it block by block on chapter 4's 4x8x8 latents, train it with chapter 5's
 # rectified-flow objective, and compare it with the latent UNet:
@@ -587,9 +588,11 @@ if pipes:
 # | prompt accuracy, unseen words, $w = 3$ | 61.0 % ± 3.4 | 62.5 % ± 3.4 |
 #
 # At this size and this budget the two are **about equal**: the transformer matches the UNet, it does not
-# beat it. Prompt accuracy differs by 1.5 points with a standard error of 3; at 25 steps FID-2k favours the
-# UNet by 0.8 and FD_clf the MM-DiT by 0.3; at 4 steps the UNet is a little ahead on both (we did not measure
-# how far FID-2k moves between sampling seeds, so read differences of a point or two as ties). That is not
+# beat it. Prompt accuracy differs by 1.5 points; each accuracy has a standard error of about 3, so their
+# difference has one of about 4.3 ($\sqrt{3.1^2 + 3.0^2}$). At 25 steps FID-2k favours the UNet by 0.8 and FD_clf
+# the MM-DiT by 0.3; at 4 steps the UNet is a little ahead on both, 76.4 against 79.1 FID-2k (`ldm-small`'s FID-2k
+# moves by ±0.6 between sampling seeds, its standard deviation over 3 seeds, so read differences of a point or
+# two as ties). That is not
 # why SD3 and Flux use it.
 # A UNet brings priors for images, convolutions and a pyramid of resolutions, which help most when data and
 # compute are small, as here. The MM-DiT brings uniformity: one kind of block, text and image as tokens of
