@@ -47,13 +47,19 @@ KINDS = ("samples", "reconstructions", "real", "prompt_accuracy")
 HEADLINES: list[tuple[str, dict]] = [
     ("CIFAR-10 test images", {"kind": "real", "num_samples": 2000}),
     ("vae-small", {"kind": "reconstructions", "num_samples": 2000}),
-    ("ddpm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25}),
-    ("cond-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0}),
-    ("ldm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0}),
-    ("rf-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 50, "guidance": 3.0}),
-    ("rf2-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 1, "guidance": 1.0}),
-    ("rf-small-minilm", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 25, "guidance": 3.0}),
-    ("mmdit-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 25, "guidance": 3.0}),
+    ("ddpm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "spacing": "linspace"}),
+    ("cond-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0,
+                    "spacing": "linspace"}),
+    ("ldm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0,
+                   "spacing": "linspace"}),
+    ("rf-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 50, "guidance": 3.0,
+                  "shift": 1.0}),
+    ("rf2-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 1, "guidance": 1.0,
+                   "shift": 1.0}),
+    # chapter 6's equal-compute pair, at 25 steps and at 4 (where the UNet is ahead)
+    *[(model, {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": steps, "guidance": 3.0,
+               "shift": 1.0})
+      for model in ("rf-small-minilm", "mmdit-small") for steps in (25, 4)],
 ]
 
 
