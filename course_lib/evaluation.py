@@ -88,6 +88,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import config
+from .autoencoder import psnr
 from .captions import class_prompt, unseen_prompt
 from .classifier import confusion_matrix, per_class_accuracy, predict
 from .checkpoint import read_card
@@ -414,20 +415,34 @@ def _record(kind: str, entry: dict, settings: dict, metrics: dict, device: torch
 # --------------------------------------------------------------------------- the command line
 
 
-def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[torch.Tensor, dict, dict]:
+def _reconstructions(checkpoint: str, n: int, device: torch.device) -> tuple[torch.Tensor, dict, dict, dict]:
     """An autoencoder's deterministic reconstructions decode(mode(q(z|x))) of the first ``n`` CIFAR-10 test
     images as uint8 [n, 3, 32, 32] (the same images as ``cifar10:test`` with ``--num-samples n``: compare
-    the two rows to see what the autoencoder loses), with the record's entry and settings."""
+    the two rows to see what the autoencoder loses), with the record's entry and settings, and what the
+    pixels alone tell: the mean per-image PSNR and the posterior means' statistics (their std before and after
+    the card's scale and shift, and the largest channel mean), for comparing autoencoders (chapter 4's channel
+    sweep)."""
     autoencoder, card = model_from_checkpoint(checkpoint, device=device)
     data = load_cifar10("test", limit=n, verbose=False)
+    recon, means = [], []
     with torch.no_grad():
-        recon = torch.cat([autoencoder(batch.to(device), sample_posterior=False)[0].clamp(-1, 1).cpu()
-                           for batch in data.images.split(250)])  # [n, 3, 32, 32]
+        for batch in data.images.split(250):
+            posterior = autoencoder.encode(batch.to(device))
+            means.append(posterior.mode().float().cpu())  # [b, C, h, w]
+            recon.append(autoencoder.decode(posterior.mode()).clamp(-1, 1).cpu())  # [b, 3, 32, 32]
+    recon, mu = torch.cat(recon), torch.cat(means)
+    scaled = (mu - autoencoder.config.shift_factor) * float(autoencoder.scaling_factor)
+    extra = {"psnr": float(psnr(recon, data.images).mean()), "latent_channels": int(mu.shape[1]),
+             "latent_std": float(mu.std()), "scaled_latent_std": float(scaled.std()),
+             "scaled_latent_max_channel_mean": float(scaled.mean(dim=(0, 2, 3)).abs().max())}
     entry = checkpoint_entry(checkpoint, card)
     settings = {"num_samples": len(recon), "reconstruction": "decode(mode(q(z|x))) of CIFAR-10 test images",
                 "decoder_sha256": decoder_sha256(autoencoder)}
-    print(f"{checkpoint}: reconstructions of {len(recon)} CIFAR-10 test images from {data.source}")
-    return to_uint8(recon), entry, settings
+    print(f"{checkpoint}: reconstructions of {len(recon)} CIFAR-10 test images from {data.source}; PSNR "
+          f"{extra['psnr']:.2f} dB; {extra['latent_channels']} latent channels, posterior means' std "
+          f"{extra['latent_std']:.3f} ({extra['scaled_latent_std']:.3f} scaled, largest channel mean "
+          f"{extra['scaled_latent_max_channel_mean']:.3f})")
+    return to_uint8(recon), entry, settings, extra
 
 
 def _floats(text: str, parser: argparse.ArgumentParser, flag: str) -> list[float]:
@@ -517,7 +532,7 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if args.num_samples is None:
             parser.error("give --num-samples N: how many test images to reconstruct (2,000 to compare with FID-2k rows)")
         start = time.perf_counter()
-        images, entry, settings = _reconstructions(args.checkpoint, args.num_samples, device)
+        images, entry, settings, pixel_metrics = _reconstructions(args.checkpoint, args.num_samples, device)
         runs.append(("reconstructions", images, entry, settings, None, time.perf_counter() - start))
     else:
         pipeline = _pipeline(args, parser, device)
@@ -569,7 +584,8 @@ def _quality_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
               f"({threads} thread{'s' if threads > 1 else ''})")
         if not args.no_record:
             extra = {"nfe": nfe} if nfe is not None else {}
-            path = append_result(_record(kind, entry, settings, report.metrics, device, **extra,
+            measured = {**report.metrics, **(pixel_metrics if kind == "reconstructions" else {})}
+            path = append_result(_record(kind, entry, settings, measured, device, **extra,
                                          reference=report.reference, seconds=seconds), args.results)
             print(f"recorded in {path}")
     return 0

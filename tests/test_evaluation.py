@@ -323,6 +323,15 @@ def test_quality_command_scores_an_autoencoders_reconstructions_of_the_test_imag
         expected = to_uint8(autoencoder(test, sample_posterior=False)[0].clamp(-1, 1))  # [20, 3, 32, 32]
     saved = torch.from_numpy(np.load(npz)["images"]).permute(0, 3, 1, 2)
     assert saved.equal(expected)  # the scored images are the reconstructions of the first 20 test images
+    from course_lib.autoencoder import psnr
+
+    metrics = record["metrics"]  # what the pixels and the latents say, beside the feature metrics
+    recon = autoencoder(test, sample_posterior=False)[0].clamp(-1, 1).detach()
+    assert metrics["psnr"] == pytest.approx(float(psnr(recon, test).mean()), rel=1e-5)
+    mu = autoencoder.encode(test).mode().detach()
+    assert metrics["latent_channels"] == 4 and metrics["latent_std"] == pytest.approx(float(mu.std()), rel=1e-5)
+    assert metrics["scaled_latent_std"] == pytest.approx(float(mu.std()) * float(autoencoder.scaling_factor), rel=1e-5)
+    assert metrics["scaled_latent_max_channel_mean"] >= 0
     assert "| ae | reconstructions of test images |" in results_page([record])
     with pytest.raises(SystemExit):
         main([str(path), "--metrics", "fd_clf", "--no-record"])
