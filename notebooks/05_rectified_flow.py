@@ -207,7 +207,8 @@ print(f"DDIM (eps model) against the 1-rectified flow, {n_steps} steps each: mea
 # $$y = \frac{x}{\alpha + \sigma}, \qquad s = \frac{\sigma}{\alpha + \sigma}, \qquad\text{so that}\qquad
 #   y = (1 - s)\,x_0 + s\,\epsilon ,$$
 #
-# a point of the flow's straight line at time $s$, with the same signal-to-noise ratio $\alpha/\sigma = (1 - s)/s$
+# a point of the flow's straight line at time $s$, with the same ratio $\alpha/\sigma = (1 - s)/s$, hence the same
+# signal-to-noise ratio $\alpha^2/\sigma^2$
 # (`ddpm_path_as_flow`). DDPM's probability-flow ODE, which DDIM integrates (Song et al. 2021, eq. 14), reads
 # $\mathrm d\bar x = \hat\epsilon\,\mathrm d\rho$ in $\bar x = x/\alpha$ and $\rho = \sigma/\alpha$, with
 # $\hat\epsilon = \mathbb E[\epsilon \mid x]$. Since $y = \bar x/(1 + \rho)$ and $s = \rho/(1 + \rho)$,
@@ -375,7 +376,7 @@ plt.show()
 # exact field up to Euler's error, the learned one a little further), although no single path follows a line.
 #
 # Note the two DDPM rows: the same ODE, two grids. DDIM's 64 steps are evenly spaced in the DDPM timestep,
-# which puts many of them at high noise (its first step only moves $s$ from 0.994 to about 0.99), where the
+# which puts many of them at high noise (its first step only moves $s$ from 0.9937 to 0.9926), where the
 # DDPM velocity $\hat\epsilon - \hat x_0$ changes fastest ($\hat x_0$ divides by $\sqrt{\bar\alpha} \approx 0.006$
 # at the start). Euler on a grid even in $s$ takes big steps there, and its polyline is measured as more
 # curved: straightness is measured on the path a *solver* draws, grid included.
@@ -429,8 +430,8 @@ assert check_rf_loss(rf_loss) and check_euler_step(euler_step)
 # The trained flow's ODE maps every noise point to *one* sample, and its paths never cross. Train a new
 # flow on those pairs $(x_0, x_1) = (\mathrm{ODE}(x_1), x_1)$ instead of independent ones: the lines no
 # longer cross, so there is nothing to average, and the new flow's paths are straighter (Liu et al.,
-# Sec. 2.2; their Sec. 3 shows that rectifying never increases a convex transport cost and that repeated
-# reflow drives the straightness towards 0). That is **reflow**; the result is the 2-rectified flow, and the
+# Sec. 2.2; their Sec. 3 shows that rectifying never increases a convex transport cost, and that over $K$
+# rounds of reflow the straightest flow has a straightness of order $1/K$). That is **reflow**; the result is the 2-rectified flow, and the
 # procedure can be repeated. The pairs are simulated accurately (Heun, 64 steps), since the new flow learns them as given.
 #
 # ### Exercise: the reflow
@@ -643,7 +644,8 @@ for name, values in w2_controls.items():
 # (Esser et al., eq. 23; `flow_time_grid(n, shift=alpha)`): since $(1 - t')/t' = (1 - t)/(\alpha t)$, the shifted
 # time has the signal-to-noise ratio $(1-t)^2/t^2$ divided by $\alpha^2$, as if the data were scaled by $1/\alpha$.
 # Their reason is resolution: more pixels average the noise away, so a larger image needs more noise for the same
-# uncertainty ($\alpha = \sqrt{m/n}$ for $m$ against $n$ pixels; SD3 samples at $\alpha = 3$ at 1024²). Flux
+# uncertainty ($\alpha = \sqrt{m/n}$ for a new resolution of $m$ pixels and a schedule tuned at $n$; SD3 samples at
+# $\alpha = 3$ at 1024²). Flux
 # makes the shift grow with the image's token count $L$: $\alpha = e^{\mu}$, $\mu$ linear from 0.5 at 256 tokens to
 # 1.15 at 4,096 (its `get_schedule` and `time_shift`), so $\alpha \approx 3.2$ at 1024² and 1.58 for this course's
 # 8x8 latent in 2x2 patches ($L = 16$).
@@ -973,11 +975,12 @@ if len(pipes) >= 2:
 # 2 to 32 NFE the 1-rectified flow has the lower FID-2k (143 against DDIM's 210 at 2 NFE, 78 against 86 at 8);
 # at 100 NFE DDIM's is lower, 65.4 against 66.4 (ldm-small's spread over 3 seeds at its headline setting is
 # ±0.6, so the two are about level there). In the classifier's features the flow is worse than DDIM below 16
-# NFE: its blurred averages are far from any real image in Inception's eyes but even further, for a classifier,
-# from a recognisable class. DDIM on the trailing grid (dashed) no longer wastes its second evaluation: at 4 NFE
+# NFE (presumably its blurred averages are far from a real image for Inception, and further still from a
+# recognisable class for the classifier; we did not measure why). DDIM on the trailing grid (dashed) no longer wastes its second evaluation: at 4 NFE
 # (2 guided steps, $t$ = 999, 499) FID-2k 116.0 and FD_clf 8.6, against 209.5 and 13.5 on the linspace grid
-# ($t$ = 999, 0). At 2 NFE the two grids are the same step; at 8 and 16 NFE trailing is ahead in FID-2k (79.7
-# against 85.5, 71.6 against 72.3) and mixed in FD_clf (10.4 against 9.7, 8.2 against 8.4). Even so, at 4 NFE
+# ($t$ = 999, 0). At 2 NFE the two grids are the same step; at 8 NFE trailing is ahead in FID-2k (79.7 against
+# 85.5) and behind in FD_clf (10.4 against 9.7); at 16 NFE the two are level (71.6 against 72.3 FID-2k, inside the
+# ±0.6 spread over seeds; FD_clf 8.2 against 8.4). Even so, at 4 NFE
 # the flow (104.6) beats the better DDIM grid in FID-2k; what closes the gap at one step is reflow.
 #
 # The 2-rectified flow is the one that changes the picture: FID-2k 72.6 at **1** NFE (DDIM needs 16 NFE for
@@ -990,11 +993,12 @@ if len(pipes) >= 2:
 # **Guidance distillation, named.** `rf2-small`'s pairs were simulated with guidance $w = 3$, two evaluations per
 # step; the student learns the guided ODE's endpoints and runs at $w = 1$, one evaluation per step. That is
 # *guidance distillation* (Meng et al. 2023, "On distillation of guided diffusion models"): the guidance is baked
-# into the weights. FLUX.1 [dev] does the same with a twist: it is guidance-distilled from [pro] and takes the
-# guidance strength as an input, a guidance embedding added to its time and text vector (`guidance_in` in Flux's
-# `model.py`), so one evaluation per step serves any $w$. Neither Flux model owes its few steps to "native"
-# straightness: FLUX.1 [schnell], the 1-4 step model, is distilled with latent adversarial diffusion distillation
-# (LADD; Sauer et al. 2024), and samples with no time shift.
+# into the weights. FLUX.1 [dev] does the same with a twist: it is guidance-distilled (its model card) and takes
+# the guidance strength as an input, a guidance embedding added to its time and text vector (`guidance_in` in
+# Flux's `model.py`), so one evaluation per step serves any $w$; it still samples 50 steps by default (Flux's
+# `cli.py`). Neither Flux model gets its speed from "native" straightness: [dev]'s distillation halves the
+# evaluations per step, and FLUX.1 [schnell], the 1-4 step model, is distilled with latent adversarial diffusion
+# distillation (LADD; Sauer et al. 2024) and samples with no time shift.
 #
 # **A map of few-step methods** (chapter 7 builds some of them):
 #
@@ -1004,7 +1008,7 @@ if len(pipes) >= 2:
 # | progressive distillation | one student step = two teacher steps, halving the steps each round | Salimans & Ho 2022 |
 # | guidance distillation | the guided model's output in one evaluation (then fewer steps) | Meng et al. 2023 |
 # | consistency models | any point of a path maps to the path's end | Song et al. 2023 |
-# | adversarial distillation (ADD, LADD) | few-step samples a discriminator cannot tell from data (SDXL-Turbo, SD3-Turbo, FLUX.1 [schnell]) | Sauer et al. 2023, 2024 |
+# | adversarial distillation (ADD, LADD) | few-step samples a discriminator cannot tell from real images, plus a distillation loss to the teacher (ADD: SDXL-Turbo), or from the teacher's samples, judged in the teacher's latent features (LADD: SD3-Turbo, FLUX.1 [schnell]) | Sauer et al. 2023, 2024 |
 
 # %% [markdown]
 # **SD3's time, on images.** Section 6's two choices, measured where SD3 made them (2,000 samples per point for
@@ -1041,14 +1045,15 @@ for steps in (4, 25):
 # machine; the spreads are over 3 sampling seeds of one trained model each, so they do not include the training
 # seed, and a 200-image accuracy alone has a standard error of 3.5 points). Small, in SD3's direction: their
 # large study ranked rectified flows with logit-normal times among the best of its variants (Esser et al., Sec.
-# 5.1). Both short runs are far from `rf-small` (100 minutes, 78.8 % prompt accuracy): read them as a
+# 5.1). Both short runs are far from `rf-small` (110 minutes; 78.8 % prompt accuracy at 50 steps): read them as a
 # controlled pair, not as models.
 #
 # **Sampling times.** The shift *hurts* here: at 4 steps FD_clf rises from 11.11 ± 0.05 without a shift to
 # 12.36 ± 0.03 with Flux's 1.58 and 15.78 ± 0.09 with SD3's 3; at 25 steps (one seed) from 5.26 to 5.38 and
 # 5.88. The shift is a rule for many tokens: many pixels average the noise away, so a large image still shows
 # its content at a middle $t$ and needs more steps at high noise. This course's latent has 16 tokens, far below
-# the 256 where Flux's rule starts (its $\mu = 0.5$ is an extrapolation here) and SD3's 1024² images; SD3's own
+# the 256 where Flux's rule starts (its line, extended below 256 tokens, gives $\mu \approx 0.46$) and SD3's 1024²
+# images; SD3's own
 # formula, $\alpha = \sqrt{m/n}$, asks for $\alpha < 1$ when $m$ is smaller than the resolution a schedule was
 # tuned for. A schedule has to fit the data's signal-to-noise ratio, which is chapter 4's lesson about the scale
 # factor too.
