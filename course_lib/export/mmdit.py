@@ -98,14 +98,17 @@ def _converters(config: MMDiTConfig) -> dict:
             out[name] = torch.cat(out[name].chunk(2)[::-1])  # [2D, ...]: the two halves of the rows exchanged
         return out
 
+    def linear_names(stream: str, mod: str, proj: str, mlp: str) -> list[tuple[str, str]]:
+        """(course name, diffusers name) of one stream's plain linear layers: modulation, output projection, MLP."""
+        pairs = [(f"{stream}_mod.lin", f"{mod}.linear"), (f"{stream}_attn.proj", f"attn.{proj}"),
+                 (f"{stream}_mlp.0", f"{mlp}.net.0.proj"), (f"{stream}_mlp.2", f"{mlp}.net.2")]
+        return [(f"{ours}.{p}", f"{theirs}.{p}") for ours, theirs in pairs for p in ("weight", "bias")]
+
     def double_to(below: dict) -> dict:
         out = {}
         for stream, mod, qkv, norms, proj, mlp in _STREAMS:
-            for p in ("weight", "bias"):
-                out[f"{mod}.linear.{p}"] = below.pop(f"{stream}_mod.lin.{p}")
-                out[f"attn.{proj}.{p}"] = below.pop(f"{stream}_attn.proj.{p}")
-                out[f"{mlp}.net.0.proj.{p}"] = below.pop(f"{stream}_mlp.0.{p}")
-                out[f"{mlp}.net.2.{p}"] = below.pop(f"{stream}_mlp.2.{p}")
+            for ours, theirs in linear_names(stream, mod, proj, mlp):
+                out[theirs] = below.pop(ours)
             weights = below.pop(f"{stream}_attn.qkv.weight").chunk(3)  # 3 x [D, D]
             bias = below.pop(f"{stream}_attn.qkv.bias", None)
             biases = bias.chunk(3) if bias is not None else [w.new_zeros(w.shape[0]) for w in weights]
@@ -118,11 +121,8 @@ def _converters(config: MMDiTConfig) -> dict:
     def double_back(below: dict) -> dict:
         out = {}
         for stream, mod, qkv, norms, proj, mlp in _STREAMS:
-            for p in ("weight", "bias"):
-                out[f"{stream}_mod.lin.{p}"] = below.pop(f"{mod}.linear.{p}")
-                out[f"{stream}_attn.proj.{p}"] = below.pop(f"attn.{proj}.{p}")
-                out[f"{stream}_mlp.0.{p}"] = below.pop(f"{mlp}.net.0.proj.{p}")
-                out[f"{stream}_mlp.2.{p}"] = below.pop(f"{mlp}.net.2.{p}")
+            for ours, theirs in linear_names(stream, mod, proj, mlp):
+                out[ours] = below.pop(theirs)
             out[f"{stream}_attn.qkv.weight"] = torch.cat([below.pop(f"attn.{name}.weight") for name in qkv])  # [3D, D]
             bias = torch.cat([below.pop(f"attn.{name}.bias") for name in qkv])  # [3D]
             if c.qkv_bias:
