@@ -35,7 +35,7 @@ from . import config
 from .checkpoint import read_card
 
 __all__ = ["KINDS", "HEADLINES", "results_path", "append_result", "read_results", "row_key", "fid_label",
-           "training_cost", "Point", "points", "results_page", "headline_table", "main"]
+           "training_minutes", "training_cost", "Point", "points", "results_page", "headline_table", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -216,21 +216,28 @@ def _card(model: str) -> dict | None:
     return read_card(path) if path.is_file() else None
 
 
-def training_cost(card: dict) -> str:
-    """The CPU-minutes a checkpoint cost, from its card: its own training, and for a reflowed model (a card
-    with ``training.reflow``) also the simulation of its pairs and its teacher's training, e.g.
-    "266 (50 + 106 pairs + 110 teacher)". The teacher's card is read from the checkpoint folder."""
+def training_minutes(card: dict) -> tuple[float, float, float]:
+    """(own, pairs, teacher): the CPU-minutes of a checkpoint's own training, and for a reflowed model (a card
+    with ``training.reflow``) of simulating its pairs and of its teacher's training (0 and 0 otherwise; the
+    teacher's card is read from the checkpoint folder, 0 when it is not there)."""
     training = card.get("training", {})
     own = training.get("wall_seconds_total", 0) / 60
     pairs = training.get("reflow", {}).get("pairs")
     if not pairs:
-        return f"{own:.0f}"
-    simulation = pairs.get("generation_seconds", 0) / 60
+        return own, 0.0, 0.0
     teacher_path = config.checkpoint_dir() / Path(pairs.get("teacher", "")).name
     teacher = (read_card(teacher_path).get("training", {}).get("wall_seconds_total", 0) / 60
                if teacher_path.is_file() else 0.0)
-    total = own + simulation + teacher
-    return f"{total:.0f} ({own:.0f} + {simulation:.0f} pairs + {teacher:.0f} teacher)"
+    return own, pairs.get("generation_seconds", 0) / 60, teacher
+
+
+def training_cost(card: dict) -> str:
+    """What a checkpoint cost in CPU-minutes (:func:`training_minutes`), e.g. "125", or for a reflowed model
+    "266 (50 + 106 pairs + 110 teacher)"."""
+    own, simulation, teacher = training_minutes(card)
+    if "pairs" not in card.get("training", {}).get("reflow", {}):
+        return f"{own:.0f}"
+    return f"{own + simulation + teacher:.0f} ({own:.0f} + {simulation:.0f} pairs + {teacher:.0f} teacher)"
 
 
 def _training(model: str) -> str:

@@ -873,10 +873,7 @@ if pipes:
 # includes its teacher's training and the simulation of its pairs.
 
 # %%
-from pathlib import Path
-
-from course_lib.checkpoint import read_card
-from course_lib.results import fid_label, points
+from course_lib.results import fid_label, points, training_minutes
 
 
 def measured(name, metric, spacing="linspace"):
@@ -891,17 +888,14 @@ def measured(name, metric, spacing="linspace"):
 costs = {}
 for name, pipe in pipes.items():
     training = pipe.card["training"]
-    minutes = training["wall_seconds_total"] / 60
-    line = f"{name:9s} trained {minutes:5.0f} min ({pipe.card['step']:,} steps) on {training['hardware']}"
+    own, simulation, teacher = training_minutes(pipe.card)  # a reflowed model: its pairs and teacher count too
+    line = f"{name:9s} trained {own:5.0f} min ({pipe.card['step']:,} steps) on {training['hardware']}"
     if "reflow" in training:
         pairs = training["reflow"]["pairs"]
-        teacher = config.checkpoint_dir() / Path(pairs["teacher"]).name
-        teacher_minutes = read_card(teacher)["training"]["wall_seconds_total"] / 60 if teacher.exists() else 0
-        line += (f";\n{'':9s} + its {pairs['pairs']:,} pairs: {pairs['generation_seconds'] / 60:.0f} thread-minutes "
+        line += (f";\n{'':9s} + its {pairs['pairs']:,} pairs: {simulation:.0f} thread-minutes "
                  f"({pairs['solver']} {pairs['steps']} steps, w = {pairs['guidance']:g}) + its teacher's "
-                 f"{teacher_minutes:.0f} min")
-        minutes += pairs["generation_seconds"] / 60 + teacher_minutes
-    costs[name] = minutes
+                 f"{teacher:.0f} min")
+    costs[name] = own + simulation + teacher
     print(line)
 curves = [(name, "linspace") for name in ckpt_paths] + [("ldm-small", "trailing")]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
