@@ -34,13 +34,19 @@ from pathlib import Path
 from . import config
 from .checkpoint import read_card
 
-__all__ = ["KINDS", "HEADLINES", "results_path", "append_result", "read_results", "row_key", "fid_label",
-           "training_minutes", "training_cost", "Point", "points", "results_page", "headline_table", "main"]
+__all__ = ["KINDS", "SAMPLE_KINDS", "DELIVERY_KINDS", "HEADLINES", "results_path", "append_result", "read_results", "row_key", "fid_label",
+           "add_results", "training_minutes", "training_cost", "Point", "points", "results_page", "headline_table",
+           "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
-#: what a line measured: generated samples, an autoencoder's reconstructions, real images, prompt accuracy
-KINDS = ("samples", "reconstructions", "real", "prompt_accuracy")
+#: what a line measured: generated samples, an autoencoder's reconstructions, real images, prompt accuracy;
+#: and how the course reaches its readers (no checkpoint of their own): an explorer's redraw time in the browser
+#: (tests/test_browser.py), a chapter's peak memory (benchmarks/bench_memory.py), a chapter's size on the static
+#: site (tools/build_site.py)
+SAMPLE_KINDS = ("samples", "reconstructions", "real", "prompt_accuracy")
+DELIVERY_KINDS = ("explorer_latency", "notebook_memory", "site_size")
+KINDS = SAMPLE_KINDS + DELIVERY_KINDS
 
 #: the course's headline points: (model, settings a point must have), in the order of the chapters. The
 #: README's table and the top of docs/results.md show these (every lines' figures are further down).
@@ -81,6 +87,27 @@ def append_result(record: dict, path: str | Path | None = None) -> Path:
     with open(path, "a") as f:  # one line per write; appending a line is atomic enough for a log
         f.write(json.dumps(record) + "\n")
     return path
+
+
+def add_results(source: str | Path, path: str | Path | None = None) -> int:
+    """Append the lines of ``source`` (a JSON list of lines, or JSON Lines) to the results file; return how many.
+
+    For measurements made where the results file must not change (a test writes its lines to ``build/``): the
+    lines are all checked before any is appended, so a bad file adds nothing."""
+    source = Path(source)
+    text = source.read_text()
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in
+                                                                          text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source} is neither a JSON list of results lines nor JSON Lines ({err})") from err
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict) or r.get("kind") not in KINDS
+           or not isinstance(r.get("settings"), dict)]
+    if bad:
+        raise ValueError(f"{source}: line(s) {bad[:5]} lack a kind (one of {KINDS}) or a settings dict; nothing added")
+    for record in records:
+        append_result(record, path)
+    return len(records)
 
 
 def row_key(record: dict) -> str:
@@ -321,7 +348,7 @@ def _cost_rows(records: list[dict]) -> list[str]:
 
     groups: dict[tuple[str, str], list[float]] = {}
     for r in records:
-        if r.get("kind") == "prompt_accuracy":
+        if r.get("kind") not in ("samples", "reconstructions", "real"):
             continue
         groups.setdefault((kind_of(r), r.get("hardware", "").rsplit(", ", 1)[-1]), []).append(_minutes(r))
     rows = ["| kind of point (one seed, 2,000 images unless stated) | threads | lines | CPU-minutes (min - max) |",
@@ -344,6 +371,49 @@ def _checkpoint_rows() -> list[str]:
         rows.append(f"| {path.stem} | {card.get('model_class')} | {card.get('parameters', 0) / 1e6:.2f}M | "
                     f"{card.get('step', 0):,} | {training_cost(card)} | "
                     f"{training.get('hardware', '')} | {'; '.join(facts)} |")
+    return rows
+
+
+def _latest(records: list[dict], kind: str) -> list[dict]:
+    return sorted((r for r in records if r.get("kind") == kind),
+                  key=lambda r: tuple(str(r["settings"].get(k, "")) for k in ("chapter", "mode", "index", "explorer")))
+
+
+def _delivery_rows(records: list[dict]) -> list[str]:
+    """The three tables of how the course reaches its readers: redraw latency, peak memory, site size."""
+    rows = ["### Explorers in the browser", "",
+            "Time from moving a control in JupyterLab (Chromium) to the new picture decoded in the page, with the",
+            "shipped checkpoints in fast mode: the median over a few moves (`tests/test_browser.py`, recorded with",
+            "`python -m course_lib.results --add build/browser/latency/*.json`). Times depend on the machine's load,",
+            "which each line records (the 1-minute load average when the chapter ran).", "",
+            "| chapter | explorer | moves | median s | slowest s | aim s | machine | load | date |",
+            "|---|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in _latest(records, "explorer_latency"):
+        s, m = r["settings"], r["metrics"]
+        moves = m.get("moves", [])
+        slowest = max((move["seconds"] for move in moves), default=float("nan"))
+        aim = f"{m['target_seconds']:g}" if m.get("target_seconds") else ""
+        rows.append(f"| {s['chapter']} | {s['explorer']} #{s.get('index', 0)} | {len(moves)} | "
+                    f"{m['median_seconds']:.2f} | {slowest:.2f} | {aim} | {r.get('hardware', '')} | "
+                    f"{r.get('load_average', [float('nan')])[0]:.1f} | {r.get('date', '')} |")
+    rows += ["", "### Memory: does a chapter fit a 2 GB notebook server?", "",
+             "The kernel's peak resident memory while a chapter runs top to bottom in a fresh kernel (Linux's",
+             "high-water mark; `python benchmarks/bench_memory.py --mode both --record`). Binder gives about 2 GB.",
+             "", "| chapter | mode | peak GB | fits 2 GB | where the peak was reached | end GB | run s | machine | date |",
+             "|---|---|---:|---|---|---:|---:|---|---|"]
+    for r in _latest(records, "notebook_memory"):
+        s, m = r["settings"], r["metrics"]
+        rows.append(f"| {s['chapter']} | {s['mode']} | {m['peak_gb']:.2f} | {'yes' if m['peak_gb'] <= 2 else 'NO'} | "
+                    f"{m.get('peak_where', '')} | {m.get('end_gb', float('nan')):.2f} | {m.get('seconds', 0):.0f} | "
+                    f"{r.get('hardware', '')} | {r.get('date', '')} |")
+    rows += ["", "### The static site", "",
+             "Each chapter's page with its explorers' precomputed views (`python tools/build_site.py --record`;",
+             "the aim is at most 20 MB a chapter).", "",
+             "| chapter | mode | MB | explorers | views | date |", "|---|---|---:|---:|---:|---|"]
+    for r in _latest(records, "site_size"):
+        s, m = r["settings"], r["metrics"]
+        rows.append(f"| {s['chapter']} | {s['mode']} | {m['bytes'] / 1e6:.1f} | {m.get('explorers', 0)} | "
+                    f"{m.get('views', 0)} | {r.get('date', '')} |")
     return rows
 
 
@@ -407,6 +477,10 @@ def results_page(records: list[dict]) -> str:
         "",
         *_checkpoint_rows(),
         "",
+        "## Reaching the readers: explorers, memory, the site",
+        "",
+        *_delivery_rows(records),
+        "",
     ])
 
 
@@ -426,8 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=str(config.REPO_ROOT / "README.md"))
     parser.add_argument("--page", default=str(config.REPO_ROOT / "docs" / "results.md"))
     parser.add_argument("--check", action="store_true", help="exit 1 if the page or the README's table is stale")
+    parser.add_argument("--add", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="first append the results lines in these files (JSON lists or JSON Lines), e.g. "
+                             "build/browser/latency/*.json")
     args = parser.parse_args(argv)
     path = Path(args.results) if args.results else results_path()
+    for source in args.add:
+        try:
+            print(f"{source}: {add_results(source, path)} line(s) added to {path}")
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
     if not path.is_file():
         parser.error(f"{path} does not exist; run python -m course_lib.evaluation CHECKPOINT --num-samples N first")
     records = read_results(path)

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from course_lib import config
-from course_lib.results import (BEGIN, END, HEADLINES, append_result, headline_table, main, points, read_results,
-                                results_page)
+from course_lib.results import (BEGIN, DELIVERY_KINDS, END, HEADLINES, KINDS, add_results, append_result,
+                                headline_table, main, points, read_results, results_page)
 
 
 def _record(model, fid, guidance=None, sha="a" * 64, seed=1, **settings):
@@ -105,7 +105,10 @@ def test_the_committed_page_and_readme_show_the_committed_results():
 
 def test_every_committed_line_keeps_its_settings_and_counts_its_nfe():
     for r in read_results(config.REPO_ROOT / "data" / "results.jsonl"):
-        assert r["kind"] in ("samples", "reconstructions", "real", "prompt_accuracy"), r
+        assert r["kind"] in KINDS, r
+        if r["kind"] in DELIVERY_KINDS:
+            assert {"chapter", "mode"} <= set(r["settings"]) and r["settings"]["mode"] in ("fast", "full"), r
+            continue
         if r["kind"] in ("samples", "prompt_accuracy"):
             s = r["settings"]
             assert {"sampler", "steps", "guidance", "seed", "spacing", "shift", "decoder", "decoder_sha256"} <= set(s)
@@ -132,3 +135,48 @@ def test_a_reflowed_model_costs_its_pairs_and_its_teacher_too(tmp_path, monkeypa
     assert training_cost(card) == f"{own + pairs + teacher:.0f} ({own:.0f} + {pairs:.0f} pairs + {teacher:.0f} teacher)"
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))  # the teacher's card missing: counted as 0
     assert training_cost(card).endswith(" + 0 teacher)")
+
+
+def _delivery(kind, chapter, **metrics):
+    extra = {"explorer": "TrajectoryExplorer", "index": 0} if kind == "explorer_latency" else {}
+    return {"date": "2026-12-07", "kind": kind, "settings": {"chapter": chapter, "mode": "fast", **extra},
+            "metrics": metrics, "hardware": "CPU Test, 2 cores", "load_average": [1.25, 1.0, 1.0]}
+
+
+def test_latency_memory_and_site_size_lines_are_added_from_a_file_and_shown(tmp_path):
+    results = _write(tmp_path / "results.jsonl", [_record("ddpm-small", 50.0)])
+    latency = tmp_path / "latency.json"
+    latency.write_text(json.dumps([_delivery("explorer_latency", "05_rectified_flow", median_seconds=0.31,
+                                             target_seconds=1.0, moves=[{"control": "t", "seconds": 0.31},
+                                                                        {"control": "t", "seconds": 0.52}])]))
+    memory = _write(tmp_path / "memory.jsonl", [_delivery("notebook_memory", "04_latent_diffusion", peak_gb=1.73,
+                                                          end_gb=1.5, seconds=40.0, peak_where="cell 12 (Training)"),
+                                                _delivery("notebook_memory", "06_mmdit", peak_gb=2.4, end_gb=2.0,
+                                                          seconds=50.0, peak_where="cell 3 (setup)")])
+    assert add_results(latency, results) == 1 and add_results(memory, results) == 2
+    append_result(_delivery("site_size", "05_rectified_flow", bytes=12_600_000, explorers=2, views=320), results)
+    page = results_page(read_results(results))
+    assert "| 05_rectified_flow | TrajectoryExplorer #0 | 2 | 0.31 | 0.52 | 1 | CPU Test, 2 cores | 1.2 |" in page
+    assert "| 04_latent_diffusion | fast | 1.73 | yes | cell 12 (Training) |" in page
+    assert "| 06_mmdit | fast | 2.40 | NO |" in page  # over the 2 GB of a Binder server, said so
+    assert "| 05_rectified_flow | fast | 12.6 | 2 | 320 |" in page
+    assert "FID-2k 50.00" in page  # the sample tables are unchanged by the new kinds
+
+
+def test_adding_a_bad_file_adds_nothing_and_says_why(tmp_path):
+    results = _write(tmp_path / "results.jsonl", [_record("ddpm-small", 50.0)])
+    before = results.read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([_delivery("site_size", "01_ddpm_unet", bytes=1), {"kind": "speed", "settings": {}}]))
+    with pytest.raises(ValueError, match=r"line\(s\) \[1\] lack a kind .* nothing added"):
+        add_results(bad, results)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="neither a JSON list"):
+        add_results(bad, results)
+    assert results.read_text() == before
+    page = tmp_path / "results.md"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    with pytest.raises(SystemExit):  # the command line names the file and adds nothing
+        main(["--results", str(results), "--readme", str(readme), "--page", str(page), "--add", str(bad)])
+    assert results.read_text() == before

@@ -1,5 +1,6 @@
 """Widgets update when their controls change (no browser: set the control, check what was drawn)."""
 
+import json
 import ipywidgets as widgets
 import pytest
 import torch
@@ -560,3 +561,73 @@ def test_every_explorers_display_data_has_its_picture(name, request):
     png = base64.b64decode(data["image/png"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == explorer.image.value
     assert data["text/plain"].startswith(f"{name} (") and "VBox" not in data["text/plain"]
+
+
+# --------------------------------------------------------------------------- the views a page without a kernel shows
+
+from course_lib.widgets import explorer_views, shown_explorers  # noqa: E402
+from course_lib.widgets.views import fit_limits, pick_values, view_options  # noqa: E402
+
+
+def test_pick_values_is_evenly_spaced_keeps_the_start_and_never_exceeds_the_limit():
+    options = [(str(v), v) for v in range(11)]
+    assert [v for _, v in pick_values(options, 3)] == [0, 5, 10]
+    assert [v for _, v in pick_values(options, 3, keep=7)] == [0, 7, 10]  # the nearest (5) gives way to the start
+    assert [v for _, v in pick_values(options, 3, keep=1)] == [0, 1, 10]  # ... but not an end
+    assert [v for _, v in pick_values(options, 2, keep=1)] == [1, 10]
+    assert [v for _, v in pick_values(options, 1, keep=4)] == [4]
+    assert pick_values(options, None) == options and pick_values(options, 20) == options
+    assert fit_limits([5, 8, 2], 24) == [4, 3, 2] and fit_limits([3, 3], 100) == [3, 3]
+    assert fit_limits([4, 4], 1) == [1, 1]
+
+
+def test_view_options_of_each_kind_of_control():
+    assert view_options(widgets.IntSlider(min=2, max=8, step=3)) == [("2", 2), ("5", 5), ("8", 8)]
+    assert view_options(widgets.FloatSlider(min=0, max=1, step=0.5)) == [("0.00", 0.0), ("0.50", 0.5), ("1.00", 1.0)]
+    assert view_options(widgets.Dropdown(options=[("mean", "mean"), ("0", 0)])) == [("mean", "mean"), ("0", 0)]
+    assert view_options(widgets.ToggleButtons(options=["euler", "heun"])) == [("euler", "euler"), ("heun", "heun")]
+    with pytest.raises(TypeError, match="sliders, menus or toggle buttons"):
+        view_options(widgets.Text())
+
+
+def test_picture_is_what_redraw_shows(images, schedules):
+    import io
+
+    from PIL import Image
+
+    explorer = schedule_explorer(images, schedules, t=20)
+    shown = Image.open(io.BytesIO(explorer.image.value))
+    assert shown.size == explorer.picture().size == (1100, 420)  # figsize x dpi
+
+
+def test_explorer_views_go_through_the_grid_and_leave_the_explorer_as_shown(images, schedules, tmp_path):
+    explorer = schedule_explorer(images, schedules, t=20)
+    display_data(explorer)  # displayed: noted as shown, with its controls' values then
+    assert explorer in shown_explorers() and explorer.shown_values == {"t": 20}
+    explorer.slider.value = 150  # a later cell moves it
+    pngs = []
+    explorer.image.observe(lambda change: pngs.append(change["new"]), names="value")
+    views = explorer_views(explorer, tmp_path, max_values=4)
+    t_values = [json.loads(frame["values"][0]) for frame in views["frames"]]
+    assert t_values == [0, 20, 133, 199]  # four of 200, evenly spaced, the start (20) in place of 66
+    assert views["frames"][views["start"]]["values"] == ["20"] and views["controls"][0]["play"]
+    assert views["option_sets"][0]["total"] == T and len({f["picture"] for f in views["frames"]}) == 4
+    assert all((tmp_path / f["picture"]).read_bytes()[8:12] == b"WEBP" for f in views["frames"])
+    assert explorer.slider.value == 20 and explorer.state["t"] == 20 and len(pngs) == 1  # one redraw, at the end
+    with explorer.paused():
+        explorer.slider.value = 100
+    assert explorer.state["t"] == 20  # no redraw while paused
+
+
+def test_explorer_views_follow_dependent_controls_and_the_budget(text2image, tmp_path):
+    explorer = attention_explorer(text2image["run_fn"], PROMPTS)
+    explorer.view_budget = 6
+    views = explorer_views(explorer, tmp_path)
+    assert 1 < len(views["frames"]) <= 6
+    names = [c["name"] for c in views["controls"]]
+    assert names == ["prompt", "layer", "head", "t", "token"]
+    for frame in views["frames"]:  # each frame's token menu is its own prompt's
+        prompt = json.loads(frame["values"][0])
+        labels = views["option_sets"][frame["options"][names.index("token")]]["labels"]
+        tokens = explorer.run(prompt)["tokens"]
+        assert all(label.split(": ", 1)[1] in tokens for label in labels)

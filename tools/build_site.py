@@ -15,11 +15,21 @@
   (the chapters with their learning objectives), the glossary and the instructor guide as pages, and
   MathJax next to them when ``jupyter-server-mathjax`` is installed (the pages then read offline).
 
-A page shows each explorer as the static picture of its current state (its ``image/png``): the
-widgets' live view needs a running kernel, so the site drops it. A widget output without a picture
-is reported as an error, and so is a chapter that failed to run (its page is still written, with the
-error in it). ``--update-times`` reads the executed copies of both modes and replaces the cell tagged
-``section-times`` in each ``notebooks/NN_name.py`` with a table of seconds per section.
+Explorers move on the pages, with no kernel. After a chapter's last cell, the builder runs one more cell in
+its kernel, ``course_lib.widgets.save_views``: every explorer the chapter displayed draws its figure over a grid
+of its controls' values (each explorer chooses how many values of each control, within a budget of pictures), saved
+as WebP pictures and an index in ``build/executed/<mode>/NN_name_views/``. The page carries the explorer's controls
+(plain HTML sliders, menus and buttons) and a few lines of JavaScript (``site_templates/explorers.js``, inlined)
+that show the precomputed picture for the values chosen; the pictures lie in ``site/NN_name/<n>/``. Why a grid of
+frames and not an anywidget module: ``course_lib.widgets.views``. The pages load nothing from the network (no
+require.js, MathJax next to them) and work from ``file://``. An explorer without views (``--no-views``, or a chapter
+that stopped before the end) shows the static picture of its current state (its ``image/png``); a widget output with
+neither is reported as an error, and so is a chapter that failed to run (its page is still written, with the error
+in it). The builder prints the site's size per chapter (the page and its pictures) and in all; ``--record`` also
+appends each chapter's size to ``data/results.jsonl`` (kind ``site_size``), for the results page.
+
+``--update-times`` reads the executed copies of both modes and replaces the cell tagged ``section-times`` in each
+``notebooks/NN_name.py`` with a table of seconds per section.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import argparse
 import copy
 import datetime
 import html
+import json
 import os
 import platform
 import re
@@ -51,15 +62,22 @@ from course_lib import config  # noqa: E402 - the repository's package, found vi
 from course_lib.checkpoint import atomic_write  # noqa: E402
 from course_lib.classroom import select  # noqa: E402
 from course_lib.config import cpu_name  # noqa: E402
+from course_lib.results import append_result  # noqa: E402
 
 EXECUTED = ROOT / "build" / "executed"
 SITE = ROOT / "site"
 TEMPLATES = Path(__file__).resolve().parent / "site_templates"
+EXPLORERS_JS = TEMPLATES / "course" / "explorers.js"  # inlined into every chapter page
 DOCS = {"glossary": ROOT / "docs" / "glossary.md", "instructor_guide": ROOT / "docs" / "instructor_guide.md"}
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 MATHJAX_CDN = "https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
 MATHJAX_LOCAL = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 OBJECTIVES, TIMES = "objectives", "section-times"
+# the cell run after a chapter's last one: every shown explorer's pictures over its controls (course_lib.widgets.views)
+VIEWS_CELL = """\
+import json as _json
+from course_lib.widgets import save_views as _save_views
+print(_json.dumps(_save_views({folder!r}, max_values={max_values!r})))"""
 # MathJax 2's HTML-CSS output looks for its TeX web fonts by default; jupyter-server-mathjax ships only the
 # STIX-Web ones, and without them accents float above their letters and primes fail: name the fonts there are
 MATHJAX_FONTS = '"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null}'
@@ -84,24 +102,53 @@ def _cpu_name() -> str:
 # ----------------------------------------------------------------------------- execute
 
 
-def execute(source: Path, mode: str, timeout: int) -> nbformat.NotebookNode:
+def views_folder(stem: str, mode: str) -> Path:
+    """Where a chapter's kernel saves its explorers' views: ``build/executed/<mode>/NN_name_views/``."""
+    return EXECUTED / mode / f"{stem}_views"
+
+
+def execute(source: Path, mode: str, timeout: int, *, views: bool = True,
+            max_values: int | None = None) -> nbformat.NotebookNode:
     """Run ``source`` top to bottom in a fresh kernel (cwd: its folder) in fast or full mode, and save the
-    executed copy to ``build/executed/<mode>/``. A failing cell stops the run; the copy keeps what ran."""
+    executed copy to ``build/executed/<mode>/``. A failing cell stops the run; the copy keeps what ran.
+
+    ``views``: then, in the same kernel, save every shown explorer's views (:data:`VIEWS_CELL`, at most
+    ``max_values`` values per control when given) to :func:`views_folder`; the cell is not kept in the copy, its
+    summary is (``course_run["views"]``: explorer, frames, pictures, bytes, seconds per explorer)."""
     nb = nbformat.read(source, as_version=4)
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_FAST", "COURSE_LONG")}
     if mode == "fast":
         env["COURSE_FAST"] = "1"
+    folder = views_folder(source.stem, mode)
+    shutil.rmtree(folder, ignore_errors=True)  # no stale pictures from an earlier run
+    cells = len(nb.cells)
+    if views:
+        nb.cells.append(nbformat.v4.new_code_cell(VIEWS_CELL.format(folder=str(folder), max_values=max_values)))
     client = NotebookClient(nb, timeout=timeout, kernel_name=nb.metadata.get("kernelspec", {}).get("name", "python3"),
                             resources={"metadata": {"path": str(source.parent)}}, record_timing=True)
-    start, error = time.perf_counter(), None
+    start, error, views_error = time.perf_counter(), None, None
     try:
         client.execute(env=env)  # the kernel's environment (jupyter_client's start_kernel)
     except CellExecutionError as err:
-        error = f"{err.ename}: {err.evalue}" if getattr(err, "ename", None) else type(err).__name__
+        message = f"{err.ename}: {err.evalue}" if getattr(err, "ename", None) else type(err).__name__
+        if views and nb.cells[-1].get("outputs"):  # the chapter ran; saving the views failed
+            views_error = message
+        else:
+            error = message
+    seconds, summary = time.perf_counter() - start, None
+    if views:
+        cell = nb.cells.pop()
+        seconds -= _seconds(cell)  # the chapter's own time, without the views
+        streams = [o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout"]
+        try:
+            summary = json.loads("".join(streams).strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            summary = None
+    del nb.cells[cells:]
     nb.metadata["course_run"] = {
         "mode": mode, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - start, 1),
-        "error": error,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds, 1),
+        "error": error, "views": summary, "views_error": views_error,
     }
     target = EXECUTED / mode / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -226,9 +273,10 @@ def _progress_bar(model_id: str, state: dict) -> dict | None:
                          f"max='{bar.get('max', 1)}'></progress> {html.escape(text[1])}</div>"}
 
 
-def static_outputs(nb) -> list[str]:
-    """Replace each widget's live view (it needs a kernel) by what it shows: an explorer's static picture, a
-    progress bar's last state. Return the problems: a widget with neither would show nothing on the page."""
+def static_outputs(nb, live: dict[str, str] | None = None) -> list[str]:
+    """Replace each widget's live view (it needs a kernel) by what can be shown without one: an explorer's
+    precomputed views (``live``: {widget id: HTML}, :func:`live_explorers`), else its static picture; a progress
+    bar's last state. Return the problems: a widget with none of these would show nothing on the page."""
     problems = []
     state = nb.metadata.pop("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for index, cell in enumerate(nb.cells):
@@ -237,6 +285,11 @@ def static_outputs(nb) -> list[str]:
             if WIDGET_VIEW not in data:
                 continue
             view = data.pop(WIDGET_VIEW)
+            if view.get("model_id") in (live or {}):
+                text = data.get("text/plain", "")
+                data.clear()  # the start picture is the first of the views: the PNG would be a second copy
+                data.update({"text/html": live[view["model_id"]], "text/plain": text})
+                continue
             if "image/png" in data:
                 continue
             progress = _progress_bar(view.get("model_id", ""), state)
@@ -266,13 +319,69 @@ def _banner(nb, chapters: list[tuple[str, str]], position: int) -> str:
     return " · ".join(links) + "\n\n" + said
 
 
-def render_chapter(nb, chapters: list[tuple[str, str]], position: int, mathjax: str) -> tuple[str, list[str]]:
-    """The chapter's HTML page and the problems found in its outputs."""
+def _views_note(views: dict) -> str:
+    """What the page says under a live explorer: no kernel, how many pictures, which values were left out."""
+    limited = []
+    for c, control in enumerate(views["controls"]):
+        sets = [views["option_sets"][i] for i in {frame["options"][c] for frame in views["frames"]}]
+        shown, total = max(len(s["keys"]) for s in sets), max(s["total"] for s in sets)
+        if shown < total:
+            limited.append(f"{html.escape(control['name'])}: {shown} of {total} values")
+    note = (f"Moves without a kernel: {len(views['frames'])} pictures drawn by the notebook when this page was "
+            "built.")
+    if limited:
+        note += " Precomputed here: " + "; ".join(limited) + ". Run the notebook for every value."
+    return note
+
+
+def live_html(views: dict, base: str, alt: str) -> str:
+    """A live explorer on a page: its controls (made by explorers.js from the views), its start picture from
+    ``base`` (the pictures' folder, relative to the page), readouts, a note, and the views as JSON."""
+    start = views["frames"][views["start"]]
+    width, height = views["size"] or (None, None)
+    size = f" width='{width}' height='{height}'" if width else ""
+    readouts = "".join(f"<div class='course-live-readout'>{html.escape(text)}</div>" for text in start["texts"])
+    page_views = {key: views[key] for key in ("explorer", "controls", "readouts", "option_sets", "frames", "start")}
+    data = json.dumps(page_views, ensure_ascii=False).replace("</", "<\\/")  # no "</script>" inside the script
+    return (f"<div class='course-live course-live-{html.escape(views['explorer'])}' data-base='{html.escape(base)}'>"
+            "<div class='course-live-controls'></div>"
+            f"<img class='course-live-picture' src='{html.escape(base)}/{start['picture']}' alt='{html.escape(alt)}'"
+            f"{size}>{readouts}<p class='course-live-note'>{_views_note(views)}</p>"
+            f"<script type='application/json' class='course-views'>{data}</script></div>")
+
+
+def live_explorers(nb, stem: str, mode: str, out: Path) -> dict[str, str]:
+    """{widget id: HTML} for the explorers of ``nb`` whose views the chapter's kernel saved; their pictures are
+    copied to ``out/<stem>/<n>/`` (n: 1, 2, ... in the order the explorers appear on the page)."""
+    folder, target = views_folder(stem, mode), out / stem
+    shutil.rmtree(target, ignore_errors=True)
+    live = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            model_id = data.get(WIDGET_VIEW, {}).get("model_id")
+            index = folder / f"{model_id}.json"
+            if not model_id or model_id in live or not index.exists():
+                continue
+            views = json.loads(index.read_text())
+            base = f"{stem}/{len(live) + 1}"
+            (out / base).mkdir(parents=True, exist_ok=True)
+            for name in {frame["picture"] for frame in views["frames"]}:
+                shutil.copyfile(folder / model_id / name, out / base / name)
+            live[model_id] = live_html(views, base, data.get("text/plain", "an explorer"))
+    return live
+
+
+def render_chapter(nb, chapters: list[tuple[str, str]], position: int, mathjax: str,
+                   live: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """The chapter's HTML page and the problems found in its outputs; ``live``: its explorers' views
+    (:func:`live_explorers`)."""
     nb = copy.deepcopy(nb)
-    problems = static_outputs(nb)
+    problems = static_outputs(nb, live)
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(_banner(nb, chapters, position)))
     exporter = HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)], mathjax_url=mathjax)
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb)}, "mathjax_fonts": MATHJAX_FONTS})
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb)}, "mathjax_fonts": MATHJAX_FONTS,
+                                                         "explorers_js": EXPLORERS_JS.read_text()})
     return body, problems
 
 
@@ -350,10 +459,13 @@ def render(names: list[Path], mode: str, out: Path) -> list[str]:
     titles = [(stem, _title(nb)) for stem, nb in chapters]
     problems = []
     for position, (stem, nb) in enumerate(chapters):
-        page, found = render_chapter(nb, titles, position, mathjax)
+        page, found = render_chapter(nb, titles, position, mathjax, live_explorers(nb, stem, mode, out))
         problems += [f"{stem}: {p}" for p in found]
-        if nb.metadata.get("course_run", {}).get("error"):
-            problems.append(f"{stem}: the run stopped early: {nb.metadata['course_run']['error']}")
+        run = nb.metadata.get("course_run", {})
+        if run.get("error"):
+            problems.append(f"{stem}: the run stopped early: {run['error']}")
+        if run.get("views_error"):
+            problems.append(f"{stem}: saving the explorers' views failed: {run['views_error']}")
         atomic_write(out / f"{stem}.html", page.encode("utf-8"))
     atomic_write(out / "index.html", render_index(chapters, mode, mathjax).encode("utf-8"))
     for name, path in DOCS.items():
@@ -363,6 +475,18 @@ def render(names: list[Path], mode: str, out: Path) -> list[str]:
     return problems
 
 
+def site_sizes(out: Path, stems: list[str]) -> dict[str, int]:
+    """Bytes of each chapter (its page and its explorers' pictures) and ``"total"`` (everything in ``out``)."""
+    def size(path: Path) -> int:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+    sizes = {stem: size(out / f"{stem}.html") + size(out / stem) for stem in stems}
+    sizes["total"] = size(out)
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("chapters", nargs="*", help="notebook names or numbers (default: all), e.g. 01 or 01_ddpm_unet")
@@ -370,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=SITE, help="the site's folder (default site/)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
     parser.add_argument("--render-only", action="store_true", help="do not execute; render the last executed copies")
+    parser.add_argument("--no-views", action="store_true",
+                        help="do not precompute the explorers' views (their pages show static pictures)")
+    parser.add_argument("--max-values", type=int, default=None,
+                        help="precompute at most this many values of any explorer control (a quick build)")
+    parser.add_argument("--record", action="store_true",
+                        help="append each chapter's size to data/results.jsonl (for docs/results.md)")
     parser.add_argument("--update-times", action="store_true",
                         help="write the section times of the executed copies (both modes) into the sources; no site")
     args = parser.parse_args(argv)
@@ -389,14 +519,29 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         for source in names:
             print(f"running {source.name} in {args.mode} mode ...", flush=True)
-            run = execute(source, args.mode, args.timeout).metadata["course_run"]
+            run = execute(source, args.mode, args.timeout, views=not args.no_views,
+                          max_values=args.max_values).metadata["course_run"]
             print(f"  {_duration(run['seconds'])}" + (f", stopped: {run['error']}" if run["error"] else ""), flush=True)
+            for view in run.get("views") or []:
+                print(f"  {view['explorer']}: {view['frames']} views, {view['pictures']} pictures, "
+                      f"{view['bytes'] / 1e6:.1f} MB, {_duration(view['seconds'])}", flush=True)
     try:
         problems = render(names, args.mode, args.out)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out / 'index.html'} and {len(names)} chapter page(s)")
+    sizes = site_sizes(args.out, [source.stem for source in names])
+    print("size: " + ", ".join(f"{stem} {size / 1e6:.1f} MB" for stem, size in sizes.items()))
+    if args.record and not problems:
+        for source in names:
+            views = nbformat.read(EXECUTED / args.mode / source.name, as_version=4).metadata.get(
+                "course_run", {}).get("views") or []
+            append_result({"date": time.strftime("%Y-%m-%d"), "kind": "site_size",
+                           "settings": {"chapter": source.stem, "mode": args.mode},
+                           "metrics": {"bytes": sizes[source.stem], "explorers": len(views),
+                                       "views": sum(v["frames"] for v in views)}})
+        print(f"recorded {len(names)} line(s); python -m course_lib.results shows them")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0

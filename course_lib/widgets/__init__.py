@@ -19,17 +19,19 @@ Both chapter-3 explorers take plain callables (a sampler for one scale, a run fo
 particular model class, so any text-conditional model can be explored.
 
 One module per explorer family: ``base`` (:class:`FigureExplorer`, :class:`ClassExplorer` and the shared
-helpers), ``schedule``, ``guidance``, ``attention``, ``trajectory`` and ``joint_attention``. Everything is
-importable from ``course_lib.widgets``. The math they draw lives with its owner: a process's velocity field
+helpers), ``schedule``, ``guidance``, ``attention``, ``trajectory`` and ``joint_attention``; and ``views``, which
+precomputes an explorer's pictures over its controls for a page without a kernel (:func:`save_views`, run by the
+course site's builder). Everything is importable from ``course_lib.widgets``. The math they draw lives with its owner: a process's velocity field
 (``Process.velocity_field``), attention's four quadrants (``course_lib.capture.quadrant_mass``).
 """
 
 from .attention import AttentionExplorer, attention_explorer
-from .base import ClassExplorer, FigureExplorer, class_explorer
+from .base import ClassExplorer, FigureExplorer, ViewControl, class_explorer, shown_explorers
 from .guidance import GuidanceExplorer, guidance_explorer, pipeline_guidance_explorer
 from .joint_attention import JointAttentionExplorer, joint_attention_explorer
 from .schedule import ScheduleExplorer, schedule_explorer
 from .trajectory import TrajectoryExplorer, trajectory_explorer
+from .views import explorer_views, save_views
 
 __all__ = [
     "FigureExplorer",
@@ -46,4 +48,8 @@ __all__ = [
     "trajectory_explorer",
     "JointAttentionExplorer",
     "joint_attention_explorer",
+    "ViewControl",
+    "shown_explorers",
+    "explorer_views",
+    "save_views",
 ]

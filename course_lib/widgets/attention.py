@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from ..capture import AttentionRecord
 from ..viz import overlay, to_rgb, token_heatmap
-from .base import FigureExplorer, wrap_text
+from .base import FigureExplorer, ViewControl, wrap_text
 
 __all__ = ["AttentionExplorer", "attention_explorer"]
 
@@ -204,6 +204,17 @@ class AttentionExplorer(FigureExplorer):
         finally:
             self._holding -= 1
         self.redraw()
+
+    #: every prompt and token, three layers, two values of t: up to 240 pictures (about 10 MB) on a page
+    view_budget = 240
+
+    def view_controls(self) -> list[ViewControl]:
+        """On a page without a kernel: every prompt and token, three layers (the first, the last and the one shown
+        first, in between), the mean of the heads, and "all" steps with the step shown first: the words and the
+        resolutions are what the maps are about; single heads and the other steps are for the notebook."""
+        return [ViewControl("prompt", self.prompt), ViewControl("layer", self.layer, limit=3),
+                ViewControl("head", self.head, limit=1), ViewControl("t", self.timestep, limit=2),
+                ViewControl("token", self.token)]
 
     # ----------------------------------------------------------------- drawing
 

@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 from ..capture import QUADRANTS, AttentionRecord, capture_attention, quadrant_mass
 from ..text import PAD, START
 from ..viz import overlay
-from .base import FigureExplorer
+from .base import FigureExplorer, ViewControl
 
 __all__ = ["JointAttentionExplorer", "joint_attention_explorer"]
 
@@ -107,6 +107,13 @@ class JointAttentionExplorer(FigureExplorer):
                "blocks": list(record.layers), "steps": steps, "text_length": text_length}
         self.cache[prompt] = run
         return run
+
+    def view_controls(self) -> list[ViewControl]:
+        """On a page without a kernel: every prompt and token, three blocks (the first, the last and the one shown
+        first, in between), and the mean of the heads, all steps and the centre patch, as the explorer starts."""
+        return [ViewControl("prompt", self.prompt), ViewControl("block", self.block, limit=3),
+                ViewControl("head", self.head, limit=1), ViewControl("step", self.step, limit=1),
+                ViewControl("token", self.token), ViewControl("patch", self.patch, limit=1)]
 
     def matrix(self, run: dict, block: str, head, step) -> torch.Tensor:
         """The attention matrix [n, n] over [real text tokens, image patches] (padding rows and columns dropped)."""

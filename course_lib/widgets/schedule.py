@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from ..schedules import NoiseSchedule
 from ..viz import image_grid
-from .base import FigureExplorer
+from .base import FigureExplorer, ViewControl
 
 __all__ = ["ScheduleExplorer", "schedule_explorer"]
 
@@ -90,6 +90,10 @@ class ScheduleExplorer(FigureExplorer):
         left.suptitle(r"$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ (the same $\epsilon$ for every t)",
                       fontsize=11)
         return fig
+
+    def view_controls(self) -> list[ViewControl]:
+        """On a page without a kernel: the t slider at 41 evenly spaced values (and the t shown first), with play."""
+        return [ViewControl("t", self.slider, limit=41, play=True)]
 
     def update(self) -> None:
         t = int(self.slider.value)

@@ -13,7 +13,7 @@ from matplotlib.ticker import NullFormatter
 from ..flow import flow_sample, path_chord_ratio, straightness
 from ..metrics import wasserstein2
 from ..viz import to_rgb
-from .base import FigureExplorer
+from .base import FigureExplorer, ViewControl
 
 __all__ = ["TrajectoryExplorer", "trajectory_explorer"]
 
@@ -101,6 +101,19 @@ class TrajectoryExplorer(FigureExplorer):
         """W2 to the data against the number of steps for one method (every step count of the slider)."""
         steps = list(self.steps.options)
         return steps, [self.paths(method, sampler, s, seed)["w2"] for s in steps]
+
+    # ---- a page without a kernel
+
+    def view_controls(self) -> list[ViewControl]:
+        """On a page without a kernel: every method and sampler, four step counts (evenly spaced over the slider,
+        with the one shown first), five times t and the seed shown first."""
+        return [ViewControl("method", self.method), ViewControl("sampler", self.sampler),
+                ViewControl("steps", self.steps, limit=4), ViewControl("t", self.time, limit=5),
+                ViewControl("seed", self.seed, limit=1)]
+
+    def view_readouts(self) -> list[widgets.Label]:
+        """The straightness, path/chord and W2 line under the controls."""
+        return [self.readout]
 
     # ---- drawing
 
