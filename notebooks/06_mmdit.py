@@ -280,10 +280,12 @@ for name, kind, i, o in trace:
 # | `img_attn.proj`, `txt_attn.proj` | `attn.to_out`, `attn.to_add_out` |
 # | `img_mlp`, `txt_mlp` | `ff`, `ff_context` |
 # | `SingleStreamBlock.linear1` / `linear2` | `FluxSingleTransformerBlock`: `attn.to_q/k/v` + `proj_mlp` / `proj_out` |
-# | `LastLayer` | `norm_out` (`AdaLayerNormContinuous`) + `proj_out` |
+# | `LastLayer`: `adaLN_modulation` gives [shift, scale] | `norm_out` (`AdaLayerNormContinuous`): [scale, shift], the halves exchanged; + `proj_out` |
 #
-# `course_lib.export` applies this map (with the small differences it needs: Flux orders its sinusoid cos-first and
-# its final modulation scale-first, and takes the pooled text vector and position ids from the caller, which
+# `course_lib.export` applies this map (with the small differences it needs: Flux orders its sinusoid cos-first;
+# BFL's `LastLayer`, like the course's, splits the final modulation into shift then scale, where diffusers'
+# `AdaLayerNormContinuous` reads scale then shift, so the exporter exchanges the two halves of its rows; and
+# diffusers takes the pooled text vector and position ids from the caller, which
 # `course_lib.export.flux_inputs` builds): `mmdit-small` becomes a `FluxTransformer2DModel` folder and comes back
 # unchanged. Two lines, once the checkpoint is loaded in section 7:
 #
