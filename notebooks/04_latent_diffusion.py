@@ -54,7 +54,7 @@
 #    comparison (cost, FID-2k, prompt accuracy) with its caveats, the decoder's ceiling among them;
 # 5. say what the KL weight trades: sharp reconstructions against regular, forgiving latents;
 # 6. say why more latent channels reconstruct better yet can generate worse for a model of fixed size (SD3's
-#    lesson, measured here), and why LDM settled on downsampling factors 4 to 16.
+#    lesson, measured here), and why LDM found downsampling factors 4 to 16 a good balance (4 and 8 best).
 #
 # **Before it you need**
 #
@@ -1024,17 +1024,20 @@ plt.show()
 # 4x8x8); Stable Diffusion 1 and 2 and SDXL use $f = 8$, $c = 4$; SD3 and Flux keep $f = 8$ and raise $c$
 # to 16.
 #
-# **The factor, LDM's sweep.** Rombach et al. (2022, section 4.1) trained one class-conditional model on
-# ImageNet in the latent spaces of autoencoders with $f \in \{1, 2, 4, 8, 16, 32\}$ ($f = 1$ is pixels).
+# **The factor, LDM's sweep.** Rombach et al. (2022, section 4.1) trained class-conditional ImageNet models of
+# equal size for equal steps, one in the latent space of each autoencoder with $f \in \{1, 2, 4, 8, 16, 32\}$
+# ($f = 1$ is pixels).
 # Small factors ($f$ = 1, 2) trained slowly: the model spends its effort on detail nobody sees, the
 # "perceptual compression" that an autoencoder would do for it. $f = 32$ lost so much in the autoencoder
-# that sample quality stalled early. $f$ = 4 to 16 balanced the two, and $f = 8$ became Stable Diffusion's.
+# that sample quality stalled early. $f$ = 4 to 16 struck a good balance, $f$ = 4 and 8 gave the best samples
+# overall, and $f = 8$ became Stable Diffusion's.
 # Section 6 above is the same trade at two points on CIFAR-10: pixels ($f = 1$) against $f = 4$.
 #
-# **The channels, SD3's lesson, measured here.** SD3 (Esser et al. 2024, section 5.2.1) reports that
-# reconstructions improve steadily from 4 to 8 to 16 latent channels, and that the richer latents are harder
-# to generate: the diffusion model needs more capacity to profit from them, which SD3's large transformers
-# supply. The course repeats the first half at its scale, and the second for one small model:
+# **The channels, SD3's lesson, measured here.** SD3 (Esser et al. 2024, section 5.2.1, as Emu found before
+# it) reports that reconstructions improve steadily from 4 to 8 to 16 latent channels, and that the richer
+# latents are harder to generate: in its scaling study the flow model on 16-channel latents needs more depth
+# to match one on 8 channels (the gap is negligible at depth 22), and SD3 chose 16 because it meant to scale
+# to much larger models. The course repeats the first half at its scale, and the second for one small model:
 #
 # * `vae-c4`, `vae-c8`, `vae-c16`: `vae-small`'s widths in LDM's layout with 4, 8 or 16 latent channels,
 #   each 1,600 steps on one CPU thread (14-15 minutes);
@@ -1126,8 +1129,8 @@ if recon and generation:
 #   above), so more training per CPU-minute; its quality is capped by the decoder.
 # * The **KL weight** trades reconstruction quality against latents that are regular and forgiving.
 # * The autoencoder's **downsampling factor** $f$ and **channels** $c$ are the central design knobs: LDM
-#   found $f$ = 4-16 best; more channels reconstruct better but are harder to generate (SD3; measured here
-#   with 4, 8 and 16 channels and one small latent model).
+#   found $f$ = 4-16 a good balance (4 and 8 best); more channels reconstruct better but are harder to
+#   generate (SD3; measured here with 4, 8 and 16 channels and one small latent model).
 #
 # Next, chapter 5 changes the process instead of the space: **rectified flow**, trained on straight lines
 # between noise and data; it shows that its ODE is this chapter's in other coordinates, and that reflow is
