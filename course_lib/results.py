@@ -4,7 +4,9 @@ sampling seeds, and rendered as ``docs/results.md`` and the README's headline ta
 Every run of ``python -m course_lib.evaluation`` appends lines with :func:`append_result`. A line's identity is
 its kind, the checkpoint's hash and its ``settings``: everything that changes the images scored (sampler, steps,
 guidance, time spacing and shift, decoder weights, number of samples, sampling seed). When a point is measured
-again with the same identity, the later line wins; two lines that differ in any setting both stay.
+again with the same identity, the later line wins, keeping the metrics that only the earlier line measured (the
+same images, scored with FD_clf first and with FID later, give one line with both); two lines that differ in any
+setting both stay.
 
 A line records what was measured (``metrics``), what with (``reference``, ``hardware``), what it cost
 (``seconds``) and ``nfe``: the denoiser's forward passes per image, counted while sampling
@@ -118,7 +120,8 @@ def row_key(record: dict) -> str:
 
 def read_results(path: str | Path | None = None) -> list[dict]:
     """The lines of a results file (default :func:`results_path`; none if it does not exist), a later line
-    replacing an earlier one with the same :func:`row_key`, in the order of the latest measurements."""
+    replacing an earlier one with the same :func:`row_key` (whose metrics the later one lacks are kept), in the
+    order of the latest measurements."""
     path = Path(path) if path is not None else results_path()
     if not path.is_file():
         return []
@@ -131,7 +134,10 @@ def read_results(path: str | Path | None = None) -> list[dict]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}, line {number}: not JSON ({err}); fix or delete that line") from err
         key = row_key(record)
-        records.pop(key, None)  # re-insert, so that the order is that of the latest measurements
+        earlier = records.pop(key, None)  # re-insert, so that the order is that of the latest measurements
+        if earlier is not None and isinstance(earlier.get("metrics"), dict) and isinstance(record.get("metrics"), dict):
+            # the same images scored again: the later line's metrics win, and those only the earlier measured stay
+            record = {**record, "metrics": {**earlier["metrics"], **record["metrics"]}}
         records[key] = record
     return list(records.values())
 

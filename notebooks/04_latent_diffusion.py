@@ -63,22 +63,23 @@
 
 # %% [markdown] tags=["section-times"]
 # **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
-# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
-# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+# cores (AMD EPYC (AVX512, native bf16)), 2026-12-07; the code cells' seconds per section, without the
+# kernel's start. Your machine may take longer; reading and the exercises take longer still.
 #
 # | section | fast mode (`COURSE_FAST=1`) | full mode |
 # | --- | --- | --- |
 # | setup (imports, data) | 4 s | 4 s |
 # | 1. Why latents | < 1 s | < 1 s |
-# | 2. The KL autoencoder | 5 s | 13 s |
+# | 2. The KL autoencoder | 3 s | 11 s |
 # | 3. The latent space | 1 s | 1 s |
-# | 4. The latent diffusion model | 2 s | 15 s |
-# | 5. Samples from prompts | 2 s | 9 s |
-# | 6. Pixels against latents, measured | 8 s | 45 s |
-# | 7. The KL weight: good reconstructions or easy latents? | 10 s | 82 s |
-# | **the whole notebook** | **32 s** | **2 min 48 s** |
+# | 4. The latent diffusion model | 1 s | 11 s |
+# | 5. Samples from prompts | 2 s | 8 s |
+# | 6. Pixels against latents, measured | 6 s | 39 s |
+# | 7. The KL weight: good reconstructions or easy latents? | 6 s | 58 s |
+# | 8. How much to compress: the downsampling factor and the channels | < 1 s | < 1 s |
+# | **the whole notebook** | **24 s** | **2 min 13 s** |
 #
-# The longest cell in full mode takes 81 s.
+# The longest cell in full mode takes 58 s.
 
 # %%
 import dataclasses

@@ -1,6 +1,20 @@
-"""Shared test setup: fast mode on, few threads, small models with config dataclasses."""
+"""Shared test setup: fast mode on, few threads, small models with config dataclasses; and how one session
+runs the unit tests and the notebooks together.
+
+``make test`` runs ``pytest tests build/student --nbval-lax -n 2 --dist loadscope``: a module's test functions,
+a class's tests and a notebook's cells each stay on one worker (a notebook's cells share one kernel). (Not
+``--dist loadgroup``: with pytest 9, pytest-xdist 3.8's groups do not reach its scheduler, and every test would
+be its own unit.) One more rule holds there (the hook at the end; pytest calls it with every collected item,
+the notebooks' cells included):
+
+- **Each chapter runs once.** ``tests/test_browser.py`` runs the learner's copies of the chapters that hold
+  explorers in JupyterLab, in Chromium, and fails on any error a cell shows, as nbval would; when its test for
+  a chapter is still selected after ``-k`` and ``-m`` (``trylast``), that chapter's nbval cells are deselected
+  (the summary counts them). Without a browser those tests skip at collection, and nbval runs every chapter.
+"""
 
 import os
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -104,3 +118,24 @@ def assert_runs_in_dtype(model: torch.nn.Module, call, dtype: torch.dtype) -> No
     assert out.dtype == dtype, f"a {dtype} model returned {out.dtype}"
     error = ((out.float() - reference).norm() / reference.norm()).item()
     assert error < CAST_DTYPES[dtype], f"{dtype}: relative error {error:.2e} against float32"
+
+
+# --------------------------------------------------------------------------- one session: each chapter once
+
+BROWSER_TEST = "test_the_chapters_explorers_are_live_and_redraw"
+
+
+class EachChapterOnce:
+    """Deselects nbval's run of a chapter whose browser test is selected (after -k and -m have deselected)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        in_browser = {m.group(1) for item in items if (m := re.fullmatch(rf"{BROWSER_TEST}\[(\w+)\]", item.name))}
+        twice = [item for item in items if item.path.suffix == ".ipynb" and item.path.stem in in_browser]
+        if twice:
+            config.hook.pytest_deselected(items=twice)
+            items[:] = [item for item in items if not (item.path.suffix == ".ipynb" and item.path.stem in in_browser)]
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(EachChapterOnce(), "course-each-chapter-once")

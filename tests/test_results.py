@@ -180,3 +180,12 @@ def test_adding_a_bad_file_adds_nothing_and_says_why(tmp_path):
     with pytest.raises(SystemExit):  # the command line names the file and adds nothing
         main(["--results", str(results), "--readme", str(readme), "--page", str(page), "--add", str(bad)])
     assert results.read_text() == before
+
+
+def test_the_same_images_scored_again_keep_the_metrics_of_both_lines(tmp_path):
+    first = _record("ldm-small", 60.0)
+    first["metrics"] = {"fd_clf": 9.1, "precision_clf": 0.8}
+    later = _record("ldm-small", 61.0)
+    later["metrics"] = {"fid": 87.1, "kid_mean": 0.05, "precision_clf": 0.7}
+    (merged,) = read_results(_write(tmp_path / "results.jsonl", [first, later]))
+    assert merged["metrics"] == {"fd_clf": 9.1, "precision_clf": 0.7, "fid": 87.1, "kid_mean": 0.05}
