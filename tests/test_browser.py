@@ -8,10 +8,10 @@ widget", not the static picture or the text that stand in for it where widgets c
 a slider or choosing a menu entry changes the picture (its pixels, before and after).
 
 Covered: a learner's copy of the welcome notebook (``course_lib.classroom``'s student build: its class
-menu; saved from the browser, it writes no paired ``.py`` and leaves the tracked sources alone), and one
-explorer of each family built small in a generated notebook (schedule slider, guidance slider,
-attention-map menu, trajectory slider, joint-attention menu). A last test starts JupyterLab with the widget
-manager extension disabled and checks that the same checks then fail. The notebooks and a screenshot of
+menu; saved from the browser, it writes no paired ``.py`` and leaves the tracked sources alone), and the real
+chapters below, which hold every other family of explorers (schedule, guidance, attention map, trajectory,
+joint attention). A last test starts JupyterLab with the widget manager extension disabled and checks that the
+same checks then fail. The notebooks and a screenshot of
 each explorer before and after its control moved go to ``build/browser/`` (git-ignored).
 
 The real chapters: the student builds of the chapters that hold explorers (1, 3, 4, 5 and 6) run in the same
@@ -56,7 +56,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import free_port
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell
 
 from course_lib.classroom import build
 from course_lib.config import cpu_name
@@ -95,72 +95,10 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 # --------------------------------------------------------------------------- the notebooks the browser runs
 
-EXPLORER_CELLS = [
-    # the imports and tiny stand-ins: a closed-form sampler and velocity fields, a tiny UNet and MM-DiT
-    """\
-import torch
-from IPython.display import display
-from course_lib.schedules import NoiseSchedule
-from course_lib import widgets as W
-g = torch.Generator().manual_seed(0)
-images = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1""",
-    """\
-explorer = W.schedule_explorer(images, {"linear": NoiseSchedule.linear(200), "cosine": NoiseSchedule.cosine(200)}, t=20)
-display(explorer)""",
-    """\
-def sample_fn(scale):  # a stand-in sampler: the picture depends on the scale
-    return (images[:2] * (1 + scale)).clamp(-1, 1)
-display(W.guidance_explorer(sample_fn, [0, 1, 3, 7], titles=["first", "second"]))""",
-    """\
-from course_lib.capture import capture_attention
-from course_lib.samplers import ddim_sample
-from course_lib.text import TextEncoder, TextEncoderConfig, Tokenizer, encode_prompts
-from course_lib.unet import UNet, UNetConfig
-torch.manual_seed(0)
-tokenizer = Tokenizer.for_cifar10()
-encoder = TextEncoder(TextEncoderConfig.for_tokenizer(tokenizer, dim=32, depth=1)).eval()
-unet = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, 8),
-                       image_size=16, num_groups=4, num_heads=2, dropout=0.0, context_dim=32)).eval()
-for name, p in unet.named_parameters():  # wake the zero-initialised output layers: maps that differ by word
-    if "proj_out" in name or "out." in name:
-        torch.nn.init.normal_(p, std=0.2)
-schedule = NoiseSchedule.linear(200)
-
-def run(prompt):
-    context = encode_prompts([prompt], tokenizer, encoder)
-    batch = tokenizer.encode([prompt])
-    with torch.no_grad(), capture_attention(unet) as record:
-        image = ddim_sample(lambda x, t: unet(x, t, context.tokens, context.mask), schedule,
-                            x_T=torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),
-                            num_steps=3, progress=False)[0]
-    return image, record, [tokenizer.vocab[i] for i in batch.ids[0][batch.mask[0]].tolist()]
-
-display(W.attention_explorer(run, ["a photo of a cat", "a ship"]))""",
-    """\
-def straight(y, t):
-    return y / torch.as_tensor(t, dtype=y.dtype).reshape(-1, 1).clamp_min(1e-3)
-def curl(y, t):
-    return straight(y, t) + torch.stack([-y[:, 1], y[:, 0]], 1)
-display(W.trajectory_explorer({"straight": straight, "curl": curl}, 0.05 * torch.randn(200, 2, generator=g),
-                              num_points=60, steps=[1, 4, 16], seeds=[0]))""",
-    """\
-from course_lib.autoencoder import AutoencoderConfig, AutoencoderKL
-from course_lib.generation import Pipeline
-from course_lib.processes import RectifiedFlowProcess
-from course_lib.text2image import Text2ImageConfig, TextToImageModel
-torch.manual_seed(0)
-mmdit = TextToImageModel(Text2ImageConfig.latent_mmdit_tiny()).eval()
-pipe = Pipeline(mmdit, RectifiedFlowProcess(), autoencoder=AutoencoderKL(AutoencoderConfig.tiny()).eval())
-display(W.joint_attention_explorer(pipe, ["a photo of a cat", "a ship"], num_steps=2))""",
-]
-
 # (explorer class, how to move it): ("slider", None) presses End on the slider's handle (then ArrowLeft
 # if End moved nothing); ("menu", label) chooses that entry of the first menu whose options include it
 INTERACTIONS = {
     "00_welcome": [("ClassExplorer", ("menu", "horse"))],
-    "explorers": [("ScheduleExplorer", ("slider", None)), ("GuidanceExplorer", ("slider", None)),
-                  ("AttentionExplorer", ("menu", "a ship")), ("TrajectoryExplorer", ("slider", None)),
-                  ("JointAttentionExplorer", ("menu", "a ship"))],
 }
 
 
@@ -172,12 +110,10 @@ def _python3(nb):
 
 def write_notebooks(folder: Path) -> None:
     """In ``folder``: the learner's copy of chapter 0 (``course_lib.classroom``'s student build, with the
-    build's jupytext.toml) and explorers.ipynb."""
+    build's jupytext.toml)."""
     build("student", folder, notebooks=[ROOT / "notebooks" / "00_welcome.ipynb"])
     welcome = folder / "00_welcome.ipynb"
     nbformat.write(_python3(nbformat.read(welcome, as_version=4)), welcome)
-    cells = [new_markdown_cell("# Every explorer, built small")] + [new_code_cell(src) for src in EXPLORER_CELLS]
-    nbformat.write(_python3(new_notebook(cells=cells)), folder / "explorers.ipynb")
 
 
 def lab_folder(name: str) -> Path:
