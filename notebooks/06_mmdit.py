@@ -46,8 +46,9 @@
 #    $x + \text{gate}\odot f(\mathrm{LN}(x)(1 + \text{scale}) + \text{shift})$ and explain why a fresh block is the identity (adaLN-Zero);
 # 3. write joint attention over the concatenated [text, image] tokens, name its four quadrants, and say
 #    which two a UNet with cross-attention lacks;
-# 4. show with RoPE that a query-key score depends only on the offset of their positions, and say where
-#    text tokens sit (position (0, 0, 0));
+# 4. write Flux's rotary embedding (adjacent pairs, one share of the head per axis), show with it that a
+#    query-key score depends only on the offset of their positions, and say where text tokens sit (position
+#    (0, 0, 0));
 # 5. trace the whole model's shapes and tell the double-stream block from the single-stream block.
 # 6. read the comparison with the latent UNet at equal CPU-minutes (FID-2k, FD_clf, prompt accuracy), and
 #    say what SD3's paper reports instead of a better score (best of the transformer designs it compared, a
@@ -88,7 +89,7 @@ import torch.nn.functional as F
 
 from course_lib import config
 from course_lib.conditioning import modulate
-from course_lib.exercises import check_gated_residual, check_joint_attention
+from course_lib.exercises import check_gated_residual, check_joint_attention, check_rope
 from course_lib.mmdit import (MMDiT, MMDiTConfig, DoubleStreamBlock, SingleStreamBlock, apply_rope, image_positions,
                               patchify, rope_angles, unpatchify)
 from course_lib.profiling import count_parameters
@@ -341,6 +342,44 @@ for ax, (r0, c0) in zip(axes_, [(7, 7), (20, 3)]):  # the query at two places (a
 fig.colorbar(im, ax=axes_, label="q · k after RoPE")
 fig.suptitle("one query-key pair's score against the 2-D offset: the same map wherever the query is", fontsize=10)
 plt.show()
+
+# %% [markdown]
+# **Exercise 3.** Write the rotary embedding yourself, as Flux does it. `x` is $[B, \text{heads}, L, d]$
+# (queries or keys), `positions` is $[L, n_\text{axes}]$ (here (index, row, column)), and `axes_dim` gives each
+# axis its share of the head, in order (even sizes that sum to $d$). For axis $a$ with share
+# $d_a$ = `axes_dim[a]`, pair $j$ of that share turns by $p_a\,\omega_j$ with $\omega_j = \theta^{-2j/d_a}$;
+# the pairs are *adjacent* dimensions, $(x_{2j}, x_{2j+1}) \mapsto (x_{2j}\cos\alpha - x_{2j+1}\sin\alpha,\;
+# x_{2j}\sin\alpha + x_{2j+1}\cos\alpha)$. The check first tests the two properties above (lengths kept, scores
+# that depend only on offsets), then compares with the library.
+
+# %% tags=["exercise"]
+def rope(x, positions, axes_dim, theta=10_000.0):
+    """x [B, heads, L, d] rotated pairwise by positions [L, n_axes]; axes_dim: each axis's share of d."""
+    raise NotImplementedError  # your code here: angles [L, d / 2] first, then rotate adjacent pairs
+
+
+check_rope(rope);
+
+
+# %% [markdown] tags=["solution"]
+# A solution:
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def rope(x, positions, axes_dim, theta=10_000.0):
+    """x [B, heads, L, d] rotated pairwise by positions [L, n_axes]; axes_dim: each axis's share of d."""
+    angles = torch.cat([positions[:, a, None] * theta ** (-torch.arange(0, dim, 2) / dim)  # [L, dim / 2] per axis
+                        for a, dim in enumerate(axes_dim)], dim=-1)  # [L, d / 2]
+    even, odd = x[..., 0::2], x[..., 1::2]  # the adjacent pairs (x_2j, x_2j+1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)  # interleave back
+
+
+assert check_rope(rope)
+
+# %% [markdown]
+# Many codebases (GPT-NeoX, Llama in `transformers`) pair dimension $j$ with $j + d/2$ instead ("rotate half").
+# It is the same idea in another layout, and the check names it: weights trained with one layout give wrong
+# scores with the other, a classic bug when porting a checkpoint.
 
 # %% [markdown]
 # ## 5. The single-stream block and the whole model

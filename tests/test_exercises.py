@@ -1008,7 +1008,7 @@ CHECKS = [getattr(exercises, name) for name in exercises.__all__ if name.startsw
 
 
 def test_every_check_has_hints_and_a_solution_in_the_notebooks(capsys):
-    assert len(CHECKS) == 16
+    assert len(CHECKS) == 17
     for check in CHECKS:
         assert len(check.hints) >= 2 and check.exercise == check.__name__.removeprefix("check_")
         check.solution()
@@ -1045,3 +1045,67 @@ def test_solution_names_the_missing_notebooks(monkeypatch, tmp_path):
     monkeypatch.setattr(classroom.sources, "__defaults__", (tmp_path,))
     with pytest.raises(LookupError, match="this installation has none"):
         check_q_sample.solution()
+
+
+# --------------------------------------------------------------------------- chapter 6: RoPE
+
+
+def rope(x, positions, axes_dim, theta=10_000.0):
+    angles = torch.cat([positions[:, a, None].double() * theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+                        for a, dim in enumerate(axes_dim)], dim=-1).float()  # [L, d / 2]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+def _rope_angles_with(positions, axes_dim, theta, exponent):
+    return torch.cat([positions[:, a, None] * theta ** (-torch.arange(0, dim, 2) / exponent(dim))
+                      for a, dim in enumerate(axes_dim)], dim=-1)
+
+
+def _rotate(x, angles, sign=1.0):
+    even, odd = x[..., 0::2], x[..., 1::2]
+    cos, sin = angles.cos(), sign * angles.sin()
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
+def _rotate_half(x, angles):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], dim=-1)
+
+
+def _rope_half_split(x, positions, axes_dim, theta=10_000.0):
+    return _rotate_half(x, _rope_angles_with(positions, axes_dim, theta, lambda dim: dim))
+
+
+def _rope_half_split_per_axis(x, positions, axes_dim, theta=10_000.0):
+    angles = _rope_angles_with(positions, axes_dim, theta, lambda dim: dim).split([d // 2 for d in axes_dim], -1)
+    return torch.cat([_rotate_half(part, a) for part, a in zip(x.split(list(axes_dim), -1), angles)], dim=-1)
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (_rope_half_split, "rotate-half split"),
+    (_rope_half_split_per_axis, "within each axis's share too"),
+    (lambda x, p, ax, th=1e4: _rotate(x, _rope_angles_with(p, ax, th, lambda dim: 2 * dim)), "exponent -j / d_axis"),
+    (lambda x, p, ax, th=1e4: _rotate(x, _rope_angles_with(p, ax, th, lambda dim: sum(ax))), "not the whole head"),
+    (lambda x, p, ax, th=1e4: rope(x, p[:, -2:-1].expand(-1, len(ax)), ax, th), "all by one axis"),
+    (lambda x, p, ax, th=1e4: _rotate(x, _rope_angles_with(p, ax, th, lambda dim: dim), sign=-1.0), "other way"),
+    (lambda x, p, ax, th=1e4: rope(x, p.flip(-1), ax, th), "wrong positions"),
+    (lambda x, p, ax, th=1e4: x * 1.5, "keeps every token's length"),
+    (lambda x, p, ax, th=1e4: rope(x, p ** 2, ax, th), "score unchanged"),
+])
+def test_rope_check_names_the_mistake(wrong, words, capsys):
+    from course_lib.exercises import check_rope
+
+    ok, out = verdict(check_rope, wrong, capsys)
+    assert not ok and words in out, out
+
+
+def test_rope_check_accepts_the_solution_and_agrees_with_the_model(capsys):
+    from course_lib.exercises import check_rope
+    from course_lib.mmdit import apply_rope, image_positions, rope_angles
+
+    ok, out = verdict(check_rope, rope, capsys)
+    assert ok and out.startswith("Correct!")
+    x, positions = torch.randn(1, 2, 16, 64), image_positions(4, 4)
+    torch.testing.assert_close(rope(x, positions, (16, 24, 24)), apply_rope(x, rope_angles(positions, (16, 24, 24))))

@@ -21,7 +21,7 @@ Chapter 4: :func:`check_gaussian_kl` (the reparameterisation and the KL of a dia
 Chapter 5: :func:`check_rf_loss` (the rectified-flow loss), :func:`check_euler_step` (one step of the ODE),
 :func:`check_reflow` (a flow's own coupling, and the 2-rectified flow trained on it).
 Chapter 6: :func:`check_gated_residual` (adaLN-Zero's modulate and gate), :func:`check_joint_attention`
-(one attention over [text, image], split back).
+(one attention over [text, image], split back), :func:`check_rope` (Flux's rotary embedding over the axes).
 
 **Stuck?** Every check has hints, each saying a little more than the one before, and a worked solution:
 ``check_q_sample.hint()``, ``check_q_sample.hint(2)``, ..., then ``check_q_sample.solution()`` (read from the
@@ -44,12 +44,12 @@ from .ch02_adagn_attention import check_adagn_modulation, check_online_softmax_a
 from .ch03_cross_attention import ProbeConditionalDenoiser, check_classifier_free_guidance, check_cross_attention
 from .ch04_latent_diffusion import check_gaussian_kl, check_latent_path
 from .ch05_rectified_flow import check_euler_step, check_reflow, check_rf_loss
-from .ch06_mmdit import check_gated_residual, check_joint_attention
+from .ch06_mmdit import check_gated_residual, check_joint_attention, check_rope
 from .harness import hint, solution, solved
 
 __all__ = ["check_q_sample", "check_eps_to_x0", "check_simple_loss", "check_ddpm_step", "check_ddim_step",
            "check_adagn_modulation", "check_online_softmax_attention", "check_cross_attention",
            "check_classifier_free_guidance", "check_gaussian_kl", "check_latent_path", "check_rf_loss",
            "check_euler_step", "check_reflow",
-           "check_gated_residual", "check_joint_attention",
+           "check_gated_residual", "check_joint_attention", "check_rope",
            "solved", "hint", "solution", "ProbeDenoiser", "ProbeConditionalDenoiser"]
