@@ -239,6 +239,18 @@ def _moved(page, explorer, how) -> None:
         handle.press("ArrowLeft")
 
 
+def loaded_picture(page, explorer):
+    """The explorer's picture once the browser has decoded it (scrolled into view), or None after 30 s."""
+    image = explorer.locator("img").first
+    try:
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
+                               timeout=30_000)
+    except Exception:  # noqa: BLE001 - any failure means the same: no picture to look at
+        return None
+    explorer.scroll_into_view_if_needed()
+    return image
+
+
 def check_explorers(page, name: str, interactions, shots: Path) -> list[str]:
     """Each explorer drawn live, and its picture changed by moving one control; screenshots in ``shots``."""
     problems = []
@@ -250,14 +262,10 @@ def check_explorers(page, name: str, interactions, shots: Path) -> list[str]:
         if explorer.count() != 1:
             problems.append(f"{name}: {cls} was not drawn as a widget ({explorer.count()} found)")
             continue
-        image = explorer.locator("img").first
-        try:
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
-                                   timeout=30_000)
-        except Exception:  # noqa: BLE001
+        image = loaded_picture(page, explorer)
+        if image is None:
             problems.append(f"{name}: {cls}'s picture did not load")
             continue
-        explorer.scroll_into_view_if_needed()
         before = image.screenshot()
         explorer.screenshot(path=str(shots / f"{name}-{cls}-before.png"))
         _moved(page, explorer, how)
@@ -428,14 +436,10 @@ def drive_chapter(page, chapter: str, shots: Path) -> tuple[list[str], list[dict
             problems.append(f"{chapter}: {cls} #{index} was not drawn as a widget ({found.count()} found)")
             continue
         explorer = found.nth(index)
-        image = explorer.locator("img").first
-        try:
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(),
-                                   timeout=30_000)
-        except Exception:  # noqa: BLE001
+        image = loaded_picture(page, explorer)
+        if image is None:
             problems.append(f"{chapter}: {cls} #{index}'s picture did not load")
             continue
-        explorer.scroll_into_view_if_needed()
         first = image.get_attribute("src")
         explorer.screenshot(path=str(shots / f"{chapter}-{cls}-{index}-before.png"))
         timed = []
