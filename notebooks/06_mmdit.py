@@ -439,6 +439,32 @@ print(f"{'total':48s} {count_parameters(model) / 1e6:6.2f}M")
 assert out.shape == x.shape and out.abs().max() == 0
 
 # %% [markdown]
+# **How far the design travels.** The same two kinds of block, counted in the released code:
+#
+# | model | double-stream (joint) blocks | single-stream blocks | width | heads x dim | the "image" stream | the condition stream | positions |
+# | --- | ---: | ---: | ---: | --- | --- | --- | --- |
+# | SD3-medium (2B) | 24 | 0 | 1,536 | 24 x 64 | 2x2 patches of a 16-channel latent | CLIP-L/G and T5-XXL text tokens | absolute 2-D sin-cos, image tokens only |
+# | SD3, largest (8B) | 38 | 0 | 2,432 | 38 x 64 | the same | the same | the same |
+# | FLUX.1 [dev] (12B) | 19 | 38 | 3,072 | 24 x 128 | 2x2 patches of a 16-channel latent | T5-XXL text tokens (512) | RoPE over (index, row, column), text at 0 |
+# | Hunyuan3D-DiT, Hunyuan3D 2.0 (1.1B) | 16 | 32 | 1,024 | 16 x 64 | 3,072 tokens of a 3-D shape autoencoder | DINOv2 features of the input picture | none |
+# | `mmdit-small` (this course) | 2 | 4 | 256 | 4 x 64 | 2x2 patches of a 4-channel latent (16) | MiniLM text tokens | RoPE as Flux |
+#
+# Sources: Stability AI's `sd3.5` repository (`mmditx.py`: width $= 64 \cdot$ depth, heads = depth, the
+# sin-cos table added to the patches), BFL's `flux` (`src/flux/util.py`, `configs["flux-dev"]`), Tencent's
+# `Hunyuan3D-2` (`hy3dgen/shapegen/models/denoisers/hunyuan3ddit.py` and its released config). SD3 uses joint
+# blocks only; Flux added the cheaper single-stream blocks after them.
+#
+# Hunyuan3D-DiT (Tencent, 2025) shows that the blocks do not care what the tokens are. It generates the shape of
+# a 3-D object from one picture: its "image" stream holds the 3,072 latent tokens of a shape autoencoder, its
+# "text" stream the DINOv2 features of the picture, and it is trained with flow matching, as chapter 5's
+# rectified flow. Its blocks are Flux's almost line for line (the modulation, QK-norm, joint attention, the
+# fused single-stream linears, even the ratio of 1 double to 2 single blocks). What changes is what a token
+# *is*: a shape latent is one element of an unordered set, not a cell of a grid, so there is no patchify and no
+# position at all (the code keeps Flux's RoPE path but passes no angles). The choice is not final either: the
+# next version, Hunyuan3D 2.1, moved its shape model to a cross-attention transformer with mixture-of-experts
+# layers.
+
+# %% [markdown]
 # ## 6. Training: the same loss, the same latents
 #
 # `TextToImageModel` holds the MM-DiT exactly as it holds the UNet (the denoiser registry of
