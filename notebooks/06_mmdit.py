@@ -465,6 +465,46 @@ assert out.shape == x.shape and out.abs().max() == 0
 # layers.
 
 # %% [markdown]
+# **What the joint sequence costs.** Every block attends over all $L + N$ tokens at once, so its score matrix
+# has $(L + N)^2$ entries per head, and the image tokens grow with the square of the latent's side over the
+# patch size: $N = (H/p)(W/p)$. Patch 2 instead of 1 gives 4x fewer image tokens and up to 16x fewer scores;
+# a long caption adds to every row. At the course's size all of this is tiny; at Flux's 1024 x 1024 images
+# (a 128 x 128 latent, patch 2: 4,096 image tokens, with 512 T5 tokens) it is chapter 2's problem again, and
+# the reason its memory-efficient attention matters. The same three implementations as chapter 2
+# (`course_lib.attention`: einsum, SDPA, chunked), one example with `mmdit-small`'s 4 heads of 64, timed side by
+# side (`time_per_call`, medians) with their peak tensor memory (`peak_memory`); in full mode also one head (of
+# 64 dimensions) over Flux's sequence:
+
+# %%
+from course_lib.attention import ATTENTION_IMPLS
+from course_lib.profiling import peak_memory, time_per_call
+
+sequences = {"patch 2, 7-token caption": (7, 16, 4), "patch 2, 16 tokens": (16, 16, 4),  # (L, N, heads)
+             "patch 1, 7-token caption": (7, 64, 4), "patch 1, 16 tokens": (16, 64, 4)}
+if not config.fast_mode():
+    sequences["Flux at 1024 x 1024, one head"] = (512, 4096, 1)
+g = torch.Generator().manual_seed(0)
+print(f"{'sequence':32s} {'L':>4s} {'N':>5s} {'L+N':>5s} {'scores/head':>12s}"
+      + "".join(f"{impl + ' ms':>11s}" for impl in ATTENTION_IMPLS) + "".join(f"{impl + ' MB':>11s}" for impl in ATTENTION_IMPLS))
+for name, (L, N, heads) in sequences.items():
+    q, k, v = (torch.randn(1, heads, L + N, 64, generator=g) for _ in range(3))  # [1, heads, L + N, 64]
+    calls = {impl: (lambda fn=fn: fn(q, k, v)) for impl, fn in ATTENTION_IMPLS.items()}
+    with torch.no_grad():
+        times = time_per_call(calls, repeats=3, min_seconds=config.pick(0.01, 0.05))
+        memory = {impl: peak_memory(call) for impl, call in calls.items()}
+    print(f"{name:32s} {L:4d} {N:5d} {L + N:5d} {(L + N) ** 2:12,d}"
+          + "".join(f"{1e3 * times[impl]:11.3f}" for impl in ATTENTION_IMPLS)
+          + "".join(f"{memory[impl] / 2**20:11.2f}" for impl in ATTENTION_IMPLS))
+
+# %% [markdown]
+# Read the rows from the top: patch 1 multiplies the scores by about 6-10 over patch 2 at these caption lengths;
+# at these sizes every version takes well under a millisecond. The last row (full mode) is one head of Flux's
+# attention: einsum materialises the whole $4608^2$ score matrix (81 MB in float32, and about twice that at its
+# peak, with the softmax's copy), while SDPA and the chunked version keep a few MB alive at once. Flux runs 24
+# such heads (of 128 dimensions) in each of its 57 blocks, at every step. Chapter 2 (section 3) measured the same curve from 64 to 4,096 tokens; for longer
+# runs, `python benchmarks/bench_attention.py --lengths 23,32,71,80,4608` times these lengths with more repeats.
+
+# %% [markdown]
 # ## 6. Training: the same loss, the same latents
 #
 # `TextToImageModel` holds the MM-DiT exactly as it holds the UNet (the denoiser registry of
