@@ -360,7 +360,13 @@ class MMDiT(nn.Module):
     forward(x [B, C, H, W], t [B], context [B or 1, L, context_dim], context_mask [B or 1, L] bool or None)
     has the UNet's signature, so it can stand where chapter 4's UNet stood. ``vector_in`` plays the part of
     SD3's pooled CLIP vector (Flux: CLIP's pooled output, ``vector_in``) with the course's encoder.
+
+    ``text_position``: where the text tokens sit on the rotary axes, (index, row, column); None (the default, and
+    what the model trains with) is Flux's (0, 0, 0). Setting it on a trained model is an experiment, chapter 6's
+    measurement of what the text's position does to the image tokens' attention, not a setting to train with.
     """
+
+    text_position: tuple[float, float, float] | None = None
 
     def __init__(self, config: MMDiTConfig):
         super().__init__()
@@ -400,7 +406,11 @@ class MMDiT(nn.Module):
         pooled = (context * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # [B, context_dim]
         vec = self.time_in(timestep_embedding(t, c.time_dim).to(x.dtype)) + self.vector_in(pooled)  # [B, D]
         img_angles = self.img_angles.float()  # float32 even in a .half() model, as rope_angles makes them
-        text_angles = img_angles.new_zeros(L, img_angles.shape[1])  # text at position (0, 0, 0): angle 0
+        if self.text_position is None:
+            text_angles = img_angles.new_zeros(L, img_angles.shape[1])  # text at position (0, 0, 0): angle 0
+        else:  # an experiment: the text moved to another position of the grid
+            where = torch.tensor([self.text_position], dtype=torch.float32).expand(L, -1)
+            text_angles = rope_angles(where, c.rope_axes, c.theta).to(img_angles.device)
         angles = torch.cat([text_angles, img_angles])  # [L + N, head_dim / 2]
         keys = torch.cat([mask, torch.ones(B, img.shape[1], dtype=torch.bool, device=x.device)], dim=1)
         attn_mask = keys[:, None, None, :]  # [B, 1, 1, L + N]: no query reads the caption's padding

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from course_lib.attention import attention, merge_heads
-from course_lib.mmdit import (DoubleStreamBlock, LastLayer, QKNorm, SingleStreamBlock, apply_rope, image_positions,
-                              patchify, rope_angles, unpatchify)
+from course_lib.mmdit import (MMDiT, DoubleStreamBlock, LastLayer, MMDiTConfig, QKNorm, SingleStreamBlock, apply_rope,
+                              image_positions, patchify, rope_angles, unpatchify)
 from conftest import randomize_zero_init
 
 D, HEADS, AXES = 32, 2, (4, 6, 6)  # head_dim 16 = 4 + 6 + 6
@@ -190,3 +190,19 @@ def test_joint_attention_can_be_captured_without_changing_a_bit():
         assert probs.shape == (2, 2, 6 + 64, 6 + 64)
         torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 70))
         assert torch.all(probs[1, :, :, 4:6] == 0)  # nobody reads the second caption's padding
+
+
+def test_the_text_position_is_zero_by_default_and_moving_it_changes_only_the_rotations():
+    torch.manual_seed(0)
+    model = randomize_zero_init(MMDiT(MMDiTConfig.tiny(context_dim=8))).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100.0, 700.0])
+    context = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        default = model(x, t, context)
+        model.text_position = (0.0, 0.0, 0.0)
+        at_zero = model(x, t, context)  # Flux's position written out: the same rotations (none)
+        model.text_position = (0.0, 1.5, 1.5)
+        moved = model(x, t, context)
+        model.text_position = None
+    torch.testing.assert_close(at_zero, default, rtol=0, atol=0)
+    assert (moved - default).abs().max() > 1e-4  # the text now sits at the grid's centre: scores change
