@@ -61,8 +61,8 @@
 
 # %% [markdown] tags=["section-times"]
 # **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
-# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
-# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+# cores (AMD EPYC (AVX512, native bf16)), 2026-12-07; the code cells' seconds per section, without the
+# kernel's start. Your machine may take longer; reading and the exercises take longer still.
 #
 # | section | fast mode (`COURSE_FAST=1`) | full mode |
 # | --- | --- | --- |
@@ -71,14 +71,14 @@
 # | 2. Conditioning: time, the pooled caption, and the modulation | < 1 s | < 1 s |
 # | 3. Joint attention: the double-stream block | < 1 s | < 1 s |
 # | 4. Where is each token? Rotary position embeddings | < 1 s | < 1 s |
-# | 5. The single-stream block and the whole model | < 1 s | < 1 s |
-# | 6. Training: the same loss, the same latents | 2 s | 19 s |
-# | 7. The trained model: samples in a few steps | 5 s | 4 s |
-# | 8. MM-DiT against UNet, measured at equal compute | 3 s | 36 s |
-# | 9. Inside the joint attention: the explorer | < 1 s | < 1 s |
-# | **the whole notebook** | **14 s** | **63 s** |
+# | 5. The single-stream block and the whole model | 2 s | 4 s |
+# | 6. Training: the same loss, the same latents | < 1 s | 19 s |
+# | 7. The trained model: samples in a few steps | 6 s | 5 s |
+# | 8. MM-DiT against UNet, measured at equal compute | 3 s | 41 s |
+# | 9. Inside the joint attention: the explorer | 1 s | 3 s |
+# | **the whole notebook** | **17 s** | **74 s** |
 #
-# The longest cell in full mode takes 36 s.
+# The longest cell in full mode takes 41 s.
 
 # %%
 import time
