@@ -36,9 +36,9 @@ from pathlib import Path
 from . import config
 from .checkpoint import read_card
 
-__all__ = ["KINDS", "SAMPLE_KINDS", "DELIVERY_KINDS", "HEADLINES", "results_path", "append_result", "read_results", "row_key", "fid_label",
-           "add_results", "training_minutes", "training_cost", "Point", "points", "results_page", "headline_table",
-           "main"]
+__all__ = ["KINDS", "SAMPLE_KINDS", "DELIVERY_KINDS", "HEADLINES", "results_path", "append_result", "add_results",
+           "read_results", "row_key", "fid_label", "training_minutes", "training_cost", "Point", "points",
+           "results_page", "headline_table", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -79,11 +79,16 @@ def results_path() -> Path:
     return config.data_dir() / "results.jsonl"
 
 
+def _is_line(record) -> bool:
+    """A results line: a JSON object with a ``kind`` of :data:`KINDS` and a ``settings`` dict."""
+    return isinstance(record, dict) and record.get("kind") in KINDS and isinstance(record.get("settings"), dict)
+
+
 def append_result(record: dict, path: str | Path | None = None) -> Path:
     """Append one line (a JSON object with at least ``kind`` and ``settings``) to the results file."""
-    if record.get("kind") not in KINDS or not isinstance(record.get("settings"), dict):
+    if not _is_line(record):
         raise ValueError(f"a results line needs a kind (one of {KINDS}) and a settings dict, got "
-                         f"kind={record.get('kind')!r}")
+                         f"kind={record.get('kind') if isinstance(record, dict) else record!r}")
     path = Path(path) if path is not None else results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:  # one line per write; appending a line is atomic enough for a log
@@ -103,8 +108,7 @@ def add_results(source: str | Path, path: str | Path | None = None) -> int:
                                                                           text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
         raise ValueError(f"{source} is neither a JSON list of results lines nor JSON Lines ({err})") from err
-    bad = [i for i, r in enumerate(records) if not isinstance(r, dict) or r.get("kind") not in KINDS
-           or not isinstance(r.get("settings"), dict)]
+    bad = [i for i, r in enumerate(records) if not _is_line(r)]
     if bad:
         raise ValueError(f"{source}: line(s) {bad[:5]} lack a kind (one of {KINDS}) or a settings dict; nothing added")
     for record in records:
@@ -380,7 +384,8 @@ def _checkpoint_rows() -> list[str]:
     return rows
 
 
-def _latest(records: list[dict], kind: str) -> list[dict]:
+def _lines_of_kind(records: list[dict], kind: str) -> list[dict]:
+    """The lines of one delivery kind, ordered by chapter, mode and explorer."""
     return sorted((r for r in records if r.get("kind") == kind),
                   key=lambda r: tuple(str(r["settings"].get(k, "")) for k in ("chapter", "mode", "index", "explorer")))
 
@@ -394,7 +399,7 @@ def _delivery_rows(records: list[dict]) -> list[str]:
             "which each line records (the 1-minute load average when the chapter ran).", "",
             "| chapter | explorer | moves | median s | slowest s | aim s | machine | load | date |",
             "|---|---|---:|---:|---:|---:|---|---:|---|"]
-    for r in _latest(records, "explorer_latency"):
+    for r in _lines_of_kind(records, "explorer_latency"):
         s, m = r["settings"], r["metrics"]
         moves = m.get("moves", [])
         slowest = max((move["seconds"] for move in moves), default=float("nan"))
@@ -407,7 +412,7 @@ def _delivery_rows(records: list[dict]) -> list[str]:
              "high-water mark; `python benchmarks/bench_memory.py --mode both --record`). Binder gives about 2 GB.",
              "", "| chapter | mode | peak GB | fits 2 GB | where the peak was reached | end GB | run s | machine | date |",
              "|---|---|---:|---|---|---:|---:|---|---|"]
-    for r in _latest(records, "notebook_memory"):
+    for r in _lines_of_kind(records, "notebook_memory"):
         s, m = r["settings"], r["metrics"]
         rows.append(f"| {s['chapter']} | {s['mode']} | {m['peak_gb']:.2f} | {'yes' if m['peak_gb'] <= 2 else 'NO'} | "
                     f"{m.get('peak_where', '')} | {m.get('end_gb', float('nan')):.2f} | {m.get('seconds', 0):.0f} | "
@@ -416,7 +421,7 @@ def _delivery_rows(records: list[dict]) -> list[str]:
              "Each chapter's page with its explorers' precomputed views (`python tools/build_site.py --record`;",
              "the aim is at most 20 MB a chapter).", "",
              "| chapter | mode | MB | explorers | views | date |", "|---|---|---:|---:|---:|---|"]
-    for r in _latest(records, "site_size"):
+    for r in _lines_of_kind(records, "site_size"):
         s, m = r["settings"], r["metrics"]
         rows.append(f"| {s['chapter']} | {s['mode']} | {m['bytes'] / 1e6:.1f} | {m.get('explorers', 0)} | "
                     f"{m.get('views', 0)} | {r.get('date', '')} |")

@@ -121,7 +121,6 @@ def execute(source: Path, mode: str, timeout: int, *, views: bool = True,
         env["COURSE_FAST"] = "1"
     folder = views_folder(source.stem, mode)
     shutil.rmtree(folder, ignore_errors=True)  # no stale pictures from an earlier run
-    cells = len(nb.cells)
     if views:
         nb.cells.append(nbformat.v4.new_code_cell(VIEWS_CELL.format(folder=str(folder), max_values=max_values)))
     client = NotebookClient(nb, timeout=timeout, kernel_name=nb.metadata.get("kernelspec", {}).get("name", "python3"),
@@ -144,7 +143,6 @@ def execute(source: Path, mode: str, timeout: int, *, views: bool = True,
             summary = json.loads("".join(streams).strip().splitlines()[-1])
         except (IndexError, ValueError):
             summary = None
-    del nb.cells[cells:]
     nb.metadata["course_run"] = {
         "mode": mode, "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "seconds": round(seconds, 1),
@@ -533,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out / 'index.html'} and {len(names)} chapter page(s)")
     sizes = site_sizes(args.out, [source.stem for source in names])
     print("size: " + ", ".join(f"{stem} {size / 1e6:.1f} MB" for stem, size in sizes.items()))
-    if args.record and not problems:
+    if args.record and problems:
+        print("not recorded: the site has problems (below)", file=sys.stderr)
+    elif args.record:
         for source in names:
             views = nbformat.read(EXECUTED / args.mode / source.name, as_version=4).metadata.get(
                 "course_run", {}).get("views") or []

@@ -173,7 +173,6 @@ def _angles_with(positions, omegas):
 def _rope_cases(seed: int) -> list[Case]:
     g = torch.Generator().manual_seed(seed + 41)
     cases = []
-    d_total = lambda axes: sum(axes)  # noqa: E731 - the head dimension
     grids = [(torch.cat([torch.zeros(2, 3), image_positions(3, 3)]), (4, 6, 6),
               "2 text tokens at (0, 0, 0) and a 3 x 3 grid at (0, row, column), axes_dim (4, 6, 6), as Flux"),
              (torch.stack(torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij"), -1).reshape(-1, 2).float(),
@@ -182,9 +181,9 @@ def _rope_cases(seed: int) -> list[Case]:
               (8, 4), "rows 2-6 and columns 0, 3, axes_dim (8, 4)")]
     for positions, axes, what in grids:
         theta = 10_000.0
-        x = torch.randn(2, 3, positions.shape[0], d_total(axes), generator=g)
+        d = sum(axes)  # the head dimension
+        x = torch.randn(2, 3, positions.shape[0], d, generator=g)
         expected = apply_rope(x, rope_angles(positions, axes, theta))
-        d = d_total(axes)
         one_axis = positions[:, -2:-1].expand(-1, len(axes))  # every axis given the rows
         mistakes = {
             "the pairs are adjacent, (x_2j, x_2j+1), as in Flux and the paper (RoFormer): the rotate-half split "
