@@ -25,6 +25,9 @@ For each sequence length N (self-attention, q, k, v of shape [B, heads, N, d]) a
     python benchmarks/bench_attention.py                  # N = 64 .. 4096, B=1, heads=4, d=64, float32
     python benchmarks/bench_attention.py --quick          # N = 64 .. 1024, 3 repeats, no RSS check
     python benchmarks/bench_attention.py --backward --lengths 256,1024,2048 --threads 1
+    python benchmarks/bench_attention.py --lengths 23,32,71,80 --threads 1 --record   # chapter 6's joint sequences
+
+``--record`` appends one line per length (kind ``attention_cost``) to the course's results file.
 
 This is a script, not a test: times depend on the machine and on what else runs on it.
 """
@@ -38,13 +41,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from _common import benchmark_parser, header, setup_torch  # this folder's; puts the checkout on sys.path
 from course_lib.attention import ATTENTION_IMPLS, chunked_attention
+from course_lib.config import hardware_description
 from course_lib.profiling import peak_memory, time_per_call
+from course_lib.results import append_result
 
 IMPLS = ("einsum", "sdpa", "chunked")
 MB = 2**20
@@ -110,6 +116,8 @@ def parse_args(argv=None):
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
                    help="RSS cross-check at the largest length in subprocesses (default: on unless --quick)")
     p.add_argument("--quick", action="store_true", help="lengths up to 1024, 3 repeats, no RSS check")
+    p.add_argument("--record", action="store_true",
+                   help="append one line per length (kind attention_cost) to the course's results file")
     p.add_argument("--rss-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -117,6 +125,19 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.rss = (not args.quick) if args.rss is None else args.rss
     return args
+
+
+def record(args, lengths: list[int], median: dict, peak: dict) -> None:
+    """One results line per length (kind ``attention_cost``): each version's median ms and peak tensor MB."""
+    for N in lengths:
+        append_result({
+            "date": time.strftime("%Y-%m-%d"), "kind": "attention_cost",
+            "settings": {"length": N, "batch": args.batch, "heads": args.heads, "dim": args.dim,
+                         "pass": "forward + backward" if args.backward else "forward", "repeats": args.repeats},
+            "metrics": {"ms": {i: round(1e3 * median[i, N], 4) for i in IMPLS},
+                        "peak_mb": {i: round(peak[i, N] / MB, 3) for i in IMPLS}},
+            "hardware": hardware_description(torch.device("cpu"))})
+    print(f"recorded {len(lengths)} line(s); python -m course_lib.results shows them")
 
 
 def main(argv=None) -> None:
@@ -156,6 +177,8 @@ def main(argv=None) -> None:
               + " | " + " ".join(f"{m[i] / m['einsum']:7.3f}" for i in IMPLS[1:])
               + f" | {scores_mb:7.2f}")
     print("\nQK^T MB = the size of one [B, heads, N, N] float32 score matrix.")
+    if args.record:
+        record(args, lengths, median, peak)
 
     if args.rss and not Path("/proc/self/clear_refs").exists():
         print("\n(RSS cross-check skipped: it needs Linux's /proc)")

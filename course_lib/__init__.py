@@ -42,6 +42,8 @@ Models
 - ``text2image``: the text-to-image model (text encoder + a registered denoiser: UNet, MM-DiT, ...) and its loss
 - ``mmdit``: SD3's and Flux's transformer (patches, RoPE, QK-norm, adaLN-Zero modulation, double- and
   single-stream blocks, the MMDiT with the UNet's interface; chapter 6, trained as ``mmdit-small``)
+- ``dit``: DiT's conditioning ablation with a caption (in-context tokens, PixArt's cross-attention, adaLN-Zero),
+  the MM-DiT's interface and size; chapter 6, the ``dit-*`` recipes
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
 - ``autoencoder``: the KL autoencoder of latent diffusion (images <-> 4x8x8 latents; chapter 4)
 - ``latents``: a data set's latents encoded once and cached (keyed by the autoencoder's hash), sampled per batch

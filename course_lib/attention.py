@@ -32,6 +32,7 @@ merges), and the UNet's ``AttentionBlock`` for feature maps (``course_lib.unet``
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Callable
 
@@ -53,6 +54,7 @@ __all__ = [
     "merge_heads",
     "HookableAttention",
     "MultiHeadAttention",
+    "attention_logit_stats",
 ]
 
 
@@ -323,3 +325,45 @@ class MultiHeadAttention(HookableAttention):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, impl={self.impl!r}"
+
+
+@torch.no_grad()
+def attention_logit_stats(model: nn.Module, run: Callable[[], object]) -> dict[str, float]:
+    """How peaked the attention of ``model`` is while ``run()`` runs (it should call the model once):
+
+        logit_ij = q_i . k_j / sqrt(d)        P_i = softmax_j(logit_i)        H_i = -sum_j P_ij log P_ij
+
+    over every :class:`HookableAttention` of ``model``, every head, query and unmasked key. Returns
+    ``max_logit`` (the largest logit), ``entropy`` (the mean of H_i in nats) and ``max_entropy`` (log of the
+    keys a query may read, averaged the same way: the entropy of uniform attention). A logit that keeps growing
+    drives its row towards one key (H_i -> 0): the instability QK-norm guards against (Dehghani et al. 2023,
+    ViT-22B; Esser et al. 2024 add it to SD3's MM-DiT for mixed-precision training). Computed on the side from
+    the same q and k (hooks), in float32; the model's outputs are unchanged.
+    """
+    layers = [m for m in model.modules() if isinstance(m, HookableAttention)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no attention layers (HookableAttention) to measure")
+    found = {"max_logit": -math.inf, "entropy_sum": 0.0, "uniform_sum": 0.0, "rows": 0}
+
+    def hook(module, q, k, mask, cross):
+        mask = _check_inputs(q, k, k, mask)
+        logits = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) * q.shape[-1] ** -0.5  # [B, heads, Nq, Nk]
+        valid = torch.ones_like(logits, dtype=torch.bool) if mask is None else mask.expand_as(logits)
+        probs = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+        rows = valid.any(dim=-1)  # [B, heads, Nq]: queries with at least one key
+        entropy = -torch.special.xlogy(probs, probs).nansum(dim=-1)  # [B, heads, Nq]
+        found["max_logit"] = max(found["max_logit"], logits.masked_fill(~valid, float("-inf")).max().item())
+        found["entropy_sum"] += entropy[rows].sum().item()
+        found["uniform_sum"] += valid.sum(dim=-1)[rows].float().log().sum().item()
+        found["rows"] += int(rows.sum())
+
+    handles = [m.register_attention_hook(hook) for m in layers]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found["rows"]:
+        raise ValueError("run() did not call any attention layer of the model")
+    return {"max_logit": found["max_logit"], "entropy": found["entropy_sum"] / found["rows"],
+            "max_entropy": found["uniform_sum"] / found["rows"]}

@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -187,8 +188,13 @@ def classifier_score(classifier: nn.Module, images: torch.Tensor, batch_size: in
 def prompt_accuracy(pipeline: Pipeline, classifier: nn.Module, guidances: Sequence[float] = (0.0, 1.0, 3.0), *,
                     per_class: int = 10, num_steps: int = 25, seed: int = 1, batch_size: int = 50,
                     prompt: Callable[[int], str] = class_prompt, num_classes: int = len(CIFAR10_CLASSES),
-                    sampler: str | None = None, **sampler_options) -> dict[float, PromptAccuracy]:
+                    sampler: str | None = None, size: tuple[int, int] | None = None,
+                    **sampler_options) -> dict[float, PromptAccuracy]:
     """Generate ``per_class`` images from each class's prompt at every guidance weight and classify them.
+
+    ``size``: the (H, W) grid to sample in the denoiser's space instead of its trained one (chapter 6: a larger
+    latent grid); images larger than the classifier's 32 x 32 are averaged down to it (area interpolation)
+    before they are classified.
 
     ``pipeline`` is a text-to-image :class:`~course_lib.generation.Pipeline`; it samples with ``sampler``
     (default: its process's first, DDIM for DDPM, Euler for a flow) over ``num_steps`` steps in batches of
@@ -205,15 +211,19 @@ def prompt_accuracy(pipeline: Pipeline, classifier: nn.Module, guidances: Sequen
                          "no prompts (use classifier_score on its samples)")
     labels = torch.arange(num_classes).repeat_interleave(per_class)  # [N]
     prompts = [prompt(int(y)) for y in labels]
-    noise = torch.randn(len(labels), *pipeline.denoiser.sample_shape,
+    channels, *grid = pipeline.denoiser.sample_shape
+    grid = tuple(size) if size is not None else tuple(grid)
+    noise = torch.randn(len(labels), channels, *grid,
                         generator=torch.Generator().manual_seed(seed))  # [N, C, H, W], one draw for every w
     results = {}
     for w in guidances:
         images = torch.cat([pipeline.generate(prompts[i:i + batch_size], guidance=float(w), sampler=sampler,
                                               num_steps=num_steps, x_T=noise[i:i + batch_size].to(pipeline.device),
+                                              **({"size": size} if size is not None else {}),
                                               **sampler_options).cpu()
                             for i in range(0, len(labels), batch_size)])  # [N, C, H, W]
-        predicted, _ = predict(classifier, images)
+        seen = images if images.shape[-2:] == (32, 32) else F.interpolate(images, size=(32, 32), mode="area")
+        predicted, _ = predict(classifier, seen)
         results[float(w)] = PromptAccuracy(float(w), labels, predicted, images)
     return results
 
@@ -623,7 +633,7 @@ def _accuracy_main(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             with warnings.catch_warnings(), pipeline.count_nfe() as nfe:
                 warnings.filterwarnings("ignore", message="unknown words replaced")
                 r = prompt_accuracy(pipeline, classifier, [w], per_class=args.per_class, num_steps=args.steps,
-                                    seed=seed, prompt=PROMPTS[args.prompts], sampler=sampler,
+                                    seed=seed, prompt=PROMPTS[args.prompts], sampler=sampler, size=args.size,
                                     **_sampler_options(args, pipeline))[w]
             seconds = time.perf_counter() - start
             per_class = " ".join(f"{name} {100 * a:.0f}" for name, a in zip(CIFAR10_CLASSES, r.per_class.tolist()))
@@ -634,6 +644,8 @@ def _accuracy_main(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                                              guidance=w, seed=seed, shift=args.shift or 1.0, decoder=decoder[0],
                                              spacing=args.spacing)
                 settings.update(per_class=args.per_class, prompts=args.prompts)
+                if args.size is not None:
+                    settings.update(size=list(args.size))
                 append_result(_record("prompt_accuracy", checkpoint_entry(args.checkpoint, card), settings,
                                       {"prompt_accuracy": r.accuracy, "prompt_accuracy_stderr": r.stderr}, device,
                                       nfe=nfe.per_image, images=r.n, seconds={"sampling": round(seconds, 1)}),
@@ -671,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="DDIM's timestep spacing: linspace (both ends, the default) or trailing (Lin et al. 2024)")
     parser.add_argument("--prompts", choices=tuple(PROMPTS), default="class",
                         help="class: 'a photo of a cat' (default); unseen: 'a photo of a kitten', words no caption has")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="prompt accuracy: sample on this grid of the denoiser's space (latents: 16 16 decodes "
+                             "to 64 x 64 pixels) instead of the trained one; the classifier reads a 32 x 32 copy")
     parser.add_argument("--samples", type=int, default=100,
                         help="unconditional UNet: how many images to sample and score (default 100)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the starting noise (default 1)")

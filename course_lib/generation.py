@@ -190,7 +190,7 @@ class Pipeline:
                  guidance: float = 1.0, sampler: str | None = None, num_steps: int | None = None,
                  x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  return_trajectory: bool = False, progress: bool = False, decode: bool = True,
-                 **sampler_options) -> torch.Tensor | SamplerOutput:
+                 size: tuple[int, int] | None = None, **sampler_options) -> torch.Tensor | SamplerOutput:
         """Generate images: one per prompt (text-conditional denoisers) or ``num_images`` (unconditional ones).
 
         guidance:   classifier-free guidance weight w (text-conditional only; 1 = the conditional model)
@@ -199,6 +199,9 @@ class Pipeline:
         return_trajectory: a :class:`~course_lib.samplers.SamplerOutput` instead of the images; its
                     ``trajectory`` stays in the denoiser's space, its ``sample`` is decoded
         decode:     False: return the samples in the denoiser's space (a latent model's latents), undecoded
+        size:       (H, W) of the grid to sample in the denoiser's space, instead of the one it was trained on
+                    (``sample_shape``): a convolutional UNet and a RoPE transformer accept other sizes (chapter 6
+                    measures what comes out); a latent grid decodes to an image 4x its size here
         sampler_options: passed to the process's sampler (DDPM: ``eta``, ``clip_x0``, ``variance``, ``timesteps``);
                     with an autoencoder attached, the process's ``latent_options`` are the defaults
                     (DDPM: ``clip_x0=False``, since latents are not bounded to [-1, 1])
@@ -224,7 +227,10 @@ class Pipeline:
             if num_images is None or num_images < 1:
                 raise ValueError(f"say how many images: generate(num_images=N) with N >= 1 (or give x_T), got {num_images}")
             batch = num_images
-        shape = (batch, *self.denoiser.sample_shape)
+        channels, *trained = self.denoiser.sample_shape
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ValueError(f"size={size}: give the grid's (height, width), e.g. size=(16, 16)")
+        shape = (batch, channels, *(tuple(size) if size is not None else trained))
         if x_T is not None and tuple(x_T.shape) != shape:
             raise ValueError(f"x_T has shape {tuple(x_T.shape)} but {batch} image(s) need {shape}; give one "
                              "noise tensor per image")

@@ -40,8 +40,8 @@ from torch import nn
 from .attention import HookableAttention, merge_heads
 from .conditioning import modulate, timestep_embedding
 
-__all__ = ["patchify", "unpatchify", "RMSNorm", "QKNorm", "rope_angles", "apply_rope", "image_positions",
-           "Modulation", "ModulationOut", "SelfAttention", "JointAttention", "DoubleStreamBlock",
+__all__ = ["patchify", "unpatchify", "RMSNorm", "QKNorm", "NoQKNorm", "qk_norm", "rope_angles", "apply_rope",
+           "image_positions", "Modulation", "ModulationOut", "SelfAttention", "JointAttention", "mlp", "DoubleStreamBlock",
            "SingleStreamBlock", "LastLayer", "MMDiTConfig", "MMDiT"]
 
 
@@ -91,6 +91,19 @@ class QKNorm(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query_norm(q), self.key_norm(k)
+
+
+class NoQKNorm(nn.Module):
+    """Queries and keys as they come: the MM-DiT without QK-norm (``MMDiTConfig(qk_norm=False)``, chapter 6's
+    QK-norm experiment). Then a logit q . k / sqrt(d) grows with the norms of q and k, without bound."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+
+def qk_norm(head_dim: int, enabled: bool = True) -> nn.Module:
+    """:class:`QKNorm` over ``head_dim``, or :class:`NoQKNorm` when not ``enabled``."""
+    return QKNorm(head_dim) if enabled else NoQKNorm()
 
 
 # --------------------------------------------------------------------------- rotary positions
@@ -177,11 +190,11 @@ class JointAttention(HookableAttention):
 class SelfAttention(nn.Module):
     """One stream's attention layers: ``qkv`` (one Linear for q, k and v), ``norm`` (QK-norm), ``proj``."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, use_qk_norm: bool = True):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.norm = QKNorm(dim // num_heads)
+        self.norm = qk_norm(dim // num_heads, use_qk_norm)
         self.proj = nn.Linear(dim, dim)
 
     def split_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,7 +204,8 @@ class SelfAttention(nn.Module):
         return q, k, v
 
 
-def _mlp(dim: int, hidden: int) -> nn.Sequential:
+def mlp(dim: int, hidden: int) -> nn.Sequential:
+    """The transformer's feed-forward layer: Linear, GELU (tanh approximation, as Flux), Linear."""
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
@@ -210,20 +224,21 @@ class DoubleStreamBlock(nn.Module):
     img [B, N, D], txt [B, L, D], vec [B, D], angles [L + N, d / 2], mask [B, 1, 1, L + N] or None.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 use_qk_norm: bool = True):
         super().__init__()
         hidden = int(hidden_size * mlp_ratio)
         self.num_heads = num_heads
         self.img_mod = Modulation(hidden_size, double=True)
         self.img_norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.img_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.img_attn = SelfAttention(hidden_size, num_heads, qkv_bias, use_qk_norm)
         self.img_norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.img_mlp = _mlp(hidden_size, hidden)
+        self.img_mlp = mlp(hidden_size, hidden)
         self.txt_mod = Modulation(hidden_size, double=True)
         self.txt_norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.txt_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.txt_attn = SelfAttention(hidden_size, num_heads, qkv_bias, use_qk_norm)
         self.txt_norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.txt_mlp = _mlp(hidden_size, hidden)
+        self.txt_mlp = mlp(hidden_size, hidden)
         self.attn = JointAttention()
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor,
@@ -253,14 +268,14 @@ class SingleStreamBlock(nn.Module):
     x [B, L + N, D], vec [B, D], angles [L + N, d / 2].
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, use_qk_norm: bool = True):
         super().__init__()
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.mlp_hidden_dim = int(hidden_size * mlp_ratio)
         self.linear1 = nn.Linear(hidden_size, 3 * hidden_size + self.mlp_hidden_dim)
         self.linear2 = nn.Linear(hidden_size + self.mlp_hidden_dim, hidden_size)
-        self.norm = QKNorm(hidden_size // num_heads)
+        self.norm = qk_norm(hidden_size // num_heads, use_qk_norm)
         self.pre_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden_size, double=False)
@@ -312,7 +327,8 @@ class MMDiTConfig:
     the (index, row, column) position axes (even sizes summing to hidden_size / num_heads).
     depth_double, depth_single: how many DoubleStreamBlocks, then SingleStreamBlocks (Flux-dev: 19 and 38).
     context_dim: the text encoder's width; the time embedding gets ``time_dim`` sinusoids of the process's
-    model time (1000 t for rectified flow, as the UNet).
+    model time (1000 t for rectified flow, as the UNet). qk_norm: RMSNorm of queries and keys in every block
+    (SD3, Flux); False only for chapter 6's experiment of what it prevents.
     """
 
     in_channels: int = 4
@@ -328,6 +344,7 @@ class MMDiTConfig:
     time_dim: int = 256
     theta: float = 10_000.0
     qkv_bias: bool = True
+    qk_norm: bool = True
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(self.rope_axes)
@@ -378,9 +395,9 @@ class MMDiT(nn.Module):
                                      nn.Linear(c.hidden_size, c.hidden_size))
         self.vector_in = nn.Sequential(nn.Linear(c.context_dim, c.hidden_size), nn.SiLU(),
                                        nn.Linear(c.hidden_size, c.hidden_size))
-        self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias)
-                                           for _ in range(c.depth_double))
-        self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio)
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias,
+                                                             c.qk_norm) for _ in range(c.depth_double))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm)
                                            for _ in range(c.depth_single))
         self.final_layer = LastLayer(c.hidden_size, c.patch_size, c.in_channels)
         side = c.image_size // c.patch_size
@@ -391,6 +408,19 @@ class MMDiT(nn.Module):
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         return (self.config.in_channels, self.config.image_size, self.config.image_size)
+
+    def grid_angles(self, height: int, width: int) -> torch.Tensor:
+        """The image tokens' RoPE angles on an ``height`` x ``width`` grid of patches: [h w, head_dim / 2], float32.
+
+        The trained grid's are the buffer; any other grid (a larger image, another aspect ratio) gets its own
+        positions (0, row, column). Only offsets enter the scores (section 4 of chapter 6), which is why a
+        RoPE model can be asked for a grid it never saw; whether its samples hold up there is measured, not
+        promised.
+        """
+        side = self.config.image_size // self.config.patch_size
+        if (height, width) == (side, side):
+            return self.img_angles.float()  # float32 even in a .half() model, as rope_angles makes them
+        return rope_angles(image_positions(height, width), self.config.rope_axes, self.config.theta)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -405,7 +435,7 @@ class MMDiT(nn.Module):
         txt = self.txt_in(context)  # [B, L, D]
         pooled = (context * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # [B, context_dim]
         vec = self.time_in(timestep_embedding(t, c.time_dim).to(x.dtype)) + self.vector_in(pooled)  # [B, D]
-        img_angles = self.img_angles.float()  # float32 even in a .half() model, as rope_angles makes them
+        img_angles = self.grid_angles(H // c.patch_size, W // c.patch_size).to(x.device)  # [N, head_dim / 2]
         if self.text_position is None:
             text_angles = img_angles.new_zeros(L, img_angles.shape[1])  # text at position (0, 0, 0): angle 0
         else:  # an experiment: the text moved to another position of the grid

@@ -30,14 +30,15 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
 from .checkpoint import read_card
 
-__all__ = ["KINDS", "SAMPLE_KINDS", "DELIVERY_KINDS", "HEADLINES", "results_path", "append_result", "add_results",
-           "read_results", "row_key", "fid_label", "training_minutes", "training_cost", "Point", "points",
+__all__ = ["KINDS", "SAMPLE_KINDS", "DELIVERY_KINDS", "BENCHMARK_KINDS", "CURVE_KINDS", "HEADLINES",
+           "results_path", "append_result", "add_results", "monitor_line", "read_results", "row_key", "fid_label", "training_minutes", "training_cost", "Point", "points",
            "results_page", "headline_table", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -45,10 +46,14 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 #: what a line measured: generated samples, an autoencoder's reconstructions, real images, prompt accuracy;
 #: and how the course reaches its readers (no checkpoint of their own): an explorer's redraw time in the browser
 #: (tests/test_browser.py), a chapter's peak memory (benchmarks/bench_memory.py), a chapter's size on the static
-#: site (tools/build_site.py)
+#: site (tools/build_site.py); and one benchmark whose numbers a chapter discusses: an attention call's time and
+#: peak memory (benchmarks/bench_attention.py, chapters 2 and 6)
 SAMPLE_KINDS = ("samples", "reconstructions", "real", "prompt_accuracy")
 DELIVERY_KINDS = ("explorer_latency", "notebook_memory", "site_size")
-KINDS = SAMPLE_KINDS + DELIVERY_KINDS
+BENCHMARK_KINDS = ("attention_cost",)
+#: curves recorded while a model trained (the trainer's ``monitor_every``: chapter 6's QK-norm experiment)
+CURVE_KINDS = ("training_monitor",)
+KINDS = SAMPLE_KINDS + DELIVERY_KINDS + BENCHMARK_KINDS + CURVE_KINDS
 
 #: the course's headline points: (model, settings a point must have), in the order of the chapters. The
 #: README's table and the top of docs/results.md show these (every lines' figures are further down).
@@ -114,6 +119,27 @@ def add_results(source: str | Path, path: str | Path | None = None) -> int:
     for record in records:
         append_result(record, path)
     return len(records)
+
+
+def monitor_line(checkpoint: str | Path) -> dict:
+    """The results line (kind ``training_monitor``) of a run trained with ``monitor_every``: its card's attention
+    statistics against steps (largest logit, mean entropy, loss), with the settings that make the run."""
+    card = read_card(checkpoint)
+    training = card.get("training", {})
+    monitor = training.get("monitor")
+    if not monitor:
+        raise ValueError(f"{checkpoint}: its card has no monitor history; train with TrainConfig(monitor_every=N)")
+    train_config = training.get("train_config", {})
+    backbone = next((v for v in card.get("model_config", {}).values() if isinstance(v, dict) and "qk_norm" in v), {})
+    return {"date": time.strftime("%Y-%m-%d"), "kind": "training_monitor", "model": training.get("recipe", ""),
+            "checkpoint": config.portable_path(checkpoint), "checkpoint_sha256": card.get("sha256"),
+            "step": card.get("step"), "training_minutes": round(training.get("wall_seconds_total", 0) / 60, 1),
+            "settings": {"lr": train_config.get("lr"), "warmup_steps": train_config.get("warmup_steps"),
+                         "batch_size": train_config.get("batch_size"), "precision": training.get("precision"),
+                         "monitor_every": train_config.get("monitor_every"), "qk_norm": backbone.get("qk_norm")},
+            "metrics": {key: [m[key] for m in monitor] for key in ("step", "loss", "max_logit", "entropy",
+                                                                    "max_entropy")},
+            "hardware": training.get("hardware", "")}
 
 
 def row_key(record: dict) -> str:
@@ -207,6 +233,8 @@ class Point:
             text += f", w = {s['guidance']:g}"
         if s.get("shift") not in (None, 1.0):
             text += f", shift {s['shift']:g}"
+        if s.get("size") is not None:  # sampled on another grid than the trained one (chapter 6's RoPE section)
+            text += f", grid {s['size'][0]}x{s['size'][1]}"
         return text + (f" (NFE {self.nfe:g})" if self.nfe is not None else "")
 
     def minutes_per_seed(self) -> float:
@@ -295,7 +323,7 @@ def _decoder(p: Point) -> str:
 def _prompt_accuracy(records: list[dict], p: Point) -> str:
     """The prompt accuracy measured at a sample point's settings (same model, sampler, steps, w, decoder)."""
     same = {k: p.settings.get(k) for k in ("sampler", "steps", "guidance", "decoder_sha256")}
-    found = [q for q in points(p.model, records=records, kind="prompt_accuracy", prompts="class", **same)]
+    found = [q for q in points(p.model, records=records, kind="prompt_accuracy", prompts="class", size=None, **same)]
     return found[-1].text("prompt_accuracy", ".1f", 100) if found else ""
 
 
@@ -381,6 +409,45 @@ def _checkpoint_rows() -> list[str]:
         rows.append(f"| {path.stem} | {card.get('model_class')} | {card.get('parameters', 0) / 1e6:.2f}M | "
                     f"{card.get('step', 0):,} | {training_cost(card)} | "
                     f"{training.get('hardware', '')} | {'; '.join(facts)} |")
+    return rows
+
+
+def _attention_rows(records: list[dict]) -> list[str]:
+    """Time and peak tensor memory of einsum, SDPA and chunked attention per sequence length."""
+    rows = ["One attention call on q, k, v [batch, heads, L + N, d], float32 (`python benchmarks/bench_attention.py",
+            "--lengths ... --record`): medians of interleaved runs, and the peak tensor memory above the inputs",
+            "(torch's profiler). Chapter 6's joint sequences are L text + N image tokens: 23 = 7 + 16 and 32 = 16 + 16",
+            "(patch 2 on the 8 x 8 latent), 71 = 7 + 64 and 80 = 16 + 64 (patch 1); 4608 = 512 + 4096 is one head of",
+            "Flux at 1024 x 1024 (T5's 512 tokens, a 128 x 128 latent at patch 2). Compare times within one run",
+            "(one machine, one load) only.", "",
+            "| L + N | batch x heads x d | pass | einsum ms | SDPA ms | chunked ms | einsum MB | SDPA MB | "
+            "chunked MB | machine | date |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = sorted((r for r in records if r.get("kind") == "attention_cost"),
+                   key=lambda r: (r["settings"]["pass"], r["settings"]["length"], r["settings"]["heads"]))
+    for r in lines:
+        s, ms, mb = r["settings"], r["metrics"]["ms"], r["metrics"]["peak_mb"]
+        rows.append(f"| {s['length']} | {s['batch']} x {s['heads']} x {s['dim']} | {s['pass']} | "
+                    + " | ".join(f"{ms[i]:.3f}" for i in ("einsum", "sdpa", "chunked")) + " | "
+                    + " | ".join(f"{mb[i]:.2f}" for i in ("einsum", "sdpa", "chunked"))
+                    + f" | {r.get('hardware', '')} | {r.get('date', '')} |")
+    return rows
+
+
+def _monitor_rows(records: list[dict]) -> list[str]:
+    """One row per monitored run: its settings and where its attention statistics started, peaked and ended."""
+    rows = ["Every `monitor_every` steps the trainer measures the model's attention on one fixed batch (largest",
+            "logit q.k / sqrt(d), mean row entropy in nats; `course_lib.attention.attention_logit_stats`); added with",
+            "`python -m course_lib.results --add-monitor CHECKPOINT`. Chapter 6 plots the curves.", "",
+            "| run | QK-norm | lr | precision | steps | max logit: first / largest / last | entropy: first / "
+            "lowest / last (uniform) | loss: first / last | minutes | machine |",
+            "|---|---|---:|---|---:|---|---|---|---:|---|"]
+    for r in sorted((r for r in records if r.get("kind") == "training_monitor"), key=lambda r: r.get("model", "")):
+        s, m = r["settings"], r["metrics"]
+        rows.append(f"| {r.get('model')} | {'yes' if s.get('qk_norm') else 'no'} | {s.get('lr'):g} | "
+                    f"{s.get('precision')} | {m['step'][-1]} | {m['max_logit'][0]:.1f} / {max(m['max_logit']):.1f} / "
+                    f"{m['max_logit'][-1]:.1f} | {m['entropy'][0]:.2f} / {min(m['entropy']):.2f} / "
+                    f"{m['entropy'][-1]:.2f} ({m['max_entropy'][-1]:.2f}) | {m['loss'][0]:.3f} / {m['loss'][-1]:.3f} | "
+                    f"{r.get('training_minutes', 0):.0f} | {r.get('hardware', '')} |")
     return rows
 
 
@@ -488,6 +555,14 @@ def results_page(records: list[dict]) -> str:
         "",
         *_checkpoint_rows(),
         "",
+        "## What attention costs: chapter 2's three versions on chapter 6's joint sequences",
+        "",
+        *_attention_rows(records),
+        "",
+        "## Curves recorded while training: QK-norm",
+        "",
+        *_monitor_rows(records),
+        "",
         "## Reaching the readers: explorers, memory, the site",
         "",
         *_delivery_rows(records),
@@ -511,11 +586,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=str(config.REPO_ROOT / "README.md"))
     parser.add_argument("--page", default=str(config.REPO_ROOT / "docs" / "results.md"))
     parser.add_argument("--check", action="store_true", help="exit 1 if the page or the README's table is stale")
+    parser.add_argument("--add-monitor", nargs="+", type=Path, default=[], metavar="CHECKPOINT",
+                        help="first append the monitor history of these training states or exports (a run trained "
+                             "with TrainConfig(monitor_every=N)) as training_monitor lines")
     parser.add_argument("--add", nargs="+", type=Path, default=[], metavar="FILE",
                         help="first append the results lines in these files (JSON lists or JSON Lines), e.g. "
                              "build/browser/latency/*.json")
     args = parser.parse_args(argv)
     path = Path(args.results) if args.results else results_path()
+    for checkpoint in args.add_monitor:
+        try:
+            append_result(monitor_line(checkpoint), path)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
+        print(f"{checkpoint}: its monitor history added to {path}")
     for source in args.add:
         try:
             print(f"{source}: {add_results(source, path)} line(s) added to {path}")

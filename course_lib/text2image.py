@@ -52,6 +52,7 @@ from .processes import Process
 from .profiling import count_parameters
 from .text import (MissingTextExtraError, PretrainedTextEncoder, TextContext, TextEncoder, TextEncoderConfig,
                    Tokenizer, encode_prompts, pretrained_text_encoder_available)
+from .dit import DiT, DiTConfig
 from .mmdit import MMDiT, MMDiTConfig
 from .unet import UNet, UNetConfig
 
@@ -77,6 +78,7 @@ MINILM_DIM = 384
 DENOISERS: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),      # chapters 3-5: SpatialTransformers cross-attend to the text
     "mmdit": (MMDiT, MMDiTConfig),   # chapter 6: text and image tokens in joint attention
+    "dit": (DiT, DiTConfig),         # chapter 6's conditioning ablation: in-context, cross-attention, adaLN-Zero
 }
 
 
@@ -247,13 +249,22 @@ class Text2ImageConfig:
         return cls(**{**dict(denoiser=unet, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
-    def latent_mmdit_small(cls, **overrides) -> "Text2ImageConfig":
+    def latent_mmdit_small(cls, qk_norm: bool = True, **overrides) -> "Text2ImageConfig":
         """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 2, as SD3 and Flux: 16 image tokens), 256 wide,
         4 heads of 64, 2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3
         and Flux read frozen text encoders (their T5 and CLIP). Patch 2 rather than 1: at equal training
-        minutes it reached a lower loss (pilot in ``MMDiTConfig``'s docstring)."""
-        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2)
+        minutes it reached a lower loss (pilot in ``MMDiTConfig``'s docstring). ``qk_norm=False`` drops
+        QK-norm, for chapter 6's experiment of what it does."""
+        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2, qk_norm=qk_norm)
         return cls(**{**dict(denoiser=mmdit, text_encoder="minilm", text=None), **overrides})
+
+    @classmethod
+    def latent_dit_small(cls, conditioning: str, **overrides) -> "Text2ImageConfig":
+        """Chapter 6's conditioning ablation: :class:`~course_lib.dit.DiT` with ``conditioning`` (in_context,
+        cross_attention or adaln_zero) at ``mmdit-small``'s width, heads, patches and text encoder (the frozen
+        MiniLM), its depth matching ``mmdit-small``'s parameters (``DiTConfig.small``)."""
+        dit = DiTConfig.small(conditioning, context_dim=MINILM_DIM)
+        return cls(**{**dict(denoiser=dit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
     def latent_mmdit_tiny(cls, **overrides) -> "Text2ImageConfig":

@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import config
+from .attention import attention_logit_stats
 from .checkpoint import load_checkpoint, read_card, save_checkpoint, transplant_weights
 from .distributed import SINGLE, DistInfo, any_rank, mean_over_ranks, rank_seed, shard
 
@@ -93,6 +94,8 @@ class TrainConfig:
                                      # (config.native_bf16: GPUs, AVX-512 BF16 / AMX CPUs); else float32
     channels_last: bool = False      # NHWC memory layout for conv nets (faster with bf16 on CPU)
     progress: bool = True            # show a tqdm progress bar
+    monitor_every: int = 0           # steps between attention statistics on a fixed batch (0: none; chapter 6's
+                                     # QK-norm experiment: attention_logit_stats, kept on the card)
 
     def __post_init__(self):
         if self.max_steps is None and self.max_minutes is None:
@@ -103,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.monitor_every < 0:
+            raise ValueError(f"monitor_every must be >= 0 (0: no monitoring), got {self.monitor_every}")
         if self.cooldown_steps < 0:
             raise ValueError(f"cooldown_steps must be >= 0, got {self.cooldown_steps}")
         if self.cooldown_steps and self.max_steps is None:
@@ -239,6 +244,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
         run.wrap_data_parallel()              under torchrun only
         until run.stop_reason():              step budget, time budget, stop request (all ranks agree)
             run.train_step(loss_fn, batches)  seed, batch, loss, finite?, backward, clip, AdamW, EMA
+            run.monitor_if_due(loss_fn, batches)  attention statistics, every monitor_every steps
             run.show_progress(bar)
             run.save_if_due()                 every checkpoint_every steps / checkpoint_minutes minutes
         run.finish(stopped_by)                the final save, model.eval(), the TrainResult
@@ -262,6 +268,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, batches: Batches, cfg: TrainCon
             if stopped_by:
                 break
             run.train_step(loss_fn, batches)
+            run.monitor_if_due(loss_fn, batches)
             run.show_progress(bar)
             run.save_if_due()
     except KeyboardInterrupt:
@@ -311,6 +318,7 @@ class _Run:
         self.transplant: dict | None = None  # where this run's step-0 weights came from, if anywhere
         self.parallel: dict = {}          # the data-parallel set-up, for the card
         self.images = 0                   # images trained on in this call, all ranks together
+        self.monitored: list[dict] = []   # every monitor_every steps: {"step", "loss", attention statistics}
         self.t0 = self.last_save_time = 0.0  # perf_counter at the start of training, at the last save
         self.deadline = math.inf          # perf_counter when the time budget ends
 
@@ -339,6 +347,7 @@ class _Run:
                 self.losses = ckpt.train["loss_history"].tolist()[:self.step]
             self.seconds_before = float(training.get("wall_seconds_total", 0.0))
             self.warm_starts = list(training.get("warm_starts", []))
+            self.monitored = [m for m in training.get("monitor", []) if m["step"] <= self.step]
             if ckpt.path != path:
                 self.warm_starts.append({"from": config.portable_path(init_from), "step": self.step,
                                          "weights": ckpt.card.get("exported_weights", "model")})
@@ -413,6 +422,25 @@ class _Run:
         self.step += 1
         self.images += _batch_size(batch) * self.dist_info.world_size
 
+    def monitor_if_due(self, loss_fn: LossFn, batches: Batches) -> None:
+        """Every ``monitor_every`` steps (rank 0): the model's attention statistics
+        (:func:`~course_lib.attention.attention_logit_stats`: largest logit, mean entropy) while it computes the
+        loss of step 0's batch, with the noise and times of one fixed seed, so that every probe sees the same
+        inputs; the training's own random numbers are left as they were. Kept on the card as ``monitor``."""
+        every = self.cfg.monitor_every
+        if not every or self.step % every or not self.dist_info.is_main:
+            return
+        batch = _to_device(batches(0), self.device, self.cfg.channels_last)
+        rng = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed)
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                stats = attention_logit_stats(self.model, lambda: loss_fn(self.model, batch))
+        finally:
+            torch.set_rng_state(rng)
+        self.monitored.append({"step": self.step, "loss": round(self.losses[-1], 5),
+                               **{k: round(v, 5) for k, v in stats.items()}})
+
     def show_progress(self, bar: tqdm) -> None:
         """Advance the progress bar; every 10 steps (and at the last) show the loss of the last 50 steps and
         the images per second so far, all ranks together."""
@@ -444,7 +472,8 @@ class _Run:
                 "saved_because": reason,
                 **({"distributed": self.parallel} if self.parallel else {}),
                 **({"transplant": self.transplant} if self.transplant else {}),
-                **({"warm_starts": self.warm_starts} if self.warm_starts else {})}
+                **({"warm_starts": self.warm_starts} if self.warm_starts else {}),
+                **({"monitor": self.monitored} if self.monitored else {})}
         save_checkpoint(self.path, self.model, step=self.step, ema=self.ema, optimizer=self.optimizer,
                         train_tensors={"loss_history": torch.tensor(self.losses, dtype=torch.float32)},
                         metrics={"loss_last_100": mean_tail(self.losses, 100)}, training=info)

@@ -1,5 +1,7 @@
 """Attention three ways (einsum, SDPA, chunked): one function, one mask convention, one set of answers."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +262,20 @@ def test_attention_block_attends_through_its_impl():
             torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
         AttentionBlock(16, num_groups=4, impl="flash")
+
+
+def test_attention_logit_stats_on_known_attention():
+    from course_lib.attention import MultiHeadAttention, attention_logit_stats
+
+    layer = MultiHeadAttention(8, 2)
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        layer.to_q.weight.zero_()  # q = 0 (no bias): every logit 0, every row uniform over its keys
+    stats = attention_logit_stats(layer, lambda: layer(x))
+    assert stats["max_logit"] == 0 and stats["entropy"] == pytest.approx(math.log(5), abs=1e-5)
+    assert stats["max_entropy"] == pytest.approx(math.log(5), abs=1e-5)
+    mask = torch.tensor([True, True, False, False, False])[None, None, None, :]  # 2 keys left
+    masked = attention_logit_stats(layer, lambda: layer(x, mask=mask))
+    assert masked["entropy"] == pytest.approx(math.log(2), abs=1e-5) == masked["max_entropy"]
+    with pytest.raises(ValueError, match="no attention layers"):
+        attention_logit_stats(torch.nn.Linear(2, 2), lambda: None)

@@ -214,6 +214,10 @@ def test_any_denoiser_and_a_decoder_go_through_the_same_path():
     out = pipe.generate(num_images=3, num_steps=4, generator=torch.Generator().manual_seed(0), return_trajectory=True)
     assert out.trajectory.shape == (5, 3, 4, 8, 8)  # the trajectory stays in latent space
     assert torch.equal(out.sample, images)
+    wide = pipe.generate(num_images=2, num_steps=4, size=(8, 16))  # another grid (chapter 6's RoPE section)
+    assert wide.shape == (2, 3, 32, 64)
+    with pytest.raises(ValueError, match="height, width"):
+        pipe.generate(num_images=2, num_steps=4, size=(8,))
 
 
 class LargeX0Denoiser(StandInDenoiser):

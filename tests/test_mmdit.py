@@ -206,3 +206,35 @@ def test_the_text_position_is_zero_by_default_and_moving_it_changes_only_the_rot
         model.text_position = None
     torch.testing.assert_close(at_zero, default, rtol=0, atol=0)
     assert (moved - default).abs().max() > 1e-4  # the text now sits at the grid's centre: scores change
+
+
+def test_other_grids_get_their_own_rotations():
+    torch.manual_seed(0)
+    model = randomize_zero_init(MMDiT(MMDiTConfig.tiny(context_dim=8, patch_size=2))).eval()  # 8x8 latents: 4x4 patches
+    assert torch.equal(model.grid_angles(4, 4), model.img_angles)  # the trained grid: the buffer
+    wide = model.grid_angles(4, 8)  # a 8x16 latent: 4 x 8 patches
+    torch.testing.assert_close(wide, rope_angles(image_positions(4, 8), model.config.rope_axes), rtol=0, atol=0)
+    assert torch.equal(wide.view(4, 8, -1)[:, :4].reshape(16, -1), model.img_angles)  # its left half: the old grid
+    x, t, context = torch.randn(2, 4, 8, 16), torch.tensor([100.0, 700.0]), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert model(x, t, context).shape == (2, 4, 8, 16)
+    with pytest.raises(ValueError, match="patch size that divides"):
+        model(torch.randn(1, 4, 8, 9), t[:1], context[:1])
+
+
+def test_without_qk_norm_the_logits_grow_with_the_weights_and_with_it_they_do_not():
+    from course_lib.attention import attention_logit_stats
+
+    def max_logit(qk_norm, scale):
+        torch.manual_seed(0)
+        model = randomize_zero_init(MMDiT(MMDiTConfig.tiny(context_dim=8, qk_norm=qk_norm))).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "qkv" in name or "linear1" in name:  # q and k (and v) scaled by `scale`
+                    p.mul_(scale)
+        x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([100.0, 700.0]), torch.randn(2, 5, 8)
+        return attention_logit_stats(model, lambda: model(x, t, context))["max_logit"]
+
+    assert max_logit(False, 4.0) / max_logit(False, 1.0) > 8  # q . k grows with the square of the scale
+    assert max_logit(True, 4.0) == pytest.approx(max_logit(True, 1.0), rel=0.02)  # RMSNorm undoes the scale
+    assert not any("norm.query_norm" in n for n, _ in MMDiT(MMDiTConfig.tiny(qk_norm=False)).named_parameters())

@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from course_lib import config
-from course_lib.results import (BEGIN, DELIVERY_KINDS, END, HEADLINES, KINDS, add_results, append_result,
-                                headline_table, main, points, read_results, results_page)
+from course_lib.results import (BEGIN, BENCHMARK_KINDS, CURVE_KINDS, DELIVERY_KINDS, END, HEADLINES, KINDS,
+                                add_results, append_result, headline_table, main, points, read_results, results_page)
 
 
 def _record(model, fid, guidance=None, sha="a" * 64, seed=1, **settings):
@@ -109,6 +110,14 @@ def test_every_committed_line_keeps_its_settings_and_counts_its_nfe():
         if r["kind"] in DELIVERY_KINDS:
             assert {"chapter", "mode"} <= set(r["settings"]) and r["settings"]["mode"] in ("fast", "full"), r
             continue
+        if r["kind"] in CURVE_KINDS:
+            m = r["metrics"]
+            assert len(m["step"]) == len(m["loss"]) == len(m["max_logit"]) == len(m["entropy"]) > 0, r["model"]
+            continue
+        if r["kind"] in BENCHMARK_KINDS:
+            assert {"length", "batch", "heads", "dim", "pass"} <= set(r["settings"]), r
+            assert set(r["metrics"]["ms"]) == set(r["metrics"]["peak_mb"]) == {"einsum", "sdpa", "chunked"}, r
+            continue
         if r["kind"] in ("samples", "prompt_accuracy"):
             s = r["settings"]
             assert {"sampler", "steps", "guidance", "seed", "spacing", "shift", "decoder", "decoder_sha256"} <= set(s)
@@ -163,6 +172,24 @@ def test_latency_memory_and_site_size_lines_are_added_from_a_file_and_shown(tmp_
     assert "FID-2k 50.00" in page  # the sample tables are unchanged by the new kinds
 
 
+def test_attention_cost_lines_and_other_grids_are_shown_apart(tmp_path):
+    cost = {"date": "2026-12-07", "kind": "attention_cost", "hardware": "CPU Test, 1 thread",
+            "settings": {"length": 23, "batch": 1, "heads": 4, "dim": 64, "pass": "forward", "repeats": 3},
+            "metrics": {"ms": {"einsum": 0.05, "sdpa": 0.03, "chunked": 0.07},
+                        "peak_mb": {"einsum": 0.04, "sdpa": 0.02, "chunked": 0.05}}}
+    native = {**_record("ldm-small", 0, 3.0), "kind": "prompt_accuracy",
+              "metrics": {"prompt_accuracy": 0.78, "prompt_accuracy_stderr": 0.03}}
+    native["settings"].update(num_samples=None, per_class=20, prompts="class")
+    wide = json.loads(json.dumps(native))
+    wide["settings"]["size"], wide["metrics"]["prompt_accuracy"] = [16, 16], 0.5
+    records = [_record("ldm-small", 65.0, 3.0), native, wide, cost]
+    append_result(cost, tmp_path / "r.jsonl")  # a known kind: accepted
+    page = results_page(records)
+    assert "| 23 | 1 x 4 x 64 | forward | 0.050 | 0.030 | 0.070 | 0.04 | 0.02 | 0.05 | CPU Test, 1 thread |" in page
+    assert "ddim 25 steps, w = 3, grid 16x16 (NFE 50) |  | class | 200 | 1 | 50.0 |" in page
+    assert "| 65.00 | 6.50 | 78.0 |" in headline_table(records)  # the headline reads the trained grid's accuracy
+
+
 def test_adding_a_bad_file_adds_nothing_and_says_why(tmp_path):
     results = _write(tmp_path / "results.jsonl", [_record("ddpm-small", 50.0)])
     before = results.read_text()
@@ -189,3 +216,27 @@ def test_the_same_images_scored_again_keep_the_metrics_of_both_lines(tmp_path):
     later["metrics"] = {"fid": 87.1, "kid_mean": 0.05, "precision_clf": 0.7}
     (merged,) = read_results(_write(tmp_path / "results.jsonl", [first, later]))
     assert merged["metrics"] == {"fd_clf": 9.1, "precision_clf": 0.7, "fid": 87.1, "kid_mean": 0.05}
+
+
+def test_a_monitored_run_becomes_a_curve_line_and_a_row(tmp_path):
+    from course_lib.checkpoint import save_checkpoint
+
+    monitor = [{"step": 25 * i, "loss": 1.0 - 0.1 * i, "max_logit": 2.0 + i, "entropy": 2.5 - 0.2 * i,
+                "max_entropy": 2.89} for i in (1, 2, 3)]
+    path = tmp_path / "state.safetensors"
+    save_checkpoint(path, torch.nn.Linear(2, 2), step=75,
+                    training={"recipe": "mmdit-noqknorm-hot", "monitor": monitor, "wall_seconds_total": 600,
+                              "precision": "bf16 autocast", "hardware": "CPU Test, 1 thread",
+                              "train_config": {"lr": 3e-3, "warmup_steps": 100, "batch_size": 64, "monitor_every": 25}})
+    results, readme = tmp_path / "results.jsonl", tmp_path / "README.md"
+    readme.write_text(f"# Course\n\n{BEGIN}\n{END}\n")
+    assert main(["--results", str(results), "--page", str(tmp_path / "page.md"), "--readme", str(readme),
+                 "--add-monitor", str(path)]) == 0
+    (line,) = read_results(results)
+    assert line["kind"] == "training_monitor" and line["metrics"]["max_logit"] == [3.0, 4.0, 5.0]
+    page = (tmp_path / "page.md").read_text()
+    assert "| mmdit-noqknorm-hot | no | 0.003 | bf16 autocast | 75 | 3.0 / 5.0 / 5.0 | 2.30 / 1.90 / 1.90 (2.89) |" in page
+    save_checkpoint(path, torch.nn.Linear(2, 2), step=75, training={"recipe": "plain"})
+    with pytest.raises(SystemExit):
+        main(["--results", str(results), "--add-monitor", str(path)])  # no monitor history: a clear error
+    assert len(read_results(results)) == 1

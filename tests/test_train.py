@@ -361,3 +361,39 @@ def test_cli_cooldown_reaches_the_card(tmp_path, isolated_data):
     assert tc["cooldown_steps"] == 2 and "--cooldown 2" in card["training"]["command"]
     # cond-tiny: lr 1e-3, 20 warm-up steps; the last update (step 3) ran at 1e-3 * warm-up 4/20 * cool-down 1/2
     assert read_card(state)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+
+class AttendingNet(torch.nn.Module):
+    """A regression net with one attention layer, for the monitor: x [B, 4] as 4 tokens of width 1 -> 8."""
+
+    def __init__(self):
+        super().__init__()
+        from course_lib.attention import MultiHeadAttention
+        self.embed = torch.nn.Linear(1, 8)
+        self.attn = MultiHeadAttention(8, 2)
+        self.out = torch.nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = self.embed(x[..., None])  # [B, 4, 8]
+        return self.out((h + self.attn(h)).flatten(1)).squeeze(-1)
+
+
+def test_the_monitor_records_attention_statistics_without_changing_the_run(tmp_path):
+    torch.manual_seed(0)
+    plain_model = AttendingNet()
+    plain = fit(plain_model, mse, regression_batches, cfg(max_steps=20), device="cpu")
+    torch.manual_seed(0)
+    watched_model = AttendingNet()
+    path = tmp_path / "state.safetensors"
+    watched = fit(watched_model, mse, regression_batches, cfg(max_steps=20, monitor_every=5), checkpoint_path=path,
+                  device="cpu")
+    assert watched.losses == plain.losses  # the probes draw their own noise and leave the training's alone
+    monitor = read_card(path)["training"]["monitor"]
+    assert [m["step"] for m in monitor] == [5, 10, 15, 20]
+    assert all(0 < m["entropy"] <= m["max_entropy"] + 1e-6 and math.isfinite(m["max_logit"]) for m in monitor)
+    assert monitor[-1]["max_entropy"] == pytest.approx(math.log(4), abs=1e-4)  # 4 keys a query
+    fit(AttendingNet(), mse, regression_batches, cfg(max_steps=30, monitor_every=5), checkpoint_path=path,
+        device="cpu")  # resumed: the history goes on
+    assert [m["step"] for m in read_card(path)["training"]["monitor"]] == [5, 10, 15, 20, 25, 30]
+    with pytest.raises(ValueError, match="monitor_every"):
+        cfg(monitor_every=-1)
