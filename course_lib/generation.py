@@ -40,7 +40,7 @@ from torch import nn
 
 from . import config
 from .checkpoint import read_card
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, EmbeddedGuidance
 from .models import model_from_checkpoint
 from .processes import Process, process_from_card
 from .samplers import SamplerOutput
@@ -161,9 +161,10 @@ class Pipeline:
     # ---- the steps
 
     @torch.no_grad()
-    def guided(self, prompts: Sequence[str], guidance: float = 3.0) -> ClassifierFreeGuidance:
+    def guided(self, prompts: Sequence[str], guidance: float = 3.0) -> ClassifierFreeGuidance | EmbeddedGuidance:
         """``model(x, t)`` for the sampler: out(tau("")) + w (out(tau(y)) - out(tau(""))) (Ho & Salimans 2022),
-        with w = ``guidance``.
+        with w = ``guidance``; for a guidance-distilled denoiser (``guidance_embedded``, chapter 7) its one pass
+        with w as an input (:class:`~course_lib.guidance.EmbeddedGuidance`).
 
         One image per prompt; the empty caption "" is the unconditional context. w = 1 is the
         conditional model alone, w = 0 the unconditional one. (Ho & Salimans write the same
@@ -174,6 +175,8 @@ class Pipeline:
             raise ValueError(f"{type(self.denoiser).__name__} is not text-conditional: it reads no prompts; "
                              "call generate(num_images=N) without prompts")
         cond = self.denoiser.encode(prompts)  # [B, L, D]
+        if getattr(self.denoiser, "guidance_embedded", False):
+            return EmbeddedGuidance(self.denoiser, cond.tokens, cond.mask, guidance)
         uncond = self.denoiser.encode([""])  # [1, L, D], shared by every image
         return ClassifierFreeGuidance(self.denoiser, cond.tokens, cond.mask, uncond.tokens, uncond.mask, guidance)
 

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["guide", "ClassifierFreeGuidance", "cfg_dropout"]
+__all__ = ["guide", "ClassifierFreeGuidance", "EmbeddedGuidance", "cfg_dropout"]
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -114,6 +114,32 @@ class ClassifierFreeGuidance:
 
     def __repr__(self) -> str:
         return f"ClassifierFreeGuidance(guidance={self.guidance}, context={tuple(self.context.shape)})"
+
+
+class EmbeddedGuidance:
+    """``model(x, t)`` of a guidance-distilled model (Meng et al. 2023; Flux-dev's guidance embedding): the weight
+    w is an input, and one forward pass gives what classifier-free guidance needs two for,
+
+        out = model(x, t, context, context_mask, guidance=w)        ~ out_uncond + w (out_cond - out_uncond)
+
+    model: a network with a guidance input (``TextToImageModel.guidance_embedded``); context [B or 1, M, D];
+    guidance: w, the same for every image.
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], context: torch.Tensor,
+                 context_mask: torch.Tensor | None = None, guidance: float = 3.0):
+        if context is None or context.ndim != 3:
+            shape = None if context is None else tuple(context.shape)
+            raise ValueError(f"context must be the caption's tokens [B, M, D], got {shape}")
+        self.model, self.guidance = model, float(guidance)
+        self.context, self.context_mask = context, context_mask
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        w = torch.full((x.shape[0],), self.guidance, device=x.device)  # [B]
+        return self.model(x, t, self.context, self.context_mask, guidance=w)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedGuidance(guidance={self.guidance}, context={tuple(self.context.shape)})"
 
 
 def cfg_dropout(captions: Sequence[str], p: float, generator: torch.Generator | None = None,

@@ -20,7 +20,9 @@ names them differently (its ``FluxTransformerBlock``: ``norm1``/``norm1_context`
 ``attn.norm_q``/``norm_k`` for ``img_attn.norm``, ``attn.to_out``/``to_add_out`` for the two ``proj``, ``ff``/
 ``ff_context`` for ``img_mlp``/``txt_mlp``; its ``FluxSingleTransformerBlock``: ``proj_mlp`` and the attention's
 q/k/v projections together are ``linear1``, ``proj_out`` is ``linear2``; SD3's ``JointTransformerBlock`` is
-the double block).
+the double block). A guidance-distilled model (``guidance_embed=True``, Flux-dev; chapter 7) adds BFL's
+``guidance_in`` (``in_layer``, ``out_layer``), diffusers' ``time_text_embed.guidance_embedder`` (``linear_1``,
+``linear_2``; the config flag ``guidance_embeds``); the course zero-initialises its last layer.
 
 Positions: 2-D rotary embeddings (RoPE, Su et al. 2021) on every token, as Flux does: each token has
 three position ids (an index axis, the patch row, the patch column), image tokens (0, row, col) and text
@@ -328,7 +330,8 @@ class MMDiTConfig:
     depth_double, depth_single: how many DoubleStreamBlocks, then SingleStreamBlocks (Flux-dev: 19 and 38).
     context_dim: the text encoder's width; the time embedding gets ``time_dim`` sinusoids of the process's
     model time (1000 t for rectified flow, as the UNet). qk_norm: RMSNorm of queries and keys in every block
-    (SD3, Flux); False only for chapter 6's experiment of what it prevents.
+    (SD3, Flux); False only for chapter 6's experiment of what it prevents. guidance_embed: a guidance weight
+    input (Flux-dev's ``guidance_in``; chapter 7's guidance distillation), zero-initialised.
     """
 
     in_channels: int = 4
@@ -345,6 +348,7 @@ class MMDiTConfig:
     theta: float = 10_000.0
     qkv_bias: bool = True
     qk_norm: bool = True
+    guidance_embed: bool = False
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(self.rope_axes)
@@ -395,6 +399,11 @@ class MMDiT(nn.Module):
                                      nn.Linear(c.hidden_size, c.hidden_size))
         self.vector_in = nn.Sequential(nn.Linear(c.context_dim, c.hidden_size), nn.SiLU(),
                                        nn.Linear(c.hidden_size, c.hidden_size))
+        if c.guidance_embed:  # Flux-dev's guidance_in, its last layer at 0: the model starts as the one it came from
+            self.guidance_in = nn.Sequential(nn.Linear(c.time_dim, c.hidden_size), nn.SiLU(),
+                                             nn.Linear(c.hidden_size, c.hidden_size))
+            nn.init.zeros_(self.guidance_in[2].weight)
+            nn.init.zeros_(self.guidance_in[2].bias)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias,
                                                              c.qk_norm) for _ in range(c.depth_double))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm)
@@ -423,9 +432,15 @@ class MMDiT(nn.Module):
         return rope_angles(image_positions(height, width), self.config.rope_axes, self.config.theta)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         B, _, H, W = x.shape
+        if c.guidance_embed and guidance is None:
+            raise ValueError("this MM-DiT has a guidance embedding (guidance_embed=True): give its weight, "
+                             "model(x, t, context, context_mask, guidance=w) with w [B] (chapter 7)")
+        if guidance is not None and not c.guidance_embed:
+            raise ValueError("this MM-DiT has no guidance embedding (guidance_embed=False): guide it with "
+                             "classifier-free guidance (course_lib.guidance.ClassifierFreeGuidance) instead")
         if context.shape[0] == 1 and B > 1:
             context = context.expand(B, -1, -1)
             context_mask = None if context_mask is None else context_mask.expand(B, -1)
@@ -435,6 +450,9 @@ class MMDiT(nn.Module):
         txt = self.txt_in(context)  # [B, L, D]
         pooled = (context * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # [B, context_dim]
         vec = self.time_in(timestep_embedding(t, c.time_dim).to(x.dtype)) + self.vector_in(pooled)  # [B, D]
+        if guidance is not None:  # Flux: guidance_in(timestep_embedding(w, 256)), w scaled by 1000 as Flux's times are
+            w = torch.as_tensor(guidance, dtype=torch.float32, device=x.device).expand(B)  # [B]
+            vec = vec + self.guidance_in(timestep_embedding(w, c.time_dim, time_scale=1000.0).to(x.dtype))
         img_angles = self.grid_angles(H // c.patch_size, W // c.patch_size).to(x.device)  # [N, head_dim / 2]
         if self.text_position is None:
             text_angles = img_angles.new_zeros(L, img_angles.shape[1])  # text at position (0, 0, 0): angle 0

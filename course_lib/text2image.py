@@ -424,7 +424,7 @@ class TextToImageModel(nn.Module):
     # ---- the denoiser
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | TextContext | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(context, TextContext):
             context, context_mask = context.tokens, context.mask  # [B, L, D], [B, L]
         if context is None:
@@ -433,7 +433,15 @@ class TextToImageModel(nn.Module):
                              f"{self.config.context_dim}]; for the unconditional prediction encode [''] * B")
         if context.is_floating_point() and x.is_floating_point():
             context = context.to(x.dtype)  # the frozen MiniLM encodes in float32, a .half() model reads half
+        if guidance is not None:  # a guidance-embedded backbone (chapter 7): the weight w is one of its inputs
+            return self.backbone(x, t, context, context_mask, guidance=guidance)  # [B, C, H, W]
         return self.backbone(x, t, context, context_mask)  # [B, C, H, W]
+
+    @property
+    def guidance_embedded(self) -> bool:
+        """True when the backbone reads the guidance weight itself (Flux-dev; ``MMDiTConfig(guidance_embed=True)``):
+        one forward pass per step then gives the guided prediction, without classifier-free guidance's two."""
+        return bool(getattr(self.config.denoiser, "guidance_embed", False))
 
     # ---- description
 
