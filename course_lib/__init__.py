@@ -44,6 +44,8 @@ Models
   single-stream blocks, the MMDiT with the UNet's interface; chapter 6, trained as ``mmdit-small``)
 - ``guidance_distillation``: one pass per step at any guidance weight: a student with a guidance input learns
   its teacher's classifier-free-guided velocity (Meng et al. 2023; Flux-dev's ``guidance_in``; chapter 7)
+- ``meanflow``: one-step generation by the average velocity (Geng et al. 2025): the exact target on Gaussian data,
+  the MeanFlow identity's target by a Jacobian-vector product, the loss and the few-step sampler; chapter 7
 - ``dit``: DiT's conditioning ablation with a caption (in-context tokens, PixArt's cross-attention, adaLN-Zero),
   the MM-DiT's interface and size; chapter 6, the ``dit-*`` recipes
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show

@@ -1,0 +1,143 @@
+"""MeanFlow: one-step generation by learning the average velocity (Geng et al. 2025, "Mean Flows for One-step
+Generative Modeling"; chapter 7).
+
+Rectified flow (chapter 5) learns the instantaneous velocity v(z_t, t) of the path z_t = (1 - t) x_0 + t eps
+(data at t = 0, noise at t = 1) and integrates it step by step. MeanFlow learns the **average velocity** over an
+interval [r, t] along the ODE's trajectory,
+
+    u(z_t, r, t) = 1 / (t - r) * integral_r^t v(z_s, s) ds,       so that  z_r = z_t - (t - r) u(z_t, r, t)
+
+exactly, for any r < t: one step from noise, z_0 = z_1 - u(z_1, 0, 1), is the whole ODE. Differentiating
+(t - r) u(z_t, r, t) = integral_r^t v ds in t (r held fixed) gives the **MeanFlow identity**
+
+    u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t),      d/dt u = v . grad_z u + d_t u,
+
+and with the conditional velocity v_t = eps - x_0 in place of v (as flow matching does) a regression target:
+
+    u_tgt = v_t - (t - r) (v_t . grad_z u_theta + d_t u_theta),      L = || u_theta(z_t, r, t) - sg(u_tgt) ||^2
+
+sg: stop-gradient (the target uses the network but is not differentiated through). The total derivative is one
+**Jacobian-vector product**, jvp(u_theta, (z_t, r, t), (v_t, 0, 1)), a forward pass carrying tangents
+(``torch.func.jvp``): about the cost of a second forward pass, and no second-order backward. At r = t the target
+is v_t and the loss is flow matching's; MeanFlow draws r = t for most of each batch (the paper's best: 75 %).
+The paper also weights each example by 1 / (||u - u_tgt||^2 + c)^p (p = 1, "adaptive"); the network reads t
+and the interval t - r.
+
+PyTorch's fused attention kernels (``scaled_dot_product_attention``) have no forward-mode derivative:
+:func:`plain_attention` switches a model's attention layers to the written-out einsum path for the JVP.
+
+Parts, kept apart as in ``facebookresearch/flow_matching``: the exact target on Gaussian data
+(:func:`gaussian_average_velocity`, the toy's closed form), the target (:func:`meanflow_target`), the loss
+(:func:`meanflow_loss`) and the sampler (:func:`meanflow_sample`). A model is called ``model(z, r, t)`` with r, t
+in [0, 1] (the networks scale them by 1000, as the course's times).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .attention import HookableAttention
+
+__all__ = ["gaussian_average_velocity", "plain_attention", "meanflow_target", "sample_interval", "meanflow_loss",
+           "meanflow_sample"]
+
+AverageVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # u(z [B, ...], r [B], t [B])
+
+
+def _per_item(t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
+    """A time, a number or [B], shaped [B, 1, ...] to broadcast over z."""
+    t = torch.as_tensor(t, dtype=z.dtype, device=z.device).reshape(-1)
+    return t.reshape(-1, *[1] * (z.ndim - 1))
+
+
+def gaussian_average_velocity(z_t: torch.Tensor, r: torch.Tensor | float, t: torch.Tensor | float,
+                              mean: torch.Tensor | float, std: float) -> torch.Tensor:
+    """The exact average velocity u(z_t, r, t) when the data are N(mean, std^2 I) and the noise N(0, I).
+
+    The marginal of z_t is N(m_t, sigma_t^2 I) with m_t = (1 - t) mean and sigma_t^2 = (1 - t)^2 std^2 + t^2, and
+    the probability-flow ODE keeps each point's standardised position: z_s = m_s + sigma_s xi with
+    xi = (z_t - m_t) / sigma_t for every s. So z_r is known in closed form and u = (z_t - z_r) / (t - r);
+    at r = t it is the instantaneous velocity dz/dt = -mean + sigma_t' xi.
+    """
+    mean = torch.as_tensor(mean, dtype=z_t.dtype, device=z_t.device)
+    t, r = _per_item(t, z_t), _per_item(r, z_t)
+
+    def sigma(s):
+        return ((1 - s) ** 2 * std ** 2 + s ** 2).sqrt()
+
+    xi = (z_t - (1 - t) * mean) / sigma(t)  # the point's standardised position, the same all along its path
+    gap = t - r
+    same = gap.abs() < 1e-6
+    z_r = (1 - r) * mean + sigma(r) * xi
+    d_sigma = (t - (1 - t) * std ** 2) / sigma(t)  # sigma_t' at r = t
+    instantaneous = -mean + d_sigma * xi
+    return torch.where(same, instantaneous, (z_t - z_r) / torch.where(same, torch.ones_like(gap), gap))
+
+
+@contextmanager
+def plain_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Run every attention layer of ``model`` on the einsum path inside the block: forward-mode AD, which
+    ``torch.func.jvp`` needs, has no rule for the fused SDPA kernels (torch 2.14 on CPU raises NotImplementedError
+    for ``_scaled_dot_product_flash_attention_for_cpu``). The layers' own setting is restored afterwards."""
+    layers = [m for m in model.modules() if isinstance(m, HookableAttention)]
+    saved = [m.impl for m in layers]
+    try:
+        for m in layers:
+            m.impl = "einsum"
+        yield model
+    finally:
+        for m, impl in zip(layers, saved):
+            m.impl = impl
+
+
+def meanflow_target(model: AverageVelocity, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
+                    v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_theta(z_t, r, t) and the MeanFlow target sg(v - (t - r) d/dt u_theta), d/dt u_theta = jvp with tangents
+    (v, 0, 1) for (z, r, t). Returns (u [B, ...] with its graph, u_tgt [B, ...] detached). r, t: [B]."""
+    u, du_dt = torch.func.jvp(model, (z_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    u_tgt = v - _per_item(t - r, z_t) * du_dt
+    return u, u_tgt.detach()
+
+
+def sample_interval(batch: int, flow_ratio: float = 0.75, logit_mean: float = -0.4, logit_std: float = 1.0,
+                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, t) for a batch: two logit-normal times sorted so that r <= t, and r = t for a share ``flow_ratio`` of the
+    batch (plain flow matching there). The paper's defaults: logit-normal (-0.4, 1.0), 75 % with r = t."""
+    if not 0.0 <= flow_ratio <= 1.0:
+        raise ValueError(f"flow_ratio={flow_ratio} is a share of the batch, in [0, 1]")
+    times = torch.sigmoid(logit_mean + logit_std * torch.randn(2, batch, device=device))  # [2, B]
+    r, t = times.min(dim=0).values, times.max(dim=0).values
+    same = torch.rand(batch, device=device) < flow_ratio
+    return torch.where(same, t, r), t
+
+
+def meanflow_loss(model: AverageVelocity, x0: torch.Tensor, noise: torch.Tensor | None = None, *,
+                  flow_ratio: float = 0.75, adaptive_p: float = 1.0, adaptive_c: float = 1e-3) -> torch.Tensor:
+    """The MeanFlow loss of one batch x0 [B, ...] (noise, r and t from torch's global RNG): per example
+    ||u_theta - sg(u_tgt)||^2 summed over its numbers, divided by sg(that + c)^p (the paper's adaptive weight;
+    p = 0 is the plain squared error), averaged over the batch."""
+    noise = torch.randn_like(x0) if noise is None else noise
+    r, t = sample_interval(len(x0), flow_ratio, device=x0.device)
+    z_t = (1 - _per_item(t, x0)) * x0 + _per_item(t, x0) * noise  # [B, ...]
+    u, u_tgt = meanflow_target(model, z_t, r, t, noise - x0)
+    error = (u.float() - u_tgt.float()).pow(2).flatten(1).sum(dim=1)  # [B]
+    weight = (error.detach() + adaptive_c).pow(adaptive_p)
+    return (error / weight).mean()
+
+
+@torch.no_grad()
+def meanflow_sample(model: AverageVelocity, z1: torch.Tensor, num_steps: int = 1) -> torch.Tensor:
+    """From noise z1 [B, ...] to data in ``num_steps`` average-velocity steps on a uniform grid 1 = t_0 > ... > 0:
+    z_{t_{i+1}} = z_{t_i} - (t_i - t_{i+1}) u(z_{t_i}, t_{i+1}, t_i). One step: z_0 = z_1 - u(z_1, 0, 1)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    times = torch.linspace(1.0, 0.0, num_steps + 1)
+    z = z1
+    for t, r in zip(times[:-1], times[1:]):
+        batch_t, batch_r = torch.full((len(z),), float(t), device=z.device), torch.full((len(z),), float(r), device=z.device)
+        z = z - float(t - r) * model(z, batch_r, batch_t)
+    return z
