@@ -33,7 +33,8 @@ from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss,
                          per_class_accuracy, recalibrate_batchnorm)
 from .data import CIFAR10Split, StepBatches, fixed_shuffle, load_cifar10
 from .latents import cached_latents
-from .models import build_model
+from .guidance_distillation import guidance_distillation_loss
+from .models import build_model, model_from_checkpoint
 from .processes import DDPMProcess, Process, RectifiedFlowProcess
 from .reflow import PairSettings, load_reflow_pairs, reflow_pairs_path
 from .text2image import Text2ImageConfig, text2image_loss
@@ -262,6 +263,51 @@ class ReflowRecipe(LatentText2ImageRecipe):
 
 
 @dataclass
+class GuidanceDistillationRecipe(LatentText2ImageRecipe):
+    """Distil a text-to-image flow's classifier-free guidance into a student with a guidance input (chapter 7;
+    ``course_lib.guidance_distillation``: Meng et al. 2023, stage one; Flux-dev's ``guidance_in``):
+
+        L = || v_S(z_t, t, c, w) - sg[v_T(z_t, t, "") + w (v_T(z_t, t, c) - v_T(z_t, t, ""))] ||^2,  w ~ U[w_range]
+
+    on the teacher's own latents and captions. The student is the teacher's network with a zero-initialised
+    guidance embedding; a fresh run starts from the teacher's weights (:meth:`initial_weights`). Each step runs
+    the frozen teacher once on [z_t; z_t] (no gradient) beside the student's forward and backward pass.
+    """
+
+    teacher: str = "mmdit-small.safetensors"
+    w_range: tuple[float, float] = (1.0, 5.0)
+
+    def teacher_path(self) -> Path:
+        return config.checkpoint_dir() / self.teacher
+
+    def initial_weights(self) -> Path | None:
+        """The teacher's weights: every tensor but the new guidance embedding's."""
+        return self.teacher_path()
+
+    def loss_fn(self) -> Callable:
+        process, w_range, teacher_path = self.process, self.w_range, self.teacher_path()
+        frozen: dict[str, torch.nn.Module] = {}
+
+        def loss(model, batch):
+            latents, labels = batch
+            if "teacher" not in frozen:  # loaded once, on the batch's device, never trained
+                teacher, _ = model_from_checkpoint(teacher_path, device=latents.device)
+                frozen["teacher"] = teacher.eval().requires_grad_(False)
+            return guidance_distillation_loss(model, frozen["teacher"], process, latents, labels, w_range,
+                                              model.config.p_uncond)
+
+        return loss
+
+    def card_info(self) -> dict:
+        card = read_card(self.teacher_path())
+        return {**super().card_info(),
+                "guidance_distillation": {"teacher": self.teacher, "teacher_sha256": card["sha256"],
+                                          "w_range": list(self.w_range),
+                                          "target": "v_T(z_t, t, '') + w (v_T(z_t, t, c) - v_T(z_t, t, '')), no gradient "
+                                                    "(course_lib.guidance_distillation)"}}
+
+
+@dataclass
 class AutoencoderRecipe(Recipe):
     """Train chapter 4's KL autoencoder (:class:`~course_lib.autoencoder.AutoencoderKL`; Rombach et al. 2022)
     on flipped CIFAR-10 images with :func:`~course_lib.autoencoder.autoencoder_loss`: squared reconstruction
@@ -427,6 +473,16 @@ RECIPES: dict[str, Recipe] = {
             "dit-joint", "chapter 6's conditioning ablation: joint attention, mmdit-small's model and recipe anew",
             Text2ImageConfig.latent_mmdit_small,
             lambda: TrainConfig.small(lr=3e-4, bf16=True),
+            process=RectifiedFlowProcess(time_sampling="logit_normal")),
+        # chapter 7: mmdit-small's guidance distilled into a guidance input (one pass a step at any w)
+        GuidanceDistillationRecipe(
+            "mmdit-gd-tiny", "chapter 7: mmdit-tiny's guidance distilled, for tests and fast mode",
+            functools.partial(Text2ImageConfig.latent_mmdit_tiny, guidance_embed=True), TrainConfig.tiny,
+            process=RectifiedFlowProcess(time_sampling="logit_normal"), teacher="mmdit-tiny.safetensors"),
+        GuidanceDistillationRecipe(
+            "mmdit-gd", "chapter 7: mmdit-small's classifier-free guidance distilled into Flux-dev's guidance input",
+            functools.partial(Text2ImageConfig.latent_mmdit_small, guidance_embed=True),
+            lambda: TrainConfig.small(lr=1e-4, warmup_steps=200, bf16=True),
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         # QK-norm, shown (chapter 6): mmdit-small's recipe at 10x its learning rate with a short warm-up, with and
         # without QK-norm, its attention's largest logit and entropy recorded every 25 steps (TrainConfig.monitor_every)

@@ -249,13 +249,14 @@ class Text2ImageConfig:
         return cls(**{**dict(denoiser=unet, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
-    def latent_mmdit_small(cls, qk_norm: bool = True, **overrides) -> "Text2ImageConfig":
+    def latent_mmdit_small(cls, qk_norm: bool = True, guidance_embed: bool = False, **overrides) -> "Text2ImageConfig":
         """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 2, as SD3 and Flux: 16 image tokens), 256 wide,
         4 heads of 64, 2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3
         and Flux read frozen text encoders (their T5 and CLIP). Patch 2 rather than 1: at equal training
         minutes it reached a lower loss (pilot in ``MMDiTConfig``'s docstring). ``qk_norm=False`` drops
-        QK-norm, for chapter 6's experiment of what it does."""
-        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2, qk_norm=qk_norm)
+        QK-norm, for chapter 6's experiment of what it does; ``guidance_embed=True`` adds Flux-dev's guidance
+        input, for chapter 7's guidance-distilled student."""
+        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2, qk_norm=qk_norm, guidance_embed=guidance_embed)
         return cls(**{**dict(denoiser=mmdit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
@@ -267,12 +268,13 @@ class Text2ImageConfig:
         return cls(**{**dict(denoiser=dit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
-    def latent_mmdit_tiny(cls, **overrides) -> "Text2ImageConfig":
-        """For tests and ``COURSE_FAST=1``: ``MMDiTConfig.tiny()`` with ``latent_tiny()``'s small text encoder."""
+    def latent_mmdit_tiny(cls, guidance_embed: bool = False, **overrides) -> "Text2ImageConfig":
+        """For tests and ``COURSE_FAST=1``: ``MMDiTConfig.tiny()`` with ``latent_tiny()``'s small text encoder
+        (``guidance_embed``: with a guidance input, chapter 7's tiny student)."""
         max_length = overrides.get("max_length", 16)
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
-        return cls(**{**dict(denoiser=MMDiTConfig.tiny(context_dim=text.dim), text_encoder="small", text=text),
-                      **overrides})
+        mmdit = MMDiTConfig.tiny(context_dim=text.dim, guidance_embed=guidance_embed)
+        return cls(**{**dict(denoiser=mmdit, text_encoder="small", text=text), **overrides})
 
     @classmethod
     def small_minilm(cls, **overrides) -> "Text2ImageConfig":

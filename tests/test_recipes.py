@@ -357,3 +357,28 @@ def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data,
     assert card["training"]["reflow"]["pairs"]["teacher_sha256"] == read_card(teacher)["sha256"]
     assert card["training"]["data_images"] == 64
     assert card["training"]["transplant"]["from"].endswith("rf-tiny.safetensors")  # the reflow starts from its teacher
+
+
+def test_guidance_distillation_starts_from_its_teacher_and_samples_in_one_pass_a_step(tmp_path, isolated_data,
+                                                                                       monkeypatch):
+    """mmdit-tiny -> mmdit-gd-tiny (chapter 7): the student starts from every teacher tensor but its guidance
+    embedding, its card names the teacher, and its pipeline guides with one forward pass a step."""
+    from course_lib.generation import Pipeline
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    _stand_in_vae_small(checkpoints)
+    teacher = checkpoints / "mmdit-tiny.safetensors"
+    assert train.main(["mmdit-tiny", "--steps", "2", "--state", str(tmp_path / "t.safetensors"), "--export",
+                       str(teacher), "--device", "cpu"]) == 0
+    export = tmp_path / "mmdit-gd-tiny.safetensors"
+    assert train.main(["mmdit-gd-tiny", "--steps", "2", "--state", str(tmp_path / "s.safetensors"), "--export",
+                       str(export), "--device", "cpu"]) == 0
+    training = read_card(export)["training"]
+    assert training["guidance_distillation"]["teacher_sha256"] == read_card(teacher)["sha256"]
+    fresh = training["transplant"]["fresh_tensors"]
+    assert fresh and all(name.startswith("mmdit.guidance_in") for name in fresh)
+    pipe = Pipeline.from_checkpoint(export)
+    with pipe.count_nfe() as nfe:
+        images = pipe.generate(["a photo of a cat", "a ship"], guidance=3.0, num_steps=3)
+    assert images.shape == (2, 3, 32, 32) and nfe.per_image == 3
