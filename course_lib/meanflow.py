@@ -41,9 +41,13 @@ import torch
 from torch import nn
 
 from .attention import HookableAttention
+from .captions import random_captions
+from .guidance import cfg_dropout
+from .guidance_distillation import teacher_guided_velocity
+from .processes import RectifiedFlowProcess
 
 __all__ = ["gaussian_average_velocity", "plain_attention", "meanflow_target", "sample_interval", "meanflow_loss",
-           "meanflow_sample"]
+           "meanflow_sample", "text_average_velocity", "meanflow_distillation_loss"]
 
 AverageVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # u(z [B, ...], r [B], t [B])
 
@@ -116,14 +120,19 @@ def sample_interval(batch: int, flow_ratio: float = 0.75, logit_mean: float = -0
 
 
 def meanflow_loss(model: AverageVelocity, x0: torch.Tensor, noise: torch.Tensor | None = None, *,
-                  flow_ratio: float = 0.75, adaptive_p: float = 1.0, adaptive_c: float = 1e-3) -> torch.Tensor:
+                  flow_ratio: float = 0.75, adaptive_p: float = 1.0, adaptive_c: float = 1e-3,
+                  velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The MeanFlow loss of one batch x0 [B, ...] (noise, r and t from torch's global RNG): per example
     ||u_theta - sg(u_tgt)||^2 summed over its numbers, divided by sg(that + c)^p (the paper's adaptive weight;
-    p = 0 is the plain squared error), averaged over the batch."""
+    p = 0 is the plain squared error), averaged over the batch.
+
+    ``velocity``: v(z_t, t) to use instead of the conditional velocity eps - x0, e.g. a frozen teacher's guided
+    velocity (:func:`meanflow_distillation_loss`): u then learns the average velocity of the teacher's ODE."""
     noise = torch.randn_like(x0) if noise is None else noise
     r, t = sample_interval(len(x0), flow_ratio, device=x0.device)
     z_t = (1 - _per_item(t, x0)) * x0 + _per_item(t, x0) * noise  # [B, ...]
-    u, u_tgt = meanflow_target(model, z_t, r, t, noise - x0)
+    v = noise - x0 if velocity is None else velocity(z_t, t).detach()
+    u, u_tgt = meanflow_target(model, z_t, r, t, v)
     error = (u.float() - u_tgt.float()).pow(2).flatten(1).sum(dim=1)  # [B]
     weight = (error.detach() + adaptive_c).pow(adaptive_p)
     return (error / weight).mean()
@@ -141,3 +150,35 @@ def meanflow_sample(model: AverageVelocity, z1: torch.Tensor, num_steps: int = 1
         batch_t, batch_r = torch.full((len(z),), float(t), device=z.device), torch.full((len(z),), float(r), device=z.device)
         z = z - float(t - r) * model(z, batch_r, batch_t)
     return z
+
+
+def text_average_velocity(model: nn.Module, context, time_scale: float = 1000.0) -> AverageVelocity:
+    """u(z, r, t) of a text-to-image model with an interval input (``MMDiTConfig(interval_embed=True)``), for the
+    captions ``context`` (a ``TextContext``): model(z, s t, context, interval=s (t - r)), s the process's time scale."""
+    def u(z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(z, time_scale * t, context.tokens, context.mask, interval=time_scale * (t - r))
+    return u
+
+
+def meanflow_distillation_loss(student: nn.Module, teacher: nn.Module, process: RectifiedFlowProcess,
+                               x0: torch.Tensor, labels: torch.Tensor, guidance: float = 3.0, p_uncond: float = 0.0,
+                               flow_ratio: float = 0.75, adaptive_p: float = 1.0) -> torch.Tensor:
+    """MeanFlow on a text-to-image flow's latents, with a frozen teacher's guided velocity as v (chapter 7):
+
+        v(z_t, t) = v_T(z_t, t, "") + w (v_T(z_t, t, c) - v_T(z_t, t, "")),   u_tgt = v - (t - r) d/dt u_S
+
+    so that one step of the student, z_0 = z_1 - u_S(z_1, 0, 1 | c), aims at where the teacher's guided ODE
+    takes z_1. Captions come from ``labels`` (dropped with ``p_uncond``); the JVP runs on the plain attention
+    path. ``student``: a ``TextToImageModel`` with an interval input, started from the teacher's weights."""
+    B = len(x0)
+    captions = cfg_dropout(random_captions(labels), p_uncond)
+    context, teacher_context = student.encode(captions), teacher.encode(captions)
+    uncond = teacher.encode([""] * B)
+    w = torch.full((B,), float(guidance), device=x0.device)
+
+    def velocity(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return teacher_guided_velocity(teacher, z_t, process.model_time(t), teacher_context, uncond, w)
+
+    with plain_attention(student):
+        return meanflow_loss(text_average_velocity(student, context, process.time_scale), x0,
+                             flow_ratio=flow_ratio, adaptive_p=adaptive_p, velocity=velocity)

@@ -331,7 +331,9 @@ class MMDiTConfig:
     context_dim: the text encoder's width; the time embedding gets ``time_dim`` sinusoids of the process's
     model time (1000 t for rectified flow, as the UNet). qk_norm: RMSNorm of queries and keys in every block
     (SD3, Flux); False only for chapter 6's experiment of what it prevents. guidance_embed: a guidance weight
-    input (Flux-dev's ``guidance_in``; chapter 7's guidance distillation), zero-initialised.
+    input (Flux-dev's ``guidance_in``; chapter 7's guidance distillation), zero-initialised. interval_embed: an
+    input for the length t - r of an interval (MeanFlow's average velocity u(z, r, t); chapter 7), embedded like
+    the time and zero-initialised, so that at first u(z, r, t) = v(z, t) for every r.
     """
 
     in_channels: int = 4
@@ -349,6 +351,7 @@ class MMDiTConfig:
     qkv_bias: bool = True
     qk_norm: bool = True
     guidance_embed: bool = False
+    interval_embed: bool = False
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(self.rope_axes)
@@ -404,6 +407,11 @@ class MMDiT(nn.Module):
                                              nn.Linear(c.hidden_size, c.hidden_size))
             nn.init.zeros_(self.guidance_in[2].weight)
             nn.init.zeros_(self.guidance_in[2].bias)
+        if c.interval_embed:  # MeanFlow's second time, t - r; zero at first: the flow model it starts from
+            self.interval_in = nn.Sequential(nn.Linear(c.time_dim, c.hidden_size), nn.SiLU(),
+                                             nn.Linear(c.hidden_size, c.hidden_size))
+            nn.init.zeros_(self.interval_in[2].weight)
+            nn.init.zeros_(self.interval_in[2].bias)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qkv_bias,
                                                              c.qk_norm) for _ in range(c.depth_double))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm)
@@ -432,9 +440,14 @@ class MMDiT(nn.Module):
         return rope_angles(image_positions(height, width), self.config.rope_axes, self.config.theta)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
         c = self.config
         B, _, H, W = x.shape
+        if (interval is not None) != c.interval_embed:
+            raise ValueError("an MM-DiT with interval_embed=True (MeanFlow, chapter 7) needs interval= (the model time "
+                             "of t - r, [B]) and any other MM-DiT takes none; got "
+                             f"interval_embed={c.interval_embed}, interval {'given' if interval is not None else 'None'}")
         if c.guidance_embed and guidance is None:
             raise ValueError("this MM-DiT has a guidance embedding (guidance_embed=True): give its weight, "
                              "model(x, t, context, context_mask, guidance=w) with w [B] (chapter 7)")
@@ -453,6 +466,9 @@ class MMDiT(nn.Module):
         if guidance is not None:  # Flux: guidance_in(timestep_embedding(w, 256)), w scaled by 1000 as Flux's times are
             w = torch.as_tensor(guidance, dtype=torch.float32, device=x.device).expand(B)  # [B]
             vec = vec + self.guidance_in(timestep_embedding(w, c.time_dim, time_scale=1000.0).to(x.dtype))
+        if interval is not None:  # the interval's length in the model's time units, embedded as the time is
+            h = torch.as_tensor(interval, dtype=torch.float32, device=x.device).expand(B)  # [B]
+            vec = vec + self.interval_in(timestep_embedding(h, c.time_dim).to(x.dtype))
         img_angles = self.grid_angles(H // c.patch_size, W // c.patch_size).to(x.device)  # [N, head_dim / 2]
         if self.text_position is None:
             text_angles = img_angles.new_zeros(L, img_angles.shape[1])  # text at position (0, 0, 0): angle 0

@@ -34,6 +34,7 @@ from .classifier import (CIFARClassifier, ClassifierConfig, classification_loss,
 from .data import CIFAR10Split, StepBatches, fixed_shuffle, load_cifar10
 from .latents import cached_latents
 from .guidance_distillation import guidance_distillation_loss
+from .meanflow import meanflow_distillation_loss
 from .models import build_model, model_from_checkpoint
 from .processes import DDPMProcess, Process, RectifiedFlowProcess
 from .reflow import PairSettings, load_reflow_pairs, reflow_pairs_path
@@ -308,6 +309,38 @@ class GuidanceDistillationRecipe(LatentText2ImageRecipe):
 
 
 @dataclass
+class MeanFlowRecipe(GuidanceDistillationRecipe):
+    """MeanFlow distilled from a text-to-image flow (chapter 7; ``course_lib.meanflow``, Geng et al. 2025): the
+    student reads the interval t - r besides t and learns the average velocity of its teacher's guided ODE at
+    ``guidance`` w, so that one step z_0 = z_1 - u(z_1, 0, 1) stands for the whole ODE. It starts from the teacher's
+    weights with a zero interval embedding: at step 0, u(z, r, t) = v_T(z, t | c) for every r. Each step: the
+    teacher once on [z_t; z_t], the student's forward pass with tangents (the JVP) and its backward pass."""
+
+    guidance: float = 3.0
+
+    def loss_fn(self) -> Callable:
+        process, guidance, teacher_path = self.process, self.guidance, self.teacher_path()
+        frozen: dict[str, torch.nn.Module] = {}
+
+        def loss(model, batch):
+            latents, labels = batch
+            if "teacher" not in frozen:
+                teacher, _ = model_from_checkpoint(teacher_path, device=latents.device)
+                frozen["teacher"] = teacher.eval().requires_grad_(False)
+            return meanflow_distillation_loss(model, frozen["teacher"], process, latents, labels, guidance,
+                                              model.config.p_uncond)
+
+        return loss
+
+    def card_info(self) -> dict:
+        card = read_card(self.teacher_path())
+        info = {k: v for k, v in super().card_info().items() if k != "guidance_distillation"}
+        return {**info, "meanflow": {"teacher": self.teacher, "teacher_sha256": card["sha256"], "guidance": self.guidance,
+                                     "target": "u_tgt = v - (t - r) d/dt u, v the teacher's guided velocity "
+                                               "(course_lib.meanflow.meanflow_distillation_loss)"}}
+
+
+@dataclass
 class AutoencoderRecipe(Recipe):
     """Train chapter 4's KL autoencoder (:class:`~course_lib.autoencoder.AutoencoderKL`; Rombach et al. 2022)
     on flipped CIFAR-10 images with :func:`~course_lib.autoencoder.autoencoder_loss`: squared reconstruction
@@ -482,6 +515,16 @@ RECIPES: dict[str, Recipe] = {
         GuidanceDistillationRecipe(
             "mmdit-gd", "chapter 7: mmdit-small's classifier-free guidance distilled into Flux-dev's guidance input",
             functools.partial(Text2ImageConfig.latent_mmdit_small, guidance_embed=True),
+            lambda: TrainConfig.small(lr=1e-4, warmup_steps=200, bf16=True),
+            process=RectifiedFlowProcess(time_sampling="logit_normal")),
+        # chapter 7: one step by MeanFlow, distilled from mmdit-small's guided ODE at w = 3
+        MeanFlowRecipe(
+            "mmdit-meanflow-tiny", "chapter 7: MeanFlow from mmdit-tiny, for tests and fast mode",
+            functools.partial(Text2ImageConfig.latent_mmdit_tiny, interval_embed=True), TrainConfig.tiny,
+            process=RectifiedFlowProcess(time_sampling="logit_normal"), teacher="mmdit-tiny.safetensors"),
+        MeanFlowRecipe(
+            "mmdit-meanflow", "chapter 7: MeanFlow distilled from mmdit-small's guided ODE (w = 3): one step",
+            functools.partial(Text2ImageConfig.latent_mmdit_small, interval_embed=True),
             lambda: TrainConfig.small(lr=1e-4, warmup_steps=200, bf16=True),
             process=RectifiedFlowProcess(time_sampling="logit_normal")),
         # QK-norm, shown (chapter 6): mmdit-small's recipe at 10x its learning rate with a short warm-up, with and

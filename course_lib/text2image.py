@@ -249,14 +249,16 @@ class Text2ImageConfig:
         return cls(**{**dict(denoiser=unet, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
-    def latent_mmdit_small(cls, qk_norm: bool = True, guidance_embed: bool = False, **overrides) -> "Text2ImageConfig":
+    def latent_mmdit_small(cls, qk_norm: bool = True, guidance_embed: bool = False, interval_embed: bool = False,
+                           **overrides) -> "Text2ImageConfig":
         """Chapter 6's model: an MM-DiT on 4x8x8 latents (patch 2, as SD3 and Flux: 16 image tokens), 256 wide,
         4 heads of 64, 2 double-stream then 4 single-stream blocks, reading the frozen all-MiniLM-L6-v2 as SD3
         and Flux read frozen text encoders (their T5 and CLIP). Patch 2 rather than 1: at equal training
         minutes it reached a lower loss (pilot in ``MMDiTConfig``'s docstring). ``qk_norm=False`` drops
         QK-norm, for chapter 6's experiment of what it does; ``guidance_embed=True`` adds Flux-dev's guidance
-        input, for chapter 7's guidance-distilled student."""
-        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2, qk_norm=qk_norm, guidance_embed=guidance_embed)
+        input, for chapter 7's guidance-distilled student, ``interval_embed=True`` MeanFlow's interval input."""
+        mmdit = MMDiTConfig(context_dim=MINILM_DIM, patch_size=2, qk_norm=qk_norm, guidance_embed=guidance_embed,
+                            interval_embed=interval_embed)
         return cls(**{**dict(denoiser=mmdit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
@@ -268,12 +270,13 @@ class Text2ImageConfig:
         return cls(**{**dict(denoiser=dit, text_encoder="minilm", text=None), **overrides})
 
     @classmethod
-    def latent_mmdit_tiny(cls, guidance_embed: bool = False, **overrides) -> "Text2ImageConfig":
+    def latent_mmdit_tiny(cls, guidance_embed: bool = False, interval_embed: bool = False,
+                          **overrides) -> "Text2ImageConfig":
         """For tests and ``COURSE_FAST=1``: ``MMDiTConfig.tiny()`` with ``latent_tiny()``'s small text encoder
         (``guidance_embed``: with a guidance input, chapter 7's tiny student)."""
         max_length = overrides.get("max_length", 16)
         text = TextEncoderConfig.for_tokenizer(Tokenizer.for_cifar10(max_length), dim=32, depth=1, num_heads=2)
-        mmdit = MMDiTConfig.tiny(context_dim=text.dim, guidance_embed=guidance_embed)
+        mmdit = MMDiTConfig.tiny(context_dim=text.dim, guidance_embed=guidance_embed, interval_embed=interval_embed)
         return cls(**{**dict(denoiser=mmdit, text_encoder="small", text=text), **overrides})
 
     @classmethod
@@ -426,7 +429,8 @@ class TextToImageModel(nn.Module):
     # ---- the denoiser
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | TextContext | None = None,
-                context_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, guidance: torch.Tensor | None = None,
+                interval: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(context, TextContext):
             context, context_mask = context.tokens, context.mask  # [B, L, D], [B, L]
         if context is None:
@@ -435,9 +439,8 @@ class TextToImageModel(nn.Module):
                              f"{self.config.context_dim}]; for the unconditional prediction encode [''] * B")
         if context.is_floating_point() and x.is_floating_point():
             context = context.to(x.dtype)  # the frozen MiniLM encodes in float32, a .half() model reads half
-        if guidance is not None:  # a guidance-embedded backbone (chapter 7): the weight w is one of its inputs
-            return self.backbone(x, t, context, context_mask, guidance=guidance)  # [B, C, H, W]
-        return self.backbone(x, t, context, context_mask)  # [B, C, H, W]
+        extra = {k: v for k, v in (("guidance", guidance), ("interval", interval)) if v is not None}
+        return self.backbone(x, t, context, context_mask, **extra)  # [B, C, H, W]; extra: chapter 7's inputs
 
     @property
     def guidance_embedded(self) -> bool:

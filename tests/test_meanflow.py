@@ -86,3 +86,28 @@ def test_the_jvp_through_attention_on_the_plain_path_matches_finite_differences(
     with torch.no_grad():  # d/dt u(z + eps v, r, t + eps) by central differences
         finite = (u(z + eps * v, r, t + eps) - u(z - eps * v, r, t - eps)) / (2 * eps)
     torch.testing.assert_close(du_dt, finite, atol=1e-4, rtol=1e-4)  # measured here: 2e-5 at most
+
+
+def test_a_text_student_starts_as_its_teacher_and_its_distillation_loss_trains_only_itself():
+    from conftest import randomize_zero_init
+    from course_lib.meanflow import meanflow_distillation_loss, text_average_velocity
+    from course_lib.processes import RectifiedFlowProcess
+    from course_lib.text2image import Text2ImageConfig, TextToImageModel
+
+    torch.manual_seed(0)
+    teacher = randomize_zero_init(TextToImageModel(Text2ImageConfig.latent_mmdit_tiny()), std=0.1).eval()
+    student = TextToImageModel(Text2ImageConfig.latent_mmdit_tiny(interval_embed=True))
+    missing, _ = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert missing and all(name.startswith("mmdit.interval_in") for name in missing)
+    context = teacher.encode(["a photo of a cat", "a photo of a ship"])
+    z, t = torch.randn(2, 4, 8, 8), torch.tensor([0.9, 0.4])
+    u = text_average_velocity(student, context)
+    with torch.no_grad():
+        for r in (t, torch.zeros(2)):  # a zero interval embedding: u(z, r, t) = v(z, t) for every r
+            assert torch.equal(u(z, r, t), teacher(z, 1000 * t, context))
+    teacher.requires_grad_(False)
+    loss = meanflow_distillation_loss(student, teacher, RectifiedFlowProcess(), torch.randn(4, 4, 8, 8),
+                                      torch.tensor([3, 8, 1, 0]))
+    loss.backward()
+    assert torch.isfinite(loss) and student.mmdit.interval_in[2].weight.grad.abs().sum() > 0
+    assert all(m.impl == "sdpa" for m in student.modules() if hasattr(m, "impl"))  # back on the fused path

@@ -179,15 +179,17 @@ def test_every_recipe_builds_the_model_its_config_names(isolated_data):
 
     expected = {"ddpm-tiny": UNet, "ddpm-small": UNet, "ddpm-paper": UNet, "cifar-classifier": CIFARClassifier,
                 "cond-tiny": "unet", "cond-small": "unet", "ldm-tiny": "unet", "ldm-small": "unet", "rf-tiny": "unet",
-                "rf-small": "unet", "rf2-small": "unet", "mmdit-tiny": "mmdit"}
+                "rf-small": "unet", "rf2-small": "unet", "mmdit-tiny": "mmdit", "mmdit-gd-tiny": "mmdit",
+                "mmdit-meanflow-tiny": "mmdit"}
     if pretrained_text_encoder_available():
         expected["mmdit-small"], expected["rf-small-minilm"] = "mmdit", "unet"
+        expected.update({name: "dit" for name in ("dit-in-context", "dit-cross-attention", "dit-adaln-zero")})
     for name, model_class in expected.items():
         recipe = recipes.RECIPES[name]
         model = recipe.build_model()
         if isinstance(model_class, str):  # a text-to-image model with that kind of denoiser
             assert type(model) is TextToImageModel and model.config.kind == model_class, name
-            assert type(model.backbone).__name__ == {"unet": "UNet", "mmdit": "MMDiT"}[model_class], name
+            assert type(model.backbone).__name__ == {"unet": "UNet", "mmdit": "MMDiT", "dit": "DiT"}[model_class], name
         else:
             assert type(model) is model_class, name
         assert model.config == recipe.model_config(), name
