@@ -71,14 +71,14 @@
 # | 2. Conditioning: time, the pooled caption, and the modulation | < 1 s | < 1 s |
 # | 3. Joint attention: the double-stream block | < 1 s | < 1 s |
 # | 4. Where is each token? Rotary position embeddings | < 1 s | < 1 s |
-# | 5. The single-stream block and the whole model | 2 s | 4 s |
-# | 6. Training: the same loss, the same latents | < 1 s | 19 s |
+# | 5. The single-stream block and the whole model | 1 s | 4 s |
+# | 6. Training: the same loss, the same latents | 3 s | 29 s |
 # | 7. The trained model: samples in a few steps | 6 s | 5 s |
-# | 8. MM-DiT against UNet, measured at equal compute | 3 s | 41 s |
+# | 8. MM-DiT against UNet, measured at equal compute | 5 s | 45 s |
 # | 9. Inside the joint attention: the explorer | 1 s | 3 s |
-# | **the whole notebook** | **17 s** | **74 s** |
+# | **the whole notebook** | **20 s** | **89 s** |
 #
-# The longest cell in full mode takes 41 s.
+# The longest cell in full mode takes 38 s.
 
 # %%
 import time
@@ -501,8 +501,11 @@ for name, (L, N, heads) in sequences.items():
 # at these sizes every version takes well under a millisecond. The last row (full mode) is one head of Flux's
 # attention: einsum materialises the whole $4608^2$ score matrix (81 MB in float32, and about twice that at its
 # peak, with the softmax's copy), while SDPA and the chunked version keep a few MB alive at once. Flux runs 24
-# such heads (of 128 dimensions) in each of its 57 blocks, at every step. Chapter 2 (section 3) measured the same curve from 64 to 4,096 tokens; for longer
-# runs, `python benchmarks/bench_attention.py --lengths 23,32,71,80,4608` times these lengths with more repeats.
+# such heads (of 128 dimensions) in each of its 57 blocks, at every step. Chapter 2 (section 3) measured the
+# same curve from 64 to 4,096 tokens. The results page (`docs/results.md`, "What attention costs") keeps one
+# run of these lengths with more repeats (`python benchmarks/bench_attention.py --lengths 23,32,71,80 --record`,
+# and `--lengths 4608 --heads 1`): on one idle thread of an AMD EPYC, 0.02-0.18 ms a call for every version
+# at the course's lengths, and at Flux's 4,608 tokens einsum 196 ms and 162 MB against SDPA's 63 ms and 1.7 MB.
 
 # %% [markdown]
 # ## 6. Training: the same loss, the same latents
@@ -517,6 +520,7 @@ for name, (L, N, heads) in sequences.items():
 # %%
 from course_lib.latents import cached_latents
 from course_lib.recipes import RECIPES
+from course_lib.results import read_results
 from course_lib.trainer import TrainConfig, fit
 from course_lib.viz import plot_losses
 
@@ -542,6 +546,57 @@ if ae_checkpoint.exists():
     plt.show()
 else:
     print(f"{ae_checkpoint} not found: chapter 4's autoencoder is needed for the latents")
+
+# %% [markdown]
+# **QK-norm, shown.** Section 3 said why SD3 normalises queries and keys: a logit $\mathbf{q}\cdot\mathbf{k}/\sqrt{d}$
+# grows with the norms of $\mathbf{q}$ and $\mathbf{k}$, and nothing else bounds it. ViT-22B (Dehghani et al. 2023)
+# traced its diverging loss to exactly that: logits so large that each attention row became nearly one-hot,
+# entropy near zero. RMS-normalising q and k bounds every logit by $\sqrt{d}$ times the product of the two learned
+# scales. To see it at this size, `mmdit-small`'s recipe was trained twice at ten times its learning rate
+# ($3\times10^{-3}$, 100 warm-up steps, bf16 autocast, 1,500 steps of 64), once as it is and once without QK-norm
+# (`python -m course_lib.train mmdit-qknorm-hot` / `mmdit-noqknorm-hot`; `MMDiTConfig(qk_norm=False)`). Every 25
+# steps the trainer measured the attention on one fixed batch (`TrainConfig(monitor_every=25)`,
+# `course_lib.attention.attention_logit_stats`): the largest logit over every block, head, query and key, and
+# the mean entropy of the attention rows. The curves come from `data/results.jsonl`:
+
+# %%
+QK_RUNS = {"mmdit-qknorm-hot": "with QK-norm", "mmdit-noqknorm-hot": "without QK-norm"}
+curves = {r["model"]: r for r in read_results() if r["kind"] == "training_monitor" and r["model"] in QK_RUNS}
+if curves:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), layout="constrained")
+    for name, r in curves.items():
+        m = r["metrics"]
+        for ax, key in zip(axes, ("loss", "max_logit", "entropy")):
+            ax.plot(m["step"], m[key], label=QK_RUNS[name])
+    axes[2].axhline(curves[next(iter(curves))]["metrics"]["max_entropy"][-1], color="grey", ls=":", lw=1,
+                    label="uniform attention")
+    for ax, title in zip(axes, ("training loss (the step's batch)", "largest attention logit (fixed batch)",
+                                "mean attention entropy, nats (fixed batch)")):
+        ax.set(xlabel="step", title=title)
+        ax.legend(fontsize=8)
+    axes[1].set_yscale("log")
+    fig.suptitle("mmdit-small's recipe at lr 3e-3, with and without QK-norm", fontsize=10)
+    plt.show()
+    for name, r in curves.items():
+        m = r["metrics"]
+        tail = m["loss"][-20:]  # the last 20 probes' batch losses (steps 1,025-1,500)
+        print(f"{QK_RUNS[name]:16s} step {m['step'][-1]}: largest logit {m['max_logit'][0]:.1f} -> "
+              f"{max(m['max_logit']):.1f} (max), entropy {m['entropy'][0]:.2f} -> {min(m['entropy']):.2f} (min), "
+              f"mean loss of the last {len(tail)} probes {sum(tail) / len(tail):.3f}; {r['hardware']}")
+else:
+    print("no QK-norm runs in data/results.jsonl (python -m course_lib.results --add-monitor CHECKPOINT)")
+
+# %% [markdown]
+# What the runs show at this size (one run each, 1,500 steps of 64, bf16 autocast, one thread of an AMD EPYC):
+# **without QK-norm the largest logit jumps** from 4 to about 60 within 200 steps and stays between 30 and 73;
+# with it, the logit grows slowly from 6 to 16 (the norm's learned scales can still grow, only as fast as the
+# optimiser moves them). The rows' entropy follows: 1.6-1.8 nats without, 2.1-2.2 with (uniform attention over
+# the about 23 keys of a row, 16 patches and the caption's tokens, would be 3.14). **The loss does not notice**:
+# neither run diverged, and their mean losses at the last 20 probes (steps 1,025-1,500), 0.887 with and 0.898
+# without, differ by less than one run each can resolve. So at 9M parameters, 16 image tokens and gradient clipping at 1, the
+# growth SD3's QK-norm prevents is plain to see and still harmless; ViT-22B and SD3 met it at billions of
+# parameters and long sequences, where it made training diverge (Dehghani et al. 2023; Esser et al. 2024). What
+# the course can show is the mechanism, not the failure.
 
 # %% [markdown]
 # ## 7. The trained model: samples in a few steps
@@ -709,6 +764,69 @@ if pipes:
 # parameters (Esser et al. 2024, Sec. 5). A CPU course cannot show that scaling; it can show that the
 # transformer costs nothing extra at equal compute even at 9M parameters, once its tokens are few enough
 # (section 1's patch size) and it computes in bf16 where the CPU has it.
+
+# %% [markdown]
+# **Other grids: what relative positions buy.** Section 4 showed that RoPE scores depend only on offsets,
+# and that is Flux's reason to prefer it to SD3's absolute sin-cos table: a grid the model never saw still has
+# only offsets it knows (up to its training size), so Flux samples other resolutions and aspect ratios. The
+# UNet has no position input at all; its convolutions see only neighbourhoods, and it too accepts any grid.
+# Both networks are asked for latents larger than their training's 8 x 8 (`generate(size=...)`; the
+# autoencoder is convolutional, so a 16 x 16 latent decodes to 64 x 64 pixels), from the same noise:
+
+# %%
+GRIDS = [(8, 8), (16, 16), (8, 16)]  # the trained grid, twice the side, twice as wide
+grid_classes = [0, 1, 3, 7, 8]  # airplane, automobile, cat, horse, ship
+grid_steps = config.pick(8, 25)
+if pipes:
+    fig, axes = plt.subplots(len(GRIDS), len(pipes), figsize=(6.2 * len(pipes), 4.6), layout="constrained",
+                             squeeze=False, height_ratios=[1, 1, 0.55])  # five square, square, 1:2 pictures a row
+    for j, (name, pipe) in enumerate(pipes.items()):
+        for i, (h, w) in enumerate(GRIDS):
+            noise = torch.randn(len(grid_classes), 4, h, w, generator=torch.Generator().manual_seed(0))
+            images = pipe.generate([class_prompt(c) for c in grid_classes], guidance=3.0, num_steps=grid_steps,
+                                   x_T=noise.to(device), size=(h, w)).cpu()  # [5, 3, 4h, 4w]
+            show_images(images, nrow=len(grid_classes), ax=axes[i, j])
+            axes[i, j].set_title(f"{name} ({MODELS[name]}): latent {h} x {w} -> {4 * h} x {4 * w} pixels", fontsize=9)
+    fig.suptitle(f"Euler {grid_steps} steps, w = 3; columns: " + " · ".join(CIFAR10_CLASSES[c] for c in grid_classes),
+                 fontsize=9)
+    plt.show()
+
+# what the course classifier reads in them: prompt accuracy at w = 3, 25 Euler steps, 200 images a seed, from
+# data/results.jsonl (python -m course_lib.evaluation CHECKPOINT --per-class 20 --guidance 3 --seeds 3
+# [--size 16 16]); larger images are averaged down to the classifier's 32 x 32 first
+print(f"{'model':16s}" + "".join(f"{f'grid {h} x {w}':>22s}" for h, w in GRIDS))
+for name, pipe in pipes.items():
+    found = {tuple(p.settings.get("size") or (8, 8)): p
+             for p in points(name, kind="prompt_accuracy", prompts="class", guidance=3.0, steps=25, per_class=20,
+                             decoder=pipe.autoencoder_name)}
+    print(f"{name:16s}" + "".join(f"{found[g].text('prompt_accuracy', '.1f', 100) if g in found else '-':>22s}"
+                                  for g in GRIDS))
+
+# %% [markdown]
+# What the runs measured (200 images a seed, 3 seeds, 25 Euler steps, $w = 3$; one thread of an AMD EPYC;
+# `docs/results.md`, prompt accuracy):
+#
+# | latent grid (pixels) | `mmdit-small` (RoPE) | `rf-small-minilm` (UNet) |
+# | --- | ---: | ---: |
+# | 8 x 8 (32 x 32), trained | 77.7 % ± 5.5 | 78.2 % ± 1.9 |
+# | 8 x 16 (32 x 64) | 65.7 % ± 2.9 | 86.0 % ± 1.3 |
+# | 16 x 16 (64 x 64) | 53.2 % ± 2.3 | 91.5 % ± 1.0 |
+#
+# **Relative positions did not make the transformer travel at this size; the UNet travelled better.** RoPE
+# promises only that the scores depend on offsets; it does not promise that the network has learned what to do
+# at offsets it never met: a 4 x 4 grid of patches has offsets up to 3, a 8 x 8 grid (a 16 x 16 latent) up to 7,
+# and only 47 % of the pairs of patches there are as close as the pairs of training were ($(44/64)^2$: on each
+# axis, 44 of the 64 ordered pairs of 8 positions are at most 3 apart). Each attention row also spreads
+# over four times as many image tokens. Read the UNet's numbers with the figure: the classifier sees a
+# 32-pixel copy of a 64-pixel picture, and the UNet's large canvases often hold several copies of the object,
+# which makes the class easier to name; the number says "the picture shows the class", not "this is a good
+# 64-pixel picture". The production models do not rely on extrapolation either: they are trained at the sizes
+# they are used at. SDXL fine-tunes on buckets of aspect ratios after pretraining at one resolution (Podell et al.
+# 2023, Sec. 2.3), and SD3 continues at higher resolution after pretraining at 256 x 256 (Esser et al. 2024; the
+# reason for its resolution-dependent time shift, chapter 5). Relative positions make such training simpler (no
+# table of positions to stretch), not unnecessary. A matching
+# run with SD3's absolute sin-cos positions does not fit the 30 minutes this comparison may cost on a CPU, so
+# the course does not claim which extrapolates better.
 
 # %% [markdown]
 # ## 9. Inside the joint attention: the explorer
