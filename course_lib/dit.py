@@ -51,14 +51,14 @@ class InContextBlock(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.self_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
         self.mlp = mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.attention = JointAttention()
+        self.attn = JointAttention()  # softmax(q k^T / sqrt(d)) v with RoPE, hookable
 
     def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self.attn.split_qkv(self.norm1(x))  # [B, heads, S, d] each
-        x = x + self.attn.proj(merge_heads(self.attention(q, k, v, angles, mask)))
+        q, k, v = self.self_attn.split_qkv(self.norm1(x))  # [B, heads, S, d] each
+        x = x + self.self_attn.proj(merge_heads(self.attn(q, k, v, angles, mask)))
         return x + self.mlp(self.norm2(x))
 
 
@@ -75,17 +75,17 @@ class CrossAttentionBlock(nn.Module):
         super().__init__()
         self.modulation = Modulation(hidden_size, double=True)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.self_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
         self.cross_attn = MultiHeadAttention(hidden_size, num_heads, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.attention = JointAttention()
+        self.attn = JointAttention()  # softmax(q k^T / sqrt(d)) v with RoPE, hookable
 
     def forward(self, x: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor,
                 text_mask: torch.Tensor | None = None) -> torch.Tensor:
         mod1, mod2 = self.modulation(vec)
-        q, k, v = self.attn.split_qkv(modulate(self.norm1(x), mod1.shift, mod1.scale))
-        x = x + mod1.gate * self.attn.proj(merge_heads(self.attention(q, k, v, angles)))
+        q, k, v = self.self_attn.split_qkv(modulate(self.norm1(x), mod1.shift, mod1.scale))
+        x = x + mod1.gate * self.self_attn.proj(merge_heads(self.attn(q, k, v, angles)))
         x = x + self.cross_attn(x, context=txt, mask=text_mask)  # [B, N, D]: each patch reads the caption
         return x + mod2.gate * self.mlp(modulate(self.norm2(x), mod2.shift, mod2.scale))
 
@@ -100,15 +100,15 @@ class AdaLNZeroBlock(nn.Module):
         super().__init__()
         self.modulation = Modulation(hidden_size, double=True)
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias)
+        self.self_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.attention = JointAttention()
+        self.attn = JointAttention()  # softmax(q k^T / sqrt(d)) v with RoPE, hookable
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         mod1, mod2 = self.modulation(vec)
-        q, k, v = self.attn.split_qkv(modulate(self.norm1(x), mod1.shift, mod1.scale))
-        x = x + mod1.gate * self.attn.proj(merge_heads(self.attention(q, k, v, angles)))
+        q, k, v = self.self_attn.split_qkv(modulate(self.norm1(x), mod1.shift, mod1.scale))
+        x = x + mod1.gate * self.self_attn.proj(merge_heads(self.attn(q, k, v, angles)))
         return x + mod2.gate * self.mlp(modulate(self.norm2(x), mod2.shift, mod2.scale))
 
 
