@@ -51,6 +51,8 @@ Models
 - ``classifier``: a small CIFAR-10 ResNet that checks which class generated images show
 - ``autoencoder``: the KL autoencoder of latent diffusion (images <-> 4x8x8 latents; chapter 4)
 - ``latents``: a data set's latents encoded once and cached (keyed by the autoencoder's hash), sampled per batch
+- ``adversarial``: a sharper decoder for a trained autoencoder, its encoder frozen (L1, a PatchGAN with hinge
+  loss, feature matching, LDM's adaptive weight; chapter 4, ``python -m course_lib.adversarial``)
 
 Text
 - ``captions``: captions and prompts for CIFAR-10 from class labels (data, not encoding)
