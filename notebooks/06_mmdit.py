@@ -593,8 +593,8 @@ else:
 # optimiser moves them). The rows' entropy follows: 1.6-1.8 nats without, 2.1-2.2 with (uniform attention over
 # the about 23 keys of a row, 16 patches and the caption's tokens, would be 3.14). **The loss does not notice**:
 # neither run diverged, and their mean losses at the last 20 probes (steps 1,025-1,500), 0.887 with and 0.898
-# without, differ by less than one run each can resolve. So at 9M parameters, 16 image tokens and gradient clipping at 1, the
-# growth SD3's QK-norm prevents is plain to see and still harmless; ViT-22B and SD3 met it at billions of
+# without, differ by less than one run each can resolve. So at 9M parameters, 16 image tokens and gradient
+# clipping at 1, the growth SD3's QK-norm prevents is plain to see and still harmless; ViT-22B and SD3 met it at billions of
 # parameters and long sequences, where it made training diverge (Dehghani et al. 2023; Esser et al. 2024). What
 # the course can show is the mechanism, not the failure.
 
@@ -766,10 +766,11 @@ if pipes:
 # (section 1's patch size) and it computes in bf16 where the CPU has it.
 
 # %% [markdown]
-# **Other grids: what relative positions buy.** Section 4 showed that RoPE scores depend only on offsets,
-# and that is Flux's reason to prefer it to SD3's absolute sin-cos table: a grid the model never saw still has
-# only offsets it knows (up to its training size), so Flux samples other resolutions and aspect ratios. The
-# UNet has no position input at all; its convolutions see only neighbourhoods, and it too accepts any grid.
+# **Other grids: what relative positions buy.** Section 4 showed that RoPE scores depend only on offsets. That
+# is the usual argument for it over SD3's absolute sin-cos table: on a grid the model never saw, nearby patches
+# still have offsets it knows, and there is no table of positions to stretch (Flux serves many resolutions and
+# aspect ratios; Black Forest Labs have not published their reasons). The UNet has no position input at all;
+# its convolutions see only neighbourhoods, and it too accepts any grid.
 # Both networks are asked for latents larger than their training's 8 x 8 (`generate(size=...)`; the
 # autoencoder is convolutional, so a 16 x 16 latent decodes to 64 x 64 pixels), from the same noise:
 
@@ -824,9 +825,8 @@ for name, pipe in pipes.items():
 # they are used at. SDXL fine-tunes on buckets of aspect ratios after pretraining at one resolution (Podell et al.
 # 2023, Sec. 2.3), and SD3 continues at higher resolution after pretraining at 256 x 256 (Esser et al. 2024; the
 # reason for its resolution-dependent time shift, chapter 5). Relative positions make such training simpler (no
-# table of positions to stretch), not unnecessary. A matching
-# run with SD3's absolute sin-cos positions does not fit the 30 minutes this comparison may cost on a CPU, so
-# the course does not claim which extrapolates better.
+# table of positions to stretch), not unnecessary. A matching run with SD3's absolute sin-cos positions does not
+# fit the 30 minutes this comparison may cost on a CPU, so the course does not claim which extrapolates better.
 
 # %% [markdown]
 # ## 9. Inside the joint attention: the explorer
