@@ -437,7 +437,8 @@ def _monitor_rows(records: list[dict]) -> list[str]:
     """One row per monitored run: its settings and where its attention statistics started, peaked and ended."""
     rows = ["Every `monitor_every` steps the trainer measures the model's attention on one fixed batch (largest",
             "logit q.k / sqrt(d), mean row entropy in nats; `course_lib.attention.attention_logit_stats`); added with",
-            "`python -m course_lib.results --add-monitor CHECKPOINT`. Chapter 6 plots the curves.", "",
+            "`python -m course_lib.results --add-monitor CHECKPOINT`. Chapter 6 plots the curves. Minutes are each",
+            "run's wall time as its card records it, beside whatever else ran: compare these runs by steps.", "",
             "| run | QK-norm | lr | precision | steps | max logit: first / largest / last | entropy: first / "
             "lowest / last (uniform) | loss: first / last | minutes | machine |",
             "|---|---|---:|---|---:|---|---|---|---:|---|"]
