@@ -18,30 +18,15 @@ recipes train) and float32. This is a script, not a test: times depend on the ma
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from _common import benchmark_parser, header, precisions, setup_torch  # this folder's
+from bench_latent import adamw_step  # this folder: the same timed step as chapters 4 and 6
 from course_lib.guidance_distillation import guidance_distillation_loss
 from course_lib.meanflow import meanflow_distillation_loss
 from course_lib.processes import RectifiedFlowProcess
 from course_lib.profiling import time_per_call
 from course_lib.text2image import Text2ImageConfig, TextToImageModel, text2image_loss
-
-
-def step(loss_of: Callable[[], torch.Tensor], model: torch.nn.Module, bf16: bool) -> Callable[[], None]:
-    """One AdamW step of ``loss_of()`` (what ``fit`` does per step, without the EMA)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def run() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_of()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return run
 
 
 def main() -> None:
@@ -65,7 +50,7 @@ def main() -> None:
         bf16 = precision != "float32"
         print(header(f"mmdit-small's network, batch {args.batch_size}", precision, f"{args.repeats} interleaved repeats"),
               flush=True)
-        calls = {name: step(loss, students[name], bf16) for name, loss in losses.items()}
+        calls = {name: adamw_step(loss, students[name], bf16) for name, loss in losses.items()}
         for call in calls.values():  # warm up (MiniLM's encodings get cached)
             call()
         median = time_per_call(calls, repeats=args.repeats, min_seconds=2.0)

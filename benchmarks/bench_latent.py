@@ -33,20 +33,25 @@ from course_lib.profiling import time_per_call
 from course_lib.text2image import Text2ImageConfig, TextToImageModel, text2image_loss
 
 
-def training_step(model: TextToImageModel, process: Process, batch_size: int, bf16: bool) -> Callable[[], None]:
-    """One AdamW step of the conditional loss on a fixed random batch (what ``fit`` does per step)."""
+def adamw_step(loss_of: Callable[[], torch.Tensor], model: torch.nn.Module, bf16: bool) -> Callable[[], None]:
+    """One AdamW step of ``loss_of()`` (what ``fit`` does per step, without the EMA), in bf16 autocast if asked."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, *model.sample_shape, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(batch_size) % 10
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = text2image_loss(model, process, x, labels, 0.1)
+            loss = loss_of()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def training_step(model: TextToImageModel, process: Process, batch_size: int, bf16: bool) -> Callable[[], None]:
+    """One AdamW step of the conditional loss on a fixed random batch (what ``fit`` does per step)."""
+    x = torch.randn(batch_size, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(batch_size) % 10
+    return adamw_step(lambda: text2image_loss(model, process, x, labels, 0.1), model, bf16)
 
 
 def main() -> None:

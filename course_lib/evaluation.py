@@ -219,10 +219,10 @@ def prompt_accuracy(pipeline: Pipeline, classifier: nn.Module, guidances: Sequen
     for w in guidances:
         images = torch.cat([pipeline.generate(prompts[i:i + batch_size], guidance=float(w), sampler=sampler,
                                               num_steps=num_steps, x_T=noise[i:i + batch_size].to(pipeline.device),
-                                              **({"size": size} if size is not None else {}),
-                                              **sampler_options).cpu()
+                                              size=size, **sampler_options).cpu()
                             for i in range(0, len(labels), batch_size)])  # [N, C, H, W]
-        seen = images if images.shape[-2:] == (32, 32) else F.interpolate(images, size=(32, 32), mode="area")
+        larger = max(images.shape[-2:]) > 32  # a larger grid's pictures: averaged down to the classifier's 32 x 32
+        seen = F.interpolate(images, size=(32, 32), mode="area") if larger else images
         predicted, _ = predict(classifier, seen)
         results[float(w)] = PromptAccuracy(float(w), labels, predicted, images)
     return results

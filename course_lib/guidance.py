@@ -30,8 +30,13 @@ import torch
 __all__ = ["guide", "ClassifierFreeGuidance", "EmbeddedGuidance", "cfg_dropout"]
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance: uncond + scale * (cond - uncond) (Ho & Salimans 2022, eq. 6)."""
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance: uncond + scale * (cond - uncond) (Ho & Salimans 2022, eq. 6).
+
+    ``scale``: one number, or one weight per image [B] (chapter 7's guidance distillation draws w per image),
+    broadcast over the rest of each prediction."""
+    if isinstance(scale, torch.Tensor) and scale.ndim == 1:
+        scale = scale.to(cond.dtype).view(-1, *[1] * (cond.ndim - 1))  # [B, 1, 1, 1]
     return uncond + scale * (cond - uncond)
 
 

@@ -24,19 +24,10 @@ import torch
 from torch import nn
 
 from .captions import random_captions
-from .guidance import cfg_dropout
+from .guidance import cfg_dropout, guide
 from .processes import RectifiedFlowProcess
 
-__all__ = ["cfg_target", "teacher_guided_velocity", "sample_guidance", "guidance_distillation_loss"]
-
-
-def cfg_target(v_cond: torch.Tensor, v_uncond: torch.Tensor, w: torch.Tensor | float) -> torch.Tensor:
-    """The classifier-free-guided prediction v_uncond + w (v_cond - v_uncond), with w a number or [B] (one per
-    image, broadcast over the rest): w = 1 is the conditional prediction, w = 0 the unconditional one."""
-    w = torch.as_tensor(w, dtype=v_cond.dtype, device=v_cond.device)
-    if w.ndim == 1:
-        w = w.view(-1, *[1] * (v_cond.ndim - 1))  # [B, 1, 1, 1]
-    return v_uncond + w * (v_cond - v_uncond)
+__all__ = ["teacher_guided_velocity", "sample_guidance", "guidance_distillation_loss"]
 
 
 @torch.no_grad()
@@ -48,7 +39,7 @@ def teacher_guided_velocity(teacher: nn.Module, x_t: torch.Tensor, t: torch.Tens
     out = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([context.tokens, uncond.tokens]),
                   torch.cat([context.mask, uncond.mask]))  # [2B, C, H, W]
     v_cond, v_uncond = out.chunk(2)
-    return cfg_target(v_cond, v_uncond, w)
+    return guide(v_cond, v_uncond, w)  # v_uncond + w (v_cond - v_uncond), w per image
 
 
 def sample_guidance(batch: int, w_range: tuple[float, float], device: torch.device | str | None = None) -> torch.Tensor:

@@ -285,16 +285,24 @@ class GuidanceDistillationRecipe(LatentText2ImageRecipe):
         """The teacher's weights: every tensor but the new guidance embedding's."""
         return self.teacher_path()
 
+    def frozen_teacher(self) -> Callable[[torch.device], torch.nn.Module]:
+        """``teacher(device)``: the teacher, loaded on the first call (on the batch's device) and never trained."""
+        path, loaded = self.teacher_path(), {}
+
+        def teacher(device: torch.device) -> torch.nn.Module:
+            if "model" not in loaded:
+                model, _ = model_from_checkpoint(path, device=device)
+                loaded["model"] = model.eval().requires_grad_(False)
+            return loaded["model"]
+
+        return teacher
+
     def loss_fn(self) -> Callable:
-        process, w_range, teacher_path = self.process, self.w_range, self.teacher_path()
-        frozen: dict[str, torch.nn.Module] = {}
+        process, w_range, teacher = self.process, self.w_range, self.frozen_teacher()
 
         def loss(model, batch):
             latents, labels = batch
-            if "teacher" not in frozen:  # loaded once, on the batch's device, never trained
-                teacher, _ = model_from_checkpoint(teacher_path, device=latents.device)
-                frozen["teacher"] = teacher.eval().requires_grad_(False)
-            return guidance_distillation_loss(model, frozen["teacher"], process, latents, labels, w_range,
+            return guidance_distillation_loss(model, teacher(latents.device), process, latents, labels, w_range,
                                               model.config.p_uncond)
 
         return loss
@@ -319,15 +327,11 @@ class MeanFlowRecipe(GuidanceDistillationRecipe):
     guidance: float = 3.0
 
     def loss_fn(self) -> Callable:
-        process, guidance, teacher_path = self.process, self.guidance, self.teacher_path()
-        frozen: dict[str, torch.nn.Module] = {}
+        process, guidance, teacher = self.process, self.guidance, self.frozen_teacher()
 
         def loss(model, batch):
             latents, labels = batch
-            if "teacher" not in frozen:
-                teacher, _ = model_from_checkpoint(teacher_path, device=latents.device)
-                frozen["teacher"] = teacher.eval().requires_grad_(False)
-            return meanflow_distillation_loss(model, frozen["teacher"], process, latents, labels, guidance,
+            return meanflow_distillation_loss(model, teacher(latents.device), process, latents, labels, guidance,
                                               model.config.p_uncond)
 
         return loss

@@ -38,7 +38,7 @@ class PromptPainter:
     def __init__(self):
         self.noise = {}
 
-    def generate(self, prompts, guidance, num_steps, x_T, sampler=None):
+    def generate(self, prompts, guidance, num_steps, x_T, sampler=None, size=None):
         classes = torch.tensor([[class_prompt(k) for k in range(10)].index(p) for p in prompts])
         target = classes if guidance >= 1 else torch.zeros_like(classes)
         self.noise.setdefault(guidance, []).append(x_T.clone())
@@ -74,7 +74,7 @@ def test_the_prompt_function_picks_the_prompts():
     from course_lib.captions import unseen_prompt
 
     class CanonicalPainter(PromptPainter):
-        def generate(self, prompts, guidance, num_steps, x_T, sampler=None):
+        def generate(self, prompts, guidance, num_steps, x_T, sampler=None, size=None):
             known = [class_prompt(k) for k in range(10)]
             self.prompts = getattr(self, "prompts", []) + list(prompts)
             return super().generate([p if p in known else known[0] for p in prompts], guidance, num_steps, x_T)

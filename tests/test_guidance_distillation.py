@@ -5,8 +5,8 @@ import torch
 
 from conftest import randomize_zero_init
 from course_lib.generation import Pipeline
-from course_lib.guidance import ClassifierFreeGuidance, EmbeddedGuidance
-from course_lib.guidance_distillation import cfg_target, guidance_distillation_loss, teacher_guided_velocity
+from course_lib.guidance import ClassifierFreeGuidance, EmbeddedGuidance, guide
+from course_lib.guidance_distillation import guidance_distillation_loss, teacher_guided_velocity
 from course_lib.mmdit import MMDiTConfig
 from course_lib.processes import RectifiedFlowProcess
 from course_lib.text2image import Text2ImageConfig, TextToImageModel
@@ -22,12 +22,12 @@ def teacher_and_student(seed=0):
     return teacher, student
 
 
-def test_the_cfg_target_is_uncond_plus_w_times_the_difference():
+def test_the_guided_target_takes_one_weight_per_image():
     cond, uncond = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    torch.testing.assert_close(cfg_target(cond, uncond, 1.0), cond)
-    assert torch.equal(cfg_target(cond, uncond, 0.0), uncond)
+    torch.testing.assert_close(guide(cond, uncond, 1.0), cond)
+    assert torch.equal(guide(cond, uncond, 0.0), uncond)
     w = torch.tensor([0.0, 1.0, 3.0])
-    per_image = cfg_target(cond, uncond, w)
+    per_image = guide(cond, uncond, w)
     torch.testing.assert_close(per_image[2], uncond[2] + 3 * (cond[2] - uncond[2]))
     torch.testing.assert_close(per_image[:2], torch.stack([uncond[0], cond[1]]))
 
