@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shutil
 import signal
 import sys
 import time
@@ -235,8 +236,9 @@ def decoder_loss(images: torch.Tensor, recon: torch.Tensor, discriminator: NLaye
 @dataclass
 class FinetuneConfig:
     """Everything that defines a decoder fine-tune (stored in the training state's card; a resumed run must
-    use the same). ``dataclasses.asdict`` is JSON-serialisable. The defaults are the settings measured best
-    for vae-small on one CPU thread (the module's docstring has the measurements); LDM's values in brackets.
+    use the same, except the fields in :data:`RESUME_CHANGES`). ``dataclasses.asdict`` is JSON-serialisable.
+    The defaults are the settings measured best for vae-small on one CPU thread (the module's docstring has
+    the measurements); LDM's values in brackets.
 
     autoencoder:      the config of the autoencoder being made: the source's, with the decoder's width and
                       depth (``decoder_base_channels``, ``decoder_num_res_blocks``) possibly changed
@@ -299,6 +301,11 @@ class FinetuneConfig:
         if unknown:
             raise ValueError(f"unknown FinetuneConfig fields {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+
+#: what a resumed run may change: its learning rates and EMA decay (lowering them after the best point is the
+#: usual cure for a GAN's wandering generator). Each change is recorded in the state's card, ``training.changes``.
+RESUME_CHANGES = ("lr", "disc_lr", "ema_decay")
 
 
 class DecoderFinetune(nn.Module):
@@ -485,15 +492,19 @@ def _validation_psnr(autoencoder: AutoencoderKL, z_val: torch.Tensor, x_val: tor
 def finetune(source: str | Path, state: str | Path, *, settings: dict | None = None, minutes: float | None = None,
              steps: int | None = None, checkpoint_minutes: float = 10.0, bf16: bool | None = None,
              limit: int | None = None, val_images: int = 500, log_every: int = 50,
-             command: str | None = None, stop_requested=None) -> Path:
+             command: str | None = None, stop_requested=None, snapshot_steps: int | None = None) -> Path:
     """Fine-tune the decoder of the autoencoder at ``source``; save the resumable state at ``state``.
 
-    A state that exists is resumed (its config is used; ``settings`` that contradict it are an error).
+    A state that exists is resumed (its config is used; ``settings`` that contradict it are an error, except
+    the learning rates and EMA decay of :data:`RESUME_CHANGES`, which take effect from the resumed step and are
+    recorded in the card's ``training.changes``).
     Otherwise the run starts from the source: ``settings`` are :class:`FinetuneConfig` fields, plus
     ``decoder_channels`` / ``decoder_res_blocks`` for a wider or deeper decoder. The run stops after
     ``minutes`` (of this call) or at step ``steps`` (in all), whichever comes first, and whenever
     ``stop_requested()`` says so; the state is saved every ``checkpoint_minutes`` and at the end.
-    ``limit``: train on the first ``limit`` training images only (tests, quick looks). Returns ``state``.
+    ``limit``: train on the first ``limit`` training images only (tests, quick looks). ``snapshot_steps``: also
+    keep a copy of the state every this many steps, ``<state>-step<N>.safetensors`` beside it (a GAN's
+    generator wanders: the best point is chosen afterwards, on held-out data). Returns ``state``.
     """
     if minutes is None and steps is None:
         raise ValueError("give a budget: minutes, steps, or both")
@@ -509,15 +520,21 @@ def finetune(source: str | Path, state: str | Path, *, settings: dict | None = N
         if card["training"].get("source_sha256") != src_card["sha256"]:
             raise ValueError(f"{state} fine-tunes another autoencoder than {source} (source sha256 differs)")
         asked = _settings_config(src_model.config, settings, base=cfg)
-        if asked != cfg:
-            diffs = [f"{f.name}: state {getattr(cfg, f.name)!r} vs asked {getattr(asked, f.name)!r}"
-                     for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(asked, f.name)]
+        changed = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(asked, f.name)]
+        fixed = [name for name in changed if name not in RESUME_CHANGES]
+        if fixed:
+            diffs = [f"{name}: state {getattr(cfg, name)!r} vs asked {getattr(asked, name)!r}" for name in fixed]
             raise ValueError(f"{state} was trained with other settings ({'; '.join(diffs)}): resume it without "
-                             "them, or start a new state")
+                             f"them, or start a new state (a resumed run may change only {', '.join(RESUME_CHANGES)})")
         model = DecoderFinetune(cfg)
         optimizer = make_optimizer(model)
         ckpt = load_checkpoint(state, model, optimizer=optimizer)
         step, training = ckpt.step, dict(card["training"])
+        if changed:  # the optimizer's groups take cfg's rates at every step (train_step), the EMA its decay
+            training["changes"] = [*training.get("changes", []),
+                                   {"step": step, **{name: getattr(asked, name) for name in changed}}]
+            cfg = model.config = asked
+            print(f"resumed with {training['changes'][-1]}")
         history = ckpt.train.get("history", torch.zeros(0, len(TERMS))).tolist()
         print(f"resuming {state} at step {step}")
     else:
@@ -585,7 +602,11 @@ def finetune(source: str | Path, state: str | Path, *, settings: dict | None = N
                 tail = torch.tensor(history[-log_every:]).mean(0).tolist()
                 print(f"step {step} ({rate:.1f} img/s): " + ", ".join(f"{k} {v:.4f}" for k, v in zip(TERMS, tail)),
                       flush=True)
-            if time.perf_counter() - last_save >= 60 * checkpoint_minutes:
+            if snapshot_steps and step % snapshot_steps == 0:
+                save("snapshot")
+                shutil.copyfile(state, state.with_name(f"{state.stem}-step{step}.safetensors"))
+                last_save = time.perf_counter()
+            elif time.perf_counter() - last_save >= 60 * checkpoint_minutes:
                 save("periodic")
                 last_save = time.perf_counter()
     except KeyboardInterrupt:
@@ -610,14 +631,15 @@ def _settings_config(source: AutoencoderConfig, settings: dict, base: FinetuneCo
 
 
 def export(state: str | Path, path: str | Path, source: str | Path, *, weights: str = "ema",
-           test_images: int = 10_000) -> Path:
+           test_images: int = 10_000, selection: dict | None = None) -> Path:
     """Write the fine-tuned autoencoder as a complete AutoencoderKL checkpoint at ``path``.
 
     The encoder, quant_conv and scaling_factor are the source's tensors, stored in the dtype the source
     stored them in (bit-identical); the decoding path is the state's ``weights`` ("ema" or "model"),
     stored in the dtype the source stored its decoder in. The card says how it was made, and its metric
     ``test_psnr`` (the mean PSNR of decode(mode(q(z|x))) over the first ``test_images`` test images, as
-    vae-small's card has it) is measured on the file as written.
+    vae-small's card has it) is measured on the file as written. ``selection``: how this snapshot was chosen
+    among others (data used, scores), kept in the card's ``training.selection``.
     """
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
@@ -648,6 +670,8 @@ def export(state: str | Path, path: str | Path, source: str | Path, *, weights: 
                     exported_from=config.portable_path(state), losses=losses,
                     frozen="encoder, quant_conv, scaling_factor: the source's tensors, bit-identical",
                     stored_dtype=f"{str(stored).replace('torch.', '')} decoder weights, the rest as in the source")
+    if selection is not None:
+        training["selection"] = selection
     save_checkpoint(path, out, step=card["step"], metrics=dict(card["metrics"]), training=training)
     if test_images:
         model_back, _ = load_autoencoder(path)
@@ -682,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=int, default=500, help="test images for the PSNR printed at each save")
     parser.add_argument("--test-images", type=int, default=10_000, help="test images for the exported card's PSNR")
     parser.add_argument("--log-every", type=int, default=50)
-    group = parser.add_argument_group("settings (a new state; a resumed state keeps its own)")
+    parser.add_argument("--snapshot-steps", type=int,
+                        help="also keep a copy of the state every this many steps (STATE-stepN.safetensors)")
+    group = parser.add_argument_group("settings (a new state; a resumed state keeps its own, but may change "
+                                      + ", ".join(RESUME_CHANGES) + ")")
     group.add_argument("--decoder-channels", type=int, help="the decoder's base channels (default: the source's)")
     group.add_argument("--decoder-res-blocks", type=int, help="the decoder's num_res_blocks (default: the source's)")
     for f in dataclasses.fields(FinetuneConfig):
@@ -714,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
         state = finetune(args.checkpoint, args.state, settings=settings, minutes=args.minutes, steps=args.steps,
                          checkpoint_minutes=args.checkpoint_minutes, bf16=False if args.no_bf16 else None,
                          limit=args.limit, val_images=args.val_images, log_every=args.log_every,
-                         command=command, stop_requested=lambda: stop["requested"])
+                         command=command, stop_requested=lambda: stop["requested"],
+                         snapshot_steps=args.snapshot_steps)
     except ValueError as err:
         parser.error(str(err))
     finally:

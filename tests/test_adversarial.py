@@ -170,7 +170,8 @@ def test_finetune_trains_the_decoder_and_keeps_the_encoder_bit_identical(tmp_pat
     assert history[0, 3] == 0 and history[1:, 3].min() > 0  # lambda: 0 before disc_start, then > 0
     assert card["metrics"]["val_images"] == 16
 
-    exported = adversarial.export(state, tmp_path / "sharp.safetensors", source, test_images=32)
+    exported = adversarial.export(state, tmp_path / "sharp.safetensors", source, test_images=32,
+                                  selection={"chosen_by": "a test", "fid": [1.0, 2.0]})
     theirs, ours = load_checkpoint(source).model, load_checkpoint(exported).model
     assert set(theirs) == set(ours)
     for name in theirs:
@@ -183,6 +184,7 @@ def test_finetune_trains_the_decoder_and_keeps_the_encoder_bit_identical(tmp_pat
     assert out_card["model_class"] == "AutoencoderKL" and out_card["kind"] == "inference"
     assert out_card["training"]["source_sha256"] == read_card(source)["sha256"]
     assert out_card["training"]["steps"] == 3 and out_card["training"]["exported_weights"] == "ema"
+    assert out_card["training"]["selection"] == {"chosen_by": "a test", "fid": [1.0, 2.0]}
     assert out_card["metrics"]["test_images"] == 32 and 0 < out_card["metrics"]["test_psnr"] < 60
     model, _ = adversarial.load_autoencoder(exported)
     source_model, _ = adversarial.load_autoencoder(source)
@@ -208,6 +210,22 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path, isolated_dat
     assert torch.equal(a.train["history"], b.train["history"])
     with pytest.raises(ValueError, match="disc_weight: state 0.5 vs asked 2.0"):
         run(source, parts, steps=5, settings=dict(disc_weight=2.0))
+
+
+def test_a_resumed_run_may_lower_its_learning_rates_and_keeps_snapshots(tmp_path, isolated_data):
+    source = tiny_source(tmp_path / "vae.safetensors")
+    state = run(source, tmp_path / "state.safetensors", steps=2, snapshot_steps=2)
+    assert (tmp_path / "state-step2.safetensors").exists()
+    run(source, state, steps=4, settings=dict(lr=1e-4, disc_lr=2e-4, ema_decay=0.99), snapshot_steps=2)
+    card = read_card(state)
+    assert card["step"] == 4 and card["training"]["changes"] == [dict(step=2, lr=1e-4, disc_lr=2e-4, ema_decay=0.99)]
+    assert card["model_config"]["lr"] == 1e-4  # the state now holds the new rates (a later resume keeps them)
+    assert [g["lr"] for g in card["optimizer"]["param_groups"]] == [1e-4, 2e-4]  # the steps after used them
+    snap = read_card(tmp_path / "state-step4.safetensors")
+    assert snap["step"] == 4 and read_card(tmp_path / "state-step2.safetensors")["step"] == 2
+    with pytest.raises(ValueError, match=r"disc_start: state 1 vs asked 5.*may change only lr, disc_lr, ema_decay"):
+        run(source, state, steps=5, settings=dict(disc_start=5, lr=1e-5))
+    assert read_card(state)["step"] == 4  # refused before anything was written
 
 
 def test_a_deeper_decoder_starts_as_the_source_decoder(tmp_path, isolated_data):

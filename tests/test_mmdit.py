@@ -150,7 +150,7 @@ def test_mmdit_starts_at_zero_has_the_unet_interface_and_ignores_padding():
 
 
 def test_a_tiny_mmdit_learns_a_rectified_flow():
-    """A few hundred steps of the rectified-flow loss on structured 4x8x8 'latents' (smooth random fields)."""
+    """Seventy steps of the rectified-flow loss on structured 4x8x8 'latents' (smooth random fields)."""
     from course_lib.mmdit import MMDiT, MMDiTConfig
     from course_lib.processes import RectifiedFlowProcess
 
@@ -160,7 +160,7 @@ def test_a_tiny_mmdit_learns_a_rectified_flow():
     context = torch.randn(1, 4, 32)
     base = torch.nn.functional.interpolate(torch.randn(256, 4, 2, 2), size=8, mode="bilinear")  # [256, 4, 8, 8]
     losses = []
-    for step in range(150):
+    for step in range(70):
         x0 = base[torch.randint(0, 256, (32,))]
         loss = process.loss(lambda x, t: model(x, t, context), x0)
         optimizer.zero_grad()
@@ -168,7 +168,7 @@ def test_a_tiny_mmdit_learns_a_rectified_flow():
         optimizer.step()
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.8 * first, (first, last)  # measured here: 1.67 -> 0.57
+    assert last < 0.8 * first, (first, last)  # measured here: 1.67 -> 0.89 in 70 steps (0.57 in 150)
 
 
 def test_joint_attention_can_be_captured_without_changing_a_bit():

@@ -459,7 +459,7 @@ def test_mmdit_wrapper_reads_prompts_and_learns_the_flow_on_real_latents(isolate
     model, process = TextToImageModel(Text2ImageConfig.latent_mmdit_tiny()), RectifiedFlowProcess()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for step in range(120):
+    for step in range(60):
         z0, labels = latents.batch(torch.randint(0, len(latents), (32,)), generator=torch.Generator().manual_seed(step))
         loss = text2image_loss(model, process, z0, labels, p_uncond=0.1)
         optimizer.zero_grad()
@@ -467,4 +467,4 @@ def test_mmdit_wrapper_reads_prompts_and_learns_the_flow_on_real_latents(isolate
         optimizer.step()
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < 0.8 * first, (first, last)  # measured here: 2.39 -> 1.08
+    assert last < 0.8 * first, (first, last)  # measured here: 2.39 -> 1.29 in 60 steps (1.08 in 120)
