@@ -10,7 +10,9 @@ perceptual loss (LPIPS) and a patch-based adversarial loss. The second is what t
 Only the decoding path (``post_quant_conv`` and ``decoder``) learns; the encoder, ``quant_conv`` and
 the latent ``scaling_factor`` stay bit-identical. The latents therefore do not change, and every
 latent diffusion model trained on them keeps its weights: it simply decodes through a better decoder.
-Stable Diffusion's improved decoders (``sd-vae-ft-ema`` and ``sd-vae-ft-mse``) were made this way.
+Stable Diffusion's improved decoders (``sd-vae-ft-ema`` and ``sd-vae-ft-mse``) were fine-tuned decoder-only
+with the encoder frozen too; their model card gives L1 + LPIPS, then MSE + 0.1 LPIPS, and names no
+discriminator.
 
 The pieces, each with the paper it comes from:
 
@@ -25,7 +27,8 @@ The pieces, each with the paper it comes from:
   Manipulation with Conditional GANs", Sec. 3.2). A perceptual loss whose "perception" is learnt by
   the discriminator, here in place of LPIPS, whose VGG weights would have to be downloaded.
 * :func:`adaptive_weight`, taming's balance of the two gradients at the decoder's last layer
-  (Esser et al. 2021, Eq. 7), and :func:`decoder_loss`, the decoder's whole objective.
+  (Esser et al. 2021, Eq. 7, as their code computes it), and :func:`decoder_loss`, the decoder's whole
+  objective.
 * :func:`finetune`, a resumable training loop, :func:`export`, which writes a complete
   ``AutoencoderKL`` checkpoint, and the command line::
 
@@ -166,7 +169,8 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
 
 
 def feature_matching_loss(features_real: list[torch.Tensor], features_fake: list[torch.Tensor]) -> torch.Tensor:
-    """pix2pixHD's feature matching (Wang et al. 2018, Eq. 4), averaged over the K layers:
+    """pix2pixHD's feature matching (Wang et al. 2018, Eq. 4), averaged over the K layers (Eq. 4 sums over
+    them, and its k counts discriminators at several scales, not layers):
 
         L_FM = 1/K sum_k mean | D_k(x) - D_k(x_hat) |,
 
@@ -183,7 +187,8 @@ def feature_matching_loss(features_real: list[torch.Tensor], features_fake: list
 
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
                     max_weight: float = 1e4, eps: float = 1e-4) -> torch.Tensor:
-    """Taming's adaptive weight of the adversarial loss (Esser et al. 2021, Eq. 7):
+    """Taming's adaptive weight of the adversarial loss (Esser et al. 2021, Eq. 7, as their code computes it:
+    the paper writes the gradients without norms, with delta = 1e-6 and no clamp):
 
         lambda = || grad_{w_L} L_rec || / ( || grad_{w_L} L_G || + 1e-4 ),   clamped to [0, max_weight],
 
@@ -247,7 +252,8 @@ class FinetuneConfig:
     disc_norm:        "spectral" (Miyato et al. 2018) or "batch" (pix2pix, taming) ["batch"]
     disc_start:       the step from which the decoder sees the adversarial loss [LDM's ``disc_start``, 50001 for
                       an autoencoder trained from scratch]; the discriminator itself learns from step 0, so it
-                      is no longer at chance by then
+                      is no longer at chance by then (LDM's learns only from ``disc_start``: its loss is
+                      multiplied by the same switch)
     disc_ramp_steps:  the adversarial and feature-matching terms then rise linearly from 0 to their weights over
                       this many steps [0: LDM switches them on at once; measured here, Adam's second moments,
                       fitted to the small gradients of a converged decoder, turn that switch into a jolt that
@@ -453,7 +459,8 @@ def train_step(model: DecoderFinetune, optimizer: torch.optim.Optimizer, z: torc
     loss.backward()
     optimizer.step()
 
-    # 2. the discriminator: hinge loss on real images and the (detached) reconstructions
+    # 2. the discriminator: hinge loss on real images and the (detached) reconstructions, those of the decoder
+    #    before this step's update (LDM decodes the batch again for its discriminator step)
     disc.requires_grad_(True)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         logits_real = disc(x).float()  # [B, 1, h', w']

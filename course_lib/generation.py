@@ -272,8 +272,10 @@ def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.de
             raise ValueError(f"{replacement} is named as the sharper decoder of {named['checkpoint']}, but its card "
                              "says it was fine-tuned from another autoencoder: restore the file, or pass "
                              "decoder='original'")
-        if card.get("model_config", {}).get("shift_factor", 0.0) != named.get("shift_factor", 0.0):
-            raise ValueError(f"{replacement} shifts latents otherwise than {path} learnt them; pass decoder='original'")
+        shift = card.get("model_config", {}).get("shift_factor", 0.0)
+        if shift != named.get("shift_factor", 0.0):
+            raise ValueError(f"{replacement} shifts latents by {shift}, but {path} learnt latents shifted by "
+                             f"{named.get('shift_factor', 0.0)}; pass autoencoder= to use another one knowingly")
         return model_from_checkpoint(replacement, device=device)[0], replacement.stem
     ae_path = config.checkpoint_dir() / named["checkpoint"]
     if not ae_path.is_file():

@@ -60,12 +60,13 @@ KINDS = SAMPLE_KINDS + DELIVERY_KINDS + BENCHMARK_KINDS + CURVE_KINDS
 HEADLINES: list[tuple[str, dict]] = [
     ("CIFAR-10 test images", {"kind": "real", "num_samples": 2000}),
     ("vae-small", {"kind": "reconstructions", "num_samples": 2000}),
+    ("vae-small-ft", {"kind": "reconstructions", "num_samples": 2000}),  # the same latents, a sharper decoder
     ("ddpm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "spacing": "linspace"}),
     ("cond-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0,
                     "spacing": "linspace"}),
     ("ldm-small", {"kind": "samples", "num_samples": 2000, "sampler": "ddim", "steps": 25, "guidance": 3.0,
                    "spacing": "linspace"}),
-    ("rf-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 50, "guidance": 3.0,
+    ("rf-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 25, "guidance": 3.0,
                   "shift": 1.0}),
     ("rf2-small", {"kind": "samples", "num_samples": 2000, "sampler": "euler", "steps": 1, "guidance": 1.0,
                    "shift": 1.0}),
@@ -297,10 +298,18 @@ def training_minutes(card: dict) -> tuple[float, float, float]:
 
 
 def training_cost(card: dict) -> str:
-    """What a checkpoint cost in CPU-minutes (:func:`training_minutes`), e.g. "125", or for a reflowed model
-    "266 (50 + 106 pairs + 110 teacher)"."""
+    """What a checkpoint cost in CPU-minutes (:func:`training_minutes`), e.g. "125", for a reflowed model
+    "266 (50 + 106 pairs + 110 teacher)", for a fine-tuned decoder (``course_lib.adversarial``) "163 (64 +
+    99 decoder fine-tune)" when the autoencoder it started from is in the checkpoint folder."""
     own, simulation, teacher = training_minutes(card)
-    if "pairs" not in card.get("training", {}).get("reflow", {}):
+    training = card.get("training", {})
+    if training.get("task") == "decoder fine-tune (encoder frozen)":
+        source = config.checkpoint_dir() / Path(training.get("source", "")).name
+        if not source.is_file():
+            return f"{own:.0f} decoder fine-tune"
+        base = read_card(source).get("training", {}).get("wall_seconds_total", 0) / 60
+        return f"{base + own:.0f} ({base:.0f} + {own:.0f} decoder fine-tune)"
+    if "pairs" not in training.get("reflow", {}):
         return f"{own:.0f}"
     return f"{own + simulation + teacher:.0f} ({own:.0f} + {simulation:.0f} pairs + {teacher:.0f} teacher)"
 
@@ -328,15 +337,16 @@ def _prompt_accuracy(records: list[dict], p: Point) -> str:
 
 
 def headline_table(records: list[dict]) -> str:
-    """The README's table: each headline point of :data:`HEADLINES` with its FID (± over seeds), FD_clf,
-    prompt accuracy at the same setting, NFE and training minutes."""
-    lines = ["| model | sampling (NFE) | training CPU-min | FID-2k | FD_clf | prompt accuracy % |",
-             "|---|---|---:|---:|---:|---:|"]
+    """The README's table: each headline point of :data:`HEADLINES` (a line per decoder for a latent model)
+    with its FID and KID (± over seeds), FD_clf, prompt accuracy at the same setting, NFE and training minutes."""
+    lines = ["| model | sampling (NFE) | training CPU-min | FID-2k | KID x 10³ | FD_clf | prompt accuracy % |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for model, wanted in HEADLINES:
         for p in points(model, records=records, **wanted):
             lines.append(f"| {model} | {p.label()}" + (f"; decoder {p.settings['decoder']}" if p.settings.get("decoder")
                                                          else "")
-                         + f" | {_training(model)} | {p.text('fid')} | {p.text('fd_clf')} | "
+                         + f" | {_training(model)} | {p.text('fid')} | {p.text('kid_mean', '.1f', 1000)} | "
+                           f"{p.text('fd_clf')} | "
                            f"{_prompt_accuracy(records, p)} |")
     return "\n".join(lines)
 

@@ -878,10 +878,11 @@ from course_lib.results import fid_label, points, training_minutes
 
 def measured(name, metric, spacing="linspace"):
     """(NFE, steps, value) of one model's 2,000-sample points at its guidance and sampler, from data/results.jsonl
-    (the mean over sampling seeds where several were measured; DDIM on the given grid, flows unshifted)."""
+    (the mean over sampling seeds where several were measured; DDIM on the given grid, flows unshifted; decoded by
+    vae-small, with which every step count was measured)."""
     extra = {"spacing": spacing} if SAMPLER[name] == "DDIM" else {"shift": 1.0}
     found = points(name, kind="samples", num_samples=2000, guidance=GUIDANCE[name], sampler=SAMPLER[name].lower(),
-                   **extra)
+                   decoder="vae-small", **extra)
     return sorted((p.nfe, p.settings["steps"], p.mean(metric)) for p in found if p.values(metric))
 
 

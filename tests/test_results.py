@@ -72,7 +72,7 @@ def test_prompt_accuracy_lines_and_the_headline_table(tmp_path):
     records = [_record("ldm-small", 65.0, 3.0), accuracy]
     table = headline_table(records)
     assert table.splitlines()[0].startswith("| model | sampling (NFE) |")
-    assert "| ldm-small | ddim 25 steps, w = 3 (NFE 50) |" in table and "| 65.00 | 6.50 | 66.0 |" in table
+    assert "| ldm-small | ddim 25 steps, w = 3 (NFE 50) |" in table and "| 65.00 | 12.3 | 6.50 | 66.0 |" in table
     page = results_page(records)
     assert "| ldm-small | ddim 25 steps, w = 3 (NFE 50) |  | class | 200 | 1 | 66.0 |" in page
     with pytest.raises(ValueError, match="needs a kind"):
@@ -144,6 +144,13 @@ def test_a_reflowed_model_costs_its_pairs_and_its_teacher_too(tmp_path, monkeypa
     assert training_cost(card) == f"{own + pairs + teacher:.0f} ({own:.0f} + {pairs:.0f} pairs + {teacher:.0f} teacher)"
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))  # the teacher's card missing: counted as 0
     assert training_cost(card).endswith(" + 0 teacher)")
+    # a fine-tuned decoder costs its autoencoder's training too
+    decoder = {"training": {"task": "decoder fine-tune (encoder frozen)", "wall_seconds_total": 1800,
+                            "source": "data/checkpoints/vae-small.safetensors"}}
+    assert training_cost(decoder) == "30 decoder fine-tune"  # the autoencoder's card missing: said so
+    monkeypatch.undo()
+    base = read_card(config.checkpoint_dir() / "vae-small.safetensors")["training"]["wall_seconds_total"] / 60
+    assert training_cost(decoder) == f"{base + 30:.0f} ({base:.0f} + 30 decoder fine-tune)"
 
 
 def _delivery(kind, chapter, **metrics):
@@ -187,7 +194,7 @@ def test_attention_cost_lines_and_other_grids_are_shown_apart(tmp_path):
     page = results_page(records)
     assert "| 23 | 1 x 4 x 64 | forward | 0.050 | 0.030 | 0.070 | 0.04 | 0.02 | 0.05 | CPU Test, 1 thread |" in page
     assert "ddim 25 steps, w = 3, grid 16x16 (NFE 50) |  | class | 200 | 1 | 50.0 |" in page
-    assert "| 65.00 | 6.50 | 78.0 |" in headline_table(records)  # the headline reads the trained grid's accuracy
+    assert "| 65.00 | 12.3 | 6.50 | 78.0 |" in headline_table(records)  # the headline reads the trained grid's accuracy
 
 
 def test_adding_a_bad_file_adds_nothing_and_says_why(tmp_path):
