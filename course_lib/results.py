@@ -36,6 +36,7 @@ from pathlib import Path
 
 from . import config
 from .checkpoint import read_card
+from .features import sha256_file
 
 __all__ = ["KINDS", "SAMPLE_KINDS", "DELIVERY_KINDS", "BENCHMARK_KINDS", "CURVE_KINDS", "HEADLINES",
            "results_path", "append_result", "add_results", "monitor_line", "read_results", "row_key", "fid_label", "training_minutes", "training_cost", "Point", "points",
@@ -338,11 +339,16 @@ def _prompt_accuracy(records: list[dict], p: Point) -> str:
 
 def headline_table(records: list[dict]) -> str:
     """The README's table: each headline point of :data:`HEADLINES` (a line per decoder for a latent model)
-    with its FID and KID (± over seeds), FD_clf, prompt accuracy at the same setting, NFE and training minutes."""
+    with its FID and KID (± over seeds), FD_clf, prompt accuracy at the same setting, NFE and training minutes;
+    only points measured on the checkpoint file that ships (its SHA-256), where it is in the checkpoint folder."""
     lines = ["| model | sampling (NFE) | training CPU-min | FID-2k | KID x 10³ | FD_clf | prompt accuracy % |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for model, wanted in HEADLINES:
+        shipped = config.checkpoint_dir() / f"{model}.safetensors"
+        digest = sha256_file(shipped) if shipped.is_file() else None
         for p in points(model, records=records, **wanted):
+            if digest is not None and p.rows[-1].get("checkpoint_sha256", digest) != digest:
+                continue  # measured on another file than the one shipped (its line stays on the full page)
             lines.append(f"| {model} | {p.label()}" + (f"; decoder {p.settings['decoder']}" if p.settings.get("decoder")
                                                          else "")
                          + f" | {_training(model)} | {p.text('fid')} | {p.text('kid_mean', '.1f', 1000)} | "

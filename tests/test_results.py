@@ -65,7 +65,8 @@ def test_points_merge_the_seeds_into_mean_and_spread(tmp_path):
     assert "65.00 ± 1.00 (3 seeds)" in results_page(records)
 
 
-def test_prompt_accuracy_lines_and_the_headline_table(tmp_path):
+def test_prompt_accuracy_lines_and_the_headline_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))  # no shipped file to match
     accuracy = {**_record("ldm-small", 0, 3.0), "kind": "prompt_accuracy", "metrics": {"prompt_accuracy": 0.66,
                                                                                          "prompt_accuracy_stderr": 0.03}}
     accuracy["settings"].update(num_samples=None, per_class=20, prompts="class")
@@ -81,7 +82,8 @@ def test_prompt_accuracy_lines_and_the_headline_table(tmp_path):
     assert read_results(tmp_path / "r.jsonl") == [accuracy]
 
 
-def test_the_page_and_the_readme_table_are_rewritten_and_checked(tmp_path, capsys):
+def test_the_page_and_the_readme_table_are_rewritten_and_checked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))  # no shipped file to match
     results, readme, page = tmp_path / "results.jsonl", tmp_path / "README.md", tmp_path / "docs" / "results.md"
     _write(results, [_record("ddpm-small", 50.0)])
     readme.write_text(f"# Course\n\n{BEGIN}\nold table\n{END}\n\nmore text\n")
@@ -123,6 +125,16 @@ def test_every_committed_line_keeps_its_settings_and_counts_its_nfe():
             assert {"sampler", "steps", "guidance", "seed", "spacing", "shift", "decoder", "decoder_sha256"} <= set(s)
             assert r["nfe"] >= s["steps"], r  # at least one denoiser pass a step
             assert (s["decoder"] is None) == (r["model"] in ("ddpm-small", "cond-small", "cond-small-minilm")), r
+
+
+def test_the_headline_shows_only_lines_measured_on_the_shipped_file():
+    from course_lib.features import sha256_file
+
+    shipped = sha256_file(config.checkpoint_dir() / "ldm-small.safetensors")
+    records = [_record("ldm-small", 65.0, 3.0, sha=shipped), _record("ldm-small", 40.0, 3.0, sha="b" * 64, seed=2)]
+    table = headline_table(records)
+    assert "| 65.00 |" in table and "| 40.00 |" not in table  # an earlier file's line: on the full page only
+    assert "FID-2k 40.00" in results_page(records)
 
 
 def test_headlines_name_models_that_ship():
@@ -179,7 +191,8 @@ def test_latency_memory_and_site_size_lines_are_added_from_a_file_and_shown(tmp_
     assert "FID-2k 50.00" in page  # the sample tables are unchanged by the new kinds
 
 
-def test_attention_cost_lines_and_other_grids_are_shown_apart(tmp_path):
+def test_attention_cost_lines_and_other_grids_are_shown_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))  # no shipped file to match
     cost = {"date": "2026-12-07", "kind": "attention_cost", "hardware": "CPU Test, 1 thread",
             "settings": {"length": 23, "batch": 1, "heads": 4, "dim": 64, "pass": "forward", "repeats": 3},
             "metrics": {"ms": {"einsum": 0.05, "sdpa": 0.03, "chunked": 0.07},
