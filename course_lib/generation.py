@@ -267,31 +267,26 @@ def _autoencoder_from_card(named: dict, path: str | Path, device: str | torch.de
     reads the same latents."""
     replacement = config.checkpoint_dir() / SHARPER_DECODERS.get(named["checkpoint"], named["checkpoint"])
     if sharper and replacement.name != named["checkpoint"] and replacement.is_file():
-        card = read_card(replacement)
+        ae_path, card = replacement, read_card(replacement)
         if card.get("training", {}).get("source_sha256") != named["sha256"]:
             raise ValueError(f"{replacement} is named as the sharper decoder of {named['checkpoint']}, but its card "
                              "says it was fine-tuned from another autoencoder: restore the file, or pass "
                              "decoder='original'")
-        shift = card.get("model_config", {}).get("shift_factor", 0.0)
-        if shift != named.get("shift_factor", 0.0):
-            raise ValueError(f"{replacement} shifts latents by {shift}, but {path} learnt latents shifted by "
-                             f"{named.get('shift_factor', 0.0)}; pass autoencoder= to use another one knowingly")
-        return model_from_checkpoint(replacement, device=device)[0], replacement.stem
-    ae_path = config.checkpoint_dir() / named["checkpoint"]
-    if not ae_path.is_file():
-        raise FileNotFoundError(f"{path} is a latent model: it needs the autoencoder {ae_path}, which does not "
-                                "exist; put it there (or set COURSE_CHECKPOINT_DIR), or pass autoencoder=")
-    ae_card = read_card(ae_path)
-    if ae_card.get("sha256") != named["sha256"]:
-        raise ValueError(f"{ae_path} is not the autoencoder {path} was trained with (weights' SHA-256 "
-                         f"{named['sha256'][:12]}...): its latents mean something else to the denoiser. Restore "
-                         "that file, or pass autoencoder= to use another one knowingly")
-    shift = ae_card.get("model_config", {}).get("shift_factor", 0.0)
+    else:
+        ae_path = config.checkpoint_dir() / named["checkpoint"]
+        if not ae_path.is_file():
+            raise FileNotFoundError(f"{path} is a latent model: it needs the autoencoder {ae_path}, which does not "
+                                    "exist; put it there (or set COURSE_CHECKPOINT_DIR), or pass autoencoder=")
+        card = read_card(ae_path)
+        if card.get("sha256") != named["sha256"]:
+            raise ValueError(f"{ae_path} is not the autoencoder {path} was trained with (weights' SHA-256 "
+                             f"{named['sha256'][:12]}...): its latents mean something else to the denoiser. Restore "
+                             "that file, or pass autoencoder= to use another one knowingly")
+    shift = card.get("model_config", {}).get("shift_factor", 0.0)
     if shift != named.get("shift_factor", 0.0):
         raise ValueError(f"{ae_path} shifts latents by {shift}, but {path} learnt latents shifted by "
                          f"{named.get('shift_factor', 0.0)}; pass autoencoder= to use another one knowingly")
-    autoencoder, _card = model_from_checkpoint(ae_path, device=device)
-    return autoencoder, ae_path.stem
+    return model_from_checkpoint(ae_path, device=device)[0], ae_path.stem
 
 
 def _in_dtype(model, dtype: torch.dtype):

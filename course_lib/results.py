@@ -343,9 +343,12 @@ def headline_table(records: list[dict]) -> str:
     only points measured on the checkpoint file that ships (its SHA-256), where it is in the checkpoint folder."""
     lines = ["| model | sampling (NFE) | training CPU-min | FID-2k | KID x 10³ | FD_clf | prompt accuracy % |",
              "|---|---|---:|---:|---:|---:|---:|"]
+    digests = {}  # model -> SHA-256 of its shipped file (None: not shipped), each file read once
     for model, wanted in HEADLINES:
-        shipped = config.checkpoint_dir() / f"{model}.safetensors"
-        digest = sha256_file(shipped) if shipped.is_file() else None
+        if model not in digests:
+            shipped = config.checkpoint_dir() / f"{model}.safetensors"
+            digests[model] = sha256_file(shipped) if shipped.is_file() else None
+        digest = digests[model]
         for p in points(model, records=records, **wanted):
             if digest is not None and p.rows[-1].get("checkpoint_sha256", digest) != digest:
                 continue  # measured on another file than the one shipped (its line stays on the full page)
