@@ -116,9 +116,22 @@ def test_shard_splits_the_global_batch_in_rank_order():
         shard(torch.arange(8), DistInfo(rank=0, world_size=3, backend="gloo"))
 
 
-def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
-    run_two((tmp_path, "exact", 5))
-    ranks = [torch.load(tmp_path / f"result-rank{r}.pt") for r in (0, 1)]
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """The jobs of the next two tests, in one spawn (starting the processes costs more than the jobs): 5 exact
+    steps; 6 noisy steps at once; 3 noisy steps, then a new fit on the same state, resumed from step 3."""
+    root = tmp_path_factory.mktemp("two-ranks")
+    folders = {name: root / name for name in ("exact", "whole", "parts")}
+    for folder in folders.values():
+        folder.mkdir()
+    run_two((folders["exact"], "exact", 5), (folders["whole"], "noisy", 6), (folders["parts"], "noisy", 3),
+            (folders["parts"], "noisy", 6))
+    return folders
+
+
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(two_rank_runs):
+    folder = two_rank_runs["exact"]
+    ranks = [torch.load(folder / f"result-rank{r}.pt") for r in (0, 1)]
     one = fit(make_model(), exact_loss, make_batches(), cfg(5), device="cpu")
     for key, value in one.ema.state_dict().items():
         torch.testing.assert_close(ranks[0]["ema"][key], value, rtol=1e-5, atol=1e-6)
@@ -127,14 +140,12 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     assert ranks[0]["losses"] == ranks[1]["losses"]
 
 
-def test_resumed_run_equals_uninterrupted_and_only_rank_0_writes(tmp_path):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    whole.mkdir(), parts.mkdir()
-    # 6 steps at once; 3 steps, then a new fit on the same state: resumed from step 3 by both ranks
-    run_two((whole, "noisy", 6), (parts, "noisy", 3), (parts, "noisy", 6))
-    assert json.loads((parts / "saves-rank1-job1.json").read_text()) == []  # rank 1 never wrote
-    assert json.loads((parts / "saves-rank0-job1.json").read_text()) == [str(parts / "state.safetensors")]
-    assert json.loads((parts / "saves-rank1-job2.json").read_text()) == []
+def test_resumed_run_equals_uninterrupted_and_only_rank_0_writes(two_rank_runs):
+    whole, parts = two_rank_runs["whole"], two_rank_runs["parts"]
+    # jobs 2 and 3 of the spawn ran on parts/: 3 steps, then resumed to 6
+    assert json.loads((parts / "saves-rank1-job2.json").read_text()) == []  # rank 1 never wrote
+    assert json.loads((parts / "saves-rank0-job2.json").read_text()) == [str(parts / "state.safetensors")]
+    assert json.loads((parts / "saves-rank1-job3.json").read_text()) == []
     a, b = torch.load(whole / "result-rank0.pt"), torch.load(parts / "result-rank0.pt")
     assert a["start"] == 0 and b["start"] == 3  # the last job resumed the state the one before saved at step 3
     for key in a["model"]:

