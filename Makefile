@@ -60,7 +60,7 @@ site: setup
 test: $(STAMP)
 	$(BIN)/python -m course_lib.classroom student --force --out build/student > /dev/null
 	COURSE_FAST=1 $(BIN)/python -m pytest tests build/student --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope -rs --durations=15 $(PYTEST_ARGS)
+		--nbval-cell-timeout=900 -p no:cacheprovider -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -rs --durations=15 $(PYTEST_ARGS)
 
 # regenerate the committed .ipynb files from their .py sources, without outputs
 notebooks: $(STAMP)

@@ -127,7 +127,8 @@ BROWSER_TESTS = ("test_the_chapters_explorers_are_live_and_redraw", "test_explor
 
 
 class EachChapterOnce:
-    """Deselects nbval's run of a chapter whose browser test is selected (after -k and -m have deselected)."""
+    """Deselects nbval's run of a chapter whose browser test is selected (after -k and -m have deselected), and
+    puts the longest tests first (:func:`longest_first`)."""
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config, items):
@@ -137,6 +138,18 @@ class EachChapterOnce:
         if twice:
             config.hook.pytest_deselected(items=twice)
             items[:] = [item for item in items if not (item.path.suffix == ".ipynb" and item.path.stem in in_browser)]
+        items.sort(key=longest_first)  # stable: the order within each group stays
+
+
+def longest_first(item) -> int:
+    """The browser chapters (two classes of about 3 minutes each), the other browser tests, the notebooks, then the
+    rest: the longest units of work first. ``make test``'s workers take the units (a class, a module, a notebook)
+    in this order (``--no-loadscope-reorder``; pytest-xdist would otherwise put the units with the most tests
+    first) and share the rest as each one frees up. With the two browser classes last, one worker ran alone for
+    a minute at the end."""
+    if item.path.name == "test_browser.py":
+        return 0 if item.cls is not None else 1
+    return 2 if item.path.suffix == ".ipynb" else 3
 
 
 def pytest_configure(config):
