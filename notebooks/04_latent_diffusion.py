@@ -1290,8 +1290,8 @@ for model in ("ldm-small", "rf-small", "rf2-small", "rf-small-minilm", "mmdit-sm
 # 26.5 dB. The latent models gain without any retraining, because they sample the same latents. On the same
 # three seeds' samples, `ldm-small` goes from FID-2k 65.4 ± 0.6 to 43.8 ± 0.5 (KID 40.8 to 16.9 x 1e-3), and the
 # course classifier finds the prompted class more often in the sharper pictures (71.8 ± 4.6 % to 79.0 ± 1.0 %);
-# `mmdit-small` goes from 64.7 and 66.3 to 46.2 and 46.6 on seeds 2 and 3, and `rf2-small` at one step from
-# 72.6 to 50.1 on seed 1. The rows still missing above fill in as they are measured (`python -m
+# `mmdit-small` goes from 65.7 ± 0.9 to 46.6 ± 0.5 (77.7 to 83.8 % of prompts), and `rf2-small` at one step
+# from 72.4 ± 0.4 to 49.6 ± 0.6 (75.5 to 85.8 %). The rows still missing above fill in as they are measured (`python -m
 # course_lib.evaluation CHECKPOINT --num-samples 2000 --seeds 3 --decoder data/checkpoints/vae-small.safetensors
 # --decoder data/checkpoints/vae-small-ft.safetensors` decodes each seed's samples with both). The decoder
 # cannot add what the latent model did not draw: a blurry layout stays a blurry layout, now with sharper

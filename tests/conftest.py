@@ -4,13 +4,15 @@ runs the unit tests and the notebooks together.
 ``make test`` runs ``pytest tests build/student --nbval-lax -n 2 --dist loadscope``: a module's test functions,
 a class's tests and a notebook's cells each stay on one worker (a notebook's cells share one kernel). (Not
 ``--dist loadgroup``: with pytest 9, pytest-xdist 3.8's groups do not reach its scheduler, and every test would
-be its own unit.) One more rule holds there (the hook at the end; pytest calls it with every collected item,
+be its own unit.) Two more rules hold there (the hook at the end; pytest calls it with every collected item,
 the notebooks' cells included):
 
 - **Each chapter runs once.** ``tests/test_browser.py`` runs the learner's copies of the chapters that hold
   explorers in JupyterLab, in Chromium, and fails on any error a cell shows, as nbval would; when its test for
   a chapter is still selected after ``-k`` and ``-m`` (``trylast``), that chapter's nbval cells are deselected
   (the summary counts them). Without a browser those tests skip at collection, and nbval runs every chapter.
+- **The longest first.** The browser tests, then the notebooks, then the modules (:func:`longest_first`), so that
+  no long unit is left for one worker at the end.
 """
 
 import os
