@@ -11,7 +11,8 @@ Covered: a learner's copy of the welcome notebook (``course_lib.classroom``'s st
 menu; saved from the browser, it writes no paired ``.py`` and leaves the tracked sources alone), and the real
 chapters below, which hold every other family of explorers (schedule, guidance, attention map, trajectory,
 joint attention). A last test starts JupyterLab with the widget manager extension disabled and checks that the
-same checks then fail. The notebooks and a screenshot of
+same checks then fail. MathJax is off in these JupyterLabs (the equations show as their TeX): typesetting is not
+what the tests check, and it cost a third of Chromium's time. The notebooks and a screenshot of
 each explorer before and after its control moved go to ``build/browser/`` (git-ignored).
 
 The real chapters: the student builds of the chapters that hold explorers (1, 3, 4, 5 and 6) run in the same
@@ -66,6 +67,9 @@ SHOTS = ROOT / "build" / "browser"
 DONE = "ALL CELLS RAN"  # printed by the last cell of every notebook the tests open
 TRACEBACK = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']:has-text('Traceback')"
 WIDGET_MANAGER = "@jupyter-widgets/jupyterlab-manager"
+# switched off in every JupyterLab these tests start: the equations of the Markdown cells are not what they check,
+# and typesetting them cost Chromium a third of its CPU time (chapter 4 alone: 20 -> 13 CPU-seconds)
+MATHJAX = "@jupyterlab/mathjax-extension"
 
 pytestmark = pytest.mark.slow
 
@@ -131,9 +135,10 @@ def lab_folder(name: str) -> Path:
 class Lab:
     """``jupyter lab`` from this environment on a free localhost port, in ``root``, fast mode, with its own
     settings (a notebook starts its kernel without asking) and config folder (``disable`` lists extensions
-    to switch off, as `jupyter labextension disable` would)."""
+    to switch off, as `jupyter labextension disable` would; MathJax always is)."""
 
     def __init__(self, root: Path, disable: tuple[str, ...] = ()):
+        disable = (MATHJAX, *disable)
         self.root, self.port, self.token = root, free_port(), secrets.token_hex(16)
         settings = root / ".settings" / "@jupyterlab" / "notebook-extension"
         settings.mkdir(parents=True)
