@@ -26,6 +26,12 @@ def _write(path, records):
     return path
 
 
+
+@pytest.fixture
+def no_shipped_files(tmp_path, monkeypatch):
+    """An empty checkpoint folder: the headline table has no shipped file whose SHA-256 a made-up line must match."""
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))
+
 def test_later_measurements_replace_earlier_ones_with_the_same_settings(tmp_path):
     path = _write(tmp_path / "results.jsonl", [_record("ddpm-small", 50.0), _record("cond-small", 40.0, 3.0, "b" * 64),
                                                _record("ddpm-small", 45.0)])
@@ -65,8 +71,7 @@ def test_points_merge_the_seeds_into_mean_and_spread(tmp_path):
     assert "65.00 ± 1.00 (3 seeds)" in results_page(records)
 
 
-def test_prompt_accuracy_lines_and_the_headline_table(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))  # no shipped file to match
+def test_prompt_accuracy_lines_and_the_headline_table(tmp_path, no_shipped_files):
     accuracy = {**_record("ldm-small", 0, 3.0), "kind": "prompt_accuracy", "metrics": {"prompt_accuracy": 0.66,
                                                                                          "prompt_accuracy_stderr": 0.03}}
     accuracy["settings"].update(num_samples=None, per_class=20, prompts="class")
@@ -82,8 +87,7 @@ def test_prompt_accuracy_lines_and_the_headline_table(tmp_path, monkeypatch):
     assert read_results(tmp_path / "r.jsonl") == [accuracy]
 
 
-def test_the_page_and_the_readme_table_are_rewritten_and_checked(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))  # no shipped file to match
+def test_the_page_and_the_readme_table_are_rewritten_and_checked(tmp_path, no_shipped_files, capsys):
     results, readme, page = tmp_path / "results.jsonl", tmp_path / "README.md", tmp_path / "docs" / "results.md"
     _write(results, [_record("ddpm-small", 50.0)])
     readme.write_text(f"# Course\n\n{BEGIN}\nold table\n{END}\n\nmore text\n")
@@ -191,8 +195,7 @@ def test_latency_memory_and_site_size_lines_are_added_from_a_file_and_shown(tmp_
     assert "FID-2k 50.00" in page  # the sample tables are unchanged by the new kinds
 
 
-def test_attention_cost_lines_and_other_grids_are_shown_apart(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))  # no shipped file to match
+def test_attention_cost_lines_and_other_grids_are_shown_apart(tmp_path, no_shipped_files):
     cost = {"date": "2026-12-07", "kind": "attention_cost", "hardware": "CPU Test, 1 thread",
             "settings": {"length": 23, "batch": 1, "heads": 4, "dim": 64, "pass": "forward", "repeats": 3},
             "metrics": {"ms": {"einsum": 0.05, "sdpa": 0.03, "chunked": 0.07},
