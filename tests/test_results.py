@@ -26,11 +26,11 @@ def _write(path, records):
     return path
 
 
-
 @pytest.fixture
 def no_shipped_files(tmp_path, monkeypatch):
     """An empty checkpoint folder: the headline table has no shipped file whose SHA-256 a made-up line must match."""
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "no-checkpoints"))
+
 
 def test_later_measurements_replace_earlier_ones_with_the_same_settings(tmp_path):
     path = _write(tmp_path / "results.jsonl", [_record("ddpm-small", 50.0), _record("cond-small", 40.0, 3.0, "b" * 64),
