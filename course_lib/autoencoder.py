@@ -46,8 +46,8 @@ resampling layers are the UNet's ``Downsample`` / ``Upsample``.
 
 The scaling factor: a diffusion model expects data of roughly unit variance (its noise schedule is
 built for it), but the KL term only weakly ties the latents' scale. LDM therefore multiplies latents
-by ``scale_factor`` = 1 / std of the encoder's posterior *samples* (Sec. 4.3.2 and App. D.1;
-``LatentDiffusion.get_first_stage_encoding``), 0.18215 for Stable Diffusion's autoencoder.
+by ``scale_factor`` = 1 / std of the encoder's posterior *samples* (the reason: Sec. 4.3.2 and App. D.1; the
+estimate: App. G; ``LatentDiffusion.get_first_stage_encoding``), 0.18215 for Stable Diffusion's autoencoder.
 :func:`latent_scaling_factor` measures it; :meth:`AutoencoderKL.encode_latents` and
 :meth:`AutoencoderKL.decode_latents` apply it.
 """
@@ -551,7 +551,7 @@ def latent_scaling_factor(model: AutoencoderKL, images: torch.Tensor, batch_size
     of every latent pooled; ``LatentDiffusion`` with ``scale_by_std`` does this on its first batch).
 
     Multiplying latents by it gives them unit variance, the scale a diffusion model's noise schedule
-    assumes (Rombach et al. 2022, Sec. 4.3.2). Samples, not means, because samples are what the
+    assumes (Rombach et al. 2022, Sec. 4.3.2; the estimate is their App. G). Samples, not means, because samples are what the
     diffusion model is trained on. ``seed`` seeds the posterior noise, so the factor is reproducible.
     """
     return 1.0 / posterior_samples(model, images, batch_size, seed).flatten().std().item()
