@@ -97,7 +97,7 @@ config.seed_everything(0)
 device = config.get_device()
 FAST = config.fast_mode()
 print(f"device: {device} · fast mode: {FAST}"
-      + (" (tiny models, few steps: the experiment is too short to separate the two blocks)" if FAST else ""))
+      + (" (tiny models, few steps; section 2's experiment is loaded from its shipped runs)" if FAST else ""))
 
 # %% [markdown]
 # ## 1. Two ways to tell a ResBlock the timestep
@@ -295,7 +295,7 @@ plt.show()
 # The full experiment (1,500 steps per model) takes about 40 minutes on a CPU, too long for a lab: its two
 # runs ship in `data/checkpoints/` (`ch2-additive`, `ch2-adagn`: EMA weights and loss history, written by
 # `tools/train_chapter2_pair.py` with this same code) and are loaded. Set `COURSE_LONG=1` to retrain
-# them here. Fast mode trains 40 steps for the loss curves and uses the shipped runs for the rest.
+# them here. Fast mode loads them too; without the files it trains 40 steps instead, too few to tell anything.
 
 # %%
 test_images = load_cifar10("test", limit=config.pick(200, 1000), verbose=False).images
@@ -306,8 +306,8 @@ print(f"{len(models['adagn'].state_dict()) - len(different)} of {len(models['ada
       f"start equal; the others are the {sorted({name.split('.')[-2] for name in different})} layers")
 
 # The full experiment takes ~40 min on a CPU: it ships as two checkpoints (tools/train_chapter2_pair.py wrote
-# them with exactly this code) and is loaded, unless you opt in with COURSE_LONG=1. Fast mode trains 40 steps
-# for the loss curves and uses the shipped runs, when present, for held-out loss, samples and the probe.
+# them with exactly this code) and is loaded, unless you opt in with COURSE_LONG=1 (in fast mode too: without the
+# files, fast mode trains 40 steps, enough to run every cell below, not to compare the blocks).
 shipped = shipped_pair()  # data/checkpoints/ch2-additive.safetensors and ch2-adagn.safetensors, or None
 loaded = ({kind: load_pair_run(path, expect=paired_train_config()) for kind, path in shipped.items()}
           if shipped else None)  # warns if the files were trained with other settings
@@ -319,8 +319,9 @@ def report(kind, result):
           f"in {result.seconds / 60:.1f} min ({result.images_per_second:.0f} images/s on {device})")
 
 
-if loaded and not FAST and not config.long_cells():
+if loaded and not config.long_cells():
     runs = loaded
+    experiment = paired_train_config(device=device)  # the settings the shipped runs were trained with (checked above)
     print(f"loaded the shipped runs ({', '.join(p.name for p in shipped.values())}):")
     for kind, result in runs.items():
         report(kind, result)
@@ -431,8 +432,8 @@ for kind in sensitivity:
 # %% [markdown]
 # What the full experiment measured when the chapter was written (tiny UNet, 1,500 steps of 32 CIFAR-10
 # images each, about 19 minutes per model on one CPU thread; the shipped runs use the same code, and the
-# cells above print their own numbers; fast mode's loss curves cover a few dozen steps, far too few to
-# tell the two apart):
+# cells above print their own numbers, in fast mode too; only without the shipped files do the curves cover
+# a few dozen steps, far too few to tell the two apart):
 #
 # * the paired loss difference went below zero within the first 150 steps and stayed there for the
 #   whole run: AdaGN's training loss was lower by about 1.7 % over the second half, with a standard

@@ -479,7 +479,7 @@ from course_lib.evaluation import sample_images
 from course_lib.features import ClassifierFeatures, extract_features, real_features, reference_statistics
 from course_lib.metrics import FeatureStats, frechet_distance, precision_recall
 
-n_pr, pr_steps = config.pick(24, 150), config.pick(6, 10)  # full mode: about 1.5 minutes on 2 CPU cores
+n_pr, pr_steps = config.pick(16, 150), config.pick(4, 10)  # full mode: about 1.5 minutes on 2 CPU cores
 clf_features = ClassifierFeatures(device=device)
 train_stats = reference_statistics(clf_features, "train")
 real_train = real_features(clf_features, n_pr, "train")  # [n_pr, 128]: the real side of precision/recall

@@ -16,10 +16,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Callable
 
-import nbformat
 import torch
-
-from ..classroom import SOLUTION, sources  # the notebooks are the one source of the solutions
 
 __all__ = ["Case", "close", "clone_args", "hint_for_error", "solved", "hint", "solution", "exercise", "verdict",
            "run_cases"]
@@ -98,6 +95,12 @@ def solution(check: Callable) -> None:
     """Print the worked solution of an exercise (also ``check_q_sample.solution()``): the code cell
     tagged ``solution`` in the chapter's notebook that runs this check. Try the hints first: typing the
     answer yourself is how it sticks."""
+    # imported here, when a learner asks: nbformat (which classroom reads the notebooks with) imports jsonschema's
+    # grammars, about 1.2 s of every kernel's start that only this function needs
+    import nbformat
+
+    from ..classroom import SOLUTION, sources  # the notebooks are the one source of the solutions
+
     name = getattr(check, "__name__", str(check))
     call = f"{name}("
     notebooks = sources()
