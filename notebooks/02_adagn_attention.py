@@ -56,19 +56,19 @@
 
 # %% [markdown] tags=["section-times"]
 # **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
-# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
-# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+# cores (AMD EPYC (AVX512, native bf16)), 2026-12-08; the code cells' seconds per section, without the
+# kernel's start. Your machine may take longer; reading and the exercises take longer still.
 #
 # | section | fast mode (`COURSE_FAST=1`) | full mode |
 # | --- | --- | --- |
-# | setup (imports, data) | 4 s | 4 s |
-# | 1. Two ways to tell a ResBlock the timestep | 3 s | 11 s |
-# | 2. A controlled experiment: additive vs AdaGN | 19 s | 15 s |
-# | 3. Attention three ways | 1 s | 37 s |
+# | setup (imports, data) | 2 s | 2 s |
+# | 1. Two ways to tell a ResBlock the timestep | 5 s | 13 s |
+# | 2. A controlled experiment: additive vs AdaGN | 9 s | 11 s |
+# | 3. Attention three ways | 2 s | 24 s |
 # | 4. Exercise: the AdaGN modulation | < 1 s | < 1 s |
-# | **the whole notebook** | **27 s** | **66 s** |
+# | **the whole notebook** | **17 s** | **50 s** |
 #
-# The longest cell in full mode takes 36 s.
+# The longest cell in full mode takes 24 s.
 
 # %%
 import dataclasses
@@ -347,7 +347,7 @@ if trained is not runs:
 # %%
 losses = {kind: torch.tensor(r.losses) for kind, r in runs.items()}
 diff = losses["adagn"] - losses["additive"]  # paired: same batch, t and noise at every step
-window = min(config.pick(10, 100), max(1, len(diff) // 4))  # 100 steps for the full run, fewer for a short one
+window = min(100, max(1, len(diff) // 4))  # 100 steps for the full run, fewer for a short one
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 for kind, color in [("additive", "tab:red"), ("adagn", "tab:blue")]:
     plot_losses(losses[kind], window=window, ax=ax1, label=kind, color=color)

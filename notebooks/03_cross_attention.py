@@ -49,22 +49,22 @@
 
 # %% [markdown] tags=["section-times"]
 # **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
-# cores (Intel(R) Xeon(R) Processor with AVX-512 and AMX), 2026-12-03; the code cells' seconds per section,
-# without the kernel's start. Your machine may take longer; reading and the exercises take longer still.
+# cores (AMD EPYC (AVX512, native bf16)), 2026-12-08; the code cells' seconds per section, without the
+# kernel's start. Your machine may take longer; reading and the exercises take longer still.
 #
 # | section | fast mode (`COURSE_FAST=1`) | full mode |
 # | --- | --- | --- |
-# | setup (imports, data) | 4 s | 4 s |
+# | setup (imports, data) | 2 s | 2 s |
 # | 1. Captions and tokens | < 1 s | < 1 s |
 # | 2. Cross-attention: the image asks, the text answers | < 1 s | < 1 s |
-# | 3. The text-to-image model | 5 s | 47 s |
-# | 4. Classifier-free guidance | 5 s | 33 s |
-# | 5. Does the prompt work? Ask a classifier | 22 s | 2 min 21 s |
-# | 6. Where does each word look? | 2 s | 2 s |
-# | 7. Words it never saw: a frozen pretrained text encoder | 6 s | 86 s |
-# | **the whole notebook** | **44 s** | **5 min 12 s** |
+# | 3. The text-to-image model | 6 s | 41 s |
+# | 4. Classifier-free guidance | 6 s | 32 s |
+# | 5. Does the prompt work? Ask a classifier | 7 s | 3 min 00 s |
+# | 6. Where does each word look? | 1 s | 2 s |
+# | 7. Words it never saw: a frozen pretrained text encoder | 8 s | 1 min 41 s |
+# | **the whole notebook** | **31 s** | **5 min 59 s** |
 #
-# The longest cell in full mode takes 1 min 34 s.
+# The longest cell in full mode takes 1 min 57 s.
 
 # %%
 import dataclasses
