@@ -969,7 +969,11 @@ if len(pipes) >= 2:
 # The measured curves (2,000 samples per point, one sampling seed, `data/results.jsonl`; read them by NFE). From
 # 2 to 32 NFE the 1-rectified flow has the lower FID-2k (143 against DDIM's 210 at 2 NFE, 78 against 86 at 8);
 # at 100 NFE DDIM's is lower, 65.4 against 66.4 (ldm-small's spread over 3 seeds at its headline setting is
-# ±0.6, so the two are about level there). In the classifier's features the flow is worse than DDIM below 16
+# ±0.6, so the two are about level there). At the headline setting of both, 25 steps with $w = 3$ and 3 sampling
+# seeds (chapter 4, section 9), they are level with either decoder: FID-2k 65.4 ± 0.6 (`ldm-small`, DDIM) and
+# 65.6 ± 0.7 (`rf-small`, Euler) through `vae-small`, 43.8 ± 0.5 and 43.7 ± 0.8 through `vae-small-ft`; the
+# flow's prompt accuracy is the higher, 86.5 % ± 1.8 against 79.0 % ± 1.0 with the sharper decoder.
+# In the classifier's features the flow is worse than DDIM below 16
 # NFE (presumably its blurred averages are far from a real image for Inception, and further still from a
 # recognisable class for the classifier; we did not measure why). DDIM on the trailing grid (dashed) no longer wastes its second evaluation: at 4 NFE
 # (2 guided steps, $t$ = 999, 499) FID-2k 116.0 and FD_clf 8.6, against 209.5 and 13.5 on the linspace grid
