@@ -253,6 +253,9 @@ def tiny_models() -> dict[str, tuple[torch.nn.Module, dict]]:
             text, denoiser=dataclasses.replace(text.denoiser, transformer_depth=2)))), {"process": flow}),
         "mmdit": (randomised(TextToImageModel(Text2ImageConfig.latent_mmdit_tiny(
             denoiser=MMDiTConfig.tiny(time_dim=256, patch_size=2, qkv_bias=False)))), {"process": flow}),
+        # a guidance-distilled MM-DiT (chapter 7): Flux-dev's guidance embedding, its zero-initialised layer random
+        "mmdit-guidance": (randomised(TextToImageModel(Text2ImageConfig.latent_mmdit_tiny(
+            denoiser=MMDiTConfig.tiny(time_dim=256, patch_size=2, guidance_embed=True)))), {"process": flow}),
         "autoencoder": (randomised(AutoencoderKL(AutoencoderConfig.tiny(mid_attention=False, shift_factor=0.25,
                                                                         **LDM_LAYOUT))), {}),
     }
@@ -272,7 +275,8 @@ def exported(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kind", ["unet", "unet-adagn-tf-layout", "unet-text", "mmdit", "autoencoder"])
+@pytest.mark.parametrize("kind", ["unet", "unet-adagn-tf-layout", "unet-text", "mmdit", "mmdit-guidance",
+                                  "autoencoder"])
 def test_export_then_import_gives_the_model_back_bit_for_bit(exported, kind):
     model, checkpoint, folder, summary, training = exported[kind]
     expected = {"unet": {"unet": "UNet2DModel", "scheduler": "DDPMScheduler"},
@@ -281,7 +285,9 @@ def test_export_then_import_gives_the_model_back_bit_for_bit(exported, kind):
                               "course_text_encoder.safetensors": "the course's TextEncoder"},
                 "mmdit": {"transformer": "FluxTransformer2DModel", "scheduler": "FlowMatchEulerDiscreteScheduler",
                           "course_text_encoder.safetensors": "the course's TextEncoder"},
-                "autoencoder": {".": "AutoencoderKL"}}[kind]
+                "autoencoder": {".": "AutoencoderKL"}}
+    expected["mmdit-guidance"] = expected["mmdit"]
+    expected = expected[kind]
     assert summary["written"] == expected and not summary["not_written"]
     assert (summary["pipeline"] == "DDPMPipeline") == (kind in ("unet", "unet-adagn-tf-layout"))
     back, fields, vae = load_folder(folder)
@@ -405,7 +411,6 @@ def test_processes_become_schedulers_and_back():
     ("UNet2DModel", {"downsample_padding": 2, "upsample_type": "resnet"}, "downsample_padding=2.*upsample_type"),
     ("UNet2DConditionModel", {"addition_embed_type": "text_time"}, "addition_embed_type='text_time'"),
     ("UNet2DConditionModel", {"attention_head_dim": [2, 4]}, r"attention_head_dim \(the head count\)=\[2, 4\]"),
-    ("FluxTransformer2DModel", {"guidance_embeds": True}, "guidance_embeds=True"),
     ("FluxTransformer2DModel", {"pooled_projection_dim": 768}, "Flux pools a second text encoder"),
 ])
 def test_import_refuses_what_the_course_cannot_compute(class_name, change, message):
@@ -432,6 +437,8 @@ def test_export_refuses_what_diffusers_cannot_compute():
         unet_config_to_diffusers(UNetConfig.tiny(num_heads=2, channel_mult=(1, 2), attention_resolutions=(32,)))
     with pytest.raises(LayoutError, match=r"time_dim=64 \(Flux's time sinusoid is 256 wide\); mlp_ratio=2.0"):
         mmdit_config_to_diffusers(MMDiTConfig.tiny(mlp_ratio=2.0))
+    with pytest.raises(LayoutError, match=r"interval_embed=True \(MeanFlow's second time"):
+        mmdit_config_to_diffusers(MMDiTConfig.tiny(time_dim=256, interval_embed=True))
     # the configs the course's layout options map onto exactly: ddpm-small's, and Ho et al.'s at full width
     small = UNetConfig.small()
     assert unet_config_from_diffusers("UNet2DModel", unet_config_to_diffusers(small)) == (small, False)
@@ -445,7 +452,8 @@ def test_export_refuses_what_diffusers_cannot_compute():
 
 
 @needs_diffusers
-@pytest.mark.parametrize("kind", ["unet", "unet-adagn-tf-layout", "unet-text", "mmdit", "autoencoder"])
+@pytest.mark.parametrize("kind", ["unet", "unet-adagn-tf-layout", "unet-text", "mmdit", "mmdit-guidance",
+                                  "autoencoder"])
 def test_diffusers_loads_each_export_and_computes_the_same(exported, kind):
     import diffusers
 
@@ -467,13 +475,14 @@ def test_diffusers_loads_each_export_and_computes_the_same(exported, kind):
         else:
             context = model.encode(["a photo of a cat", ""])  # the course's text encoder, then diffusers' denoiser
             t = torch.tensor([250.0, 875.0])  # model time 1000 t
-            ours = model(x, t, context)
+            w = torch.tensor([1.5, 4.0]) if kind == "mmdit-guidance" else None  # the guidance weight it embeds
+            ours = model(x, t, context, guidance=w)
             if kind == "unet-text":
                 out = theirs(x, t, encoder_hidden_states=context.tokens, encoder_attention_mask=context.mask).sample
             else:
                 p = model.config.denoiser.patch_size
-                out = flux_output(theirs(**flux_inputs(x, t, context.tokens, context.mask, patch_size=p)).sample, p,
-                                  *x.shape[-2:])
+                out = flux_output(theirs(**flux_inputs(x, t, context.tokens, context.mask, patch_size=p,
+                                                       guidance=w)).sample, p, *x.shape[-2:])
     torch.testing.assert_close(out, ours, atol=1e-5, rtol=1e-5)
     assert same_weights(from_diffusers(theirs, like=getattr(model.config, "denoiser", model.config)),
                         getattr(model, "backbone", model))

@@ -9,6 +9,9 @@ input) as separate Linear layers. The map (course name -> diffusers name; D = hi
                                            (linear_1's input columns exchanged: the course's sinusoid is [sin, cos],
                                            diffusers' Flux embedding [cos, sin], flip_sin_to_cos=True)
     vector_in.0, vector_in.2            -> time_text_embed.text_embedder.linear_1, linear_2
+    guidance_in.0, guidance_in.2        -> time_text_embed.guidance_embedder.linear_1, linear_2   (Flux-dev's
+                                           guidance embedding, config guidance_embeds=True: a guidance-distilled
+                                           model of chapter 7; linear_1's columns exchanged as time_in.0's)
     double_blocks[i]                    -> transformer_blocks[i]:
         img_mod.lin, txt_mod.lin        ->   norm1.linear, norm1_context.linear  (shift, scale, gate, x2: same order)
         img_attn.qkv  [3D, D]           ->   attn.to_q, attn.to_k, attn.to_v        (rows in thirds)
@@ -37,9 +40,10 @@ the text padding mask (``joint_attention_kwargs={"attention_mask": ...}``), the 
 multiplies its ``timestep`` by 1000, the course's rectified flow gives the network 1000 t), and unpatchify
 the output (:func:`flux_output`).
 
-Flux-dev's guidance embedding (``guidance_embeds=True``: a second sinusoid MLP for the guidance scale, added to
-the time embedding; chapter 7's distillation) has its place here: a course MM-DiT with a ``guidance_in`` part would
-map it to ``time_text_embed.guidance_embedder``. No course model has one yet, so both directions refuse it.
+A guidance-distilled MM-DiT (``guidance_embed=True``, chapter 7) embeds its guidance weight w as Flux-dev does: the
+256-wide sinusoid of 1000 w through a second MLP, added to the time embedding. diffusers' Flux multiplies its
+``guidance`` input by 1000 as it does ``timestep``, so :func:`flux_inputs` passes w itself. MeanFlow's interval
+input (``interval_embed=True``) has no counterpart in Flux and is refused.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ def mmdit_pairs(config: MMDiTConfig) -> list[Pair]:
              Pair("time_in.2", "time_text_embed.timestep_embedder.linear_2"),
              Pair("vector_in.0", "time_text_embed.text_embedder.linear_1"),
              Pair("vector_in.2", "time_text_embed.text_embedder.linear_2")]
+    if c.guidance_embed:  # Flux-dev's guidance_in: the same MLP as time_in, on the guidance weight's sinusoid
+        pairs += [Pair("guidance_in.0", "time_text_embed.guidance_embedder.linear_1", "time_in"),
+                  Pair("guidance_in.2", "time_text_embed.guidance_embedder.linear_2")]
     pairs += [Pair(f"double_blocks.{i}", f"transformer_blocks.{i}", "double") for i in range(c.depth_double)]
     pairs += [Pair(f"single_blocks.{i}", f"single_transformer_blocks.{i}", "single") for i in range(c.depth_single)]
     return pairs + [Pair("final_layer.adaLN_modulation.1", "norm_out.linear", "shift_scale"),
@@ -175,21 +182,20 @@ def mmdit_config_to_diffusers(config: MMDiTConfig) -> dict:
         problems.append(f"mlp_ratio={c.mlp_ratio} (Flux's MLPs are 4 x the width)")
     if c.theta != 10_000.0:
         problems.append(f"theta={c.theta} (Flux's rotary base is 10000)")
+    if c.interval_embed:
+        problems.append("interval_embed=True (MeanFlow's second time, t - r: Flux has no such input)")
     refuse("this MM-DiT's layout is not one diffusers' FluxTransformer2DModel computes", problems)
     return {"patch_size": 1, "in_channels": c.in_channels * c.patch_size ** 2, "out_channels": None,
             "num_layers": c.depth_double, "num_single_layers": c.depth_single,
             "attention_head_dim": c.hidden_size // c.num_heads, "num_attention_heads": c.num_heads,
             "joint_attention_dim": c.context_dim, "pooled_projection_dim": c.context_dim,
-            "guidance_embeds": False, "axes_dims_rope": list(c.rope_axes)}
+            "guidance_embeds": c.guidance_embed, "axes_dims_rope": list(c.rope_axes)}
 
 
 def mmdit_to_diffusers(model: MMDiT) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(config, state_dict)`` of the ``diffusers.FluxTransformer2DModel`` computing what ``model`` computes, when
     called with :func:`flux_inputs` (and its output passed through :func:`flux_output`)."""
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if any(key.startswith("guidance_in.") for key in tensors):
-        raise LayoutError("this MM-DiT has a guidance embedding (guidance_in); its map to Flux's guidance_embedder "
-                          "(guidance_embeds=True) is not written yet, so it is not exported")
     config = mmdit_config_to_diffusers(model.config)
     return config, apply_map(mmdit_pairs(model.config), tensors, _converters(model.config), to_diffusers=True)
 
@@ -206,8 +212,6 @@ def mmdit_config_from_diffusers(config: dict, like: MMDiTConfig | None = None,
     ``qkv_bias``. Without it: FluxPipeline's 2x2 patches, C = in_channels / 4, and ``image_size`` must be given."""
     get = lambda key: config_value(config, key, FLUX_DEFAULTS)  # noqa: E731
     problems = []
-    if get("guidance_embeds"):
-        problems.append("guidance_embeds=True (Flux-dev's guidance embedding: the course's MM-DiT has none yet)")
     if get("pooled_projection_dim") != get("joint_attention_dim"):
         problems.append(f"pooled_projection_dim={get('pooled_projection_dim')} != joint_attention_dim="
                         f"{get('joint_attention_dim')} (Flux pools a second text encoder, CLIP; the course's MM-DiT "
@@ -232,7 +236,8 @@ def mmdit_config_from_diffusers(config: dict, like: MMDiTConfig | None = None,
                            num_heads=get("num_attention_heads"), rope_axes=tuple(get("axes_dims_rope")),
                            depth_double=get("num_layers"), depth_single=get("num_single_layers"), mlp_ratio=4.0,
                            context_dim=get("joint_attention_dim"), time_dim=FLUX_TIME_DIM, theta=10_000.0,
-                           qkv_bias=like.qkv_bias if like is not None else True)
+                           qkv_bias=like.qkv_bias if like is not None else True,
+                           guidance_embed=bool(get("guidance_embeds")))
     except ValueError as err:
         raise LayoutError(f"this FluxTransformer2DModel's layout is not one the course's MM-DiT computes: "
                           f"{err}") from err
@@ -252,15 +257,17 @@ def mmdit_from_diffusers(config: dict, state_dict: dict[str, torch.Tensor], like
 
 
 def flux_inputs(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
-                *, patch_size: int) -> dict:
+                *, patch_size: int, guidance: torch.Tensor | float | None = None) -> dict:
     """The keyword arguments with which ``FluxTransformer2DModel(**flux_inputs(...))`` computes the course's
     ``MMDiT(x, t, context, context_mask)`` (then :func:`flux_output`): x [B, C, H, W] latents, t [B] the MM-DiT's
     time (1000 s for rectified flow: a FlowMatchEulerDiscreteScheduler's ``timestep``), context [B or 1, L, D]
-    text tokens (``model.encode(prompts).tokens``), context_mask [B or 1, L] bool (True = real token).
+    text tokens (``model.encode(prompts).tokens``), context_mask [B or 1, L] bool (True = real token), guidance
+    the weight w of a guidance-distilled MM-DiT (``MMDiT(..., guidance=w)``; a number or [B]).
 
     Returns hidden_states [B, N, C p p] (patch tokens), encoder_hidden_states [B, L, D], pooled_projections [B, D]
     (the mean of the real text tokens), timestep [B] (t / 1000: Flux multiplies by 1000), img_ids [N, 3],
-    txt_ids [L, 3] and joint_attention_kwargs with the attention mask [B, L + N] over [text, image] keys."""
+    txt_ids [L, 3], joint_attention_kwargs with the attention mask [B, L + N] over [text, image] keys, and
+    guidance [B] (w itself: Flux multiplies it by 1000, as the course's MM-DiT does inside) when w is given."""
     B, _, H, W = x.shape
     context = context.expand(B, -1, -1)  # [B, L, D]
     L = context.shape[1]
@@ -270,9 +277,12 @@ def flux_inputs(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context
     t = torch.as_tensor(t, device=x.device).float().reshape(-1).expand(B)  # [B]
     side_h, side_w = H // patch_size, W // patch_size
     keys = torch.cat([mask, torch.ones(B, side_h * side_w, dtype=torch.bool, device=x.device)], dim=1)  # [B, L + N]
-    return {"hidden_states": patchify(x, patch_size), "encoder_hidden_states": context, "pooled_projections": pooled,
-            "timestep": t / FLUX_TIME_SCALE, "img_ids": image_positions(side_h, side_w).to(x.device),
-            "txt_ids": torch.zeros(L, 3, device=x.device), "joint_attention_kwargs": {"attention_mask": keys}}
+    inputs = {"hidden_states": patchify(x, patch_size), "encoder_hidden_states": context, "pooled_projections": pooled,
+              "timestep": t / FLUX_TIME_SCALE, "img_ids": image_positions(side_h, side_w).to(x.device),
+              "txt_ids": torch.zeros(L, 3, device=x.device), "joint_attention_kwargs": {"attention_mask": keys}}
+    if guidance is not None:
+        inputs["guidance"] = torch.as_tensor(guidance, device=x.device).float().reshape(-1).expand(B)  # [B]
+    return inputs
 
 
 def flux_output(out: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
