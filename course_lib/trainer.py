@@ -162,11 +162,12 @@ def step_seed(seed: int, step: int) -> int:
 
 def seed_rng(seed: int, device: torch.device) -> None:
     """``torch.manual_seed(seed)`` for the generators a step on ``device`` draws from: the CPU's, and the
-    accelerator's when it is one. (``torch.manual_seed`` also queues a seeding call, with a stack trace, for every
-    accelerator PyTorch knows but has not started: 0.7 ms a step on a CPU, and a list that grows every step.)"""
+    accelerator's when it is one (every CUDA device, as ``torch.manual_seed`` does). ``torch.manual_seed`` itself
+    also queues a seeding call, with a stack trace, for every accelerator PyTorch knows but has not started: 0.7 ms
+    a step on a CPU, and a list that grows every step."""
     torch.random.default_generator.manual_seed(seed)
     if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
+        torch.cuda.manual_seed_all(seed)
     elif device.type == "mps":
         torch.mps.manual_seed(seed)
 

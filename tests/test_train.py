@@ -5,7 +5,8 @@ import torch
 
 from conftest import TinyNet
 from course_lib.checkpoint import export_inference, load_checkpoint, read_card
-from course_lib.trainer import NonFiniteLossError, TrainConfig, ema_decay_at, fit, learning_rate, update_ema
+from course_lib.trainer import (NonFiniteLossError, TrainConfig, ema_decay_at, fit, learning_rate, seed_rng, step_seed,
+                                update_ema)
 
 W_TRUE = torch.tensor([1.0, -2.0, 0.5, 3.0])
 
@@ -397,3 +398,16 @@ def test_the_monitor_records_attention_statistics_without_changing_the_run(tmp_p
     assert [m["step"] for m in read_card(path)["training"]["monitor"]] == [5, 10, 15, 20, 25, 30]
     with pytest.raises(ValueError, match="monitor_every"):
         cfg(monitor_every=-1)
+
+
+def test_a_step_is_seeded_as_torch_manual_seed_would_seed_it():
+    """The trainer seeds each step's CPU generator itself (torch.manual_seed would also queue a seeding call for
+    every unstarted accelerator, each step): the draws must be those of torch.manual_seed, step by step."""
+    for step in (0, 1, 12_345):
+        torch.manual_seed(step_seed(0, step))
+        expected = torch.randn(4), torch.randint(0, 1000, (3,))
+        torch.manual_seed(99)  # something else in between
+        seed_rng(step_seed(0, step), torch.device("cpu"))
+        drawn = torch.randn(4), torch.randint(0, 1000, (3,))
+        assert all(torch.equal(a, b) for a, b in zip(expected, drawn))
+
