@@ -551,8 +551,9 @@ def latent_scaling_factor(model: AutoencoderKL, images: torch.Tensor, batch_size
     of every latent pooled; ``LatentDiffusion`` with ``scale_by_std`` does this on its first batch).
 
     Multiplying latents by it gives them unit variance, the scale a diffusion model's noise schedule
-    assumes (Rombach et al. 2022, Sec. 4.3.2; the estimate is their App. G). Samples, not means, because samples are what the
-    diffusion model is trained on. ``seed`` seeds the posterior noise, so the factor is reproducible.
+    assumes (Rombach et al. 2022, Sec. 4.3.2; the estimate is their App. G). Samples, not means, because
+    samples are what the diffusion model is trained on. ``seed`` seeds the posterior noise, so the factor is
+    reproducible.
     """
     return 1.0 / posterior_samples(model, images, batch_size, seed).flatten().std().item()
 
