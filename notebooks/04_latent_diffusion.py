@@ -112,7 +112,7 @@ from course_lib.models import model_from_checkpoint
 from course_lib.processes import DDPMProcess
 from course_lib.profiling import count_parameters, time_per_call
 from course_lib.recipes import RECIPES
-from course_lib.results import HEADLINES, fid_label, points
+from course_lib.results import HEADLINES, fid_label, points, training_minutes
 from course_lib.text2image import Text2ImageConfig, TextToImageModel, text2image_loss
 from course_lib.trainer import fit
 from course_lib.viz import describe_card, plot_losses, show_guidance_rows, show_images
@@ -1312,25 +1312,21 @@ for model in ("ldm-small", "rf-small", "rf2-small", "rf-small-minilm", "mmdit-sm
 # model itself. The account, from the cards and the rows above:
 
 # %%
-def card_minutes(name):
-    """A checkpoint's own training minutes, from its card (None when the file is not in the folder)."""
-    path = config.checkpoint_dir() / f"{name}.safetensors"
-    return read_card(path)["training"]["wall_seconds_total"] / 60 if path.exists() else None
-
-
-budget = {name: card_minutes(name) for name in ("ddpm-small", "vae-small", "vae-small-ft", "rf-small-minilm")}
-if None not in budget.values():
-    left = budget["ddpm-small"] / 3 - budget["vae-small"] - budget["vae-small-ft"]
-    print(f"a third of ddpm-small's {budget['ddpm-small']:.0f} minutes: {budget['ddpm-small'] / 3:.0f}; "
-          f"vae-small {budget['vae-small']:.0f} + its decoder fine-tune {budget['vae-small-ft']:.0f} leave "
-          f"{left:.0f} for the latent model")
+ACCOUNT = ("ddpm-small", "vae-small", "vae-small-ft", "rf-small-minilm", "ldm-small")
+paths = {name: config.checkpoint_dir() / f"{name}.safetensors" for name in ACCOUNT}
+minutes = {name: training_minutes(read_card(path))[0] for name, path in paths.items() if path.exists()}  # cards
+if len(minutes) == len(ACCOUNT):
+    decoder_minutes = minutes["vae-small"] + minutes["vae-small-ft"]  # what every latent model needs first
+    print(f"a third of ddpm-small's {minutes['ddpm-small']:.0f} minutes: {minutes['ddpm-small'] / 3:.0f}; "
+          f"vae-small {minutes['vae-small']:.0f} + its decoder fine-tune {minutes['vae-small-ft']:.0f} leave "
+          f"{minutes['ddpm-small'] / 3 - decoder_minutes:.0f} for the latent model")
     for model, decoder in [("ddpm-small", None), ("rf-small-minilm", "vae-small-ft"), ("ldm-small", "vae-small-ft")]:
         p = headline_point(model, **({"decoder": decoder} if decoder else {}))
-        minutes = card_minutes(model) + (budget["vae-small"] + budget["vae-small-ft"] if decoder else 0)
-        print(f"  {model:16s} {'via ' + decoder if decoder else 'pixels':17s} {minutes:5.0f} minutes in all   "
+        total = minutes[model] + (decoder_minutes if decoder else 0)
+        print(f"  {model:16s} {'via ' + decoder if decoder else 'pixels':17s} {total:5.0f} minutes in all   "
               + (f"{fid_label(2000)} {spread(p, 'fid')}" if p else "not measured yet"))
 else:
-    print("a checkpoint of the account is missing:", [n for n, m in budget.items() if m is None])
+    print("a checkpoint of the account is missing:", [name for name in ACCOUNT if name not in minutes])
 
 # %% [markdown]
 # **Missed.** The best latent model, `rf-small-minilm` through the new decoder, is 6.6 FID-2k behind the pixel
