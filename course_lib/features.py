@@ -234,11 +234,11 @@ class FeatureStats:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         card = dict(self.card or {}, n=self.n)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: caches are shared
         save_file({"mu": self.mu.double().contiguous(), "sigma": self.sigma.float().contiguous()}, str(tmp),
                   metadata={"card": json.dumps(card)})
         os.replace(tmp, path)
-        tmp_card = path.with_suffix(".json.tmp")
+        tmp_card = path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp_card.write_text(json.dumps(card, indent=2) + "\n")
         os.replace(tmp_card, path.with_suffix(".json"))
 
@@ -283,7 +283,7 @@ def reference_features(extractor: FeatureExtractor, split: str = "train", *, lim
             "seconds": round(time.perf_counter() - start, 1), "hardware": config.hardware_description(device),
             "torch": torch.__version__}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: caches are shared
     save_file({"features": features.half().contiguous()}, str(tmp), metadata={"card": json.dumps(card)})
     os.replace(tmp, path)
     return features, card

@@ -152,7 +152,7 @@ def cached_latents(autoencoder_checkpoint: str | Path, split: str = "train", *, 
             "stored": "posterior mean and clamped log-variance (float16); LatentSplit samples z per batch",
             "seconds": round(time.perf_counter() - start, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: caches are shared
     save_file({"moments": moments.half().contiguous(), "labels": labels.contiguous()}, str(tmp),
               metadata={"card": json.dumps(card)})
     os.replace(tmp, path)
