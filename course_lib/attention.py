@@ -32,9 +32,10 @@ merges), and the UNet's ``AttentionBlock`` for feature maps (``course_lib.unet``
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,7 @@ __all__ = [
     "merge_heads",
     "HookableAttention",
     "MultiHeadAttention",
+    "plain_attention",
     "attention_logit_stats",
 ]
 
@@ -325,6 +327,24 @@ class MultiHeadAttention(HookableAttention):
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, impl={self.impl!r}"
+
+
+@contextlib.contextmanager
+def plain_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Run every attention layer (:class:`HookableAttention`) of ``model`` on the einsum path inside the block,
+    restoring each layer's own setting afterwards. For what sees only written-out operations: forward-mode AD
+    (``torch.func.jvp``, chapter 7's MeanFlow) has no rule for the fused SDPA kernels (torch 2.14 on CPU raises
+    NotImplementedError for ``_scaled_dot_product_flash_attention_for_cpu``), and ``FlopCounterMode`` does not
+    count that kernel (``course_lib.profiling.forward_macs``)."""
+    layers = [m for m in model.modules() if isinstance(m, HookableAttention)]
+    saved = [m.impl for m in layers]
+    try:
+        for m in layers:
+            m.impl = "einsum"
+        yield model
+    finally:
+        for m, impl in zip(layers, saved):
+            m.impl = impl
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ The paper also weights each example by 1 / (||u - u_tgt||^2 + c)^p (p = 1, "adap
 and the interval t - r.
 
 PyTorch's fused attention kernels (``scaled_dot_product_attention``) have no forward-mode derivative:
-:func:`plain_attention` switches a model's attention layers to the written-out einsum path for the JVP.
+:func:`course_lib.attention.plain_attention` switches a model's attention layers to the written-out einsum path for the JVP.
 
 Parts, kept apart as in ``facebookresearch/flow_matching``: the exact target on Gaussian data
 (:func:`gaussian_average_velocity`, the toy's closed form), the target (:func:`meanflow_target`), the loss
@@ -34,19 +34,18 @@ in [0, 1] (the networks scale them by 1000, as the course's times).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .attention import HookableAttention
+from .attention import plain_attention
 from .captions import random_captions
 from .guidance import cfg_dropout
 from .guidance_distillation import teacher_guided_velocity
 from .processes import RectifiedFlowProcess
 
-__all__ = ["gaussian_average_velocity", "plain_attention", "meanflow_target", "sample_interval", "meanflow_loss",
+__all__ = ["gaussian_average_velocity", "meanflow_target", "sample_interval", "meanflow_loss",
            "meanflow_sample", "text_average_velocity", "meanflow_distillation_loss"]
 
 AverageVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # u(z [B, ...], r [B], t [B])
@@ -80,22 +79,6 @@ def gaussian_average_velocity(z_t: torch.Tensor, r: torch.Tensor | float, t: tor
     d_sigma = (t - (1 - t) * std ** 2) / sigma(t)  # sigma_t' at r = t
     instantaneous = -mean + d_sigma * xi
     return torch.where(same, instantaneous, (z_t - z_r) / torch.where(same, torch.ones_like(gap), gap))
-
-
-@contextmanager
-def plain_attention(model: nn.Module) -> Iterator[nn.Module]:
-    """Run every attention layer of ``model`` on the einsum path inside the block: forward-mode AD, which
-    ``torch.func.jvp`` needs, has no rule for the fused SDPA kernels (torch 2.14 on CPU raises NotImplementedError
-    for ``_scaled_dot_product_flash_attention_for_cpu``). The layers' own setting is restored afterwards."""
-    layers = [m for m in model.modules() if isinstance(m, HookableAttention)]
-    saved = [m.impl for m in layers]
-    try:
-        for m in layers:
-            m.impl = "einsum"
-        yield model
-    finally:
-        for m, impl in zip(layers, saved):
-            m.impl = impl
 
 
 def meanflow_target(model: AverageVelocity, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor,

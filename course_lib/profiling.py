@@ -7,6 +7,10 @@
   It counts tensor memory exactly and deterministically, and nothing else (not the Python heap, not
   allocator slack). ``tracemalloc`` cannot do this on the CPU: torch allocates outside Python's allocator.
 * ``count_parameters(model)``: how many numbers a model learns (its trainable parameters).
+* ``forward_macs(model, *inputs)``: the multiply-adds of one forward pass, counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` (every matrix product and convolution, attention's included;
+  element-wise work, norms and softmax are not counted). DiT (Peebles & Xie 2023) reports this count as
+  "Gflops" (DiT-XL/2: 118.6); ``FlopCounterMode`` itself counts 2 floating-point operations per multiply-add.
 * ``time_per_call(fns)``: seconds per call of several functions, measured in *interleaved* repeats
   (repeat 1 of every function, then repeat 2, ...) so that the machine's slow drifts hit all of them
   alike; the median of the repeats is reported. Compare functions measured in the same call, never
@@ -26,13 +30,27 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "peak_memory", "time_per_call"]
+from .attention import plain_attention
+
+__all__ = ["count_parameters", "forward_macs", "peak_memory", "time_per_call"]
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters in ``model``; ``trainable_only=False`` counts frozen ones too."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def forward_macs(model: Callable, *inputs, **kwargs) -> int:
+    """Multiply-adds of ``model(*inputs, **kwargs)``: FlopCounterMode's floating-point operations / 2 (a matrix
+    product [m, k] x [k, n] is m k n multiply-adds), with the attention layers of a module on their einsum path,
+    whose products the counter sees. Divide by the batch size for one image's count."""
+    layers = plain_attention(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext()
+    with layers, FlopCounterMode(display=False) as counter:  # the einsum path: FlopCounterMode skips fused SDPA
+        model(*inputs, **kwargs)
+    return counter.get_total_flops() // 2
 
 
 @contextlib.contextmanager

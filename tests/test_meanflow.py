@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from course_lib.attention import plain_attention
 from course_lib.meanflow import (gaussian_average_velocity, meanflow_loss, meanflow_sample, meanflow_target,
-                                 plain_attention, sample_interval)
+                                 sample_interval)
 from course_lib.toy import GaussianMixture, ToyMeanFlowMLP
 
 MEAN, STD = torch.tensor([1.5, -0.5]), 0.3

@@ -1,10 +1,10 @@
-"""count_parameters counts what learns; peak_memory counts tensor memory exactly; time_per_call returns medians."""
+"""count_parameters counts what learns; forward_macs counts multiply-adds; peak_memory counts tensor memory exactly; time_per_call returns medians."""
 
 import pytest
 import torch
 
-from course_lib.attention import chunked_attention, einsum_attention
-from course_lib.profiling import count_parameters, peak_memory, time_per_call
+from course_lib.attention import MultiHeadAttention, chunked_attention, einsum_attention
+from course_lib.profiling import count_parameters, forward_macs, peak_memory, time_per_call
 
 MB = 2**20
 
@@ -59,3 +59,18 @@ def test_time_per_call_returns_positive_medians():
 def test_time_per_call_rejects_zero_repeats():
     with pytest.raises(ValueError, match="repeats"):
         time_per_call({"f": lambda: None}, repeats=0)
+
+
+def test_forward_macs_counts_a_linear_layers_multiply_adds():
+    layer = torch.nn.Linear(8, 3)
+    assert forward_macs(layer, torch.randn(5, 8)) == 5 * 8 * 3  # [5, 8] x [8, 3]; the bias is not a product
+
+
+def test_forward_macs_counts_attention_products_on_either_path():
+    # q k^T and the weighted sum of v: 2 x (heads x L x L x d) multiply-adds; FlopCounterMode alone sees 0 in the
+    # fused CPU kernel, so forward_macs runs a module's attention layers on the einsum path
+    layer = MultiHeadAttention(dim=8, num_heads=2, impl="sdpa")
+    x = torch.randn(1, 6, 8)  # [B, L, D]
+    projections = 4 * 6 * 8 * 8  # q, k, v and out, [6, 8] x [8, 8] each
+    assert forward_macs(layer, x) == projections + 2 * 2 * 6 * 6 * 4
+    assert layer.impl == "sdpa"  # restored
