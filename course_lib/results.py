@@ -200,6 +200,20 @@ class Point:
         """Denoiser forward passes per image (None: not a sampled point)."""
         return self.rows[-1].get("nfe")
 
+    @property
+    def training_minutes(self) -> float | None:
+        """The checkpoint's training CPU-minutes, as its lines record them (None for real images)."""
+        return self.rows[-1].get("training_minutes")
+
+    @property
+    def name(self) -> str:
+        """The model's name; for a checkpoint that does not ship (a sweep's run, a snapshot along a training) with
+        its training minutes: "dit-joint (25 min)"."""
+        shipped = str(self.rows[-1].get("checkpoint", "")).startswith("data/checkpoints/")
+        if shipped or self.training_minutes is None:
+            return self.model
+        return f"{self.model} ({self.training_minutes:.0f} min)"
+
     def values(self, metric: str) -> list[float]:
         return [r["metrics"][metric] for r in self.rows if r.get("metrics", {}).get(metric) is not None]
 
@@ -255,7 +269,8 @@ def _matches(record: dict, wanted: dict) -> bool:
 
 def points(model: str | None = None, *, records: list[dict] | None = None, **settings) -> list[Point]:
     """The measured points of ``model`` (all models when None) whose settings include ``settings`` (``kind=``
-    picks the kind of line), each merged over its seeds, sorted by model, guidance, steps and decoder.
+    picks the kind of line), each merged over its seeds, sorted by model, training minutes, guidance, steps
+    and decoder.
 
     ``records``: lines already read (default: :func:`read_results` of the course's file)."""
     records = read_results() if records is None else records
@@ -271,8 +286,9 @@ def points(model: str | None = None, *, records: list[dict] | None = None, **set
     for p in groups.values():
         order = sorted(range(len(p.rows)), key=lambda i: (p.seeds[i] is None, p.seeds[i] or 0))
         p.seeds, p.rows = [p.seeds[i] for i in order], [p.rows[i] for i in order]
-    return sorted(groups.values(), key=lambda p: (p.model, p.settings.get("guidance") or 0.0,
-                                                  p.settings.get("steps") or 0, str(p.settings.get("decoder"))))
+    return sorted(groups.values(), key=lambda p: (p.model, p.training_minutes or 0.0,
+                                                  p.settings.get("guidance") or 0.0, p.settings.get("steps") or 0,
+                                                  str(p.settings.get("decoder"))))
 
 
 # --------------------------------------------------------------------------- the page and the README's table
@@ -373,7 +389,7 @@ def _sample_rows(records: list[dict], kinds: tuple[str, ...]) -> list[str]:
         clf = (f"{p.text('fd_clf', '.3g')} ({p.mean('precision_clf'):.2f} / {p.mean('recall_clf'):.2f})"
                if p.values("fd_clf") else "")
         seeds = ", ".join(str(s) for s in p.seeds) if p.seeds and p.seeds[0] is not None else ""
-        rows.append(f"| {p.model} | {p.label()} | {_decoder(p)} | {n:,} | {seeds} | {fid} | "
+        rows.append(f"| {p.name} | {p.label()} | {_decoder(p)} | {n:,} | {seeds} | {fid} | "
                     f"{p.text('kid_mean', '.2f', 1000)} | {pr} | {clf} | {p.minutes_per_seed():.1f} | "
                     f"{_machine(p.rows[-1])} |")
     return header + rows
@@ -385,7 +401,7 @@ def _accuracy_rows(records: list[dict]) -> list[str]:
     rows = []
     for p in points(records=records, kind="prompt_accuracy"):
         s = p.settings
-        rows.append(f"| {p.model} | {p.label()} | {_decoder(p)} | {s.get('prompts')} | {10 * s.get('per_class', 0)} | "
+        rows.append(f"| {p.name} | {p.label()} | {_decoder(p)} | {s.get('prompts')} | {10 * s.get('per_class', 0)} | "
                     f"{', '.join(str(x) for x in p.seeds)} | {p.text('prompt_accuracy', '.1f', 100)} | "
                     f"{p.minutes_per_seed():.1f} |")
     return header + rows
