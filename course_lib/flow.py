@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from .samplers import SamplerOutput, start_noise, warn_if_training
 from .schedules import NoiseSchedule
 
-__all__ = ["flow_time_grid", "flow_sample", "straightness", "path_chord_ratio", "ddpm_path_as_flow",
-           "ddpm_flow_velocity", "SAMPLERS"]
+__all__ = ["flow_time_grid", "flow_sample", "average_velocity_sample", "straightness", "path_chord_ratio",
+           "ddpm_path_as_flow", "ddpm_flow_velocity", "SAMPLERS"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -109,6 +109,41 @@ def flow_sample(model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torc
     if not return_trajectory:
         return x
     return SamplerOutput(sample=x, trajectory=torch.stack(trajectory), x0_preds=torch.stack(x0_preds),
+                         timesteps=(grid[:-1] * time_scale).float(), times=grid)
+
+
+def average_velocity_sample(model: Callable[..., torch.Tensor], shape: Sequence[int] | None = None, *,
+                            x_T: torch.Tensor | None = None, num_steps: int = 1, time_scale: float = 1.0,
+                            generator: torch.Generator | None = None, return_trajectory: bool = False,
+                            progress: bool = False, device: torch.device | str | None = None,
+                            dtype: torch.dtype = torch.float32) -> torch.Tensor | SamplerOutput:
+    """From noise at t = 1 to data at t = 0 in ``num_steps`` steps of an average velocity u(z, r, t) (MeanFlow,
+    Geng et al. 2025; chapter 7), on the uniform grid 1 = t_0 > t_1 > ... > t_N = 0:
+
+        z_{t_{i+1}} = z_{t_i} - (t_i - t_{i+1}) u(z_{t_i}, t_{i+1}, t_i)          one step: z_0 = z_1 - u(z_1, 0, 1)
+
+    exact for every step size when u is the ODE's average velocity over [r, t]. The network is called as
+    ``model(z, s t, interval=s (t - r))``, s = ``time_scale``: the time and the interval's length in the units its
+    time embedding was trained with (``course_lib.meanflow.text_average_velocity``'s convention). Returns the
+    samples [B, ...], or a :class:`~course_lib.samplers.SamplerOutput`: the trajectory [N + 1, B, ...], as
+    ``x0_preds`` [N, B, ...] the state after each step (no extra pass), the network's times and the grid.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    warn_if_training(model)
+    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    z = start_noise(shape, x_T, generator, device, dtype)  # [B, ...] at t = 1: pure noise
+    trajectory = [z.cpu()]
+    for i in tqdm(range(num_steps), desc=f"average velocity ({num_steps} steps)", disable=not progress, leave=False):
+        t, r = float(grid[i]), float(grid[i + 1])
+        t_batch = torch.full((z.shape[0],), t * time_scale, device=z.device, dtype=torch.float32)  # [B]
+        gap = torch.full((z.shape[0],), (t - r) * time_scale, device=z.device, dtype=torch.float32)  # [B]
+        z = z - (t - r) * model(z, t_batch, interval=gap).to(z.dtype)
+        if return_trajectory:
+            trajectory.append(z.cpu())
+    if not return_trajectory:
+        return z
+    return SamplerOutput(sample=z, trajectory=torch.stack(trajectory), x0_preds=torch.stack(trajectory[1:]),
                          timesteps=(grid[:-1] * time_scale).float(), times=grid)
 
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from . import config
 from .checkpoint import read_card
-from .guidance import ClassifierFreeGuidance, EmbeddedGuidance
+from .guidance import BakedGuidance, ClassifierFreeGuidance, EmbeddedGuidance
 from .models import model_from_checkpoint
 from .processes import Process, process_from_card
 from .samplers import SamplerOutput
@@ -161,10 +161,13 @@ class Pipeline:
     # ---- the steps
 
     @torch.no_grad()
-    def guided(self, prompts: Sequence[str], guidance: float = 3.0) -> ClassifierFreeGuidance | EmbeddedGuidance:
+    def guided(self, prompts: Sequence[str],
+               guidance: float = 3.0) -> ClassifierFreeGuidance | EmbeddedGuidance | BakedGuidance:
         """``model(x, t)`` for the sampler: out(tau("")) + w (out(tau(y)) - out(tau(""))) (Ho & Salimans 2022),
         with w = ``guidance``; for a guidance-distilled denoiser (``guidance_embedded``, chapter 7) its one pass
-        with w as an input (:class:`~course_lib.guidance.EmbeddedGuidance`).
+        with w as an input (:class:`~course_lib.guidance.EmbeddedGuidance`); for a MeanFlow student distilled at
+        one w (``interval_embedded``) its one conditional pass (:class:`~course_lib.guidance.BakedGuidance`), and
+        ``guidance`` must be the w its card names.
 
         One image per prompt; the empty caption "" is the unconditional context. w = 1 is the
         conditional model alone, w = 0 the unconditional one. (Ho & Salimans write the same
@@ -175,6 +178,12 @@ class Pipeline:
             raise ValueError(f"{type(self.denoiser).__name__} is not text-conditional: it reads no prompts; "
                              "call generate(num_images=N) without prompts")
         cond = self.denoiser.encode(prompts)  # [B, L, D]
+        if getattr(self.denoiser, "interval_embedded", False):  # MeanFlow distilled at one w: one pass, no CFG
+            trained = (self.card or {}).get("training", {}).get("meanflow", {}).get("guidance")
+            if trained is not None and float(guidance) != float(trained):
+                raise ValueError(f"this MeanFlow student learned its teacher's guided ODE at w = {trained:g}, and its "
+                                 f"steps follow that ODE only: generate(..., guidance={trained:g})")
+            return BakedGuidance(self.denoiser, cond.tokens, cond.mask)
         if getattr(self.denoiser, "guidance_embedded", False):
             return EmbeddedGuidance(self.denoiser, cond.tokens, cond.mask, guidance)
         uncond = self.denoiser.encode([""])  # [1, L, D], shared by every image

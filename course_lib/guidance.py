@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["guide", "ClassifierFreeGuidance", "EmbeddedGuidance", "cfg_dropout"]
+__all__ = ["guide", "ClassifierFreeGuidance", "EmbeddedGuidance", "BakedGuidance", "cfg_dropout"]
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -145,6 +145,29 @@ class EmbeddedGuidance:
 
     def __repr__(self) -> str:
         return f"EmbeddedGuidance(guidance={self.guidance}, context={tuple(self.context.shape)})"
+
+
+class BakedGuidance:
+    """``model(x, t, **inputs)`` of a student that learned its teacher's guided ODE at one weight w (chapter 7's
+    MeanFlow, distilled at w = 3): one conditional pass, the guidance already in the weights,
+
+        out = model(x, t, context, context_mask, **inputs)     ~ the teacher's out_uncond + w (out_cond - out_uncond)
+
+    ``inputs``: what the sampler adds (MeanFlow's ``interval``). context [B or 1, M, D].
+    """
+
+    def __init__(self, model: Callable[..., torch.Tensor], context: torch.Tensor,
+                 context_mask: torch.Tensor | None = None):
+        if context is None or context.ndim != 3:
+            shape = None if context is None else tuple(context.shape)
+            raise ValueError(f"context must be the caption's tokens [B, M, D], got {shape}")
+        self.model, self.context, self.context_mask = model, context, context_mask
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **inputs) -> torch.Tensor:
+        return self.model(x, t, self.context, self.context_mask, **inputs)
+
+    def __repr__(self) -> str:
+        return f"BakedGuidance(context={tuple(self.context.shape)})"
 
 
 def cfg_dropout(captions: Sequence[str], p: float, generator: torch.Generator | None = None,

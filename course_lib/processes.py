@@ -36,12 +36,12 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .flow import ddpm_flow_velocity, flow_sample
+from .flow import average_velocity_sample, ddpm_flow_velocity, flow_sample
 from .parameterization import check_parameterization, target_for
 from .samplers import SamplerOutput, ddim_sample, ddpm_sample
 from .schedules import SCHEDULES, NoiseSchedule, gather, make_schedule
 
-__all__ = ["Process", "DDPMProcess", "RectifiedFlowProcess", "PROCESSES", "register_process", "process_from_dict",
+__all__ = ["Process", "DDPMProcess", "RectifiedFlowProcess", "MeanFlowProcess", "PROCESSES", "register_process", "process_from_dict",
            "process_from_card", "NoProcessError"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -350,3 +350,33 @@ class RectifiedFlowProcess(Process):
                            num_steps=50 if num_steps is None else num_steps, time_scale=self.time_scale,
                            generator=generator, return_trajectory=return_trajectory, progress=progress,
                            device=device, **options)
+
+
+@register_process
+@dataclass(frozen=True)
+class MeanFlowProcess(RectifiedFlowProcess):
+    """Rectified flow's path, sampled by MeanFlow's average velocity (Geng et al. 2025; chapter 7,
+    ``course_lib.meanflow``): the network reads the interval's length t - r besides t and predicts
+
+        u(z_t, r, t) = 1 / (t - r) integral_r^t v(z_s, s) ds,     z_r = z_t - (t - r) u(z_t, r, t),
+
+    so one step, z_0 = z_1 - u(z_1, 0, 1), stands for the whole ODE. Training (``meanflow_loss`` or, from a teacher,
+    ``meanflow_distillation_loss``) draws t as :class:`RectifiedFlowProcess` does. Sampler: "meanflow"
+    (``course_lib.flow.average_velocity_sample``), ``num_steps`` default 1; the network is called as
+    ``model(z, time_scale * t, interval=time_scale * (t - r))``.
+    """
+
+    name: ClassVar[str] = "meanflow"
+    samplers: ClassVar[tuple[str, ...]] = ("meanflow",)
+
+    def sample(self, model: ModelFn, shape: Sequence[int] | None = None, *, x_T: torch.Tensor | None = None,
+               sampler: str | None = None, num_steps: int | None = None,
+               generator: torch.Generator | None = None, return_trajectory: bool = False, progress: bool = False,
+               device: torch.device | str | None = None, **options) -> torch.Tensor | SamplerOutput:
+        self.check_sampler(sampler)
+        if options:
+            raise ValueError(f"MeanFlow's sampler takes no options, got {sorted(options)}")
+        return average_velocity_sample(model, None if x_T is not None else shape, x_T=x_T,
+                                       num_steps=1 if num_steps is None else num_steps, time_scale=self.time_scale,
+                                       generator=generator, return_trajectory=return_trajectory, progress=progress,
+                                       device=device)

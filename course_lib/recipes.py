@@ -36,7 +36,7 @@ from .latents import cached_latents
 from .guidance_distillation import guidance_distillation_loss
 from .meanflow import meanflow_distillation_loss
 from .models import build_model, model_from_checkpoint
-from .processes import DDPMProcess, Process, RectifiedFlowProcess
+from .processes import DDPMProcess, MeanFlowProcess, Process, RectifiedFlowProcess
 from .reflow import PairSettings, load_reflow_pairs, reflow_pairs_path
 from .text2image import Text2ImageConfig, text2image_loss
 from .trainer import TrainConfig
@@ -525,12 +525,12 @@ RECIPES: dict[str, Recipe] = {
         MeanFlowRecipe(
             "mmdit-meanflow-tiny", "chapter 7: MeanFlow from mmdit-tiny, for tests and fast mode",
             functools.partial(Text2ImageConfig.latent_mmdit_tiny, interval_embed=True), TrainConfig.tiny,
-            process=RectifiedFlowProcess(time_sampling="logit_normal"), teacher="mmdit-tiny.safetensors"),
+            process=MeanFlowProcess(time_sampling="logit_normal"), teacher="mmdit-tiny.safetensors"),
         MeanFlowRecipe(
             "mmdit-meanflow", "chapter 7: MeanFlow distilled from mmdit-small's guided ODE (w = 3): one step",
             functools.partial(Text2ImageConfig.latent_mmdit_small, interval_embed=True),
             lambda: TrainConfig.small(lr=1e-4, warmup_steps=200, bf16=True),
-            process=RectifiedFlowProcess(time_sampling="logit_normal")),
+            process=MeanFlowProcess(time_sampling="logit_normal")),
         # QK-norm, shown (chapter 6): mmdit-small's recipe at 10x its learning rate with a short warm-up, with and
         # without QK-norm, its attention's largest logit and entropy recorded every 25 steps (TrainConfig.monitor_every)
         *[LatentText2ImageRecipe(

@@ -448,6 +448,12 @@ class TextToImageModel(nn.Module):
         one forward pass per step then gives the guided prediction, without classifier-free guidance's two."""
         return bool(getattr(self.config.denoiser, "guidance_embed", False))
 
+    @property
+    def interval_embedded(self) -> bool:
+        """True when the backbone reads an interval's length t - r (MeanFlow; ``MMDiTConfig(interval_embed=True)``,
+        chapter 7): it predicts an average velocity, sampled by ``MeanFlowProcess``."""
+        return bool(getattr(self.config.denoiser, "interval_embed", False))
+
     # ---- description
 
     def parameter_counts(self) -> dict[str, int]:

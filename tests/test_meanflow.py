@@ -112,3 +112,35 @@ def test_a_text_student_starts_as_its_teacher_and_its_distillation_loss_trains_o
     loss.backward()
     assert torch.isfinite(loss) and student.mmdit.interval_in[2].weight.grad.abs().sum() > 0
     assert all(m.impl == "sdpa" for m in student.modules() if hasattr(m, "impl"))  # back on the fused path
+
+
+def test_a_meanflow_pipeline_takes_one_conditional_pass_a_step_at_its_trained_w():
+    from conftest import randomize_zero_init
+    from course_lib.generation import Pipeline
+    from course_lib.guidance import BakedGuidance
+    from course_lib.meanflow import text_average_velocity
+    from course_lib.processes import MeanFlowProcess, process_from_dict
+    from course_lib.text2image import Text2ImageConfig, TextToImageModel
+
+    torch.manual_seed(0)
+    student = randomize_zero_init(TextToImageModel(Text2ImageConfig.latent_mmdit_tiny(interval_embed=True)),
+                                  std=0.1).eval()
+    process = MeanFlowProcess(time_sampling="logit_normal")
+    assert process_from_dict(process.to_dict()) == process and process.samplers == ("meanflow",)
+    pipe = Pipeline(student, process, card={"training": {"meanflow": {"guidance": 3.0}}})
+    prompts = ["a photo of a cat", "a photo of a dog"]
+    assert isinstance(pipe.guided(prompts, 3.0), BakedGuidance)
+    z1 = torch.randn(2, 4, 8, 8)
+    with pipe.count_nfe() as nfe_one:
+        one = pipe.generate(prompts, guidance=3.0, x_T=z1)  # the default: one step
+    with pipe.count_nfe() as nfe_four:
+        four = pipe.generate(prompts, guidance=3.0, x_T=z1, num_steps=4)
+    assert (nfe_one.per_image, nfe_four.per_image) == (1, 4)  # no second (unconditional) pass
+    u = text_average_velocity(student, student.encode(prompts))
+    with torch.no_grad():
+        torch.testing.assert_close(one, z1 - u(z1, torch.zeros(2), torch.ones(2)))  # z_0 = z_1 - u(z_1, 0, 1)
+    assert four.shape == one.shape and not torch.allclose(four, one)
+    with pytest.raises(ValueError, match="guidance=3"):
+        pipe.generate(prompts, guidance=5.0, x_T=z1)
+    with pytest.raises(ValueError, match="samples with 'meanflow'"):
+        pipe.generate(prompts, guidance=3.0, x_T=z1, sampler="euler")

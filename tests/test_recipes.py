@@ -384,3 +384,32 @@ def test_guidance_distillation_starts_from_its_teacher_and_samples_in_one_pass_a
     with pipe.count_nfe() as nfe:
         images = pipe.generate(["a photo of a cat", "a ship"], guidance=3.0, num_steps=3)
     assert images.shape == (2, 3, 32, 32) and nfe.per_image == 3
+
+
+def test_meanflow_starts_from_its_teacher_and_samples_in_one_conditional_pass(tmp_path, isolated_data, monkeypatch):
+    """mmdit-tiny -> mmdit-meanflow-tiny (chapter 7): the student starts from every teacher tensor but its interval
+    embedding, its card names the MeanFlow process and the teacher's w, and its pipeline takes one pass a step."""
+    from course_lib.generation import Pipeline
+    from course_lib.processes import MeanFlowProcess
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
+    _stand_in_vae_small(checkpoints)
+    teacher = checkpoints / "mmdit-tiny.safetensors"
+    assert train.main(["mmdit-tiny", "--steps", "2", "--state", str(tmp_path / "t.safetensors"), "--export",
+                       str(teacher), "--device", "cpu"]) == 0
+    export = tmp_path / "mmdit-meanflow-tiny.safetensors"
+    assert train.main(["mmdit-meanflow-tiny", "--steps", "2", "--state", str(tmp_path / "s.safetensors"), "--export",
+                       str(export), "--device", "cpu"]) == 0
+    training = read_card(export)["training"]
+    assert training["meanflow"]["teacher_sha256"] == read_card(teacher)["sha256"]
+    assert training["meanflow"]["guidance"] == 3.0 and training["process"]["name"] == "meanflow"
+    fresh = training["transplant"]["fresh_tensors"]
+    assert fresh and all(name.startswith("mmdit.interval_in") for name in fresh)
+    pipe = Pipeline.from_checkpoint(export)
+    assert isinstance(pipe.process, MeanFlowProcess)
+    with pipe.count_nfe() as nfe:
+        images = pipe.generate(["a photo of a cat", "a ship"], guidance=3.0)  # MeanFlow's default: one step
+    assert images.shape == (2, 3, 32, 32) and nfe.per_image == 1
+    with pytest.raises(ValueError, match="guidance=3"):
+        pipe.generate(["a photo of a cat"], guidance=1.0)
