@@ -46,9 +46,10 @@ from .flow import average_velocity_sample
 from .guidance import cfg_dropout
 from .guidance_distillation import teacher_guided_velocity
 from .processes import RectifiedFlowProcess
+from .text import TextContext
 
 __all__ = ["gaussian_average_velocity", "meanflow_target", "sample_interval", "meanflow_loss",
-           "meanflow_sample", "text_average_velocity", "meanflow_distillation_loss"]
+           "meanflow_sample", "TextAverageVelocity", "text_average_velocity", "meanflow_distillation_loss"]
 
 AverageVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # u(z [B, ...], r [B], t [B])
 
@@ -86,9 +87,30 @@ def gaussian_average_velocity(z_t: torch.Tensor, r: torch.Tensor | float, t: tor
 def meanflow_target(model: AverageVelocity, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """u_theta(z_t, r, t) and the MeanFlow target sg(v - (t - r) d/dt u_theta), d/dt u_theta = jvp with tangents
-    (v, 0, 1) for (z, r, t). Returns (u [B, ...] with its graph, u_tgt [B, ...] detached). r, t: [B]."""
-    u, du_dt = torch.func.jvp(model, (z_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
-    u_tgt = v - _per_item(t - r, z_t) * du_dt
+    (v, 0, 1) for (z, r, t). Returns (u [B, ...] with its graph, u_tgt [B, ...] detached). r, t: [B].
+
+    Where r = t the target is v itself, whatever the derivative: those rows take a plain forward pass and only the
+    others the JVP (about twice a forward pass), when the model can be called on a part of the batch: a module (a
+    toy network), or a :class:`TextAverageVelocity` (its ``rows``). The result is the same as one JVP over the
+    whole batch (tests/test_meanflow.py)."""
+    moving = t != r  # [B]: the rows whose interval has a length
+    if isinstance(model, TextAverageVelocity):
+        part = model.rows
+    elif isinstance(model, nn.Module):
+        def part(index):  # a network without per-row state: any part of the batch
+            return model
+    else:
+        part = None
+    if part is None or bool(moving.all()) or not bool(moving.any()):
+        u, du_dt = torch.func.jvp(model, (z_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+        return u, (v - _per_item(t - r, z_t) * du_dt).detach()
+    still, moves = (~moving).nonzero().squeeze(1), moving.nonzero().squeeze(1)
+    u_still = part(still)(z_t[still], r[still], t[still])  # r = t: flow matching's rows
+    u_moves, du_dt = torch.func.jvp(part(moves), (z_t[moves], r[moves], t[moves]),
+                                    (v[moves], torch.zeros_like(r[moves]), torch.ones_like(t[moves])))
+    order = torch.argsort(torch.cat([still, moves]))  # back to the batch's order
+    u = torch.cat([u_still, u_moves])[order]
+    u_tgt = torch.cat([v[still], v[moves] - _per_item(t[moves] - r[moves], du_dt) * du_dt])[order]
     return u, u_tgt.detach()
 
 
@@ -133,12 +155,27 @@ def meanflow_sample(model: AverageVelocity, z1: torch.Tensor, num_steps: int = 1
                                    device=z1.device, dtype=z1.dtype)
 
 
-def text_average_velocity(model: nn.Module, context, time_scale: float = 1000.0) -> AverageVelocity:
+class TextAverageVelocity:
     """u(z, r, t) of a text-to-image model with an interval input (``MMDiTConfig(interval_embed=True)``), for the
-    captions ``context`` (a ``TextContext``): model(z, s t, context, interval=s (t - r)), s the process's time scale."""
-    def u(z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(z, time_scale * t, context.tokens, context.mask, interval=time_scale * (t - r))
-    return u
+    captions ``context`` (a ``TextContext``, one caption per row): model(z, s t, context, interval=s (t - r)), s the
+    process's time scale. ``rows(index)``: the same for a part of the batch (its captions)."""
+
+    def __init__(self, model: nn.Module, context, time_scale: float = 1000.0):
+        self.model, self.context, self.time_scale = model, context, time_scale
+
+    def __call__(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = self.time_scale
+        return self.model(z, s * t, self.context.tokens, self.context.mask, interval=s * (t - r))
+
+    def rows(self, index: torch.Tensor) -> "TextAverageVelocity":
+        part = TextContext(self.context.tokens[index], self.context.mask[index])
+        return TextAverageVelocity(self.model, part, self.time_scale)
+
+
+def text_average_velocity(model: nn.Module, context, time_scale: float = 1000.0) -> TextAverageVelocity:
+    """u(z, r, t) of a text-to-image model with an interval input, for the captions ``context``
+    (:class:`TextAverageVelocity`)."""
+    return TextAverageVelocity(model, context, time_scale)
 
 
 def meanflow_distillation_loss(student: nn.Module, teacher: nn.Module, process: RectifiedFlowProcess,
