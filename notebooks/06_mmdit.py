@@ -31,7 +31,9 @@
 #   identity (you write the gated residual);
 # * the **double-stream block**: two sets of weights, one attention (you write the joint attention);
 # * **rotary position embeddings**, in two dimensions: why attention scores then depend only on offsets;
-# * the **single-stream block** of Flux, and the whole model, with a shape table at each stage.
+# * the **single-stream block** of Flux, and the whole model, with a shape table at each stage;
+# * why the transformer reads the caption through attention and the time through the modulation: DiT's
+#   conditioning ablation, measured with a caption at equal CPU-minutes.
 #
 # The code is in `course_lib.mmdit` (the blocks, with the module names of BFL's `flux` repository) and
 # `course_lib.text2image` (`TextToImageModel` with a denoiser of kind "mmdit": the same text encoders, loss and
@@ -52,7 +54,9 @@
 # 5. trace the whole model's shapes and tell the double-stream block from the single-stream block.
 # 6. read the comparison with the latent UNet at equal CPU-minutes (FID-2k, FD_clf, prompt accuracy), and
 #    say what SD3's paper reports instead of a better score (best of the transformer designs it compared, a
-#    validation loss that falls predictably as the model grows).
+#    validation loss that falls predictably as the model grows);
+# 7. name DiT's four ways of conditioning a transformer, say what each lets the caption and the time do, and read
+#    the course's measurement of them at equal CPU-minutes beside DiT's and SD3's.
 #
 # **Before it you need**
 #
@@ -61,24 +65,25 @@
 
 # %% [markdown] tags=["section-times"]
 # **Time.** Measured by running the notebook top to bottom (`make site`, then `make site MODE=full`) on 2 CPU
-# cores (AMD EPYC (AVX512, native bf16)), 2026-12-07; the code cells' seconds per section, without the
+# cores (AMD EPYC (AVX512, native bf16)), 2026-12-08; the code cells' seconds per section, without the
 # kernel's start. Your machine may take longer; reading and the exercises take longer still.
 #
 # | section | fast mode (`COURSE_FAST=1`) | full mode |
 # | --- | --- | --- |
-# | setup (imports, data) | 3 s | 3 s |
+# | setup (imports, data) | 2 s | 2 s |
 # | 1. From feature maps to tokens | < 1 s | < 1 s |
 # | 2. Conditioning: time, the pooled caption, and the modulation | < 1 s | < 1 s |
 # | 3. Joint attention: the double-stream block | < 1 s | < 1 s |
 # | 4. Where is each token? Rotary position embeddings | < 1 s | < 1 s |
-# | 5. The single-stream block and the whole model | 1 s | 4 s |
-# | 6. Training: the same loss, the same latents | 3 s | 29 s |
-# | 7. The trained model: samples in a few steps | 6 s | 5 s |
-# | 8. MM-DiT against UNet, measured at equal compute | 5 s | 45 s |
-# | 9. Inside the joint attention: the explorer | 1 s | 3 s |
-# | **the whole notebook** | **20 s** | **89 s** |
+# | 5. The single-stream block and the whole model | 1 s | 5 s |
+# | 6. Training: the same loss, the same latents | 1 s | 29 s |
+# | 7. The trained model: samples in a few steps | 8 s | 5 s |
+# | 8. MM-DiT against UNet, measured at equal compute | 7 s | 61 s |
+# | 9. Four ways to read the caption: DiT's conditioning ablation, measured | < 1 s | < 1 s |
+# | 10. Inside the joint attention: the explorer | 2 s | 3 s |
+# | **the whole notebook** | **22 s** | **1 min 47 s** |
 #
-# The longest cell in full mode takes 38 s.
+# The longest cell in full mode takes 51 s.
 
 # %%
 import time
@@ -832,7 +837,167 @@ for name, pipe in pipes.items():
 # fit the 30 minutes this comparison may cost on a CPU, so the course does not claim which extrapolates better.
 
 # %% [markdown]
-# ## 9. Inside the joint attention: the explorer
+# ## 9. Four ways to read the caption: DiT's conditioning ablation, measured
+#
+# Why does the MM-DiT put the caption into its attention, and the time into a modulation? DiT (Peebles & Xie
+# 2023, Sec. 3.2 and Fig. 5) asked the question for a class label. It compared four ways for the blocks of
+# DiT-XL/2 to read the time $t$ and the class $c$, on ImageNet at 256 x 256:
+#
+# * **in-context**: $t$ and $c$ become two more tokens of the sequence, and the blocks are a plain ViT's;
+# * **cross-attention**: the image tokens attend to the sequence $[t, c]$ in an extra layer (about 15 % more
+#   Gflops);
+# * **adaLN**: every LayerNorm's scale and shift are regressed from the vector $t + c$;
+# * **adaLN-Zero**: adaLN plus a gate before each residual connection, regressed as well and initialised to zero,
+#   so that each block starts as the identity (section 2).
+#
+# adaLN-Zero trained best "at all stages of training": after 400K steps its FID-50K was 19.5 against
+# cross-attention's 26.1 and in-context's 35.2 (DiT's Table 4). A class is one vector, though, and a caption is a
+# sequence. Each text-to-image transformer since DiT answers differently: PixArt-α (Chen et al. 2023) keeps DiT's
+# adaLN-Zero for the time and adds cross-attention to the caption tokens; SD3 and Flux put the caption tokens into
+# a joint attention. SD3's paper (Esser et al. 2024, Sec. 5.2.3, Fig. 4) compared three of these with text on
+# CC12M: DiT with the text tokens concatenated to the image's (one set of weights, in-context), CrossDiT
+# (cross-attention) and the MM-DiT, which "significantly outperforms the cross-attention and vanilla variants". The
+# course's four variants keep `mmdit-small`'s width (256), heads (4 of 64), patches (2 x 2: 16 image tokens),
+# RoPE, QK-norm, MiniLM text (16 tokens) and recipe, and differ only in how the caption and the time enter
+# (`course_lib.dit`; the depths are chosen so that the parameters match within about 10 %):
+#
+# | variant | the time $t$ | the caption |
+# | --- | --- | --- |
+# | `dit-in-context` | a token in the sequence | 16 tokens in the sequence: $[t; \text{text}; \text{image}]$, one set of weights, no adaLN |
+# | `dit-cross-attention` | adaLN-Zero | cross-attention of the image tokens to the text tokens (PixArt-α) |
+# | `dit-adaln-zero` | adaLN-Zero | pooled into one vector, added to the time's: no token-level text (DiT, the caption as the class) |
+# | `dit-joint` | adaLN-Zero, with the pooled caption | joint attention, double- then single-stream blocks (`mmdit-small`'s model, trained anew) |
+#
+# Each was trained by the course's command for 50 minutes on one thread of the same machine, two at a time
+# (`python -m course_lib.train dit-adaln-zero --minutes 50 --threads 1`, an export every 12.5 minutes), and
+# measured like chapter 4's models: FD_clf of 2,000 samples and prompt accuracy of 200, Euler 25 steps at
+# $w = 3$, decoded by `vae-small-ft` (`python -m course_lib.evaluation ...`, in `data/results.jsonl`). What a
+# forward pass costs is counted here, as DiT counts it: multiply-adds of the matrix products
+# (`course_lib.profiling.forward_macs`, with `torch.utils.flop_counter`).
+
+# %%
+from course_lib.profiling import forward_macs
+from course_lib.text2image import DENOISERS
+
+ABLATION = {"dit-in-context": "in-context", "dit-cross-attention": "cross-attention",
+            "dit-adaln-zero": "adaLN-Zero, pooled caption", "dit-joint": "joint attention (MM-DiT)"}
+HEADLINE = dict(steps=25, guidance=3.0, decoder="vae-small-ft")  # Euler 25, w = 3, the sharper decoder
+text_tokens = torch.randn(1, 16, 384)  # [B, L, D_text]: MiniLM's 16 tokens, as in training
+
+
+def denoiser_of(name):
+    """A fresh denoiser of a recipe (its network without the text encoder), from the registry of backbones."""
+    cfg = RECIPES[name].model_config().denoiser
+    network = next(net for net, cfg_class in DENOISERS.values() if isinstance(cfg, cfg_class))
+    return network(cfg).eval()
+
+
+def macs_per_image(net):
+    """Multiply-adds of one forward pass of a denoiser for one 4x8x8 latent and 16 text tokens."""
+    return forward_macs(net, torch.randn(1, 4, 8, 8), torch.full((1,), 500.0), text_tokens,
+                        torch.ones(1, 16, dtype=torch.bool))
+
+
+ablation_cost = {}
+for name in ABLATION:
+    net = denoiser_of(name)
+    cfg = net.config
+    depth = getattr(cfg, "depth", None) or f"{cfg.depth_double} + {cfg.depth_single}"
+    ablation_cost[name] = dict(params=count_parameters(net), macs=macs_per_image(net), depth=depth)
+
+
+def by_minutes(name, kind, **settings):
+    """A variant's measured points of one kind at the headline setting, keyed by training minutes."""
+    return {p.training_minutes: p for p in points(name, kind=kind, **settings, **HEADLINE)}
+
+
+def seed_1(point, metric):
+    """The value of the first sampling seed (every snapshot has seed 1; the final points have 3 seeds)."""
+    return point.rows[0]["metrics"].get(metric) if point is not None else None
+
+
+fd_points = {name: by_minutes(name, "samples", num_samples=2000, sampler="euler") for name in ABLATION}
+acc_points = {name: by_minutes(name, "prompt_accuracy", prompts="class", per_class=20) for name in ABLATION}
+
+finals = {name: max(fd_points[name], default=None) for name in ABLATION}  # the last snapshot: 50 minutes
+columns = [("fd_clf", "FD_clf", ".2f", 1), ("prompt_accuracy", "prompt accuracy %", ".1f", 100)]
+if any(fd_points[name][m].values("fid") for name, m in finals.items() if m is not None):
+    columns.append(("fid", fid_label(2000), ".1f", 1))  # the final points' FID-2k, once measured
+print(f"{'variant':27s} {'depth':>5s} {'params':>7s} {'M mult-add':>10s} {'img/s':>6s} {'images':>8s}   "
+      + " ".join(f"{title:^18s}" for _, title, _, _ in columns))
+for name, what in ABLATION.items():
+    cost, final = ablation_cost[name], finals[name]
+    points_at = {"prompt_accuracy": acc_points[name].get(final)}
+    fd = fd_points[name].get(final)
+    images = fd.rows[0]["step"] * 64 if fd else 0  # steps of batch 64
+    speed = f"{images / (60 * final):6.0f} {images:8,d}" if fd else f"{'-':>6s} {'-':>8s}"
+    cells = [(points_at.get(metric, fd), metric, spec, scale) for metric, _, spec, scale in columns]
+    cells = [p.text(metric, spec, scale).replace(" seeds)", ")") if p is not None and p.values(metric) else "-"
+             for p, metric, spec, scale in cells]
+    print(f"{what:27s} {str(cost['depth']):>5s} {cost['params'] / 1e6:6.2f}M {cost['macs'] / 1e6:10.0f} {speed}   "
+          + " ".join(f"{cell:^18s}" for cell in cells))
+print("(mult-adds: one forward pass of one image, 16 text tokens; img/s and images: over the whole 50-minute run; "
+      "the metrics at 50 minutes)")
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
+for i, (name, what) in enumerate(ABLATION.items()):
+    for ax, found, metric in ((axes[0], fd_points[name], "fd_clf"), (axes[1], acc_points[name], "prompt_accuracy")):
+        minutes = sorted(found)
+        ax.plot(minutes, [seed_1(found[m], metric) for m in minutes], "o-", color=f"C{i}", label=what)
+axes[0].set(xlabel="training CPU-minutes (1 thread each)", ylabel="FD_clf (lower is better)",
+            title="FD_clf of 2,000 samples (seed 1)")
+axes[1].set(xlabel="training CPU-minutes (1 thread each)", ylabel="prompt accuracy", ylim=(0, 1),
+            title="prompt accuracy of 200 images (seed 1)")
+axes[1].axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+for ax in axes:
+    if not any(fd_points.values()):
+        ax.text(0.5, 0.5, "not measured yet", ha="center", va="center", transform=ax.transAxes)
+    ax.legend(fontsize=8)
+fig.suptitle("DiT's conditioning ablation with a caption: Euler 25 steps, w = 3, decoder vae-small-ft", fontsize=10)
+plt.show()
+
+# %% [markdown]
+# What the runs measured (one thread each of an AMD EPYC with AVX-512 BF16, two at a time, 50 minutes each;
+# FD_clf of 2,000 samples and prompt accuracy of 200, one sampling seed, Euler 25 steps at $w = 3$, decoder
+# `vae-small-ft`):
+#
+# | variant | multiply-adds per image | images in 50 min | FD_clf | prompt accuracy |
+# | --- | ---: | ---: | ---: | ---: |
+# | in-context | 293M | 137,472 | 4.28 | 48.5 % ± 3.5 |
+# | cross-attention | 107M | 336,128 | 3.08 | 64.5 % ± 3.4 |
+# | adaLN-Zero, pooled caption | 92M | 376,192 | 2.58 | 73.0 % ± 3.1 |
+# | joint attention (MM-DiT) | 159M | 277,056 | **2.47** | 71.0 % ± 3.2 |
+#
+# **The two designs whose every block is modulated by a vector holding both the time and the pooled caption
+# (adaLN-Zero, and joint attention) did best; in-context, with no modulation at all, did worst, as in DiT and in
+# SD3.** What each variant lets the text and the time do explains most of it:
+#
+# * **In-context** gives the time no path but attention: one token among 33, which every block must find and
+#   read before it knows how noisy its input is. Every caption token also goes through every block's MLP at full
+#   width, so a forward pass costs 3.2 times adaLN-Zero's, and in 50 minutes it saw 2.7 times fewer images. DiT
+#   found it worst too at equal steps (FID-50K 35.2 against 19.5); at equal minutes it pays twice.
+# * **Cross-attention** (PixArt-α) modulates every block by the time and lets the image read the words, but the
+#   words never read the image, and the extra layer costs 16 % more than adaLN-Zero per image. It sits between, as
+#   CrossDiT does in SD3's comparison.
+# * **adaLN-Zero with the pooled caption** is DiT's design: one vector for time and caption, every block modulated
+#   by it, the cheapest pass. CIFAR-10's captions name one class each ("a photo of a cat"), so a pooled vector holds
+#   nearly everything they say; the token-level designs have little more to read here. Its prompt accuracy is the
+#   highest measured, within a standard error of joint attention's.
+# * **Joint attention** updates the words by the image and the image by the words in every block, with the time
+#   in the modulation: the lowest FD_clf, by 0.11 over adaLN-Zero, at 1.7 times its cost per image.
+#
+# At 25 minutes the order was the same, with joint attention ahead on both measures (FD_clf 3.58 and 56.5 %,
+# against adaLN-Zero's 4.09 and 51.5 %, cross-attention's 4.90 and 43.5 % and in-context's 5.70 and 38.0 %): it
+# learned faster per minute at first, and the pooled caption caught up by 50.
+#
+# One seed each: the accuracies of adaLN-Zero and joint attention are a tie (a difference's standard error is
+# about 4.5 points), and FD_clf varied by 0.03 between seeds for `mmdit-small` (section 8). What the ranking
+# says at this scale is that the caption must reach the blocks in a way that costs little and that the time
+# belongs in the modulation; it cannot say whether joint attention's reading of the words pays off, because these
+# captions are one word of content. SD3 made its comparison on CC12M, whose captions describe whole pictures.
+
+# %% [markdown]
+# ## 10. Inside the joint attention: the explorer
 #
 # Where does the trained model look? The explorer samples each prompt once (8 Euler steps, $w = 3$, the same
 # noise for every prompt) and records every joint attention of the conditional half of the batch (the
