@@ -210,7 +210,7 @@ class Point:
         """The model's name; for a checkpoint that does not ship (a sweep's run, a snapshot along a training) with
         its training minutes: "dit-joint (25 min)"."""
         shipped = str(self.rows[-1].get("checkpoint", "")).startswith("data/checkpoints/")
-        if shipped or self.training_minutes is None:
+        if shipped or not self.training_minutes:  # shipped, or no training on its card (real images, a test's file)
             return self.model
         return f"{self.model} ({self.training_minutes:.0f} min)"
 
