@@ -361,21 +361,27 @@ def test_reflow_recipe_trains_on_resumable_cached_pairs(tmp_path, isolated_data,
     assert card["training"]["transplant"]["from"].endswith("rf-tiny.safetensors")  # the reflow starts from its teacher
 
 
-def test_guidance_distillation_starts_from_its_teacher_and_samples_in_one_pass_a_step(tmp_path, isolated_data,
-                                                                                       monkeypatch):
-    """mmdit-tiny -> mmdit-gd-tiny (chapter 7): the student starts from every teacher tensor but its guidance
-    embedding, its card names the teacher, and its pipeline guides with one forward pass a step."""
-    from course_lib.generation import Pipeline
-
+def _tiny_teacher_and_student(tmp_path, monkeypatch, student: str):
+    """mmdit-tiny trained 2 steps into a temporary checkpoint folder, then ``student`` from it: (teacher, export)."""
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
     _stand_in_vae_small(checkpoints)
     teacher = checkpoints / "mmdit-tiny.safetensors"
     assert train.main(["mmdit-tiny", "--steps", "2", "--state", str(tmp_path / "t.safetensors"), "--export",
                        str(teacher), "--device", "cpu"]) == 0
-    export = tmp_path / "mmdit-gd-tiny.safetensors"
-    assert train.main(["mmdit-gd-tiny", "--steps", "2", "--state", str(tmp_path / "s.safetensors"), "--export",
+    export = tmp_path / f"{student}.safetensors"
+    assert train.main([student, "--steps", "2", "--state", str(tmp_path / "s.safetensors"), "--export",
                        str(export), "--device", "cpu"]) == 0
+    return teacher, export
+
+
+def test_guidance_distillation_starts_from_its_teacher_and_samples_in_one_pass_a_step(tmp_path, isolated_data,
+                                                                                       monkeypatch):
+    """mmdit-tiny -> mmdit-gd-tiny (chapter 7): the student starts from every teacher tensor but its guidance
+    embedding, its card names the teacher, and its pipeline guides with one forward pass a step."""
+    from course_lib.generation import Pipeline
+
+    teacher, export = _tiny_teacher_and_student(tmp_path, monkeypatch, "mmdit-gd-tiny")
     training = read_card(export)["training"]
     assert training["guidance_distillation"]["teacher_sha256"] == read_card(teacher)["sha256"]
     fresh = training["transplant"]["fresh_tensors"]
@@ -392,15 +398,7 @@ def test_meanflow_starts_from_its_teacher_and_samples_in_one_conditional_pass(tm
     from course_lib.generation import Pipeline
     from course_lib.processes import MeanFlowProcess
 
-    checkpoints = tmp_path / "checkpoints"
-    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(checkpoints))
-    _stand_in_vae_small(checkpoints)
-    teacher = checkpoints / "mmdit-tiny.safetensors"
-    assert train.main(["mmdit-tiny", "--steps", "2", "--state", str(tmp_path / "t.safetensors"), "--export",
-                       str(teacher), "--device", "cpu"]) == 0
-    export = tmp_path / "mmdit-meanflow-tiny.safetensors"
-    assert train.main(["mmdit-meanflow-tiny", "--steps", "2", "--state", str(tmp_path / "s.safetensors"), "--export",
-                       str(export), "--device", "cpu"]) == 0
+    teacher, export = _tiny_teacher_and_student(tmp_path, monkeypatch, "mmdit-meanflow-tiny")
     training = read_card(export)["training"]
     assert training["meanflow"]["teacher_sha256"] == read_card(teacher)["sha256"]
     assert training["meanflow"]["guidance"] == 3.0 and training["process"]["name"] == "meanflow"
